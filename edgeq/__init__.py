@@ -1,0 +1,35 @@
+"""edgeq: quantize PyTorch models, export ONNX, compile with TVM, validate against PyTorch.
+
+    qmodel = edgeq.quantize(model, "w8a8", calib=x_train[:512])
+    edgeq.export(qmodel, x_test[:1], "model.onnx")
+    artifact = edgeq.compile("model.onnx", target="cpu", out_dir="out")
+    report = edgeq.validate(qmodel, ["model.onnx", artifact.path], [x_test.numpy()])
+"""
+
+from __future__ import annotations
+
+from edgeq.errors import EdgeqError
+from edgeq.export import export
+from edgeq.quant import quantize
+from edgeq.recipes import PRESETS, Recipe, W8A8Recipe
+
+__version__ = "0.1.0"
+
+
+def compile(onnx_path, target: str = "cpu", out_dir=".", name: str | None = None):
+    """Compile an ONNX file with TVM for a named target (see ``edgeq.targets``)."""
+    from edgeq.targets import compile as _compile
+
+    return _compile(onnx_path, target=target, out_dir=out_dir, name=name)
+
+
+def validate(reference, artifacts, inputs):
+    """Run each artifact (an ``.onnx`` file on onnxruntime, a compiled ``.so`` on TVM) on
+    ``inputs`` and compare it with ``reference`` (a torch module). Returns one Numerics each."""
+    from edgeq.runtime import TorchExecutor, validate as _validate
+    from edgeq.runtime.executors import executor_for
+
+    return _validate(TorchExecutor(reference), [executor_for(a) for a in artifacts], list(inputs))
+
+
+__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "quantize", "validate"]

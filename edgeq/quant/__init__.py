@@ -1,0 +1,79 @@
+"""``edgeq.quantize``: one verb, a recipe, and a handler registered per recipe type.
+
+A handler takes (model, recipe, calib) and returns the quantized model, which runs in PyTorch
+and is the numerical reference for every later stage. Method modules register themselves
+when imported at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Iterable, TypeVar
+
+import torch
+from torch import nn
+
+from edgeq.errors import QuantizationError, RecipeError
+from edgeq.recipes import Recipe, resolve_recipe
+
+Handler = Callable[[nn.Module, Recipe, "Iterable[torch.Tensor] | torch.Tensor | None"], nn.Module]
+_HANDLERS: dict[type[Recipe], Handler] = {}
+
+R = TypeVar("R", bound=type[Recipe])
+
+
+def register_quantizer(recipe_type: type[Recipe]) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        _HANDLERS[recipe_type] = fn
+        return fn
+
+    return deco
+
+
+def quantize(model: nn.Module, recipe: Recipe | str, calib=None) -> nn.Module:
+    """Quantize ``model`` as ``recipe`` (a Recipe or preset name) says.
+
+    ``calib`` is a tensor of sample inputs, or an iterable of input batches, for the methods
+    that calibrate (activation ranges, GPTQ Hessians). The input model is left unchanged.
+    """
+    recipe = resolve_recipe(recipe)
+    handler = _HANDLERS.get(type(recipe))
+    if handler is None:
+        raise RecipeError(f"no quantizer is registered for recipe type {type(recipe).__name__}")
+    return handler(model, recipe, calib)
+
+
+def is_skipped(name: str, recipe: Recipe) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.skip)
+
+
+def quantizable_layers(model: nn.Module, recipe: Recipe, kinds=(nn.Linear, nn.Conv2d)) -> dict[str, nn.Module]:
+    """The named layers a recipe applies to; an error naming the model when there are none."""
+    layers = {
+        name: m for name, m in model.named_modules() if isinstance(m, kinds) and not is_skipped(name, recipe)
+    }
+    if not layers:
+        kinds_s = "/".join(k.__name__ for k in kinds)
+        raise QuantizationError(
+            f"{type(model).__name__} has no quantizable layers ({kinds_s}) left after skip={list(recipe.skip)}"
+        )
+    return layers
+
+
+def calib_batches(calib) -> list:
+    """Normalise ``calib`` (a tensor, a tuple of inputs, or an iterable of either) to a list of batches."""
+    if calib is None:
+        return []
+    if isinstance(calib, torch.Tensor):
+        return [calib]
+    return list(calib)
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+# Method modules register their handlers on import.
+from edgeq.quant import w8a8  # noqa: E402,F401

@@ -1,0 +1,6 @@
+"""TVM back end: named targets and compilation of edgeq's ONNX into artifacts."""
+
+from edgeq.targets.compile import Artifact, compile
+from edgeq.targets.registry import TargetSpec, get_target, register_target, target_names
+
+__all__ = ["Artifact", "compile", "TargetSpec", "get_target", "register_target", "target_names"]

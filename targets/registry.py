@@ -1,0 +1,126 @@
+"""Named targets: each resolves to a TVM target, the compiler that links the artifact, and the
+artifact's format. Adding a target is one ``register_target`` call.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeq.errors import TargetError
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    description: str
+    tvm_target: dict[str, Any]
+    host: dict[str, Any] | None = None
+    cross_compiler: str | None = None  # None: TVM's default (the host's c++)
+    compiler_package: str | None = None  # the Debian package that provides cross_compiler
+    artifact: str = "so"  # "so" (shared library) or "tar" (object archive: no linker installed)
+    machine: str | None = None  # ELF e_machine name the artifact must carry, checked in tests
+    features: tuple[str, ...] = field(default_factory=tuple)
+
+    def tvm(self):
+        import tvm
+
+        return tvm.target.Target(self.tvm_target, host=self.host) if self.host else tvm.target.Target(self.tvm_target)
+
+    def require_compiler(self) -> str | None:
+        """The cross compiler's path; a TargetError naming its package when it is missing."""
+        if self.cross_compiler is None:
+            return None
+        found = shutil.which(self.cross_compiler)
+        if found is None:
+            hint = f" (Debian package {self.compiler_package})" if self.compiler_package else ""
+            raise TargetError(
+                f"target {self.name!r} links with {self.cross_compiler}, which is not installed{hint}"
+            )
+        return found
+
+
+_TARGETS: dict[str, TargetSpec] = {}
+
+
+def register_target(spec: TargetSpec) -> TargetSpec:
+    _TARGETS[spec.name] = spec
+    return spec
+
+
+def get_target(name: str) -> TargetSpec:
+    if name == "cpu":
+        return host_cpu_target()
+    if name not in _TARGETS:
+        raise TargetError(f"unknown target {name!r}; known targets: {', '.join(target_names())}")
+    return _TARGETS[name]
+
+
+def target_names() -> list[str]:
+    return ["cpu", *sorted(_TARGETS)]
+
+
+@functools.cache
+def host_cpu_target() -> TargetSpec:
+    """This machine's CPU with the vector features the kernel reports it can run.
+
+    TVM rejects ``mcpu=native``, and LLVM's host CPU name is not enough on a VM: here it says
+    ``znver4`` while the hypervisor masks AVX-512, and code built for znver4 dies with SIGILL.
+    On x86-64 the target is the micro-architecture level (x86-64-v2/v3/v4) that the reported
+    flags support, plus VNNI where present; on aarch64 it is NEON with dotprod/i8mm when reported.
+    """
+    from tvm.target import codegen
+
+    arch = platform.machine()
+    flags = _cpu_flags()
+    llvm_cpu = codegen.llvm_get_system_cpu()
+    if arch == "x86_64":
+        target: dict[str, Any] = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": _x86_level(flags)}
+        extras = [f for f in ("avx512vnni", "avxvnni") if f in flags]
+        if extras:
+            target["mattr"] = [f"+{f}" for f in extras]
+        machine = "x86-64"
+    elif arch == "aarch64":
+        target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+        target["mattr"] += [f"+{name}" for flag, name in (("asimddp", "dotprod"), ("i8mm", "i8mm")) if flag in flags]
+        machine = "aarch64"
+    else:
+        target = {"kind": "llvm", "mtriple": codegen.llvm_get_system_triple()}
+        machine = None
+    return TargetSpec(
+        name="cpu",
+        description=f"this host ({arch}, LLVM names it {llvm_cpu}, built as {target.get('mcpu', 'generic')})",
+        tvm_target=target,
+        machine=machine,
+        features=tuple(sorted(f for f in flags if f in _REPORTED)),
+    )
+
+
+_REPORTED = {"avx2", "fma", "avx512f", "avx512bw", "avx512vnni", "avxvnni", "asimd", "asimddp", "i8mm"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("flags", "Features"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _x86_level(flags: set[str]) -> str:
+    v4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+    v3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"}
+    if (v3 | v4) <= flags:
+        return "x86-64-v4"
+    if v3 - {"movbe", "xsave"} <= flags:
+        return "x86-64-v3"
+    if {"sse4_1", "sse4_2", "ssse3", "popcnt"} <= flags:
+        return "x86-64-v2"
+    return "x86-64"
