@@ -26,3 +26,11 @@ def w8a8_pipeline(tmp_path_factory, digits, digits_model):
     onnx_path = edgeq.export(qmodel, digits.x_test[:1], out / "digits.onnx")
     artifact = edgeq.compile(onnx_path, target="cpu", out_dir=out)
     return qmodel, onnx_path, artifact
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of SmolLM2-135M in float32; loaded once (~20 s)."""
+    from edgeq.models.smollm2 import load_smollm2
+
+    return load_smollm2()
