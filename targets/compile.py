@@ -71,8 +71,8 @@ def _value_infos(values) -> list[dict]:
 def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None) -> Artifact:
     """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact."""
     import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgeq.targets.importer import import_onnx
 
     spec = get_target(target)
     compiler = spec.require_compiler()
@@ -81,7 +81,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     out = Path(out_dir) / f"{name}.{spec.name}.{spec.artifact}"
     start = time.perf_counter()
     try:
-        mod = from_onnx(model)
+        mod = import_onnx(model)
     except Exception as exc:
         raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
     try:

@@ -124,3 +124,13 @@ def _x86_level(flags: set[str]) -> str:
     if {"sse4_1", "sse4_2", "ssse3", "popcnt"} <= flags:
         return "x86-64-v2"
     return "x86-64"
+
+
+register_target(TargetSpec(
+    name="arm64",
+    description="64-bit Arm Linux (aarch64) with NEON: phones, Raspberry Pi 4/5, Jetson CPUs",
+    tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+    cross_compiler="aarch64-linux-gnu-g++",
+    compiler_package="g++-aarch64-linux-gnu",
+    machine="aarch64",
+))
