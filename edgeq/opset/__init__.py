@@ -120,3 +120,5 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
 from edgeq.opset import lowbit_linear  # noqa: E402,F401
 from edgeq.opset import lowbit_embedding  # noqa: E402,F401
+from edgeq.opset import hadamard  # noqa: E402,F401
+from edgeq.opset import lowrank_linear  # noqa: E402,F401
