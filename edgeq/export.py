@@ -97,6 +97,7 @@ def export(
     if weight_format != "edgeq":
         lower_to_dequantize_linear(proto, opset)
     attach_functions(proto)
+    _drop_trace_metadata(proto)
     if external_data is None:
         external_data = _initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     if external_data:
@@ -140,6 +141,7 @@ def _save_with_external_data(proto: onnx.ModelProto, path: Path, data_name: str)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
+        (Path(tmp) / data_name).parent.mkdir(parents=True, exist_ok=True)
         try:
             onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
@@ -158,6 +160,18 @@ def _check(model: onnx.ModelProto | str) -> None:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported model fails onnx.checker: {_first_line(exc)}") from None
+
+
+_TRACE_KEYS = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+
+def _drop_trace_metadata(proto: onnx.ModelProto) -> None:
+    """The exporter stamps every node with a Python stack trace and FX text: bulky, and it holds
+    local paths. Module scopes (``namespace``, ``name_scopes``) stay: they say which layer a node is."""
+    for node in proto.graph.node:
+        kept = [kv for kv in node.metadata_props if kv.key not in _TRACE_KEYS]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def _initializer_bytes(proto: onnx.ModelProto) -> int:

@@ -74,7 +74,8 @@ register_export_rule(WeightOnlyEmbedding)(LowBitEmbeddingExport)
 
 
 def is_edgeq_quantized(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("edgeq.quant.")
+    """Defined under ``edgeq.quant``, or a subclass of a type with a rule (its forward may differ)."""
+    return type(module).__module__.startswith("edgeq.quant.") or isinstance(module, tuple(_RULES))
 
 
 def planned_replacements(model: nn.Module) -> dict[str, nn.Module]:
