@@ -67,3 +67,4 @@ def edgeq_ops() -> dict[str, EdgeqOp]:
 
 
 from edgeq.opset import qdq  # noqa: E402,F401
+from edgeq.opset import dyadic  # noqa: E402,F401
