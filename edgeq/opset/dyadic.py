@@ -142,3 +142,27 @@ DYADIC_REQUANTIZE = register_op(EdgeqOp(
     reference=dyadic_requantize_reference,
     doc=__doc__,
 ))
+
+
+# The integer constants of an integer-only layer, derived from its float32 scales in float64.
+# The PyTorch integer reference (edgeq.quant.dyadic) and the integerize pass (edgeq.passes) both
+# call these, on the same float32 numbers, so they compute the same integers.
+
+
+def accumulator_scale(input_scale, weight_scale) -> np.ndarray:
+    """S_in * S_w (per output channel), the scale of an integer conv/matmul's int32 accumulator."""
+    return np.float64(np.float32(input_scale)) * np.asarray(weight_scale, np.float32).astype(np.float64)
+
+
+def bias_int32(bias, input_scale, weight_scale) -> np.ndarray:
+    """The float bias as int32 at the accumulator's scale (round half to even)."""
+    q = np.rint(np.asarray(bias, np.float32).astype(np.float64) / accumulator_scale(input_scale, weight_scale))
+    if np.any(np.abs(q) > INT32_MAX):
+        raise QuantizationError("bias does not fit int32 at scale S_in*S_w")
+    return q.astype(np.int32)
+
+
+def rescale_multiplier(from_scale, to_scale, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(b, c) for from_scale / (count * to_scale): count > 1 divides a sum (average pooling)."""
+    ratio = np.asarray(from_scale, np.float64) / (np.float64(count) * np.float64(np.float32(to_scale)))
+    return dyadic_multiplier(ratio)
