@@ -370,14 +370,15 @@ def integerize(model: onnx.ModelProto, keep_float=()) -> onnx.ModelProto:
     keep = set(keep_float)
     rewriter = _Integerizer(_copy(model), keep)
     result = rewriter.run()
-    if rewriter.rewritten == 0:
-        raise IntegerizeError("no QuantizeLinear/DequantizeLinear region to integerize in this graph")
+    inputs = {i.name for i in model.graph.input}
+    if not any(n.op_type == "QuantizeLinear" and n.input[0] in inputs for n in model.graph.node):
+        raise IntegerizeError("no QuantizeLinear of a graph input: this is not a QDQ graph to integerize")
     result = remove_dead_nodes(result)
     attach_edgeq_functions(result)
     leftover = [n for n in float_ops_in_integer_region(result)
                 if n.name not in keep and n.op_type not in keep and not _feeds_kept(n, result, keep)]
     if leftover:
-        n = leftover[0]
+        n = next((n for n in leftover if n.op_type not in ("DequantizeLinear", "QuantizeLinear")), leftover[0])
         raise IntegerizeError(
             f"{node_label(n)} has no integer form; pass keep_float=[{n.name!r}] "
             f"(edgeq optimize --keep-float {n.name}) to keep that region in float"
