@@ -41,3 +41,11 @@ def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.value_info[:]
     graph.value_info.extend(used_vi)
     return model
+
+
+from edgeq.passes.manager import Pass, register_pass  # noqa: E402
+
+register_pass(Pass(
+    name="dead_nodes", run=remove_dead_nodes, doc=__doc__.splitlines()[0],
+    guarantees=frozenset({"no_dead_nodes"}), tolerance=0.0,
+))

@@ -36,6 +36,7 @@ from edgeq.opset.dyadic import INT32_MAX, INT32_MIN, accumulator_scale, bias_int
 from edgeq.passes._onnx import attach_edgeq_functions, consumers, node_label, producers
 from edgeq.passes.dead_nodes import remove_dead_nodes
 from edgeq.passes.integer_check import float_ops_in_integer_region
+from edgeq.passes.manager import Pass, register_pass
 
 SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 _RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}
@@ -398,3 +399,10 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
+
+register_pass(Pass(
+    name="integerize", run=integerize, doc=__doc__.splitlines()[0],
+    requires=frozenset({"qdq"}), guarantees=frozenset({"integer_only"}),
+    tolerance=0.05,  # dyadic rounding of biases and rescales: a few output steps
+))
