@@ -404,5 +404,6 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 register_pass(Pass(
     name="integerize", run=integerize, doc=__doc__.splitlines()[0],
     requires=frozenset({"qdq"}), guarantees=frozenset({"integer_only"}),
+    waived_by={"keep_float": frozenset({"integer_only"})},
     tolerance=0.05,  # dyadic rounding of biases and rescales: a few output steps
 ))

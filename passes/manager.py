@@ -68,6 +68,11 @@ class Pass:
     requires: frozenset[str] = field(default_factory=frozenset)
     guarantees: frozenset[str] = field(default_factory=frozenset)
     tolerance: float = 1e-5
+    waived_by: dict[str, frozenset[str]] = field(default_factory=dict)  # option -> guarantees it lifts
+
+    def promised(self, options: dict) -> frozenset[str]:
+        waived = set().union(*(self.waived_by.get(k, frozenset()) for k, v in options.items() if v))
+        return self.guarantees - waived
 
 
 _PASSES: dict[str, Pass] = {}
@@ -149,8 +154,14 @@ def run_passes(
     verify: bool = False,
     inputs: dict[str, np.ndarray] | None = None,
     seed: int = 0,
+    options: dict[str, dict] | None = None,
 ) -> tuple[onnx.ModelProto, list[PassReport]]:
-    """Run ``passes`` in order; returns the model and one report per pass."""
+    """Run ``passes`` in order; returns the model and one report per pass.
+
+    ``options`` maps a pass name to keyword arguments for it (``{"integerize": {"keep_float":
+    ["node"]}}``); ``inputs`` replaces the seeded inputs of verify mode.
+    """
+    options = options or {}
     chosen = [get_pass(n) for n in passes]
     current = onnx.ModelProto()
     current.CopyFrom(model)
@@ -163,8 +174,8 @@ def run_passes(
                 raise PassError(f"pass {p.name!r} requires {prop!r}, which the model does not satisfy; run a pass that guarantees it first")
         exact = verify and _integer_only(current)
         n_before = len(current.graph.node)
-        current = p.run(current)
-        for prop in sorted(p.guarantees):
+        current = p.run(current, **options.get(p.name, {}))
+        for prop in sorted(p.promised(options.get(p.name, {}))):
             if not PROPERTIES[prop](current):
                 raise PassError(f"pass {p.name!r} promised {prop!r} but the model does not satisfy it afterwards")
         change = None
