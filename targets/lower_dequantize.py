@@ -122,23 +122,23 @@ class BlockedDequantizeLinear(onnx_frontend.DequantizeLinear):
     def _impl_v21(cls, bb, inputs, attr, params):
         if not attr.get("block_size", 0):
             return super()._impl_v21(bb, inputs, attr, params)
-        return cls._blocked(inputs, attr, inputs[1].struct_info.dtype)
+        return cls._blocked(inputs, attr, inputs[1].ty.dtype.dtype)
 
     @classmethod
     def _impl_v23(cls, bb, inputs, attr, params):
         if not attr.get("block_size", 0):
             return super()._impl_v23(bb, inputs, attr, params)
         output_dtype = attr.get("output_dtype", 0)
-        return cls._blocked(inputs, attr, get_type(output_dtype) if output_dtype else inputs[1].struct_info.dtype)
+        return cls._blocked(inputs, attr, get_type(output_dtype) if output_dtype else inputs[1].ty.dtype.dtype)
 
     @staticmethod
     def _blocked(inputs, attr, out_dtype):
         x, scale = inputs[0], inputs[1]
         zp = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
         block = attr["block_size"]
-        ndim = len(x.struct_info.shape)
+        ndim = len(x.ty.shape)
         axis = attr.get("axis", 1) % ndim
-        extent = x.struct_info.shape[axis]
+        extent = x.ty.shape[axis]
 
         def widen(t):
             return relax.op.strided_slice(relax.op.repeat(t, block, axis), [axis], [0], [extent])

@@ -72,9 +72,9 @@ def emit_packed_linear(bb, x, qweight, scales, zeros, bias, bits: int, group_siz
     """Emit the packed kernel for X ``[..., K]``; returns ``[..., N]`` float32."""
     from tvm import relax
 
-    shape = list(x.ty.shape) if hasattr(x.ty, "shape") else list(x.struct_info.shape)
+    shape = list(x.ty.shape)
     k_dim = shape[-1]
-    n_dim = qweight.struct_info.shape[0]
+    n_dim = qweight.ty.shape[0]
     flat = bb.normalize(relax.op.reshape(x, (-1, k_dim))) if len(shape) != 2 else x
     args = [flat, qweight, scales, zeros] + ([bias] if bias is not None else [])
     fn = lambda *a: packed_linear_te(*a, bits=bits, group_size=group_size)  # noqa: E731
@@ -104,7 +104,7 @@ class PackedLinear(OnnxOpConverter):
         bits = _attr_int(attr, "bits")
         group_size = _attr_int(attr, "group_size", "block_size", default=0)
         if not group_size:
-            group_size = int(x.struct_info.shape[-1]) // int(scales.struct_info.shape[1])
+            group_size = int(x.ty.shape[-1]) // int(scales.ty.shape[1])
         return emit_packed_linear(bb, x, qweight, scales, zeros, bias, bits, group_size)
 
 
