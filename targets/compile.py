@@ -32,6 +32,7 @@ class Artifact:
     weight_bytes: int | None = None  # bytes of the constants the artifact holds
     onnx_weight_bytes: int | None = None  # bytes of the ONNX file's initializers (packed)
     device_code: str | None = None  # GPU targets: the PTX for the named architecture, when built
+    specialized: dict | None = None  # input dimensions fixed at compile time, by name
 
     @property
     def meta_path(self) -> Path:
@@ -142,13 +143,23 @@ def _module_tree(mod):
         yield from _module_tree(child)
 
 
-def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None) -> Artifact:
-    """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact."""
+def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None,
+            specialize: dict[str, int] | None = None) -> Artifact:
+    """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact.
+
+    ``specialize`` fixes symbolic input dimensions by name (e.g. ``{"seq": 128}``): needed for
+    torch's export of decoder LMs, whose sequence-length arithmetic TVM cannot import.
+    """
     from edgeq.targets.importer import import_onnx
+    from edgeq.targets.specialize import specialize as fix_dims
+    from edgeq.targets.specialize import symbolic_dims
 
     spec = get_target(target)
     compiler = spec.require_compiler()
     model = load_onnx(onnx_path)
+    packed_bytes = onnx_weight_bytes(model)
+    if specialize:
+        model = fix_dims(model, specialize)
     name = name or Path(onnx_path).stem
     out = Path(out_dir) / f"{name}.{spec.name}.{spec.artifact}"
     start = time.perf_counter()
@@ -157,7 +168,11 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     except EdgeqError as exc:
         raise type(exc)(f"{onnx_path}: {exc}") from None
     except Exception as exc:
-        raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+        hint = ""
+        dynamic = [d for d in symbolic_dims(model) if d != "batch"]
+        if dynamic:
+            hint = f" (symbolic dimensions {', '.join(dynamic)}: compile with specialize={{{dynamic[0]!r}: N}} / --specialize {dynamic[0]}=N)"
+        raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{hint}") from None
     try:
         executable, weight_bytes = build(mod, spec)
     except Exception as exc:
@@ -174,7 +189,8 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     artifact = Artifact(
         path=out, target=spec.name, compile_seconds=seconds, size_bytes=out.stat().st_size,
         inputs=_value_infos(model.graph.input), outputs=_value_infos(model.graph.output),
-        tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=onnx_weight_bytes(model),
+        tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=packed_bytes,
+        specialized=dict(specialize) if specialize else None,
         device_code=str(device_code) if device_code else None,
     )
     meta = {k: v for k, v in asdict(artifact).items() if k != "path"}
