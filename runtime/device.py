@@ -71,6 +71,7 @@ SERVER_SCRIPT = '''\
 """TVM RPC server for the emulated device (written by edgeq; runs under qemu-user)."""
 import argparse
 import logging
+import os
 
 from tvm.rpc.server import PopenRPCServerState
 
@@ -85,9 +86,20 @@ if args.tracker:
     host, port = args.tracker.rsplit(":", 1)
     tracker = (host, int(port))
 logging.basicConfig(level=logging.INFO)
-state = PopenRPCServerState(args.host, args.port, args.port + 1, tracker_addr=tracker, key=args.key)
-print(f"edgeq-device-ready {state.port}", flush=True)
-state.thread.join()
+ready = False
+home = os.getcwd()
+while True:
+    state = PopenRPCServerState(args.host, args.port, args.port + 1, tracker_addr=tracker, key=args.key)
+    if not ready:
+        print(f"edgeq-device-ready {state.port}", flush=True)
+        ready = True
+    state.thread.join()
+    # A session worker died (a crashing model, a killed session): TVM's listen loop ends with
+    # it. Close the listening socket and serve again on the same port.
+    # The dead session's work folder was the current directory.
+    state.sock.close()
+    os.chdir(home)
+    logging.warning("a session worker died; serving again")
 '''
 
 
