@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edgeq.errors import EdgeqError
+from edgeq.errors import RuntimeExecError
 
 
-class DeviceError(EdgeqError):
+class DeviceError(RuntimeExecError):
     """The emulated device cannot be prepared, started, or reached."""
 
 
@@ -313,6 +313,21 @@ def start_device(
     if running is not None:
         return running
     folder = prepare_device(name)
+    proc, port = launch_server(name, host, port, key=key, tracker=tracker, log_path=folder / "server.log")
+    state = DeviceState(name=name, pid=proc.pid, host=host, port=port, key=key, tracker=tracker, started=time.time())
+    _state_path(name).write_text(json.dumps(asdict(state)))
+    return state
+
+
+def launch_server(
+    name: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, key: str = "", tracker: str | None = None,
+    log_path: Path | None = None,
+) -> tuple[subprocess.Popen, int]:
+    """Start one RPC server process of a prepared device on the first free port from ``port``;
+    returns it (the leader of its own process group) once it listens, and its port."""
+    folder = device_dir(name)
+    if not (folder / "server.py").exists():
+        raise DeviceError(f"the {name} device is not prepared; run `edgeq device start {name}`")
     while not _port_free(host, port):
         port += 1
     args = ["--host", host, "--port", str(port)]
@@ -321,7 +336,7 @@ def start_device(
     if tracker:
         args += ["--tracker", tracker]
     cmd, env = device_command(name, folder / "server.py", *args)
-    log_path = folder / "server.log"
+    log_path = log_path or folder / f"server-{port}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=folder, start_new_session=True)
@@ -331,17 +346,13 @@ def start_device(
             tail = "\n".join(log_path.read_text().strip().splitlines()[-5:])
             raise DeviceError(f"the {name} device's server exited with code {proc.returncode} (log {log_path}):\n{tail}")
         if "edgeq-device-ready" in log_path.read_text():
-            break
+            return proc, port
         time.sleep(0.2)
-    else:
-        _kill_group(proc.pid)
-        raise DeviceError(f"the {name} device's server did not start within {START_TIMEOUT_S:.0f} s (log {log_path})")
-    state = DeviceState(name=name, pid=proc.pid, host=host, port=port, key=key, tracker=tracker, started=time.time())
-    _state_path(name).write_text(json.dumps(asdict(state)))
-    return state
+    kill_server(proc.pid)
+    raise DeviceError(f"the {name} device's server did not start within {START_TIMEOUT_S:.0f} s (log {log_path})")
 
 
-def _kill_group(pid: int, grace_s: float = 5.0) -> None:
+def kill_server(pid: int, grace_s: float = 5.0) -> None:
     """SIGTERM the server's process group (it forks a worker per session), SIGKILL after a grace."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -369,5 +380,5 @@ def stop_device(name: str = "arm64") -> bool:
     _state_path(name).unlink(missing_ok=True)
     if state is None:
         return False
-    _kill_group(state.pid)
+    kill_server(state.pid)
     return True
