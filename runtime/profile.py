@@ -185,14 +185,16 @@ class RecipePoint:
 
 
 def recipe_sweep(recipes: Sequence[str], out_dir: str | Path, batch: int = 1, warmup: int = 5, repeat: int = 50,
-                 device: str | None = None, target: str = "cpu") -> list[RecipePoint]:
+                 device: str | None = None, target: str = "cpu") -> tuple[list[RecipePoint], dict[str, str]]:
     """Quantize the built-in CNN with each recipe (``float`` for none), export, compile for
     ``target``; accuracy of the PyTorch model, latency on onnxruntime and TVM (here, or on
-    ``device`` when ``target`` is another machine's), and file sizes."""
+    ``device`` when ``target`` is another machine's), and file sizes. Returns the points and,
+    for recipes that do not apply to the CNN, the reason."""
     import torch
     from tqdm import tqdm
 
     import edgeq
+    from edgeq.errors import EdgeqError
     from edgeq.models.digits_cnn import accuracy, digits_data, load_digits_cnn
     from edgeq.runtime.executors import OrtExecutor
 
@@ -200,13 +202,19 @@ def recipe_sweep(recipes: Sequence[str], out_dir: str | Path, batch: int = 1, wa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     x = [data.x_test[:batch].numpy()]
-    points = []
+    points: list[RecipePoint] = []
+    skipped: dict[str, str] = {}
     for recipe in tqdm(recipes, desc="recipes", unit="recipe"):
         model = load_digits_cnn()
-        if recipe != "float":
-            model = edgeq.quantize(model, recipe, calib=data.x_train[:512])
-        onnx_path = edgeq.export(model, data.x_test[:1], out / f"digits_cnn.{recipe}.onnx")
-        artifact = edgeq.compile(onnx_path, target=target, out_dir=out)
+        try:
+            if recipe != "float":
+                model = edgeq.quantize(model, recipe, calib=data.x_train[:512])
+            onnx_path = edgeq.export(model, data.x_test[:1], out / f"digits_cnn.{recipe}.onnx")
+            artifact = edgeq.compile(onnx_path, target=target, out_dir=out)
+        except EdgeqError as exc:
+            skipped[recipe] = str(exc)
+            tqdm.write(f"{recipe}: skipped: {exc}")
+            continue
         with torch.no_grad():
             top1 = accuracy(model(data.x_test), data.y_test)
         if device:
@@ -217,32 +225,44 @@ def recipe_sweep(recipes: Sequence[str], out_dir: str | Path, batch: int = 1, wa
             tvm_ex = TvmExecutor(artifact.path)
         lat = {ex.name: latency(ex, x, warmup, repeat) for ex in (OrtExecutor(onnx_path, threads=1), tvm_ex)}
         points.append(RecipePoint(recipe, top1, Path(onnx_path).stat().st_size, artifact.size_bytes, lat))
-    return points
+    return points, skipped
 
 
 def plot_tradeoff(points: Sequence[RecipePoint], path: str | Path, title: str) -> Path:
-    """Accuracy against latency, one marker per recipe and executor, marker area ~ ONNX size."""
+    """Two panels sharing the accuracy axis: accuracy against median latency (bars to p90, one
+    marker per executor) and against file size (ONNX model and compiled artifact); one colour
+    per recipe."""
+    from matplotlib.lines import Line2D
+
     from edgeq._io import atomic_path
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, (ax_lat, ax_size) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    colors = {p.recipe: plt.cm.tab10(i % 10) for i, p in enumerate(points)}
     executors = sorted({name for p in points for name in p.latency})
-    markers = dict(zip(executors, "os^D"))
-    biggest = max(p.onnx_bytes for p in points)
+    markers = dict(zip(executors, "o^sDv"))
     for p in points:
+        acc = p.top1 * 100
         for name, lat in p.latency.items():
-            ax.scatter(lat.median_ms, p.top1 * 100, s=60 + 540 * p.onnx_bytes / biggest, marker=markers[name],
-                       alpha=0.6, label=name)
-            ax.annotate(f"{p.recipe}\n{p.onnx_bytes / 1024:.0f} KiB", (lat.median_ms, p.top1 * 100),
-                        textcoords="offset points", xytext=(10, -4), fontsize=8)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), title="executor (area ~ ONNX size)", loc="lower right", fontsize=8)
-    ax.set_xlabel("median latency per batch (ms)")
-    ax.set_ylabel("top-1 accuracy, digits test set (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.margins(x=0.3, y=0.3)
+            ax_lat.errorbar(lat.median_ms, acc, xerr=[[0], [max(lat.p90_ms - lat.median_ms, 0)]], fmt=markers[name],
+                            color=colors[p.recipe], markersize=8, capsize=3, alpha=0.85)
+        ax_size.scatter(p.onnx_bytes / 1024, acc, marker="o", s=70, color=colors[p.recipe], alpha=0.85)
+        ax_size.scatter(p.artifact_bytes / 1024, acc, marker="s", s=70, facecolors="none", edgecolors=colors[p.recipe])
+    ax_lat.set_xscale("log")
+    ax_lat.set_xlabel("median latency per batch, ms (log; bar to p90)")
+    ax_lat.set_ylabel("top-1 accuracy, digits test set (%)")
+    ax_size.set_xlabel("file size, KiB")
+    lo = min(p.top1 for p in points) * 100
+    ax_lat.set_ylim(lo - max(1.0, 0.1 * (100 - lo)), 100.3)
+    for ax in (ax_lat, ax_size):
+        ax.grid(alpha=0.3)
+    recipe_handles = [Line2D([], [], marker="o", linestyle="", color=c, label=r) for r, c in colors.items()]
+    exec_handles = [Line2D([], [], marker=markers[e], linestyle="", color="gray", label=e) for e in executors]
+    size_handles = [Line2D([], [], marker="o", linestyle="", color="gray", label="ONNX model"),
+                    Line2D([], [], marker="s", linestyle="", markerfacecolor="none", color="gray", label="TVM artifact")]
+    ax_lat.legend(handles=recipe_handles + exec_handles, fontsize=8, loc="lower left", title="recipe / executor")
+    ax_size.legend(handles=size_handles, fontsize=8, loc="lower left", title="file")
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, keep_suffix=True) as tmp:

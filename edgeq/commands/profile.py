@@ -84,8 +84,12 @@ def _sweep(args, out: Path) -> dict:
     from edgeq.runtime import profile as prof
 
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    points = prof.recipe_sweep(recipes, out, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
+    points, skipped = prof.recipe_sweep(recipes, out, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
                                device=args.device, target=args.target)
+    if not points:
+        from edgeq.errors import RecipeError
+
+        raise RecipeError("no recipe applied to the built-in CNN: " + "; ".join(f"{r}: {e}" for r, e in skipped.items()))
     plot = prof.plot_tradeoff(points, out / "tradeoff.png",
                               f"built-in digits CNN: accuracy vs latency (batch {args.batch}) and size")
     if not args.json:
@@ -95,5 +99,7 @@ def _sweep(args, out: Path) -> dict:
                 rows.append([p.recipe, name, f"{p.top1:.2%}", f"{lat.median_ms:.3f}", f"{lat.p90_ms:.3f}",
                              f"{p.onnx_bytes / 1024:.1f} KiB", f"{p.artifact_bytes / 1024:.1f} KiB"])
         print(format_table(["recipe", "executor", "top-1", "median ms", "p90 ms", "ONNX", "artifact"], rows))
+        for recipe, reason in skipped.items():
+            print(f"{recipe}: skipped: {reason}")
         print(f"trade-off plot: {plot}")
-    return {"recipes": [p.to_dict() for p in points], "batch": args.batch, "plots": [str(plot)]}
+    return {"recipes": [p.to_dict() for p in points], "skipped": skipped, "batch": args.batch, "plots": [str(plot)]}
