@@ -44,44 +44,47 @@ def rtn_linear(w: torch.Tensor, bits: int, group_size: int, bias=None) -> Weight
     return WeightOnlyLinear.from_integers(q.to(torch.uint8), scales.half(), zeros.to(torch.uint8), bits, bias)
 
 
-def gptq_linear(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, *, damp: float = 0.01,
-                block: int = 128, bias=None) -> WeightOnlyLinear:
-    """GPTQ on ``w`` [n, k] with input Hessian ``hessian`` [k, k] (columns in their given order).
+def gptq_solve(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, *, n_quant: int | None = None,
+               damp: float = 0.01, block: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ on ``w`` [n, k] with input Hessian ``hessian`` [k, k], columns in their given order.
 
-    The grid of each group is fixed from the already error-updated columns when the solve reaches
-    the group's first column.
+    Only the first ``n_quant`` columns (default all) are quantized; the columns after them are
+    left in float but still receive the error updates, so they absorb what quantization lost.
+    Returns (integers [n, n_quant], scales, zeros [n, n_quant/group], updated trailing columns).
+    The grid of each group is fixed when the solve reaches the group's first column.
     """
     w = w.detach().float().clone()
     n, k = w.shape
-    if k % group_size:
-        raise QuantizationError(f"group size {group_size} does not divide in_features {k}")
+    n_quant = k if n_quant is None else n_quant
+    if n_quant % group_size:
+        raise QuantizationError(f"group size {group_size} does not divide in_features {n_quant}")
     h = hessian.double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    q_all = torch.zeros(n, k)
-    scales = torch.zeros(n, k // group_size)
-    zeros = torch.zeros(n, k // group_size)
+    q_all = torch.zeros(n, n_quant)
+    scales = torch.zeros(n, n_quant // group_size)
+    zeros = torch.zeros(n, n_quant // group_size)
     qmax = 2**bits - 1
-    for b0 in range(0, k, block):
-        b1 = min(b0 + block, k)
-        wb = w[:, b0:b1].clone()
-        err = torch.zeros_like(wb)
-        for j in range(b1 - b0):
-            col = b0 + j
-            if col % group_size == 0:
-                gi = col // group_size
-                s, z = group_grid(torch.cat([wb[:, j:], w[:, b1:]], dim=1)[:, :group_size], bits, group_size)
+    for b0 in range(0, n_quant, block):
+        b1 = min(b0 + block, n_quant)
+        for j in range(b0, b1):
+            gi = j // group_size
+            if j % group_size == 0:
+                s, z = group_grid(w[:, j:j + group_size], bits, group_size)
                 scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
-            gi = col // group_size
-            q = torch.round(wb[:, j] / scales[:, gi] + zeros[:, gi]).clamp(0, qmax)
-            q_all[:, col] = q
-            deq = (q - zeros[:, gi]) * scales[:, gi]
-            d = hinv[col, col]
-            e = (wb[:, j] - deq) / d
-            wb[:, j:] -= e.unsqueeze(1) * hinv[col, col:b1].unsqueeze(0)
-            err[:, j] = e
-        w[:, b1:] -= err @ hinv[b0:b1, b1:]
-    return WeightOnlyLinear.from_integers(q_all.to(torch.uint8), scales.half(), zeros.to(torch.uint8), bits, bias)
+            q = torch.round(w[:, j] / scales[:, gi] + zeros[:, gi]).clamp(0, qmax)
+            q_all[:, j] = q
+            e = (w[:, j] - (q - zeros[:, gi]) * scales[:, gi]) / hinv[j, j]
+            w[:, j:b1] -= e.unsqueeze(1) * hinv[j, j:b1].unsqueeze(0)
+            w[:, j] = e  # keep the scaled error of column j for the lazy update below
+        w[:, b1:] -= w[:, b0:b1] @ hinv[b0:b1, b1:]
+    return q_all, scales, zeros, w[:, n_quant:]
+
+
+def gptq_linear(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, *, damp: float = 0.01,
+                bias=None) -> WeightOnlyLinear:
+    q, scales, zeros, _ = gptq_solve(w, hessian, bits, group_size, damp=damp)
+    return WeightOnlyLinear.from_integers(q.to(torch.uint8), scales.half(), zeros.to(torch.uint8), bits, bias)
