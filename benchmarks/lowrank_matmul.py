@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_results, markdown_table  # noqa: E402
 from _lowrank_data import smollm2_layers  # noqa: E402
 
-from edgeq.quant._lowbit import rtn_linear  # noqa: E402
+from edgeq.quant.lopro import rtn_linear  # noqa: E402
 from edgeq.quant.lrqmm import lrqmm_matmul, quantized_matmul  # noqa: E402
 from edgeq.quant.r1svd import r1svd  # noqa: E402
 

@@ -10,9 +10,10 @@ from torch import nn
 
 import edgeq
 from edgeq.errors import QuantizationError
-from edgeq.quant._lowbit import gptq_linear, rtn_linear
+from edgeq.quant.gptq import gptq_quantize_weight
 from edgeq.quant.lrqmm import LRQMMRecipe
-from edgeq.quant.lopro import LoProLinear, LoProRecipe, block_hadamard, hadamard_matrix, lopro_linear
+from edgeq.quant.hadamard import hadamard_matrix
+from edgeq.quant.lopro import LoProLinear, LoProRecipe, block_hadamard, lopro_linear, rtn_linear
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,18 @@ def output_err(x, w, w_hat):
     return float((x @ (w - w_hat).T).norm() / (x @ w.T).norm())
 
 
-def test_hadamard_is_orthogonal_and_self_inverse():
-    h = hadamard_matrix(32)
-    torch.testing.assert_close(h @ h, torch.eye(32), rtol=0, atol=1e-6)
-    x = torch.randn(3, 96)
-    torch.testing.assert_close(block_hadamard(block_hadamard(x, 32), 32), x, rtol=0, atol=1e-5)
-    with pytest.raises(QuantizationError, match="power of two"):
-        hadamard_matrix(48)
+@pytest.mark.parametrize("block", [32, 48])
+def test_block_hadamard_matches_dense_and_inverts(block):
+    x = torch.randn(3, 4 * block)
+    dense = x @ torch.block_diag(*[hadamard_matrix(block)] * 4)
+    torch.testing.assert_close(block_hadamard(x, block), dense, rtol=0, atol=1e-5)
+    torch.testing.assert_close(block_hadamard(block_hadamard(x, block), block, inverse=True), x, rtol=0, atol=1e-5)
+
+
+def test_block_size_without_hadamard_matrix(outlier_problem):
+    _, w, h = outlier_problem
+    with pytest.raises(QuantizationError, match="no Hadamard matrix of size 36"):
+        lopro_linear(w[:, :252], h[:252, :252], bits=3, group_size=36, rank=0, block_size=36, salient_blocks=0)
 
 
 @pytest.mark.parametrize("quantizer, rank, salient, factor_dtype", [
@@ -57,7 +63,7 @@ def test_inference_form_matches_dequantized_weight(outlier_problem, quantizer, r
 def test_beats_plain_rtn_and_gptq(outlier_problem, bits):
     x, w, h = outlier_problem
     rtn = output_err(x, w, rtn_linear(w, bits, 64).dequantized_weight())
-    gptq = output_err(x, w, gptq_linear(w, h, bits, 64).dequantized_weight())
+    gptq = output_err(x, w, gptq_quantize_weight(w, h, bits, 64).dequantize())
     lopro_rtn = lopro_linear(w, h, bits=bits, group_size=64, rank=8, block_size=64, salient_blocks=1, quantizer="rtn")
     lopro_gptq = lopro_linear(w, h, bits=bits, group_size=64, rank=8, block_size=64, salient_blocks=1)
     # bound: at most half the plain method's output error on this matrix

@@ -10,7 +10,7 @@ from torch import nn
 import edgeq
 from edgeq.errors import QuantizationError
 from edgeq.quant.lrqmm import LowRankCorrectedLinear, LRQMMRecipe, lrqmm_linear, lrqmm_matmul, quantized_matmul, quantize_rows
-from edgeq.quant._lowbit import rtn_linear
+from edgeq.quant.lopro import rtn_linear
 
 
 def seeded_linear(k=256, n=96, seed=0):
@@ -65,7 +65,7 @@ def test_recipe_on_model():
     assert isinstance(model[0], nn.Linear)  # input model untouched
     with pytest.raises(QuantizationError, match="factor_dtype"):
         edgeq.quantize(model, LRQMMRecipe(factor_dtype="int3"))
-    with pytest.raises(QuantizationError, match="layer 0: group size 48"):
+    with pytest.raises(QuantizationError, match="0: group size 48"):
         edgeq.quantize(model, LRQMMRecipe(group_size=48))
 
 

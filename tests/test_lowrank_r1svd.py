@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgeq.errors import QuantizationError
-from edgeq.quant._lowbit import rtn_linear
+from edgeq.quant.lopro import rtn_linear
 from edgeq.quant.r1svd import compress_factors, r1svd
 
 

@@ -29,7 +29,7 @@ the output error ``|X (W - Ŵ)^T|`` per layer summed over sampled layers, at mat
 from __future__ import annotations
 
 import copy
-import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -39,27 +39,62 @@ from tqdm import tqdm
 
 from edgeq.errors import QuantizationError
 from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
-from edgeq.quant._lowbit import gptq_solve, rtn_linear
+from edgeq.quant.gptq import gptq_quantize_model
+from edgeq.quant.hadamard import hadamard_matrix, hadamard_transform
+from edgeq.quant.rtn import check_grid, group_params, quantize_groups, quantize_with
 from edgeq.quant.r1svd import FACTOR_DTYPES, compress_factors, decode_factors, factor_bytes, r1svd
 from edgeq.quant.weight_only import WeightOnlyLinear
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 
-def hadamard_matrix(size: int) -> torch.Tensor:
-    """Normalized Sylvester Walsh-Hadamard matrix (symmetric, orthogonal) of a power-of-two size."""
-    if size < 1 or size & (size - 1):
-        raise QuantizationError(f"LoPRo block size must be a power of two, got {size}")
-    h = torch.ones(1, 1)
-    while h.shape[0] < size:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h / math.sqrt(size)
-
-
-def block_hadamard(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """``x`` [..., k] times blockdiag(Hd, ...) along the last axis (k a multiple of ``block_size``)."""
-    hd = hadamard_matrix(block_size).to(x.dtype)
+def block_hadamard(x: torch.Tensor, block_size: int, inverse: bool = False) -> torch.Tensor:
+    """``x`` [..., k] times blockdiag(Hd, ...) (or its transpose) along the last axis; ``Hd`` is
+    ``edgeq.quant.hadamard``'s orthogonal matrix of order ``block_size`` (2^k times 12/20/28)."""
     shape = x.shape
-    return (x.reshape(*shape[:-1], shape[-1] // block_size, block_size) @ hd).reshape(shape)
+    blocks = x.reshape(*shape[:-1], shape[-1] // block_size, block_size)
+    if inverse:
+        return (blocks @ hadamard_matrix(block_size, x.dtype).T).reshape(shape)
+    return hadamard_transform(blocks).reshape(shape)
+
+
+def gptq_solve(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, n_quant: int,
+               damp: float = 0.01, block: int = 128):
+    """GPTQ in the given column order, quantizing only the first ``n_quant`` columns.
+
+    The columns after them stay in float but still receive the error updates, so they absorb
+    what quantization lost. Each group's grid (``edgeq.quant.rtn.group_params``, asymmetric) is
+    fixed from its current values when the solve reaches its first column. Returns (integers
+    [n, n_quant], float16 scales, zeros, updated trailing columns [n, k - n_quant]).
+    """
+    w = w.detach().float().clone()
+    n, k = w.shape
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    q_all = torch.zeros(n, n_quant)
+    scales = torch.zeros(n, n_quant // group_size)
+    zeros = torch.zeros(n, n_quant // group_size)
+    for b0 in range(0, n_quant, block):
+        b1 = min(b0 + block, n_quant)
+        for j in range(b0, b1):
+            g = j // group_size
+            if j % group_size == 0:
+                scales[:, g], zeros[:, g] = group_params(w[:, j:j + group_size], bits, symmetric=False)
+            q = quantize_with(w[:, j:j + 1], scales[:, g], zeros[:, g], bits)[:, 0]
+            q_all[:, j] = q
+            e = (w[:, j] - (q - zeros[:, g]) * scales[:, g]) / u[j, j]
+            w[:, j:b1] -= e.unsqueeze(1) * u[j, j:b1].unsqueeze(0)
+            w[:, j] = e  # column j now holds its scaled error, for the lazy update of the rest
+        w[:, b1:] -= w[:, b0:b1] @ u[b0:b1, b1:]
+    return q_all, scales.half(), zeros, w[:, n_quant:]
+
+
+def rtn_linear(w: torch.Tensor, bits: int, group_size: int) -> WeightOnlyLinear:
+    gq = quantize_groups(w, bits, group_size)
+    return WeightOnlyLinear.from_integers(gq.q, gq.scales, gq.zeros, bits)
 
 
 class LoProLinear(nn.Module):
@@ -100,7 +135,7 @@ class LoProLinear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight this layer computes with, in the original input order."""
-        rest = block_hadamard(self.core.dequantized_weight(), self.block_size)  # Hd is its own inverse
+        rest = block_hadamard(self.core.dequantized_weight(), self.block_size, inverse=True)
         parts = [rest] if self.salient is None else [self.salient.dequantized_weight(), rest]
         w = torch.empty(self.out_features, self.in_features)
         w[:, self.perm] = torch.cat(parts, dim=1)
@@ -133,11 +168,11 @@ def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: in
     n, k = w.shape
     if k % block_size:
         raise QuantizationError(f"block size {block_size} does not divide in_features {k}")
+    hadamard_matrix(block_size)  # raises for sizes with no Hadamard matrix
     ks = salient_blocks * block_size
     if ks >= k:
         raise QuantizationError(f"{salient_blocks} salient blocks of {block_size} leave no low-bit columns of {k}")
-    if (k - ks) % group_size:
-        raise QuantizationError(f"group size {group_size} does not divide the {k - ks} low-bit columns")
+    check_grid(bits, group_size, k - ks, "LoPRo low-bit columns")
     if quantizer == "gptq" and hessian is None:
         raise QuantizationError("LoPRo with quantizer='gptq' needs calibration data (a Hessian)")
     buffers, lr = compress_factors(r1svd(w, rank, power_iters=power_iters, seed=seed), factor_dtype)
@@ -156,7 +191,7 @@ def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: in
         h_rot = basis.T @ hp @ basis
         q, scales, zeros, salient_w = gptq_solve(torch.cat([rest, salient_w], dim=1), h_rot, bits, group_size,
                                                  n_quant=k - ks)
-        core = WeightOnlyLinear.from_integers(q.to(torch.uint8), scales.half(), zeros.to(torch.uint8), bits)
+        core = WeightOnlyLinear.from_integers(q.to(torch.uint8), scales, zeros.to(torch.uint8), bits)
     elif quantizer == "rtn":
         core = rtn_linear(rest, bits, group_size)
     else:
@@ -181,48 +216,37 @@ class LoProRecipe(Recipe):
     power_iters: int = 2
 
 
-def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib) -> dict[str, torch.Tensor]:
-    """``sum x^T x`` of each layer's input over the calibration batches (float model, one pass)."""
-    batches = calib_batches(calib)
-    if not batches:
-        raise QuantizationError("LoPRo with GPTQ needs calibration data: pass calib= to edgeq.quantize")
-    hessians = {name: torch.zeros(m.in_features, m.in_features) for name, m in layers.items()}
-
-    def hook(name):
-        def fn(module, args):
-            x = args[0].detach().float().reshape(-1, module.in_features)
-            hessians[name].addmm_(x.T, x)
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+def _lopro_layer(name: str, layer: nn.Linear, hessian: torch.Tensor | None, recipe: LoProRecipe) -> LoProLinear:
     try:
-        with torch.no_grad():
-            for batch in tqdm(batches, desc="lopro calibration", leave=False):
-                model(*batch) if isinstance(batch, tuple) else model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return hessians
+        return lopro_linear(layer.weight, hessian, bits=recipe.bits, group_size=recipe.group_size, rank=recipe.rank,
+                            block_size=recipe.block_size, salient_blocks=recipe.salient_blocks,
+                            salient_bits=recipe.salient_bits, factor_dtype=recipe.factor_dtype,
+                            quantizer=recipe.quantizer, power_iters=recipe.power_iters, bias=layer.bias)
+    except QuantizationError as e:
+        raise QuantizationError(f"layer {name}: {e}") from None
 
 
 @register_quantizer(LoProRecipe)
 def quantize_lopro(model: nn.Module, recipe: LoProRecipe, calib=None) -> nn.Module:
+    """GPTQ flavour: Hessians come block by block from the already quantized earlier layers
+    (``edgeq.quant.gptq.gptq_quantize_model``), each layer solved by :func:`lopro_linear`."""
     if recipe.factor_dtype not in FACTOR_DTYPES:
         raise QuantizationError(f"recipe lopro: unknown factor_dtype {recipe.factor_dtype!r}; choose one of {FACTOR_DTYPES}")
     if recipe.quantizer not in ("gptq", "rtn"):
         raise QuantizationError(f"recipe lopro: quantizer must be 'gptq' or 'rtn', got {recipe.quantizer!r}")
-    model = copy.deepcopy(model)
+    batches = calib_batches(calib)
+    if recipe.quantizer == "gptq" and not batches:
+        raise QuantizationError("recipe lopro with quantizer='gptq' needs calibration data: pass calib=<sample inputs>")
+    start = time.perf_counter()
+    model = copy.deepcopy(model).eval()
     layers = quantizable_layers(model, recipe, kinds=(nn.Linear,))
-    hessians = collect_hessians(model, layers, calib) if recipe.quantizer == "gptq" else {}
-    for name, layer in tqdm(layers.items(), desc="lopro", leave=False):
-        try:
-            new = lopro_linear(layer.weight, hessians.pop(name, None), bits=recipe.bits, group_size=recipe.group_size,
-                               rank=recipe.rank, block_size=recipe.block_size, salient_blocks=recipe.salient_blocks,
-                               salient_bits=recipe.salient_bits, factor_dtype=recipe.factor_dtype,
-                               quantizer=recipe.quantizer, power_iters=recipe.power_iters, bias=layer.bias)
-        except QuantizationError as e:
-            raise QuantizationError(f"layer {name}: {e}") from None
-        set_submodule(model, name, new)
+    if recipe.quantizer == "gptq":
+        gptq_quantize_model(model, layers, recipe, batches, quantize_layer=_lopro_layer)
+    else:
+        for name, layer in tqdm(layers.items(), desc="lopro", leave=False):
+            set_submodule(model, name, _lopro_layer(name, layer, None, recipe))
+    model.edgeq_recipe = recipe
+    model.edgeq_quantize_seconds = time.perf_counter() - start
     return model
 
 

@@ -17,6 +17,8 @@ is small; clipped outliers and structured residuals compress well (see benchmark
 
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 from edgeq.errors import QuantizationError
 from edgeq.quant import quantizable_layers, register_quantizer, set_submodule
-from edgeq.quant._lowbit import rtn_linear
+from edgeq.quant.rtn import quantize_groups
 from edgeq.quant.r1svd import FACTOR_DTYPES, LowRank, compress_factors, decode_factors, factor_bytes, r1svd
 from edgeq.quant.weight_only import WeightOnlyLinear
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
@@ -79,10 +81,11 @@ class LowRankCorrectedLinear(nn.Module):
 
 
 def lrqmm_linear(linear: nn.Linear, bits: int, group_size: int, rank: int, *, power_iters: int = 2,
-                 factor_dtype: str = "float16", seed: int = 0) -> LowRankCorrectedLinear:
-    """RTN core plus R1SVD factors of its residual."""
+                 factor_dtype: str = "float16", seed: int = 0, name: str = "weight") -> LowRankCorrectedLinear:
+    """RTN core (``edgeq.quant.rtn``, asymmetric) plus R1SVD factors of its residual."""
     w = linear.weight.detach().float()
-    core = rtn_linear(w, bits, group_size, linear.bias)
+    gq = quantize_groups(w, bits, group_size, layer=name)
+    core = WeightOnlyLinear.from_integers(gq.q, gq.scales, gq.zeros, bits, linear.bias)
     lr = r1svd(w - core.dequantized_weight(), rank, power_iters=power_iters, seed=seed)
     buffers, _ = compress_factors(lr, factor_dtype)
     return LowRankCorrectedLinear(core, buffers)
@@ -105,17 +108,14 @@ class LRQMMRecipe(Recipe):
 def quantize_lrqmm(model: nn.Module, recipe: LRQMMRecipe, calib=None) -> nn.Module:
     if recipe.factor_dtype not in FACTOR_DTYPES:
         raise QuantizationError(f"recipe lrqmm: unknown factor_dtype {recipe.factor_dtype!r}; choose one of {FACTOR_DTYPES}")
-    import copy
-
-    model = copy.deepcopy(model)
+    start = time.perf_counter()
+    model = copy.deepcopy(model).eval()
     layers = quantizable_layers(model, recipe, kinds=(nn.Linear,))
     for name, layer in tqdm(layers.items(), desc="lrqmm", leave=False):
-        try:
-            new = lrqmm_linear(layer, recipe.bits, recipe.group_size, recipe.rank,
-                               power_iters=recipe.power_iters, factor_dtype=recipe.factor_dtype)
-        except QuantizationError as e:
-            raise QuantizationError(f"layer {name}: {e}") from None
-        set_submodule(model, name, new)
+        set_submodule(model, name, lrqmm_linear(layer, recipe.bits, recipe.group_size, recipe.rank, name=name,
+                                                power_iters=recipe.power_iters, factor_dtype=recipe.factor_dtype))
+    model.edgeq_recipe = recipe
+    model.edgeq_quantize_seconds = time.perf_counter() - start
     return model
 
 
