@@ -19,8 +19,9 @@ from torch import nn
 
 from edgeq.errors import ExportError
 from edgeq.quant.embedding import WeightOnlyEmbedding
+from edgeq.quant.hadamard import OnlineHadamard
 from edgeq.quant.w8a8 import QDQConv2d, QDQLinear, _ActQuant
-from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.quant.weight_only import WeightOnlyConv2d, WeightOnlyLinear
 
 Rule = Callable[[nn.Module], nn.Module]
 _RULES: dict[type, Rule] = {}
@@ -69,8 +70,39 @@ class LowBitEmbeddingExport(nn.Module):
         return torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
 
 
+class LowBitConv2dExport(nn.Module):
+    """``WeightOnlyConv2d``: the packed weight dequantized by standard ops (``edgeq::dequantize_packed``)
+    feeding a float Conv; the file keeps the weight packed."""
+
+    def __init__(self, layer: WeightOnlyConv2d):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        w = torch.ops.edgeq.dequantize_packed(m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        w = w.reshape(m.out_channels, m.in_channels // m.groups, *m.kernel_size).to(x.dtype)
+        bias = None if m.bias is None else m.bias.to(x.dtype)
+        return torch.nn.functional.conv2d(x, w, bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+class HadamardExport(nn.Module):
+    """``OnlineHadamard`` as one ``edgeq.Hadamard`` node (no sign input when the signs are all +1)."""
+
+    def __init__(self, layer: OnlineHadamard):
+        super().__init__()
+        self.layer = layer
+        self.signed = not bool((layer.signs == 1).all())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        return torch.ops.edgeq.hadamard(x, m.signs if self.signed else None, m.block_size)
+
+
 register_export_rule(WeightOnlyLinear)(LowBitLinearExport)
+register_export_rule(WeightOnlyConv2d)(LowBitConv2dExport)
 register_export_rule(WeightOnlyEmbedding)(LowBitEmbeddingExport)
+register_export_rule(OnlineHadamard)(HadamardExport)
 
 
 def is_edgeq_quantized(module: nn.Module) -> bool:
