@@ -122,3 +122,4 @@ from edgeq.opset import lowbit_linear  # noqa: E402,F401
 from edgeq.opset import lowbit_embedding  # noqa: E402,F401
 from edgeq.opset import hadamard  # noqa: E402,F401
 from edgeq.opset import lowrank_linear  # noqa: E402,F401
+from edgeq.opset import dyadic  # noqa: E402,F401
