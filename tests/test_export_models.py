@@ -117,6 +117,28 @@ def test_llama_hadamard_gptq(tmp_path, tiny_llama):
     assert_matches(path, model, {"input_ids": torch.randint(0, 256, (2, 9))}, _logits)
 
 
+@pytest.mark.parametrize("factor_dtype", ["float16", "int8"])
+def test_llama_lrqmm(tmp_path, tiny_llama, factor_dtype):
+    from edgeq.quant.lrqmm import LRQMMRecipe
+
+    model = quantized_llama(tiny_llama, 3, 32, recipe=LRQMMRecipe, rank=4, factor_dtype=factor_dtype)
+    path = edgeq.export(model, torch.randint(0, 256, (1, 5)), tmp_path / "llm.onnx")
+    assert op_histogram(path)["LowRankLinear"] == 14
+    assert float_matrices(path) == []
+    assert_matches(path, model, {"input_ids": torch.randint(0, 256, (2, 9))}, _logits)
+
+
+def test_llama_lopro(tmp_path, tiny_llama):
+    from edgeq.quant.lopro import LoProRecipe
+
+    model = quantized_llama(tiny_llama, 2, 32, recipe=LoProRecipe, rank=4, block_size=32, quantizer="rtn")
+    path = edgeq.export(model, torch.randint(0, 256, (1, 5)), tmp_path / "llm.onnx", weight_format="edgeq")
+    ops = op_histogram(path)
+    # per layer: a permutation Gather, a block Hadamard, the 2-bit core and the 8-bit salient block
+    assert ops["Hadamard"] == 14 and ops["LowBitLinear"] == 2 * 14 + 1
+    assert_matches(path, model, {"input_ids": torch.randint(0, 256, (2, 9))}, _logits)
+
+
 def test_external_data_inside_output_folder(tmp_path, tiny_llama):
     model = quantized_llama(tiny_llama, 4, 32)
     path = edgeq.export(model, torch.randint(0, 256, (1, 5)), tmp_path / "out" / "llm.onnx", external_data="weights/llm.bin")
