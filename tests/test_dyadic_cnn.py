@@ -52,6 +52,7 @@ def test_onnxruntime_is_bit_exact_with_pytorch_integer_reference(digits, dyadic_
     assert int((got != ref).sum()) == 0
 
 
+@pytest.mark.slow
 def test_tvm_is_bit_exact_and_integer_inside(digits, dyadic_w8):
     from edgeq.targets.importer import import_onnx
 
