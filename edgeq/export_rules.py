@@ -116,3 +116,11 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
         raise ExportError(f"the whole model ({type(model).__name__}) is a quantized layer: wrap it in a module to export it")
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+# HAWQ-V3 dyadic models export in their QDQ form (``DyadicModel.qdq_module()``), whose layers
+# already call only translated custom ops; ``edgeq.passes.integerize`` makes them integer-only.
+from edgeq.quant.dyadic import ActFakeQuant, QDQWeightLayer  # noqa: E402
+
+for _native in (ActFakeQuant, QDQWeightLayer):
+    register_export_rule(_native)(as_is)

@@ -104,3 +104,14 @@ def test_integer_forward_gives_the_output_integers(digits, dyadic_w8):
     assert q.dtype == torch.int64 and int(q.min()) >= 0 and int(q.max()) <= 255
     qp = qmodel.output_qparams
     np.testing.assert_array_equal(((q - qp.zero_point).float() * qp.scale).numpy(), qmodel(digits.x_test[:64]).numpy())
+
+
+def test_inspect_integer_only(dyadic_w8, capsys):
+    from edgeq.cli import main
+
+    _, qdq_path, int_path, _ = dyadic_w8
+    assert main(["inspect", str(int_path), "--integer-only"]) == 0
+    assert "integer-only: yes" in capsys.readouterr().out
+    assert main(["inspect", str(qdq_path), "--integer-only"]) == 1
+    out = capsys.readouterr().out
+    assert "integer-only: no" in out and "Conv" in out and "Gemm" in out
