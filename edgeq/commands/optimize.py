@@ -7,8 +7,8 @@ import json
 
 def register(sub) -> None:
     p = sub.add_parser("optimize", help="run graph passes (fold BN/scales/rotations, integerize, ...) over an ONNX model")
-    p.add_argument("model", help="input ONNX file")
-    p.add_argument("output", help="output ONNX file")
+    p.add_argument("model", nargs="?", help="input ONNX file")
+    p.add_argument("output", nargs="?", help="output ONNX file")
     p.add_argument("--passes", default=None,
                    help="comma-separated pass names, in order (default: the default pipeline); 'list' prints them")
     p.add_argument("--verify", action="store_true",
@@ -25,13 +25,16 @@ def run(args) -> int:
 
     from edgeq._io import atomic_path
     from edgeq._table import format_table
+    from edgeq.errors import PassError
     from edgeq.passes import DEFAULT_PIPELINE, get_pass, pass_names, run_passes
     from edgeq.targets.compile import load_onnx
 
     if args.passes == "list":
-        rows = [[n, ("yes" if n in DEFAULT_PIPELINE else ""), get_pass(n).doc] for n in pass_names()]
+        rows = [[n, ("yes" if n in DEFAULT_PIPELINE else ""), get_pass(n).doc.split(": ", 1)[-1]] for n in pass_names()]
         print(format_table(["pass", "default", "what it does"], rows))
         return 0
+    if not (args.model and args.output):
+        raise PassError("edgeq optimize needs an input and an output ONNX file (or --passes list)")
     names = [n.strip() for n in args.passes.split(",") if n.strip()] if args.passes else list(DEFAULT_PIPELINE)
     for n in names:
         get_pass(n)  # unknown names fail before any work
