@@ -122,6 +122,8 @@ class _Integerizer:
         values, scale = self.value(node.input[0]), self.value(node.input[1])
         zp = self.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if values is not None and values.dtype.name in ("int4", "int2"):
+            values = values.astype(np.int8)  # ONNX int4/int2 initializers: the same integers
         if values is None or scale is None or values.dtype != np.int8:
             return None
         if zp is not None and np.any(zp != 0):

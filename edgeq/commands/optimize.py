@@ -14,6 +14,7 @@ def register(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="run the model on onnxruntime before and after every pass; stop at the first that changes the outputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the verify inputs (default: %(default)s)")
+    p.add_argument("--inputs", metavar="NPZ", help="verify on these inputs (an .npz with one array per graph input name)")
     p.add_argument("--keep-float", action="append", default=[], metavar="NODE",
                    help="integerize: keep this node (name or op type) and its region in float (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -40,7 +41,8 @@ def run(args) -> int:
         get_pass(n)  # unknown names fail before any work
     model = load_onnx(args.model)
     options = {"integerize": {"keep_float": args.keep_float}} if args.keep_float else {}
-    result, reports = run_passes(model, names, verify=args.verify, seed=args.seed, options=options)
+    inputs = _load_inputs(args.inputs) if args.inputs else None
+    result, reports = run_passes(model, names, verify=args.verify or inputs is not None, inputs=inputs, seed=args.seed, options=options)
     with atomic_path(args.output) as tmp:
         onnx.save_model(result, str(tmp))
     if args.json:
@@ -50,3 +52,15 @@ def run(args) -> int:
         print(format_table(["pass", "nodes before", "nodes after", "max change / scale"], rows))
         print(f"wrote {args.output}")
     return 0
+
+
+def _load_inputs(path: str) -> dict:
+    import numpy as np
+
+    from edgeq.errors import ModelFileError
+
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a readable .npz of inputs ({type(exc).__name__})") from None
