@@ -77,3 +77,12 @@ def test_int4_weight_initializers_are_integerized():
     a = ort_session(integerize(qdq4).SerializeToString()).run(None, {"x": x})[0]
     b = ort_session(integerize(qdq8).SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_array_equal(a, b)
+
+
+def test_float_output_is_refused_naming_its_producer(tmp_path, digits, digits_model):
+    import edgeq
+
+    qmodel = edgeq.quantize(digits_model, "w8a8", calib=digits.x_train[:256])  # float logits
+    path = edgeq.export(qmodel, digits.x_test[:1], tmp_path / "w8a8.onnx")
+    with pytest.raises(IntegerizeError, match=r"graph output 'output' is not a DequantizeLinear.*\(Gemm\)"):
+        integerize(onnx.load(str(path)))

@@ -26,12 +26,11 @@ def summary(args) -> dict:
 
 def integer_only_report(path) -> dict:
     """The float ops inside the integer region (``edgeq.passes.integer_check``)."""
-    from edgeq.passes.integer_check import float_ops_in_integer_region
+    from edgeq.passes.integer_check import float_ops_in_integer_region, has_integer_region
     from edgeq.targets.compile import load_onnx
 
     model = load_onnx(path)
-    inputs = {i.name for i in model.graph.input}
-    has_region = any(n.op_type == "QuantizeLinear" and n.input[0] in inputs for n in model.graph.node)
+    has_region = has_integer_region(model)
     floats = [{"node": n.name, "op": n.op_type} for n in float_ops_in_integer_region(model)]
     return {"has_integer_region": has_region, "float_ops": floats, "ok": has_region and not floats}
 
@@ -52,7 +51,7 @@ def format_integer_only(report: dict) -> str:
     from edgeq._table import format_table
 
     if not report["has_integer_region"]:
-        return "integer-only: no (no QuantizeLinear reads a graph input: there is no integer region)"
+        return "integer-only: no (no integer region: the graph input is not quantized or an output is not dequantized)"
     if report["ok"]:
         return "integer-only: yes (no float op between the input QuantizeLinear and the output DequantizeLinear)"
     rows = [[f["node"], f["op"]] for f in report["float_ops"]]
