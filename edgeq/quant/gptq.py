@@ -169,17 +169,22 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList | None:
     return layers if isinstance(layers, nn.ModuleList) and len(layers) > 0 else None
 
 
-def gptq_quantize_model(model: nn.Module, layers: dict[str, nn.Module], recipe, batches: list) -> nn.Module:
-    """Replace ``layers`` (names in ``model``) by GPTQ-quantized weight-only layers, in place."""
+def gptq_quantize_model(model: nn.Module, layers: dict[str, nn.Module], recipe, batches: list,
+                        quantize_layer=None) -> nn.Module:
+    """Replace ``layers`` (names in ``model``) by GPTQ-quantized weight-only layers, in place.
+
+    ``quantize_layer(name, layer, hessian, recipe) -> nn.Module`` replaces the per-layer GPTQ
+    (methods such as LoPRo reuse the block-by-block Hessian capture with their own solve)."""
+    quantize_layer = quantize_layer or _quantize_layer
     blocks = decoder_blocks(model)
     if blocks is None:
-        return _gptq_one_pass(model, layers, recipe, batches)
+        return _gptq_one_pass(model, layers, recipe, batches, quantize_layer)
     prefix = _blocks_prefix(model, blocks)
     outside = [n for n in layers if not n.startswith(prefix)]
     if outside:
         raise QuantizationError(
             f"GPTQ quantizes decoder-block layers only; skip {outside[0]!r} (e.g. skip=('lm_head',))")
-    return _gptq_blockwise(model, blocks, prefix, layers, recipe, batches)
+    return _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_layer)
 
 
 def _blocks_prefix(model, blocks) -> str:
@@ -189,7 +194,7 @@ def _blocks_prefix(model, blocks) -> str:
     raise QuantizationError("decoder blocks not found in the model")
 
 
-def _gptq_one_pass(model, layers, recipe, batches):
+def _gptq_one_pass(model, layers, recipe, batches, quantize_layer):
     acc = {name: HessianAccumulator(layer) for name, layer in layers.items()}
     hooks = [layer.register_forward_pre_hook(lambda m, args, a=acc[name]: a.add(args[0])) for name, layer in layers.items()]
     try:
@@ -200,7 +205,7 @@ def _gptq_one_pass(model, layers, recipe, batches):
         for h in hooks:
             h.remove()
     for name, layer in tqdm(layers.items(), desc="gptq", leave=False):
-        set_submodule(model, name, _quantize_layer(name, layer, acc[name].h, recipe))
+        set_submodule(model, name, quantize_layer(name, layer, acc[name].h, recipe))
     return model
 
 
@@ -249,7 +254,7 @@ def _execution_groups(block, names_in_block, hidden, kwargs):
     return groups
 
 
-def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches):
+def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_layer):
     captured = _capture_block_inputs(model, blocks[0], batches)
     hidden = [h for h, _ in captured]
     kwargs = [k for _, k in captured]
@@ -280,7 +285,7 @@ def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches):
                         hk.remove()
                 for n in group:
                     bar.set_postfix_str(f"{index}.{n}")
-                    set_submodule(block, n, _quantize_layer(block_prefix + n, block.get_submodule(n), acc[n].h, recipe))
+                    set_submodule(block, n, quantize_layer(block_prefix + n, block.get_submodule(n), acc[n].h, recipe))
                     bar.update(1)
                 del acc
         with torch.no_grad():
