@@ -96,3 +96,4 @@ def import_onnx(model: onnx.ModelProto, target: str = "cpu", **kwargs):
     model = prepare(model, target)
     with _extended_convert_map():
         return from_onnx(model, **kwargs)
+from edgeq.targets import integer_ops  # noqa: E402,F401  (integer-only converters register on import)

@@ -77,3 +77,42 @@ class WeightOnlyLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bits_per_weight={self.bits_per_weight:.3f}")
+
+
+class WeightOnlyConv2d(WeightOnlyLinear):
+    """A ``Conv2d`` with the same packed buffers: the weight is held flattened as
+    [out_channels, in_channels/groups * kh * kw] (the order of ``F.unfold``), so groups run along
+    input channel and kernel position exactly as for a linear layer over unfolded patches."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], stride, padding,
+                 dilation, groups: int, bits: int, group_size: int, qweight, scales, zeros, bias=None):
+        kh, kw = kernel_size
+        super().__init__(in_channels // groups * kh * kw, out_channels, bits, group_size, qweight, scales, zeros, bias)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized_weight().reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.conv2d(x, w.to(x.dtype), bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def flat_weight(layer: nn.Module) -> torch.Tensor:
+    """A Linear's or Conv2d's weight as the 2-D [out, in] matrix weight-only methods quantize."""
+    return layer.weight.detach().reshape(layer.weight.shape[0], -1)
+
+
+def from_float_layer(layer: nn.Module, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                     bits: int) -> WeightOnlyLinear:
+    """The weight-only replacement of ``layer`` (nn.Linear or nn.Conv2d) holding the unpacked
+    integers ``q`` [out, in] with ``scales``/``zeros`` [out, groups]; the bias stays float."""
+    bias = None if layer.bias is None else layer.bias.detach()
+    out_features, in_features = q.shape
+    group_size = in_features // scales.shape[1]
+    packed = pack(q, bits)
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise QuantizationError(f"Conv2d with padding {layer.padding!r}/{layer.padding_mode} is not supported")
+        return WeightOnlyConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                                layer.dilation, layer.groups, bits, group_size, packed, scales, zeros, bias)
+    return WeightOnlyLinear(in_features, out_features, bits, group_size, packed, scales, zeros, bias)

@@ -1,0 +1,118 @@
+"""How each quantized module type leaves PyTorch: a registry from module type to an export rule.
+
+A rule returns a twin of the module (sharing its buffers) whose forward calls torch custom ops
+with ONNX translations (``edgeq.opset``), so the exported graph holds one ``edgeq`` node (or a
+standard-ONNX form) per layer instead of the unpacking arithmetic. ``edgeq.export`` swaps the
+twins in for the duration of the export only.
+
+Every module class defined under ``edgeq.quant`` is a quantized layer edgeq knows; one with no
+rule is refused with its path and type rather than exported as whatever its forward traces to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from edgeq.errors import ExportError
+from edgeq.quant.embedding import WeightOnlyEmbedding
+from edgeq.quant.w8a8 import QDQConv2d, QDQLinear, _ActQuant
+from edgeq.quant.weight_only import WeightOnlyLinear
+
+Rule = Callable[[nn.Module], nn.Module]
+_RULES: dict[type, Rule] = {}
+
+
+def register_export_rule(module_type: type) -> Callable[[Rule], Rule]:
+    def deco(rule: Rule) -> Rule:
+        _RULES[module_type] = rule
+        return rule
+
+    return deco
+
+
+def export_rules() -> dict[type, Rule]:
+    return dict(_RULES)
+
+
+def as_is(module: nn.Module) -> nn.Module:
+    """For layers whose forward already calls only translated custom ops (QDQ)."""
+    return module
+
+
+for _native in (QDQConv2d, QDQLinear, _ActQuant):
+    register_export_rule(_native)(as_is)
+
+
+class LowBitLinearExport(nn.Module):
+    """``WeightOnlyLinear`` as one ``edgeq::lowbit_linear`` call."""
+
+    def __init__(self, layer: WeightOnlyLinear):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        return torch.ops.edgeq.lowbit_linear(x, m.qweight, m.scales, m.zeros, m.bias, m.bits, m.group_size)
+
+
+class LowBitEmbeddingExport(nn.Module):
+    def __init__(self, layer: WeightOnlyEmbedding):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        return torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+
+
+register_export_rule(WeightOnlyLinear)(LowBitLinearExport)
+register_export_rule(WeightOnlyEmbedding)(LowBitEmbeddingExport)
+
+
+def is_edgeq_quantized(module: nn.Module) -> bool:
+    """Defined under ``edgeq.quant``, or a subclass of a type with a rule (its forward may differ)."""
+    return type(module).__module__.startswith("edgeq.quant.") or isinstance(module, tuple(_RULES))
+
+
+def planned_replacements(model: nn.Module) -> dict[str, nn.Module]:
+    """Twins for every quantized module; ExportError for one edgeq knows but cannot export."""
+    twins: dict[str, nn.Module] = {}
+    skip_under: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in skip_under):
+            continue  # inside a module that exports as a whole
+        rule = next((r for t, r in _RULES.items() if type(module) is t), None)
+        if rule is None and is_edgeq_quantized(module):
+            raise ExportError(f"{name or 'model'} ({type(module).__module__}.{type(module).__name__}) has no export rule")
+        if rule is None:
+            continue
+        twin = rule(module)
+        if twin is not module:
+            twins[name] = twin
+        skip_under.append(name)
+    return twins
+
+
+@contextlib.contextmanager
+def export_twins(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
+    """Swap each quantized module for its export twin, and back afterwards whatever happens."""
+    twins = planned_replacements(model)
+    originals = {name: model.get_submodule(name) for name in twins}
+    try:
+        for name, twin in twins.items():
+            _set(model, name, twin)
+        yield twins
+    finally:
+        for name, module in originals.items():
+            _set(model, name, module)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    if not name:
+        raise ExportError(f"the whole model ({type(model).__name__}) is a quantized layer: wrap it in a module to export it")
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

@@ -1,0 +1,295 @@
+"""GPTQ: quantize a weight column by column, pushing each column's rounding error onto the
+columns not yet quantized through the inverse Hessian of the layer's inputs.
+
+For a layer ``y = x Wᵀ`` the output error of a weight change is ``ΔW H ΔWᵀ`` with
+``H = E[x xᵀ]`` (calibration activations). With ``U = chol(H⁻¹)ᵀ`` (upper), quantizing column
+``j`` to ``q_j`` and updating ``W[:, j+1:] -= (w_j - q_j) / U[j, j] · U[j, j+1:]`` is the optimal
+correction (Frantar et al., 2022). Knobs: damping (``damp · mean(diag H)`` added to the
+diagonal), activation order (columns in decreasing ``diag H``), lazy block updates (the
+correction is applied to the block, and to the rest of the matrix once per block). Groups are
+contiguous in the *original* column order (edgeq's layer contract), so with act-order a group's
+scale and zero are fixed the first time one of its columns comes up, from the current
+(already corrected) values of all its columns.
+
+Models: a LLaMA-style decoder (``model.model.layers``) is processed one block at a time
+(capture the inputs of block i, quantize its linears in execution order -- q/k/v, o, gate/up,
+down -- each group with Hessians from the already quantized earlier layers, then run the block
+to get block i+1's inputs); any other module gets its Hessians from one float pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from edgeq.errors import QuantizationError
+from edgeq.quant import set_submodule
+from edgeq.quant.rtn import GroupQuant, check_grid, clip_ratios, group_params, quantize_with, search_group_params
+from edgeq.quant.weight_only import flat_weight, from_float_layer
+
+
+def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int,
+                         symmetric: bool = False, damp: float = 0.01, act_order: bool = True,
+                         block_size: int = 128, clip_steps: int = 0, scale_dtype=torch.float16,
+                         layer: str = "weight") -> GroupQuant:
+    """GPTQ of one matrix ``weight`` [out, in] given ``hessian`` [in, in] (∝ Σ x xᵀ)."""
+    out_features, in_features = weight.shape
+    check_grid(bits, group_size, in_features, layer)
+    if hessian.shape != (in_features, in_features):
+        raise QuantizationError(f"{layer}: Hessian has shape {tuple(hessian.shape)}, expected {(in_features, in_features)}")
+    device = weight.device
+    w = weight.detach().clone().float()
+    h = hessian.detach().clone().float().to(device)
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(in_features, device=device)
+    w = w[:, perm]
+    h = h[perm][:, perm]
+    h.diagonal().add_(damp * torch.mean(torch.diag(h)))
+    u = _inverse_cholesky_upper(h, layer)
+
+    groups = in_features // group_size
+    scales = torch.zeros(out_features, groups, device=device)
+    zeros = torch.zeros(out_features, groups, device=device)
+    fixed = torch.zeros(groups, dtype=torch.bool)
+    group_of = (perm // group_size).tolist()  # group of the column at each permuted position
+    position = torch.empty_like(perm)
+    position[perm] = torch.arange(in_features, device=device)  # permuted position of each original column
+    q_all = torch.zeros_like(w)
+    ratios = clip_ratios(clip_steps) if clip_steps > 1 else None
+
+    for i1 in range(0, in_features, block_size):
+        i2 = min(i1 + block_size, in_features)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            g = group_of[i1 + i]
+            if not fixed[g]:
+                current = _current_group_values(w, w1, err1, u, position, g, group_size, i1, i2, i)
+                if ratios is None:
+                    s, z = group_params(current, bits, symmetric, 1.0, scale_dtype)
+                else:
+                    s, z = search_group_params(current.cpu(), bits, symmetric, ratios, None, scale_dtype)
+                    s, z = s.to(device), z.to(device)
+                scales[:, g], zeros[:, g], fixed[g] = s, z, True
+            col = w1[:, i]
+            q = quantize_with(col.unsqueeze(-1), scales[:, g], zeros[:, g], bits).squeeze(-1)
+            q_all[:, i1 + i] = q
+            deq = (q - zeros[:, g]) * scales[:, g]
+            e = (col - deq) / u1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) * u1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ u[i1:i2, i2:]
+
+    q_orig = q_all[:, position]
+    return GroupQuant(q_orig.to(torch.uint8).cpu(), scales.to(scale_dtype).cpu(), zeros.to(torch.uint8).cpu(), bits, group_size)
+
+
+def _inverse_cholesky_upper(h: torch.Tensor, layer: str) -> torch.Tensor:
+    """Upper Cholesky factor of H⁻¹, retrying with more damping if H is not positive definite."""
+    extra = 0.0
+    mean_diag = torch.mean(torch.diag(h)).item()
+    for _ in range(6):
+        try:
+            lower = torch.linalg.cholesky(h + extra * mean_diag * torch.eye(h.shape[0], device=h.device))
+            hinv = torch.cholesky_inverse(lower)
+            return torch.linalg.cholesky(hinv, upper=True)
+        except torch.linalg.LinAlgError:
+            extra = 0.01 if extra == 0 else extra * 10
+    raise QuantizationError(f"{layer}: the calibration Hessian is not positive definite even with damping")
+
+
+def _current_group_values(w, w1, err1, u, position, g, group_size, i1, i2, i):
+    """Current values [out, group_size] of group g's columns (none quantized yet): inside the
+    block from ``w1``; after it, ``w`` minus the block's pending lazy correction."""
+    pos = position[g * group_size:(g + 1) * group_size]
+    in_block = (pos >= i1) & (pos < i2)
+    out = torch.empty(w.shape[0], group_size, device=w.device)
+    if in_block.any():
+        out[:, in_block] = w1[:, pos[in_block] - i1]
+    later = ~in_block
+    if later.any():
+        p = pos[later]
+        out[:, later] = w[:, p] - err1[:, :i] @ u[i1:i1 + i, p]
+    return out
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n Σ x xᵀ`` over a layer's inputs (Linear rows, or Conv2d unfolded patches)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+        cols = flat_weight(layer).shape[1]
+        self.h = torch.zeros(cols, cols, device=layer.weight.device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        if isinstance(self.layer, nn.Conv2d):
+            if self.layer.groups != 1:
+                raise QuantizationError("GPTQ of grouped convolutions is not supported")
+            patches = F.unfold(x, self.layer.kernel_size, self.layer.dilation, self.layer.padding, self.layer.stride)
+            x = patches.transpose(1, 2)
+        x = x.reshape(-1, x.shape[-1])
+        n = x.shape[0]
+        self.h *= self.n / (self.n + n)
+        self.n += n
+        x = x * math.sqrt(2 / self.n)
+        self.h += x.T @ x
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass early."""
+
+
+def _run(module: nn.Module, batch, kwargs=None):
+    if isinstance(batch, (tuple, list)):
+        return module(*batch, **(kwargs or {}))
+    return module(batch, **(kwargs or {}))
+
+
+def _quantize_layer(name: str, layer: nn.Module, hessian: torch.Tensor, recipe) -> nn.Module:
+    weight = flat_weight(layer)
+    group_size = recipe.group_size or weight.shape[1]
+    gq = gptq_quantize_weight(weight, hessian, recipe.bits, group_size, recipe.symmetric, recipe.damp,
+                              recipe.act_order, recipe.block_size, recipe.clip_steps, layer=name)
+    return from_float_layer(layer, gq.q.to(layer.weight.device), gq.scales.to(layer.weight.device),
+                            gq.zeros.to(layer.weight.device), recipe.bits)
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList | None:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) and len(layers) > 0 else None
+
+
+def gptq_quantize_model(model: nn.Module, layers: dict[str, nn.Module], recipe, batches: list,
+                        quantize_layer=None) -> nn.Module:
+    """Replace ``layers`` (names in ``model``) by GPTQ-quantized weight-only layers, in place.
+
+    ``quantize_layer(name, layer, hessian, recipe) -> nn.Module`` replaces the per-layer GPTQ
+    (methods such as LoPRo reuse the block-by-block Hessian capture with their own solve)."""
+    quantize_layer = quantize_layer or _quantize_layer
+    blocks = decoder_blocks(model)
+    if blocks is None:
+        return _gptq_one_pass(model, layers, recipe, batches, quantize_layer)
+    prefix = _blocks_prefix(model, blocks)
+    outside = [n for n in layers if not n.startswith(prefix)]
+    if outside:
+        raise QuantizationError(
+            f"GPTQ quantizes decoder-block layers only; skip {outside[0]!r} (e.g. skip=('lm_head',))")
+    return _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_layer)
+
+
+def _blocks_prefix(model, blocks) -> str:
+    for name, m in model.named_modules():
+        if m is blocks:
+            return name + "."
+    raise QuantizationError("decoder blocks not found in the model")
+
+
+def _gptq_one_pass(model, layers, recipe, batches, quantize_layer):
+    acc = {name: HessianAccumulator(layer) for name, layer in layers.items()}
+    hooks = [layer.register_forward_pre_hook(lambda m, args, a=acc[name]: a.add(args[0])) for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                _run(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, layer in tqdm(layers.items(), desc="gptq", leave=False):
+        set_submodule(model, name, quantize_layer(name, layer, acc[name].h, recipe))
+    return model
+
+
+def _capture_block_inputs(model, first_block, batches):
+    captured = []
+
+    def hook(_module, args, kwargs):
+        captured.append((args[0], dict(kwargs)))
+        raise _Stop
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(batch.to(device), use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _execution_groups(block, names_in_block, hidden, kwargs):
+    """Layers of one block grouped by shared input, in the order the forward pass reaches them."""
+    order: list[tuple[str, int]] = []
+    hooks = [block.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: order.append((n, id(args[0])))) for n in names_in_block]
+    try:
+        with torch.no_grad():
+            block(hidden, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    groups: list[list[str]] = []
+    last_input = None
+    for name, ident in order:
+        if name in sum(groups, []):
+            continue
+        if groups and ident == last_input:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last_input = ident
+    return groups
+
+
+def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_layer):
+    captured = _capture_block_inputs(model, blocks[0], batches)
+    hidden = [h for h, _ in captured]
+    kwargs = [k for _, k in captured]
+    bar = tqdm(total=len(layers), desc="gptq", leave=False)
+    for index, block in enumerate(blocks):
+        block_prefix = f"{prefix}{index}."
+        names = [n[len(block_prefix):] for n in layers if n.startswith(block_prefix)]
+        if names:
+            for group in _execution_groups(block, names, hidden[0], kwargs[0]):
+                acc = {n: HessianAccumulator(block.get_submodule(n)) for n in group}
+                last = group[-1]
+
+                def hook(module, args, n=None):
+                    acc[n].add(args[0])
+                    if n == last:
+                        raise _Stop
+
+                hooks = [block.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in group]
+                try:
+                    with torch.no_grad():
+                        for h, kw in zip(hidden, kwargs):
+                            try:
+                                block(h, **kw)
+                            except _Stop:
+                                pass
+                finally:
+                    for hk in hooks:
+                        hk.remove()
+                for n in group:
+                    bar.set_postfix_str(f"{index}.{n}")
+                    set_submodule(block, n, quantize_layer(block_prefix + n, block.get_submodule(n), acc[n].h, recipe))
+                    bar.update(1)
+                del acc
+        with torch.no_grad():
+            outs = [block(h, **kw) for h, kw in zip(hidden, kwargs)]
+        hidden = [o[0] if isinstance(o, tuple) else o for o in outs]
+    bar.close()
+    return model

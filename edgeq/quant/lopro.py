@@ -1,0 +1,255 @@
+"""LoPRo: low-rank plus permuted, block-rotated residual, for 2-3 bit weight-only quantization.
+
+For a linear layer ``y = x @ W.T`` with calibration Hessian ``H = sum x^T x``::
+
+    W = L + R                      L = U V from R1SVD (rank ``rank``)
+    P  = columns of R sorted by importance (H's diagonal; |R_j| without data), descending
+    R P = [S | T]                  S: the ``salient_blocks`` most important blocks of ``block_size``
+    T' = T · blockdiag(Hd, ..., Hd)  Hd: normalized Walsh-Hadamard of size ``block_size``
+    T' -> low-bit (GPTQ in this basis with H' = B^T (P^T H P) B, or RTN); S -> ``salient_bits`` RTN
+
+Sorting puts columns of similar importance in the same Hadamard block, so the rotation spreads
+a block's outliers over columns of like scale instead of mixing large with small. In GPTQ the
+salient columns come last and stay in float during the solve: they absorb the compensating
+updates of the low-bit columns, then are rounded at ``salient_bits`` (8 by default).
+
+Inference (:class:`LoProLinear`)::
+
+    xp = x[..., perm]
+    y  = core(block_hadamard(xp[..., ks:])) + salient(xp[..., :ks]) + (x @ v.T) @ u.T + bias
+
+Bits per weight count everything held: the packed core with its scales and zeros, the salient
+block's integers and scales, and the low-rank factors. The permutation (``in_features`` int64
+values, shared by all output rows) is reported separately by ``index_bytes``.
+
+Defaults were chosen by measurement on SmolLM2-135M layers (``benchmarks/lopro_knobs.py``):
+the output error ``|X (W - Ŵ)^T|`` per layer summed over sampled layers, at matched bits.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from edgeq.errors import QuantizationError
+from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
+from edgeq.quant.gptq import gptq_quantize_model
+from edgeq.quant.hadamard import hadamard_matrix, hadamard_transform
+from edgeq.quant.rtn import check_grid, group_params, quantize_groups, quantize_with
+from edgeq.quant.r1svd import FACTOR_DTYPES, compress_factors, decode_factors, factor_bytes, r1svd
+from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.recipes import Recipe, register_preset, register_recipe_type
+
+
+def block_hadamard(x: torch.Tensor, block_size: int, inverse: bool = False) -> torch.Tensor:
+    """``x`` [..., k] times blockdiag(Hd, ...) (or its transpose) along the last axis; ``Hd`` is
+    ``edgeq.quant.hadamard``'s orthogonal matrix of order ``block_size`` (2^k times 12/20/28)."""
+    shape = x.shape
+    blocks = x.reshape(*shape[:-1], shape[-1] // block_size, block_size)
+    if inverse:
+        return (blocks @ hadamard_matrix(block_size, x.dtype).T).reshape(shape)
+    return hadamard_transform(blocks).reshape(shape)
+
+
+def gptq_solve(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, n_quant: int,
+               damp: float = 0.01, block: int = 128):
+    """GPTQ in the given column order, quantizing only the first ``n_quant`` columns.
+
+    The columns after them stay in float but still receive the error updates, so they absorb
+    what quantization lost. Each group's grid (``edgeq.quant.rtn.group_params``, asymmetric) is
+    fixed from its current values when the solve reaches its first column. Returns (integers
+    [n, n_quant], float16 scales, zeros, updated trailing columns [n, k - n_quant]).
+    """
+    w = w.detach().float().clone()
+    n, k = w.shape
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    q_all = torch.zeros(n, n_quant)
+    scales = torch.zeros(n, n_quant // group_size)
+    zeros = torch.zeros(n, n_quant // group_size)
+    for b0 in range(0, n_quant, block):
+        b1 = min(b0 + block, n_quant)
+        for j in range(b0, b1):
+            g = j // group_size
+            if j % group_size == 0:
+                scales[:, g], zeros[:, g] = group_params(w[:, j:j + group_size], bits, symmetric=False)
+            q = quantize_with(w[:, j:j + 1], scales[:, g], zeros[:, g], bits)[:, 0]
+            q_all[:, j] = q
+            e = (w[:, j] - (q - zeros[:, g]) * scales[:, g]) / u[j, j]
+            w[:, j:b1] -= e.unsqueeze(1) * u[j, j:b1].unsqueeze(0)
+            w[:, j] = e  # column j now holds its scaled error, for the lazy update of the rest
+        w[:, b1:] -= w[:, b0:b1] @ u[b0:b1, b1:]
+    return q_all, scales.half(), zeros, w[:, n_quant:]
+
+
+def rtn_linear(w: torch.Tensor, bits: int, group_size: int) -> WeightOnlyLinear:
+    gq = quantize_groups(w, bits, group_size)
+    return WeightOnlyLinear.from_integers(gq.q, gq.scales, gq.zeros, bits)
+
+
+class LoProLinear(nn.Module):
+    """The LoPRo inference form. Buffers: ``perm`` int64 [in_features]; ``u`` [out, r], ``v``
+    [r, in] (plus ``u_scale``/``v_scale`` for int8 factors); ``bias``. Submodules: ``core`` (a
+    :class:`WeightOnlyLinear` on the rotated non-salient inputs) and ``salient`` (a
+    :class:`WeightOnlyLinear` on the first ``salient_features`` permuted inputs, or None)."""
+
+    def __init__(self, perm: torch.Tensor, block_size: int, core: WeightOnlyLinear,
+                 salient: WeightOnlyLinear | None, factors: dict[str, torch.Tensor], bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = perm.numel(), core.out_features
+        self.block_size = block_size
+        self.salient_features = 0 if salient is None else salient.in_features
+        if self.salient_features + core.in_features != self.in_features:
+            raise QuantizationError(
+                f"LoPRo parts cover {self.salient_features}+{core.in_features} inputs, expected {self.in_features}")
+        self.register_buffer("perm", perm.to(torch.int64).contiguous())
+        self.core, self.salient = core, salient
+        for name in ("u", "v", "u_scale", "v_scale"):
+            self.register_buffer(name, factors.get(name))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @property
+    def rank(self) -> int:
+        return self.u.shape[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp = x[..., self.perm]
+        ks = self.salient_features
+        y = self.core(block_hadamard(xp[..., ks:], self.block_size))
+        if self.salient is not None:
+            y = y + self.salient(xp[..., :ks])
+        if self.rank:
+            lr = decode_factors({"u": self.u, "v": self.v, "u_scale": self.u_scale, "v_scale": self.v_scale})
+            y = y + F.linear(F.linear(x, lr.v.to(x.dtype)), lr.u.to(x.dtype))
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight this layer computes with, in the original input order."""
+        rest = block_hadamard(self.core.dequantized_weight(), self.block_size, inverse=True)
+        parts = [rest] if self.salient is None else [self.salient.dequantized_weight(), rest]
+        w = torch.empty(self.out_features, self.in_features)
+        w[:, self.perm] = torch.cat(parts, dim=1)
+        lr = decode_factors({"u": self.u, "v": self.v, "u_scale": self.u_scale, "v_scale": self.v_scale})
+        return w + lr.matrix()
+
+    def weight_bytes(self) -> int:
+        """Core, salient block and low-rank factors (the permutation is :meth:`index_bytes`)."""
+        held = self.core.weight_bytes() + (0 if self.salient is None else self.salient.weight_bytes())
+        return held + factor_bytes({"u": self.u, "v": self.v, "u_scale": self.u_scale, "v_scale": self.v_scale})
+
+    def index_bytes(self) -> int:
+        return self.perm.numel() * self.perm.element_size()
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.weight_bytes() / (self.in_features * self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"block_size={self.block_size}, salient_features={self.salient_features}, "
+                f"bits_per_weight={self.bits_per_weight:.3f}")
+
+
+def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: int, group_size: int, rank: int,
+                 block_size: int, salient_blocks: int, salient_bits: int = 8, factor_dtype: str = "float16",
+                 quantizer: str = "gptq", power_iters: int = 2, bias=None, seed: int = 0) -> LoProLinear:
+    """Decompose and quantize one weight [out, in]; ``hessian`` [in, in] (None: RTN, weight-norm importance)."""
+    w = weight.detach().float()
+    n, k = w.shape
+    if k % block_size:
+        raise QuantizationError(f"block size {block_size} does not divide in_features {k}")
+    hadamard_matrix(block_size)  # raises for sizes with no Hadamard matrix
+    ks = salient_blocks * block_size
+    if ks >= k:
+        raise QuantizationError(f"{salient_blocks} salient blocks of {block_size} leave no low-bit columns of {k}")
+    check_grid(bits, group_size, k - ks, "LoPRo low-bit columns")
+    if quantizer == "gptq" and hessian is None:
+        raise QuantizationError("LoPRo with quantizer='gptq' needs calibration data (a Hessian)")
+    buffers, lr = compress_factors(r1svd(w, rank, power_iters=power_iters, seed=seed), factor_dtype)
+    r = w - lr.matrix()  # quantize the residual of the factors as stored
+    importance = torch.diag(hessian) if hessian is not None else r.square().sum(dim=0)
+    perm = torch.argsort(importance, descending=True, stable=True)
+    rp = r[:, perm]
+    rest = block_hadamard(rp[:, ks:], block_size)
+    salient_w = rp[:, :ks]
+    if quantizer == "gptq":
+        hp = hessian.float()[perm][:, perm]
+        # basis of the solve: [rotated rest | salient]; H' = B^T Hp B with B = blockdiag(Hd..., I)
+        basis = torch.zeros(k, k)
+        basis[ks:, :k - ks] = torch.block_diag(*[hadamard_matrix(block_size)] * ((k - ks) // block_size))
+        basis[torch.arange(ks), torch.arange(k - ks, k)] = 1.0
+        h_rot = basis.T @ hp @ basis
+        q, scales, zeros, salient_w = gptq_solve(torch.cat([rest, salient_w], dim=1), h_rot, bits, group_size,
+                                                 n_quant=k - ks)
+        core = WeightOnlyLinear.from_integers(q.to(torch.uint8), scales, zeros.to(torch.uint8), bits)
+    elif quantizer == "rtn":
+        core = rtn_linear(rest, bits, group_size)
+    else:
+        raise QuantizationError(f"LoPRo quantizer must be 'gptq' or 'rtn', got {quantizer!r}")
+    salient = rtn_linear(salient_w, salient_bits, ks) if ks else None
+    return LoProLinear(perm, block_size, core, salient, buffers, bias)
+
+
+@dataclass(frozen=True)
+class LoProRecipe(Recipe):
+    """LoPRo (see module docstring). ``quantizer`` is "gptq" (needs ``calib``) or "rtn"."""
+
+    METHOD = "lopro"
+    bits: int = 3
+    group_size: int = 64
+    rank: int = 8
+    block_size: int = 64
+    salient_blocks: int = 1
+    salient_bits: int = 8
+    factor_dtype: str = "float16"
+    quantizer: str = "gptq"
+    power_iters: int = 2
+
+
+def _lopro_layer(name: str, layer: nn.Linear, hessian: torch.Tensor | None, recipe: LoProRecipe) -> LoProLinear:
+    try:
+        return lopro_linear(layer.weight, hessian, bits=recipe.bits, group_size=recipe.group_size, rank=recipe.rank,
+                            block_size=recipe.block_size, salient_blocks=recipe.salient_blocks,
+                            salient_bits=recipe.salient_bits, factor_dtype=recipe.factor_dtype,
+                            quantizer=recipe.quantizer, power_iters=recipe.power_iters, bias=layer.bias)
+    except QuantizationError as e:
+        raise QuantizationError(f"layer {name}: {e}") from None
+
+
+@register_quantizer(LoProRecipe)
+def quantize_lopro(model: nn.Module, recipe: LoProRecipe, calib=None) -> nn.Module:
+    """GPTQ flavour: Hessians come block by block from the already quantized earlier layers
+    (``edgeq.quant.gptq.gptq_quantize_model``), each layer solved by :func:`lopro_linear`."""
+    if recipe.factor_dtype not in FACTOR_DTYPES:
+        raise QuantizationError(f"recipe lopro: unknown factor_dtype {recipe.factor_dtype!r}; choose one of {FACTOR_DTYPES}")
+    if recipe.quantizer not in ("gptq", "rtn"):
+        raise QuantizationError(f"recipe lopro: quantizer must be 'gptq' or 'rtn', got {recipe.quantizer!r}")
+    batches = calib_batches(calib)
+    if recipe.quantizer == "gptq" and not batches:
+        raise QuantizationError("recipe lopro with quantizer='gptq' needs calibration data: pass calib=<sample inputs>")
+    start = time.perf_counter()
+    model = copy.deepcopy(model).eval()
+    layers = quantizable_layers(model, recipe, kinds=(nn.Linear,))
+    if recipe.quantizer == "gptq":
+        gptq_quantize_model(model, layers, recipe, batches, quantize_layer=_lopro_layer)
+    else:
+        for name, layer in tqdm(layers.items(), desc="lopro", leave=False):
+            set_submodule(model, name, _lopro_layer(name, layer, None, recipe))
+    model.edgeq_recipe = recipe
+    model.edgeq_quantize_seconds = time.perf_counter() - start
+    return model
+
+
+register_recipe_type(LoProRecipe)
+register_preset("w3-lopro", LoProRecipe(bits=3, skip=("lm_head",)))
+register_preset("w2-lopro", LoProRecipe(bits=2, skip=("lm_head",)))

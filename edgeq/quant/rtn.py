@@ -1,0 +1,121 @@
+"""Round-to-nearest group-wise weight quantization: the grid every weight-only method shares.
+
+For each output row and each group of ``group_size`` consecutive input columns:
+
+* asymmetric: ``lo = min(w, 0)``, ``hi = max(w, 0)`` (times the clip ratio),
+  ``scale = (hi - lo) / (2**bits - 1)``, ``zero = round(-lo / scale)``;
+* symmetric: ``scale = 2 * max|w| / (2**bits - 1)`` (times the clip ratio), ``zero = 2**(bits-1)``;
+* ``q = clamp(round(w / scale) + zero, 0, 2**bits - 1)``, ``w ≈ (q - zero) * scale``.
+
+The scale is rounded to its storage dtype (float16) *before* ``zero`` and ``q`` are chosen, so
+the stored scale is the one the integers were fitted to. With a clip search each group picks,
+from a grid of ratios, the one with the least squared error (optionally weighted per input
+column, e.g. by the activation energy). GPTQ (``edgeq.quant.gptq``) and the low-rank methods
+reuse :func:`group_params` and :func:`quantize_groups`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from edgeq.errors import QuantizationError
+from edgeq.quant.packing import SUPPORTED_BITS
+
+MIN_SCALE = 2.0 ** -20  # keeps float16 scales normal-ish and nonzero for all-zero groups
+
+
+@dataclass
+class GroupQuant:
+    """Unpacked result: ``q`` uint8 [out, in], ``scales`` [out, groups] in the storage dtype,
+    ``zeros`` uint8 [out, groups]."""
+
+    q: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    bits: int
+    group_size: int
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_groups(self.q, self.scales, self.zeros, self.group_size)
+
+
+def check_grid(bits: int, group_size: int, in_features: int, layer: str = "weight") -> None:
+    if bits not in SUPPORTED_BITS:
+        raise QuantizationError(f"{layer}: {bits}-bit weights are not supported; choose one of {SUPPORTED_BITS}")
+    if group_size <= 0 or in_features % group_size:
+        raise QuantizationError(
+            f"{layer}: group size {group_size} does not divide its {in_features} input features"
+        )
+
+
+def group_params(w: torch.Tensor, bits: int, symmetric: bool, clip: torch.Tensor | float = 1.0,
+                 scale_dtype=torch.float16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) for groups ``w`` [..., g] -> each [...]: scale already rounded to
+    ``scale_dtype`` (returned in float32), zero an integer-valued float32."""
+    maxq = 2 ** bits - 1
+    w = w.float()
+    if symmetric:
+        scale = 2 * w.abs().amax(dim=-1) * clip / maxq
+    else:
+        lo = w.amin(dim=-1).clamp(max=0) * clip
+        hi = w.amax(dim=-1).clamp(min=0) * clip
+        scale = (hi - lo) / maxq
+    scale = scale.clamp(min=MIN_SCALE).to(scale_dtype).float()
+    if symmetric:
+        zero = torch.full_like(scale, float(2 ** (bits - 1)))
+    else:
+        zero = torch.round(-lo / scale).clamp(0, maxq)
+    return scale, zero
+
+
+def quantize_with(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integers for ``w`` [..., g] on the grid (scale, zero) [...] -> float tensor of q values."""
+    return torch.clamp(torch.round(w / scale.unsqueeze(-1)) + zero.unsqueeze(-1), 0, 2 ** bits - 1)
+
+
+def clip_ratios(steps: int, lowest: float = 0.5) -> torch.Tensor:
+    return torch.linspace(1.0, lowest, steps)
+
+
+def search_group_params(w: torch.Tensor, bits: int, symmetric: bool, ratios: torch.Tensor,
+                        col_weight: torch.Tensor | None = None, scale_dtype=torch.float16):
+    """Per group, the clip ratio in ``ratios`` with the least (column-weighted) squared error."""
+    best_err = torch.full(w.shape[:-1], float("inf"))
+    best_scale = best_zero = None
+    for r in ratios.tolist():
+        scale, zero = group_params(w, bits, symmetric, r, scale_dtype)
+        deq = (quantize_with(w, scale, zero, bits) - zero.unsqueeze(-1)) * scale.unsqueeze(-1)
+        err = (deq - w).pow(2)
+        if col_weight is not None:
+            err = err * col_weight
+        err = err.sum(dim=-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = scale if best_scale is None else torch.where(better, scale, best_scale)
+        best_zero = zero if best_zero is None else torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def quantize_groups(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool = False,
+                    clip_steps: int = 0, col_weight: torch.Tensor | None = None,
+                    scale_dtype=torch.float16, layer: str = "weight") -> GroupQuant:
+    """RTN of a 2-D ``weight`` [out, in] in groups along ``in``. ``clip_steps > 1`` searches that
+    many clip ratios in [1, 0.5] per group; ``col_weight`` [in] weights the error per column."""
+    out_features, in_features = weight.shape
+    check_grid(bits, group_size, in_features, layer)
+    w = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
+    if clip_steps > 1:
+        cw = None if col_weight is None else col_weight.float().reshape(in_features // group_size, group_size)
+        scale, zero = search_group_params(w, bits, symmetric, clip_ratios(clip_steps), cw, scale_dtype)
+    else:
+        scale, zero = group_params(w, bits, symmetric, 1.0, scale_dtype)
+    q = quantize_with(w, scale, zero, bits).reshape(out_features, in_features)
+    return GroupQuant(q.to(torch.uint8), scale.to(scale_dtype), zero.to(torch.uint8), bits, group_size)
+
+
+def dequantize_groups(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    out_features, in_features = q.shape
+    qg = q.float().reshape(out_features, in_features // group_size, group_size)
+    return ((qg - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)).reshape(out_features, in_features)

@@ -1,0 +1,105 @@
+"""Weight-only recipes (RTN, GPTQ; optional QuaRot rotation), their presets and the handler.
+
+Every ``nn.Linear``/``nn.Conv2d`` not matched by ``skip`` becomes a ``WeightOnlyLinear``/
+``WeightOnlyConv2d``. Presets skip ``lm_head`` (kept in float, as are embeddings, which are not
+linear layers), so on an LLM they quantize every linear of the decoder blocks.
+
+Preset names: ``w{bits}g{group}-[hadamard-]{rtn|gptq}``; ``w8-rtn`` and ``w4-rtn`` are per
+output channel (``group_size=None``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from edgeq.errors import QuantizationError
+from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
+from edgeq.quant.gptq import gptq_quantize_model
+from edgeq.quant.quarot import rotate_llama
+from edgeq.quant.rtn import check_grid, quantize_groups
+from edgeq.quant.weight_only import flat_weight, from_float_layer
+from edgeq.recipes import Recipe, register_preset, register_recipe_type
+
+
+@dataclass(frozen=True)
+class WeightOnlyRecipe(Recipe):
+    """Fields shared by the weight-only methods.
+
+    bits: 2, 3, 4 or 8. group_size: consecutive input features sharing a scale and zero point
+    (None: one per output channel). symmetric: zero point fixed at 2**(bits-1). clip_steps: >1
+    searches that many clip ratios in [1, 0.5] per group for the least squared error.
+    hadamard: QuaRot rotation of a LLaMA model before quantizing (``seed`` picks its signs).
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = False
+    clip_steps: int = 0
+    hadamard: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RTNRecipe(WeightOnlyRecipe):
+    """Round to nearest on the group grid; no calibration data."""
+
+    METHOD = "rtn"
+
+
+@dataclass(frozen=True)
+class GPTQRecipe(WeightOnlyRecipe):
+    """GPTQ with Hessians from calibration inputs: ``damp`` times the mean Hessian diagonal is
+    added to it; ``act_order`` quantizes columns by decreasing activation energy;
+    ``block_size`` columns per lazy update."""
+
+    METHOD = "gptq"
+    damp: float = 0.01
+    act_order: bool = True
+    block_size: int = 128
+
+
+@register_quantizer(RTNRecipe)
+@register_quantizer(GPTQRecipe)
+def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> nn.Module:
+    batches = calib_batches(calib)
+    if isinstance(recipe, GPTQRecipe) and not batches:
+        raise QuantizationError(f"recipe 'gptq' needs calibration data for its Hessians: pass calib=<sample inputs>")
+    start = time.perf_counter()
+    qmodel = copy.deepcopy(model).eval()
+    layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
+    for name, layer in layers.items():
+        in_features = flat_weight(layer).shape[1]
+        check_grid(recipe.bits, recipe.group_size or in_features, in_features, layer=name)
+    if recipe.hadamard:
+        rotate_llama(qmodel, recipe.seed)
+        layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
+    if isinstance(recipe, GPTQRecipe):
+        gptq_quantize_model(qmodel, layers, recipe, batches)
+    else:
+        for name, layer in tqdm(layers.items(), desc="rtn", leave=False):
+            weight = flat_weight(layer)
+            gq = quantize_groups(weight, recipe.bits, recipe.group_size or weight.shape[1], recipe.symmetric,
+                                 recipe.clip_steps, layer=name)
+            dev = layer.weight.device
+            set_submodule(qmodel, name, from_float_layer(layer, gq.q.to(dev), gq.scales.to(dev), gq.zeros.to(dev), recipe.bits))
+    qmodel.edgeq_recipe = recipe
+    qmodel.edgeq_quantize_seconds = time.perf_counter() - start
+    return qmodel
+
+
+register_recipe_type(RTNRecipe)
+register_recipe_type(GPTQRecipe)
+for _bits, _group in ((4, 128), (3, 128), (2, 64), (4, 64), (3, 64), (2, 32)):
+    for _hadamard in (False, True):
+        _tag = "hadamard-" if _hadamard else ""
+        register_preset(f"w{_bits}g{_group}-{_tag}rtn", RTNRecipe(skip=("lm_head",), bits=_bits, group_size=_group, hadamard=_hadamard))
+        register_preset(f"w{_bits}g{_group}-{_tag}gptq", GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group, hadamard=_hadamard))
+register_preset("w8-rtn", RTNRecipe(skip=("lm_head",), bits=8, group_size=None, symmetric=True))
+register_preset("w4-rtn", RTNRecipe(skip=("lm_head",), bits=4, group_size=None))
+register_preset("w4-gptq", GPTQRecipe(skip=("lm_head",), bits=4, group_size=None))

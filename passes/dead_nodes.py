@@ -1,0 +1,51 @@
+"""dead_nodes: remove nodes whose outputs nothing uses, and unused initializers.
+
+A node is live when one of its outputs is a graph output or an input of a live node (including
+the names a subgraph reads from the outer scope). Guarantees: the graph outputs are computed by
+exactly the same nodes as before.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            for n in g.node:
+                names.update(n.input)
+                names.update(_subgraph_reads(n))
+    return names
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place and returned) without dead nodes and unused initializers."""
+    graph = model.graph
+    live = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(out in live for out in node.output if out):
+            keep.append(node)
+            live.update(i for i in node.input if i)
+            live.update(_subgraph_reads(node))
+    keep.reverse()
+    del graph.node[:]
+    graph.node.extend(keep)
+    used_inits = [t for t in graph.initializer if t.name in live]
+    del graph.initializer[:]
+    graph.initializer.extend(used_inits)
+    used_vi = [v for v in graph.value_info if v.name in live]
+    del graph.value_info[:]
+    graph.value_info.extend(used_vi)
+    return model
+
+
+from edgeq.passes.manager import Pass, register_pass  # noqa: E402
+
+register_pass(Pass(
+    name="dead_nodes", run=remove_dead_nodes, doc=__doc__.splitlines()[0],
+    guarantees=frozenset({"no_dead_nodes"}), tolerance=0.0,
+))
