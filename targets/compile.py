@@ -108,9 +108,11 @@ def build(mod, spec):
     import tvm
     from tvm import relax
 
+    from edgeq.targets.schedule_lowbit import schedule_module
+
     target = spec.tvm()
     with target:
-        lowered = relax.get_default_pipeline(target)(mod)
+        lowered = schedule_module(relax.get_default_pipeline(target)(mod), target)
     weight_bytes = constant_bytes(lowered)
     return tvm.compile(lowered, target=target, relax_pipeline=None), weight_bytes
 
