@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from edgeq.errors import ExportError
+from edgeq.quant import dyadic
 from edgeq.quant.embedding import WeightOnlyEmbedding
 from edgeq.quant.w8a8 import QDQConv2d, QDQLinear, _ActQuant
 from edgeq.quant.weight_only import WeightOnlyLinear
@@ -43,7 +44,12 @@ def as_is(module: nn.Module) -> nn.Module:
     return module
 
 
-for _native in (QDQConv2d, QDQLinear, _ActQuant):
+_NATIVE = (
+    QDQConv2d, QDQLinear, _ActQuant,
+    dyadic.ActFakeQuant, dyadic.QDQWeightLayer, dyadic.IntQuantize, dyadic.IntDequantize,
+    dyadic.IntWeightLayer, dyadic.IntAdd, dyadic.IntRequantize, dyadic.IntAvgPool,
+)
+for _native in _NATIVE:
     register_export_rule(_native)(as_is)
 
 

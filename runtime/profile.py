@@ -68,6 +68,15 @@ def latency(executor: Executor, inputs: Inputs, warmup: int = 5, repeat: int = 5
                    repeat, warmup)
 
 
+def primary_op(kernel: str) -> str:
+    """The operator a TVM kernel is named after: its first primitive when fused
+    (``fused_conv2d1_add_relu`` -> ``conv2d``), without the numbering Relax appends."""
+    tokens = kernel.removeprefix("fused_").split("_")
+    if tokens[0] in ("avg", "max", "adaptive") and len(tokens) > 1:
+        tokens = ["_".join(tokens[:3] if tokens[0] == "adaptive" else tokens[:2])] + tokens[3 if tokens[0] == "adaptive" else 2:]
+    return tokens[0].rstrip("0123456789") if not kernel.startswith("vm.builtin") else kernel
+
+
 def tvm_op_times(executor: TvmExecutor, inputs: Inputs, repeat: int = 10) -> list[OpTime]:
     """Time of every function the Relax VM calls, per run, VM builtins (allocation, shape
     checks) summed into one ``vm.builtin`` row."""
@@ -92,7 +101,7 @@ def tvm_op_times(executor: TvmExecutor, inputs: Inputs, repeat: int = 10) -> lis
     finally:
         executor.vm.set_instrument(lambda *args: 0)
     return sorted(
-        (OpTime(name, re.sub(r"\d+$", "", name), calls[name] // repeat, totals[name] * 1e3 / repeat) for name in totals),
+        (OpTime(name, primary_op(name), calls[name] // repeat, totals[name] * 1e3 / repeat) for name in totals),
         key=lambda o: -o.total_ms,
     )
 
