@@ -43,7 +43,7 @@ class Latency:
 @dataclass
 class OpTime:
     name: str  # onnxruntime: node name; TVM: the compiled function's symbol
-    op: str  # op type (onnxruntime) or function kind without its numeric suffix (TVM)
+    op: str  # op type (onnxruntime) or the function's kind, its instance numbers removed (TVM)
     calls: int
     total_ms: float  # per run
 
@@ -92,9 +92,14 @@ def tvm_op_times(executor: TvmExecutor, inputs: Inputs, repeat: int = 10) -> lis
     finally:
         executor.vm.set_instrument(lambda *args: 0)
     return sorted(
-        (OpTime(name, re.sub(r"\d+$", "", name), calls[name] // repeat, totals[name] * 1e3 / repeat) for name in totals),
+        (OpTime(name, _function_kind(name), calls[name] // repeat, totals[name] * 1e3 / repeat) for name in totals),
         key=lambda o: -o.total_ms,
     )
+
+
+def _function_kind(symbol: str) -> str:
+    """``fused_conv2d1_add3_relu`` -> ``fused_conv2d_add_relu``: TVM numbers each instance."""
+    return "_".join(re.sub(r"(?<=\D)\d+$", "", part) for part in symbol.split("_"))
 
 
 def ort_op_times(onnx_path: str | Path, inputs: Inputs, repeat: int = 10, threads: int | None = None) -> list[OpTime]:
