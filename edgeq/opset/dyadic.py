@@ -135,12 +135,19 @@ def _function(attrs: dict | None = None, opset: int = 21) -> onnx.FunctionProto:
     )
 
 
+DOC = """\
+x, multiplier, shift and zero_point are int32 and broadcast numpy-style; the product and the
+rounding term are computed in int64, so |x| < 2^31 and b < 2^31 cannot overflow. shift >= 1.
+Rounding: half up (towards +inf), for negative x too, because the shift floors. lo and hi clip
+after the zero point is added (a ReLU is lo = zero_point). Consumers cast y to uint8/int8.
+"""
+
 DYADIC_REQUANTIZE = register_op(EdgeqOp(
     name="DyadicRequantize",
     schema=_schema(),
     function=_function,
     reference=dyadic_requantize_reference,
-    doc=__doc__,
+    doc=DOC,
 ))
 
 
