@@ -95,7 +95,11 @@ def tvm_runner(inputs: Sequence[np.ndarray], target: str, device_url: str | None
             onnx.save(model, str(path))
             artifact = edgeq.compile(path, target=target, out_dir=tmp)
             ex = RpcExecutor(artifact.path, device_url) if device_url else TvmExecutor(artifact.path)
-            outs = ex.run(inputs)
+            try:
+                outs = ex.run(inputs)
+            finally:
+                if device_url:
+                    ex.close()
         return dict(zip([o.name for o in model.graph.output], outs))
 
     return run

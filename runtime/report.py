@@ -10,10 +10,11 @@ at ``device`` (``rpc://`` or ``tracker://``) otherwise.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -120,7 +121,7 @@ def reference_for(spec: str | Executor, model_path: Path) -> Reference:
 
 @dataclass
 class Suspect:
-    executor: Executor
+    make: Callable[[], Executor]  # made when it runs: a device serves one RPC session at a time
     graph: Path  # the ONNX graph it runs (or was compiled from)
     runner: RunGraph  # runs an exposed copy of that graph the way the executor does
 
@@ -132,13 +133,14 @@ def suspects_for(model_path: Path, artifacts: Sequence[str | Path], device: str 
 
     out = []
     if include_onnx:
-        out.append(Suspect(OrtExecutor(model_path), model_path, ort_runner(inputs)))
+        out.append(Suspect(lambda: OrtExecutor(model_path), model_path, ort_runner(inputs)))
     for path in artifacts:
         art = Artifact.load(path)
         if art.target == "cpu":
-            out.append(Suspect(TvmExecutor(art.path), model_path, tvm_runner(inputs, "cpu")))
+            out.append(Suspect(functools.partial(TvmExecutor, art.path), model_path, tvm_runner(inputs, "cpu")))
         elif device:
-            out.append(Suspect(RpcExecutor(art.path, device), model_path, tvm_runner(inputs, art.target, device)))
+            out.append(Suspect(functools.partial(RpcExecutor, art.path, device), model_path,
+                               tvm_runner(inputs, art.target, device)))
         else:
             raise RuntimeExecError(
                 f"{art.path} is built for {art.target}, not this host: pass --device rpc://HOST:PORT "
@@ -166,19 +168,24 @@ def validate_model(
     want = ref.executor.run(inputs)[0]
     for s in suspects:
         start = time.perf_counter()
-        got = s.executor.run(inputs)[0]
-        result = ExecutorResult(compare(s.executor.name, want, got), ok=False, seconds=time.perf_counter() - start)
+        executor = s.make()
+        try:
+            got = executor.run(inputs)[0]
+        finally:
+            if hasattr(executor, "close"):
+                executor.close()
+        result = ExecutorResult(compare(executor.name, want, got), ok=False, seconds=time.perf_counter() - start)
         result.ok = tolerance.accepts(result.numerics)
         if not result.ok and localize:
-            _localize(result, s, ref, inputs, tolerance)
+            _localize(result, s, executor, ref, inputs, tolerance)
         report.results.append(result)
     return report
 
 
-def _localize(result: ExecutorResult, suspect: Suspect, ref: Reference, inputs, tolerance: Tolerance) -> None:
+def _localize(result: ExecutorResult, suspect: Suspect, executor: Executor, ref: Reference, inputs, tolerance: Tolerance) -> None:
     from edgeq.targets.compile import load_onnx
 
-    if ref.graph is None or (isinstance(suspect.executor, OrtExecutor) and ref.graph.resolve() == suspect.graph.resolve()):
+    if ref.graph is None or (isinstance(executor, OrtExecutor) and ref.graph.resolve() == suspect.graph.resolve()):
         result.note = ("cannot localize: onnxruntime on this graph is the trusted executor; "
                        "pass the graph it should match with --reference ORIGINAL.onnx")
         return

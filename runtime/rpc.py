@@ -112,12 +112,22 @@ class RpcExecutor(Executor):
         self.device = self.session.cpu()
         self.vm = bounded(lambda: relax.VirtualMachine(lib, self.device), call_timeout_s, f"starting the VM for {where}")
 
+    def close(self) -> None:
+        """End the RPC session: the device serves one session at a time."""
+        import gc
+
+        self.vm = self.session = self.device = None
+        gc.collect()
+
     def _remote_args(self, inputs: Inputs) -> list:
         return [self._tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
 
     def run(self, inputs: Inputs) -> list[np.ndarray]:
         def call():
-            return _flatten_tvm(self.vm[self.entry](*self._remote_args(inputs)))
+            # A tuple result stays a remote object; the VM's stateful interface fetches its fields.
+            self.vm.set_input(self.entry, *self._remote_args(inputs))
+            self.vm.invoke_stateful(self.entry)
+            return _flatten_tvm(self.vm.get_outputs(self.entry))
 
         return bounded(call, self.call_timeout_s, f"running {self.artifact.path.name} on {self.url}")
 

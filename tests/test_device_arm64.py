@@ -112,6 +112,25 @@ def test_integer_only_cnn_on_device_is_bit_exact(device, digits, digits_model, t
                           qmodel(digits.x_test[:32]).numpy())
 
 
+def test_diverging_node_is_named_on_the_device(device, w8a8_pipeline, tmp_path):
+    """A copy of the graph with its residual Add flipped to Sub, compiled for arm64: the search
+    recompiles the exposed graph for arm64, runs it on the device, and names the Sub."""
+    import onnx
+
+    _, onnx_path, _ = w8a8_pipeline
+    model = onnx.load(str(onnx_path))
+    (add,) = [n for n in model.graph.node if n.op_type == "Add"]
+    add.op_type = "Sub"
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    artifact = edgeq.compile(broken, target="arm64", out_dir=tmp_path)
+    x = np.random.default_rng(5).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    report = validate_model(broken, [artifact.path], [x], reference=str(onnx_path), device=device.url)
+    result = report.result("tvm-rpc:arm64")
+    assert not result.ok
+    assert (result.divergence.node, result.divergence.op_type) == (add.name, "Sub")
+
+
 def test_device_and_host_builds_agree(device, digits, w8a8_pipeline, arm64_artifact):
     from edgeq.runtime import TvmExecutor
 

@@ -55,8 +55,14 @@ def _profile(args, out: Path) -> dict:
     batch_dims = {name: args.batch for name in _first_dynamic_dims(model)}
     inputs = load_inputs(args.inputs, model, samples=None if args.inputs == "random" else args.batch, seed=args.seed, dims=batch_dims)
     executors = [OrtExecutor(args.model, threads=args.threads)]
-    executors += [s.executor for s in suspects_for(Path(args.model), args.artifacts, args.device, inputs, include_onnx=False)]
-    latencies = [prof.latency(ex, inputs, args.warmup, args.repeat) for ex in executors]
+    latencies = [prof.latency(executors[0], inputs, args.warmup, args.repeat)]
+    for suspect in suspects_for(Path(args.model), args.artifacts, args.device, inputs, include_onnx=False):
+        executor = suspect.make()
+        latencies.append(prof.latency(executor, inputs, args.warmup, args.repeat))
+        if hasattr(executor, "close"):
+            executor.close()  # a device serves one RPC session at a time
+        else:
+            executors.append(executor)
     breakdowns = {f"onnxruntime ({args.threads} thread{'s' if args.threads > 1 else ''})":
                   prof.ort_op_times(args.model, inputs, repeat=min(args.repeat, 20), threads=args.threads)}
     for ex in executors:
