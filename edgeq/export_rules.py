@@ -217,24 +217,3 @@ from edgeq.quant.dyadic import ActFakeQuant, QDQWeightLayer  # noqa: E402
 
 for _native in (ActFakeQuant, QDQWeightLayer):
     register_export_rule(_native)(as_is)
-
-
-# QuaRot's online rotation (before down_proj) leaves as one edgeq.Hadamard node, which
-# edgeq.passes.fold_rotations can merge into a neighbouring float weight.
-from edgeq.quant.hadamard import OnlineHadamard  # noqa: E402
-
-
-class HadamardExport(nn.Module):
-    """``OnlineHadamard`` as one ``edgeq::hadamard`` call (signs omitted when all ones)."""
-
-    def __init__(self, layer: OnlineHadamard):
-        super().__init__()
-        self.layer = layer
-        self.plain = bool((layer.signs == 1).all())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        signs = None if self.plain else self.layer.signs.to(x.dtype)
-        return torch.ops.edgeq.hadamard(x, signs, self.layer.block_size)
-
-
-register_export_rule(OnlineHadamard)(HadamardExport)
