@@ -50,8 +50,9 @@ def as_is(module: nn.Module) -> nn.Module:
 
 _NATIVE = (
     QDQConv2d, QDQLinear, _ActQuant,
-    dyadic.ActFakeQuant, dyadic.QDQWeightLayer, dyadic.IntQuantize, dyadic.IntDequantize,
-    dyadic.IntWeightLayer, dyadic.IntAdd, dyadic.IntRequantize, dyadic.IntAvgPool,
+    # HAWQ-V3 models export in their QDQ form (``DyadicModel.qdq_module()``);
+    # ``edgeq.passes.integerize`` then makes the graph integer-only.
+    dyadic.ActFakeQuant, dyadic.QDQWeightLayer,
 )
 for _native in _NATIVE:
     register_export_rule(_native)(as_is)

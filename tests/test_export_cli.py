@@ -31,3 +31,18 @@ def test_export_refuses_escaping_external_data(tmp_path, capsys):
     assert main(["export", "digits", "-o", str(out), "--external-data", "../x.bin"]) == 2
     assert "leaves the output folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_a_saved_quantized_model(tmp_path, capsys, digits, digits_model):
+    import edgeq
+    from edgeq.quant.serialize import load_quantized, save_quantized
+    from edgeq.quant.weight_only_recipes import RTNRecipe
+
+    qmodel = edgeq.quantize(digits_model, RTNRecipe(bits=4, group_size=None, skip=("stem.*",)))
+    saved = save_quantized(qmodel, tmp_path / "digits-w4.safetensors", "digits-cnn")
+    out = tmp_path / "digits-w4.onnx"
+    assert main(["export", str(saved), "-o", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bits_per_weight"] < 8
+    got = ort_session(out).run(None, {"input": digits.x_test[:32].numpy()})[0]
+    ref = load_quantized(saved)(digits.x_test[:32]).detach().numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -1,6 +1,7 @@
 """SmolLM2-135M through edgeq.export, truncated to its first 2 decoder layers to keep CI time down
 (same shapes, same ops, 1/15 of the layers): stock onnxruntime at accuracy level 0 matches the
-PyTorch quantized model within 1e-4 of the logits' scale, with dynamic batch and sequence."""
+PyTorch quantized model within 1e-4 of the logits' scale, with dynamic batch and sequence. Group 64:
+the hidden size 576 is not a multiple of 128."""
 
 from __future__ import annotations
 
@@ -32,11 +33,11 @@ def smollm2_2layers(smollm2):
     return small, tokenizer
 
 
-@pytest.mark.parametrize("preset,weight_format", [("w4g128-rtn", "auto"), ("w3g128-rtn", "auto")])
+@pytest.mark.parametrize("preset,weight_format", [("w4g64-rtn", "auto"), ("w3g64-rtn", "auto")])
 def test_smollm2_matches_pytorch(tmp_path, smollm2_2layers, preset, weight_format):
     base, tokenizer = smollm2_2layers
     model = edgeq.quantize(base, preset)
-    quantize_embeddings(model, 4, 128)
+    quantize_embeddings(model, 4, 64)
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     path = edgeq.export(model, ids, tmp_path / "smollm2.onnx", weight_format=weight_format)
     onnx.checker.check_model(str(path), full_check=True)

@@ -1,5 +1,7 @@
-"""edgeq export: a built-in model, quantized with a preset (or float), to an ONNX file.
+"""edgeq export: a model saved by ``edgeq quantize`` (.safetensors), or a built-in model quantized
+with a preset (or float), to an ONNX file.
 
+    edgeq export smollm2-w4.safetensors --embedding-bits 4 -o smollm2.onnx
     edgeq export digits --preset w8a8 -o digits.onnx
     edgeq export smollm2 --preset w4g128-rtn --embedding-bits 4 -o smollm2.onnx --external-data
 """
@@ -14,7 +16,7 @@ MODELS = ("digits", "smollm2")
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a built-in model (quantized with a preset, or float) to ONNX")
-    p.add_argument("model", choices=MODELS, help="built-in model")
+    p.add_argument("model", help=f"a .safetensors file from edgeq quantize, or a built-in model ({', '.join(MODELS)})")
     p.add_argument("--preset", help="quantization preset or recipe JSON (default: float)")
     p.add_argument("--embedding-bits", type=int, choices=(2, 3, 4, 8),
                    help="LLMs: quantize the embedding table (RTN) and share it with a tied lm_head")
@@ -29,22 +31,41 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_model(name: str, preset: str | None, embedding_bits: int | None, group_size: int):
-    """(model, example inputs) for a built-in model, quantized as asked."""
+def load_model(name: str, preset: str | None, embedding_bits: int | None, group_size: int, load: bool = True):
+    """(model, example inputs) for a saved or built-in model, quantized as asked (``load=False``:
+    the example inputs only)."""
     import torch
 
     import edgeq
 
+    if name not in MODELS:
+        from edgeq.errors import RecipeError
+        from edgeq.quant.serialize import load_quantized, read_metadata
+
+        if preset:
+            raise RecipeError(f"{name} is already quantized: --preset applies to built-in models only")
+        source = read_metadata(name)["source"]
+        model = load_quantized(name)
+        _, example = load_model({"digits-cnn": "digits"}.get(source, source), None, None, group_size, load=False)
+        if embedding_bits:
+            from edgeq.quant.embedding import quantize_embeddings
+
+            quantize_embeddings(model, embedding_bits, group_size)
+        return model, example
     if name == "digits":
         from edgeq.models import digits_data, load_digits_cnn
 
         data = digits_data()
+        if not load:
+            return None, data.x_test[:1]
         model = load_digits_cnn()
         if preset:
             model = edgeq.quantize(model, preset, calib=data.x_train[:512])
         return model, data.x_test[:1]
     from edgeq.models.smollm2 import load_smollm2
 
+    if not load:
+        return None, torch.randint(0, 1000, (1, 8))
     model, tokenizer = load_smollm2()
     ids = tokenizer("The quick brown fox jumps over the lazy dog", return_tensors="pt").input_ids
     if preset:
