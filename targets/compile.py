@@ -90,17 +90,17 @@ def constant_bytes(mod) -> int:
     import tvm
     from tvm import relax
 
-    sizes: list[int] = []
+    sizes: dict[int, int] = {}  # by data pointer: a constant used twice is stored once
 
     def visit(expr):
         if isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.value, tvm.runtime.Tensor):
             value = expr.value
-            sizes.append(int(np.prod(value.shape, dtype=np.int64)) * np.dtype(str(value.dtype)).itemsize)
+            sizes[value.data_ptr()] = int(np.prod(value.shape, dtype=np.int64)) * np.dtype(str(value.dtype)).itemsize
 
     for _, func in mod.functions.items():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
-    return sum(sizes)
+    return sum(sizes.values())
 
 
 def build(mod, spec):
@@ -108,9 +108,11 @@ def build(mod, spec):
     import tvm
     from tvm import relax
 
+    from edgeq.targets.schedule_lowbit import schedule_module
+
     target = spec.tvm()
     with target:
-        lowered = relax.get_default_pipeline(target)(mod)
+        lowered = schedule_module(relax.get_default_pipeline(target)(mod), target)
     weight_bytes = constant_bytes(lowered)
     return tvm.compile(lowered, target=target, relax_pipeline=None), weight_bytes
 

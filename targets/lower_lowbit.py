@@ -69,7 +69,7 @@ def packed_linear_te(x, qweight, scales, zeros, bias=None, *, bits: int, group_s
 
 
 def emit_packed_linear(bb, x, qweight, scales, zeros, bias, bits: int, group_size: int):
-    """Emit the packed kernel for X ``[..., K]``; returns ``[..., N]`` float32."""
+    """Emit the packed kernel for X ``[..., K]``; returns ``[..., N]`` in X's type."""
     from tvm import relax
 
     shape = list(x.ty.shape)
@@ -81,6 +81,8 @@ def emit_packed_linear(bb, x, qweight, scales, zeros, bias, bits: int, group_siz
     y = bb.emit_te(fn, *args, primfunc_name_hint=f"packed_linear_w{bits}g{group_size}")
     if len(shape) != 2:
         y = bb.normalize(relax.op.reshape(y, [*shape[:-1], n_dim]))
+    if x.ty.dtype.dtype != "float32":  # the op's output has X's type; the kernel accumulates in float32
+        y = bb.normalize(relax.op.astype(y, x.ty.dtype.dtype))
     return y
 
 

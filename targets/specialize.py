@@ -42,7 +42,14 @@ def specialize(model: onnx.ModelProto, sizes: dict[str, int]) -> onnx.ModelProto
 
 
 def _may_fold(node) -> bool | None:
-    """Never fold a dequantization (it would store float weights) or a custom-domain op."""
+    """Fold shape arithmetic, never weights: not a dequantization (it would store float weights),
+    a custom-domain op, or an op on a weight-sized constant (a transposed copy of a tied table)."""
     if node.op_type == "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
         return False
+    for value in node.inputs:
+        if value is not None and value.const_value is not None and value.const_value.size > _WEIGHT_ELEMENTS:
+            return False
     return None
+
+
+_WEIGHT_ELEMENTS = 4096

@@ -3,6 +3,8 @@ compiled host artifact) agree, and the artifact keeps the weights packed."""
 
 from __future__ import annotations
 
+import re
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -115,3 +117,28 @@ def test_op_without_lowering_names_node_op_and_target(tmp_path):
     with pytest.raises(edgeq.errors.CompileError, match=r"node 'mystery': op acme\.Frobnicate has no lowering for target 'arm64'"):
         edgeq.compile(path, target="arm64", out_dir=tmp_path)
     assert not list(tmp_path.glob("bad.arm64*"))
+
+
+def test_arm64_packed_kernel_uses_neon(tmp_path):
+    """The scheduled unpack-and-matmul compiles to NEON vector code for arm64."""
+    import shutil
+    import subprocess
+
+    from edgeq.targets import get_target
+
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None or shutil.which(get_target("arm64").cross_compiler) is None:
+        pytest.skip("aarch64 binutils/g++ not installed (Debian package g++-aarch64-linux-gnu)")
+    gen = torch.Generator().manual_seed(0)
+    layer = WeightOnlyLinear.from_integers(torch.randint(0, 16, (N, K), generator=gen),
+                                           torch.rand(N, K // GROUP, generator=gen).half(),
+                                           torch.randint(0, 16, (N, K // GROUP), generator=gen), 4,
+                                           bias=torch.zeros(N))
+    path = tmp_path / "lowbit.onnx"
+    onnx.save(_lowbit_linear_model(layer), path)
+    art = edgeq.compile(path, target="arm64", out_dir=tmp_path)
+    asm = subprocess.run([objdump, "-d", str(art.path)], capture_output=True, text=True, check=True).stdout
+    body = asm.split("<packed_linear", 1)[1] if "<packed_linear" in asm else asm
+    # NEON: float multiply-add on 4 lanes and byte-wide shifts/masks on 16 lanes
+    assert re.search(r"\bfml[as]\s+v\d+\.4s", body) or re.search(r"\bfmul\s+v\d+\.4s", body), "no NEON float vector code"
+    assert re.search(r"v\d+\.(16b|8b|8h)", body), "no NEON integer (unpack) vector code"
