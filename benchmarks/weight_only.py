@@ -167,6 +167,9 @@ def report(rows, args) -> int:
         notes.append("Ratios: " + "; ".join(verdicts) + ".")
     if missing:
         notes.append("Not run (time): " + ", ".join(missing) + ".")
+    if args.from_json:
+        notes.append("Configs ran in parallel processes with these settings (`--configs PRESET ... --json ROWS`), "
+                     "merged by this command; each row's quantize time is under that shared load.")
     print("\n".join(notes))
     if not args.no_append:
         append_results("Weight-only quantization of SmolLM2-135M (WikiText-2)", table, "\n".join(notes))
