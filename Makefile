@@ -27,3 +27,12 @@ test: $(STAMP)
 
 clean:
 	rm -rf edgeq-demo build *.egg-info
+
+# The emulated arm64 device (qemu-user + TVM RPC on 127.0.0.1): prepared on first use under
+# ~/.cache/edgeq (installs qemu-user-static, g++-aarch64-linux-gnu and mmdebstrap with apt).
+.PHONY: device device-stop
+device: $(STAMP)
+	$(VENV)/bin/edgeq device start arm64
+
+device-stop:
+	test ! -x $(VENV)/bin/edgeq || $(VENV)/bin/edgeq device stop arm64

@@ -131,12 +131,12 @@ def report(rows, args) -> int:
     from _results import append_results, markdown_table
 
     by = {r["config"]: r for r in rows}
-    float_ppl = by["float32"]["ppl"]
+    float_ppl = by["float32"]["ppl"] if "float32" in by else None
     order = ["float32"] + [f"{g}-{m}" for g in GRIDS for m in METHODS]
     rows = sorted(rows, key=lambda r: order.index(r["config"]) if r["config"] in order else len(order))
     missing = [c for c in order if c not in by]
     headers = ["config", "WikiText-2 ppl", "× float", "bits/weight (decoder linears)", "decoder linear bytes", "quantize time"]
-    table_rows = [[r["config"], _fmt(r["ppl"]), f"{r['ppl'] / float_ppl:.3f}", f"{r['bits_per_weight']:.3f}",
+    table_rows = [[r["config"], _fmt(r["ppl"]), f"{r['ppl'] / float_ppl:.3f}" if float_ppl else "", f"{r['bits_per_weight']:.3f}",
                    "" if r["linear_bytes"] is None else f"{r['linear_bytes'] / 2**20:.2f} MiB", f"{r['quantize_s']:.1f} s"]
                   for r in rows]
     table = markdown_table(headers, table_rows)
@@ -161,7 +161,7 @@ def report(rows, args) -> int:
         if f"{grid}-hadamard-gptq" in by and f"{grid}-gptq" in by:
             verdicts.append(f"{grid}: Hadamard+GPTQ/GPTQ ppl ratio "
                             f"{by[f'{grid}-hadamard-gptq']['ppl'] / by[f'{grid}-gptq']['ppl']:.3f}")
-    if "w4g128-gptq" in by:
+    if "w4g128-gptq" in by and float_ppl:
         verdicts.append(f"w4g128 GPTQ / float ppl {by['w4g128-gptq']['ppl'] / float_ppl:.3f}")
     if verdicts:
         notes.append("Ratios: " + "; ".join(verdicts) + ".")

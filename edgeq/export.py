@@ -1,8 +1,19 @@
 """``edgeq.export``: a quantized (or float) PyTorch model to an ONNX file, on torch's dynamo exporter.
 
-QDQ layers leave as standard QuantizeLinear/DequantizeLinear around float Conv/MatMul. The file
-is checked with ``onnx.checker`` and written atomically: on any failure nothing is left at
-``path``.
+QDQ layers leave as standard QuantizeLinear/DequantizeLinear around float Conv/MatMul. Weight-only
+layers leave through their export rules (``edgeq.export_rules``) as ``edgeq.LowBitLinear`` nodes
+with flat function bodies; ``weight_format`` then says which of them become standard ONNX:
+
+* ``"auto"`` (default): 4- and 8-bit layers (and 2-bit at opset >= 25) as uint4/uint8/uint2
+  initializers with blocked DequantizeLinear + MatMul, which stock onnxruntime fuses into its fast
+  MatMulNBits kernel; 3-bit (no standard dtype), and 2-bit below opset 25, stay ``LowBitLinear``.
+* ``"dequantize_linear"``: as auto, but a 2-bit layer below opset 25 is an error naming the opset.
+* ``"edgeq"``: every weight-only layer as ``LowBitLinear`` (packed uint8, what TVM reads best:
+  its importer cannot read int4/int2 initializers).
+
+A packed table shared by two consumers (a tied embedding and ``lm_head``) stays packed so that
+the file holds it once. The file is checked with ``onnx.checker`` and written atomically, external
+data included: on any failure nothing is left at ``path``.
 """
 
 from __future__ import annotations
@@ -10,20 +21,31 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from edgeq.opset import translation_table
 from edgeq._io import atomic_path
 from edgeq.errors import ExportError
+from edgeq.export_rules import export_twins
+from edgeq.opset import DOMAIN, attach_functions, translation_table
+from edgeq.quant.packing import unpack
+from edgeq.quant.weight_only import WeightOnlyLinear
 
 DEFAULT_OPSET = 21
+MIN_OPSET, MAX_OPSET = 18, 28  # function bodies need BitwiseAnd (18); onnxruntime loads up to 28
+INT2_OPSET = 25
+WEIGHT_FORMATS = ("auto", "dequantize_linear", "edgeq")
+# protobuf cannot serialize 2 GiB; beyond this the weights go to an external data file
+EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 def export(
@@ -34,24 +56,33 @@ def export(
     dynamic_batch: bool = True,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    dynamic_dims: Sequence[Mapping[int, str]] | None = None,
+    weight_format: str = "auto",
+    external_data: bool | str | None = None,
 ) -> Path:
     """Export ``model`` to ``path`` and return the path.
 
-    ``dynamic_batch`` makes the first dimension of every input symbolic (``batch``).
+    ``dynamic_batch`` makes the first dimension of every input symbolic (``batch``);
+    ``dynamic_dims`` names more per input (``[{0: "batch", 1: "seq"}]``). A HuggingFace causal LM
+    given ``input_ids`` exports as ``input_ids [batch, seq] -> logits`` without KV cache.
+    ``external_data``: True or a file name relative to ``path``'s folder puts the weights there;
+    None does so only for models too large for one protobuf.
     """
     path = Path(path)
+    _check_options(model, opset, weight_format, path, external_data)
     args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if _is_causal_lm(model, args):
+        model = _CausalLMLogits(model)
+        input_names, output_names = input_names or ["input_ids"], output_names or ["logits"]
+        dynamic_dims = dynamic_dims or [{0: "batch", 1: "seq"}]
     input_names = list(input_names or (["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]))
     output_names = list(output_names or ["output"])
-    dynamic_shapes = None
-    if dynamic_batch:
-        # torch.export specializes a dimension of size 1; a batch of 2 keeps it symbolic.
-        args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
-        batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        dynamic_shapes = tuple({0: batch} for _ in args)
+    if dynamic_dims is None and dynamic_batch:
+        dynamic_dims = [{0: "batch"} for _ in args]
+    args, dynamic_shapes = _dynamic_shapes(args, dynamic_dims)
     model = model.eval()
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with export_twins(model), _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 model, args, dynamo=True, opset_version=opset, input_names=input_names,
                 output_names=output_names, dynamic_shapes=dynamic_shapes, optimize=True,
@@ -59,15 +90,235 @@ def export(
                 verbose=False,
             )
         proto = program.model_proto
+    except ExportError:
+        raise
     except Exception as exc:
         raise ExportError(f"torch.onnx export of {type(model).__name__} failed: {_first_line(exc)}") from None
+    expand_packed_weights(proto, opset, standard=weight_format != "edgeq")
+    if weight_format != "edgeq":
+        lower_to_dequantize_linear(proto, opset)
+    attach_functions(proto)
+    _drop_trace_metadata(proto)
+    if external_data is None:
+        external_data = _initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+    if external_data:
+        data_name = external_data if isinstance(external_data, str) else f"{path.name}.data"
+        _save_with_external_data(proto, path, data_name)
+    else:
+        _check(proto)
+        with atomic_path(path) as tmp:
+            onnx.save_model(proto, str(tmp))
+    return path
+
+
+def _check_options(model: nn.Module, opset: int, weight_format: str, path: Path, external_data) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET}")
+    if weight_format not in WEIGHT_FORMATS:
+        raise ExportError(f"unknown weight_format {weight_format!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
+    if weight_format == "dequantize_linear" and opset < INT2_OPSET:
+        for name, m in model.named_modules():
+            if isinstance(m, WeightOnlyLinear) and m.bits == 2:
+                raise ExportError(
+                    f"{name}: 2-bit weights as standard int2/uint2 DequantizeLinear need opset {INT2_OPSET} "
+                    f"(asked for {opset}); use opset={INT2_OPSET} or weight_format='edgeq'"
+                )
+    if isinstance(external_data, str):
+        external_data_location(path, external_data)
+
+
+def external_data_location(path: Path, name: str) -> Path:
+    """Where a relative external data file goes; refused if it leaves the model's folder."""
+    folder = path.parent.resolve()
+    target = (folder / name).resolve()
+    if Path(name).is_absolute() or folder not in target.parents:
+        raise ExportError(f"external data path {name!r} leaves the output folder {path.parent}: give a name relative to it")
+    return target
+
+
+def _save_with_external_data(proto: onnx.ModelProto, path: Path, data_name: str) -> None:
+    """Model and data file written in a temporary folder beside ``path``, checked, then moved."""
+    target = external_data_location(path, data_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        (Path(tmp) / data_name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+        except Exception as exc:
+            raise ExportError(f"{path}: cannot write external data {data_name!r}: {_first_line(exc)}") from None
+        _check(str(staged))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged_data = Path(tmp) / data_name
+        if staged_data.exists():
+            os.replace(staged_data, target)
+        os.replace(staged, path)
+
+
+def _check(model: onnx.ModelProto | str) -> None:
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported model fails onnx.checker: {_first_line(exc)}") from None
-    with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp))
-    return path
+
+
+_TRACE_KEYS = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+
+def _drop_trace_metadata(proto: onnx.ModelProto) -> None:
+    """The exporter stamps every node with a Python stack trace and FX text: bulky, and it holds
+    local paths. Module scopes (``namespace``, ``name_scopes``) stay: they say which layer a node is."""
+    for node in proto.graph.node:
+        kept = [kv for kv in node.metadata_props if kv.key not in _TRACE_KEYS]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+
+
+def _initializer_bytes(proto: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in proto.graph.initializer)
+
+
+class _CausalLMLogits(nn.Module):
+    """``input_ids -> logits`` of a HuggingFace causal LM, without KV cache."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def _is_causal_lm(model: nn.Module, args: tuple) -> bool:
+    return (hasattr(model, "get_input_embeddings") and hasattr(model, "config") and len(args) == 1
+            and args[0].dim() == 2 and not args[0].is_floating_point())
+
+
+def _dynamic_shapes(args: tuple, dynamic_dims):
+    """torch.export specializes a dimension of size 1: such dynamic dims are widened to 2."""
+    if not dynamic_dims:
+        return args, None
+    if len(dynamic_dims) != len(args):
+        raise ExportError(f"dynamic_dims names {len(dynamic_dims)} inputs, the model takes {len(args)}")
+    dims: dict[str, torch.export.Dim] = {}
+    widened, shapes = [], []
+    for a, named in zip(args, dynamic_dims):
+        for axis in named:
+            if a.shape[axis] == 1:
+                a = torch.cat([a, a], dim=axis)
+        widened.append(a)
+        shapes.append({axis: dims.setdefault(name, torch.export.Dim(name, min=1, max=1 << 16)) for axis, name in named.items()})
+    return tuple(widened), tuple(shapes)
+
+
+def lower_to_dequantize_linear(proto: onnx.ModelProto, opset: int) -> int:
+    """Rewrite ``LowBitLinear`` nodes whose bit width has a standard dtype into
+    ``MatMul(X, DequantizeLinear(Wq^T, scales^T, zeros^T, axis=0, block_size=group_size))``
+    (+ Add bias), the form onnxruntime fuses into MatMulNBits. Returns how many were rewritten."""
+    dtypes = _standard_dtypes(opset)
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    new_nodes, dropped, added, rewritten = [], set(), [], 0
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        weights = list(node.input[1:4])
+        if not (node.domain == DOMAIN and node.op_type == "LowBitLinear" and attrs["bits"] in dtypes
+                and all(w in inits and uses[w] == 1 for w in weights)):
+            new_nodes.append(node)
+            continue
+        bits, group = attrs["bits"], attrs["group_size"]
+        packed, scales, zeros = (onnx.numpy_helper.to_array(inits[w]) for w in weights)
+        k = packed.shape[1] * 8 // bits
+        q = unpack(torch.from_numpy(packed.copy()), bits, k).numpy()
+        base = node.name or node.output[0]
+        wq, ws, wz = f"{base}.qweight_t", f"{base}.scales_t", f"{base}.zeros_t"
+        added += [
+            onnx.numpy_helper.from_array(np.ascontiguousarray(q.T).astype(dtypes[bits]), wq),
+            onnx.numpy_helper.from_array(np.ascontiguousarray(scales.T).astype(np.float32), ws),
+            onnx.numpy_helper.from_array(np.ascontiguousarray(zeros.T).astype(dtypes[bits]), wz),
+        ]
+        dropped.update(weights)
+        w = f"{base}.weight"
+        new_nodes.append(onnx.helper.make_node("DequantizeLinear", [wq, ws, wz], [w], name=f"{base}.dequantize", axis=0, block_size=group))
+        has_bias = len(node.input) > 4 and node.input[4]
+        mm = f"{base}.matmul" if has_bias else node.output[0]
+        new_nodes.append(onnx.helper.make_node("MatMul", [node.input[0], w], [mm], name=f"{base}.matmul"))
+        if has_bias:
+            new_nodes.append(onnx.helper.make_node("Add", [mm, node.input[4]], [node.output[0]], name=f"{base}.bias"))
+        rewritten += 1
+    if rewritten:
+        kept = [t for t in graph.initializer if t.name not in dropped]
+        del graph.initializer[:]
+        graph.initializer.extend(kept + added)
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return rewritten
+
+
+def _standard_dtypes(opset: int) -> dict:
+    import ml_dtypes
+
+    dtypes = {4: ml_dtypes.uint4, 8: np.uint8}
+    if opset >= INT2_OPSET:
+        dtypes[2] = ml_dtypes.uint2
+    return dtypes
+
+
+def expand_packed_weights(proto: onnx.ModelProto, opset: int, standard: bool) -> int:
+    """Replace each ``edgeq.export.PackedWeight`` placeholder (a weight-only conv's weight) by
+    ``DequantizeLinear(uint4/uint8/uint2 [N, K], axis=1, block_size)`` when ``standard`` and the
+    dtype exists, else by the unpack-and-dequantize ops on the packed uint8 tensor."""
+    from edgeq.opset._function import FunctionBuilder, dequantize_groups, unpack_weights
+    from edgeq.opset.lowbit_embedding import PLACEHOLDER_DOMAIN
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    dtypes = _standard_dtypes(opset)
+    new_nodes, added, dropped, count = [], [], set(), 0
+    for node in graph.node:
+        if node.domain != PLACEHOLDER_DOMAIN:
+            new_nodes.append(node)
+            continue
+        count += 1
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        bits, group = attrs["bits"], attrs["group_size"]
+        base = node.name or node.output[0]
+        if standard and bits in dtypes and all(name in inits for name in node.input):
+            packed, scales, zeros = (onnx.numpy_helper.to_array(inits[name]) for name in node.input)
+            q = unpack(torch.from_numpy(packed.copy()), bits, packed.shape[1] * 8 // bits).numpy()
+            names = [f"{base}.qweight", f"{base}.scales", f"{base}.zeros"]
+            added += [onnx.numpy_helper.from_array(q.astype(dtypes[bits]), names[0]),
+                      onnx.numpy_helper.from_array(scales.astype(np.float32), names[1]),
+                      onnx.numpy_helper.from_array(zeros.astype(dtypes[bits]), names[2])]
+            dropped.update(node.input)
+            new_nodes.append(onnx.helper.make_node("DequantizeLinear", names, list(node.output), name=base, axis=1, block_size=group))
+            continue
+        b = FunctionBuilder("PackedWeight", ["QWeight", "Scales", "Zeros"], ["W"], [], opset)
+        like = b.const(np.zeros((), np.float32), np.float32)
+        dequantize_groups(b, unpack_weights(b, "QWeight", bits), "Scales", "Zeros", group, like=like)
+        b.nodes[-1].output[0] = "W"
+        rename = dict(zip(["QWeight", "Scales", "Zeros", "W"], list(node.input) + list(node.output)))
+        for inner in b.nodes:
+            inner.input[:] = [rename.get(n, f"{base}/{n}") for n in inner.input]
+            inner.output[:] = [rename.get(n, f"{base}/{n}") for n in inner.output]
+            inner.name = f"{base}/{inner.output[0].rsplit('/', 1)[-1]}"
+            new_nodes.append(inner)
+    if count:
+        unused = {name for name in dropped if not any(name in n.input for n in new_nodes)}
+        kept = [t for t in graph.initializer if t.name not in unused]
+        del graph.initializer[:]
+        graph.initializer.extend(kept + added)
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        kept_opsets = [o for o in proto.opset_import if o.domain != PLACEHOLDER_DOMAIN]
+        del proto.opset_import[:]
+        proto.opset_import.extend(kept_opsets)
+    return count
 
 
 @contextlib.contextmanager

@@ -12,10 +12,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edgeq._io import atomic_path, atomic_write_text
-from edgeq.errors import CompileError, ModelFileError
+from edgeq.errors import CompileError, EdgeqError, ModelFileError
 from edgeq.targets.registry import get_target
 
 
@@ -28,6 +29,10 @@ class Artifact:
     inputs: list[dict]
     outputs: list[dict]
     tvm_target: dict | None = None
+    weight_bytes: int | None = None  # bytes of the constants the artifact holds
+    onnx_weight_bytes: int | None = None  # bytes of the ONNX file's initializers (packed)
+    device_code: str | None = None  # GPU targets: the PTX for the named architecture, when built
+    specialized: dict | None = None  # input dimensions fixed at compile time, by name
 
     @property
     def meta_path(self) -> Path:
@@ -68,25 +73,110 @@ def _value_infos(values) -> list[dict]:
     return out
 
 
-def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None) -> Artifact:
-    """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact."""
-    import tvm
+def onnx_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the model's initializers as stored (2/4-bit tensors packed)."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") or t.data_location == onnx.TensorProto.EXTERNAL:
+            ext = {e.key: e.value for e in t.external_data}
+            total += int(ext["length"]) if "length" in ext else len(t.raw_data)
+        else:
+            total += onnx.numpy_helper.to_array(t).nbytes
+    return total
 
+
+def constant_bytes(mod) -> int:
+    """Bytes of the tensor constants in a (lowered) Relax module: what the artifact embeds."""
+    import tvm
+    from tvm import relax
+
+    sizes: dict[int, int] = {}  # by data pointer: a constant used twice is stored once
+
+    def visit(expr):
+        if isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.value, tvm.runtime.Tensor):
+            value = expr.value
+            sizes[value.data_ptr()] = int(np.prod(value.shape, dtype=np.int64)) * np.dtype(str(value.dtype)).itemsize
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return sum(sizes.values())
+
+
+def build(mod, spec):
+    """Lower and build a Relax module for ``spec``; returns (executable, weight bytes)."""
+    import tvm
+    from tvm import relax
+
+    from edgeq.targets.schedule_lowbit import schedule_module
+
+    target = spec.tvm()
+    with target:
+        lowered = schedule_module(relax.get_default_pipeline(target)(mod), target)
+    weight_bytes = constant_bytes(lowered)
+    return tvm.compile(lowered, target=target, relax_pipeline=None), weight_bytes
+
+
+def gpu_device_code(executable, spec, out: Path) -> Path | None:
+    """Write the PTX of the artifact's kernels for ``spec.gpu_arch`` next to it, when nvcc is here.
+
+    TVM embeds CUDA source in the library (compiled for the GPU it loads on); the PTX records
+    what the named architecture gets, and checks that the kernels compile for it."""
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        return None
+    from tvm.support import nvcc
+
+    device = [m for m in _module_tree(executable.mod) if m.kind == "cuda"]
+    if not device:
+        return None
+    with spec.tvm():
+        ptx = nvcc.compile_cuda(device[0].inspect_source("cuda"), target_format="ptx", arch=spec.gpu_arch, compiler="nvcc")
+    path = out.with_suffix(".ptx")
+    with atomic_path(path, keep_suffix=True) as tmp:
+        Path(tmp).write_bytes(ptx)
+    return path
+
+
+def _module_tree(mod):
+    yield mod
+    for child in mod.imports:
+        yield from _module_tree(child)
+
+
+def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None,
+            specialize: dict[str, int] | None = None) -> Artifact:
+    """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact.
+
+    ``specialize`` fixes symbolic input dimensions by name (e.g. ``{"seq": 128}``): needed for
+    torch's export of decoder LMs, whose sequence-length arithmetic TVM cannot import.
+    """
     from edgeq.targets.importer import import_onnx
+    from edgeq.targets.specialize import specialize as fix_dims
+    from edgeq.targets.specialize import symbolic_dims
 
     spec = get_target(target)
     compiler = spec.require_compiler()
     model = load_onnx(onnx_path)
+    packed_bytes = onnx_weight_bytes(model)
+    if specialize:
+        model = fix_dims(model, specialize)
     name = name or Path(onnx_path).stem
     out = Path(out_dir) / f"{name}.{spec.name}.{spec.artifact}"
     start = time.perf_counter()
     try:
-        mod = import_onnx(model)
+        mod = import_onnx(model, target=spec.name)
+    except EdgeqError as exc:
+        raise type(exc)(f"{onnx_path}: {exc}") from None
     except Exception as exc:
-        raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+        hint = ""
+        dynamic = [d for d in symbolic_dims(model) if d != "batch"]
+        if dynamic:
+            hint = f" (symbolic dimensions {', '.join(dynamic)}: compile with specialize={{{dynamic[0]!r}: N}} / --specialize {dynamic[0]}=N)"
+        raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{hint}") from None
     try:
-        with spec.tvm():
-            executable = tvm.compile(mod, target=spec.tvm())
+        executable, weight_bytes = build(mod, spec)
     except Exception as exc:
         raise CompileError(f"{onnx_path}: TVM build for {spec.name} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
     with atomic_path(out, keep_suffix=True) as tmp:
@@ -96,11 +186,14 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
             executable.export_library(str(tmp), fcompile=cc.cross_compiler(compiler))
         else:
             executable.export_library(str(tmp))
+    device_code = gpu_device_code(executable, spec, out) if spec.is_gpu else None
     seconds = time.perf_counter() - start
     artifact = Artifact(
         path=out, target=spec.name, compile_seconds=seconds, size_bytes=out.stat().st_size,
         inputs=_value_infos(model.graph.input), outputs=_value_infos(model.graph.output),
-        tvm_target=spec.tvm_target,
+        tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=packed_bytes,
+        specialized=dict(specialize) if specialize else None,
+        device_code=str(device_code) if device_code else None,
     )
     meta = {k: v for k, v in asdict(artifact).items() if k != "path"}
     atomic_write_text(artifact.meta_path, json.dumps(meta, indent=2, default=str))

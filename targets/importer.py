@@ -9,9 +9,11 @@ subclass with ``_impl_v1(cls, bb, inputs, attr, params)`` (and later versions as
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Iterator
 
 import onnx
+import onnx.inliner
 
 _CONVERTERS: dict[str, type] = {}
 
@@ -44,9 +46,54 @@ def _extended_convert_map() -> Iterator[None]:
         onnx_frontend._get_convert_map = stock
 
 
-def import_onnx(model: onnx.ModelProto, **kwargs):
+# Modules that register converters (one lowering module per op); imported on first import_onnx.
+_LOWERINGS = ("lower_lowbit", "lower_lowrank", "lower_dequantize", "lower_tied")
+
+
+def _load_lowerings() -> None:
+    import importlib
+
+    for name in _LOWERINGS:
+        importlib.import_module(f"edgeq.targets.{name}")
+
+
+def supported_ops() -> set[str]:
+    """Op types the importer converts (stock converters plus edgeq's)."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    _load_lowerings()
+    return set(onnx_frontend._get_convert_map()) | set(_CONVERTERS) | {"Constant", "If"}
+
+
+def prepare(model: onnx.ModelProto, target: str = "cpu") -> onnx.ModelProto:
+    """The model as the importer takes it: edgeq-domain functions with no converter inlined,
+    low-bit DequantizeLinear + MatMul packed; a CompileError naming the first node whose op has
+    no lowering for ``target``."""
+    from edgeq.errors import CompileError
+    from edgeq.targets import lower_dequantize, lower_tied
+
+    _load_lowerings()
+    model = copy.deepcopy(model)
+    supported = supported_ops()
+    inline = {(f.domain, f.name) for f in model.functions if f.name not in supported}
+    if inline:
+        model = onnx.inliner.inline_selected_functions(model, list(inline), exclude=False)
+    model = lower_dequantize.prepare(model)
+    model = lower_tied.prepare(model)
+    for node in model.graph.node:
+        if node.op_type not in supported:
+            domain = f"{node.domain}." if node.domain else ""
+            raise CompileError(
+                f"node {node.name or node.output[0]!r}: op {domain}{node.op_type} has no lowering for target {target!r}"
+            )
+    return model
+
+
+def import_onnx(model: onnx.ModelProto, target: str = "cpu", **kwargs):
     """``tvm.relax.frontend.onnx.from_onnx`` with edgeq's converters; returns an IRModule."""
     from tvm.relax.frontend.onnx import from_onnx
 
+    model = prepare(model, target)
     with _extended_convert_map():
         return from_onnx(model, **kwargs)
+from edgeq.targets import integer_ops  # noqa: E402,F401  (integer-only converters register on import)

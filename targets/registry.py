@@ -24,6 +24,11 @@ class TargetSpec:
     artifact: str = "so"  # "so" (shared library) or "tar" (object archive: no linker installed)
     machine: str | None = None  # ELF e_machine name the artifact must carry, checked in tests
     features: tuple[str, ...] = field(default_factory=tuple)
+    gpu_arch: str | None = None  # e.g. "sm_90": GPU targets schedule with dlight before the build
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.gpu_arch is not None
 
     def tvm(self):
         import tvm
@@ -127,6 +132,15 @@ def _x86_level(flags: set[str]) -> str:
 
 
 register_target(TargetSpec(
+    name="x86_64",
+    description="any x86-64 Linux with AVX2 and FMA (x86-64-v3: Haswell, Zen and later)",
+    tvm_target={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"},
+    cross_compiler="x86_64-linux-gnu-g++",
+    compiler_package="g++-x86-64-linux-gnu",
+    machine="x86-64",
+))
+
+register_target(TargetSpec(
     name="arm64",
     description="64-bit Arm Linux (aarch64) with NEON: phones, Raspberry Pi 4/5, Jetson CPUs",
     tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
@@ -134,3 +148,41 @@ register_target(TargetSpec(
     compiler_package="g++-aarch64-linux-gnu",
     machine="aarch64",
 ))
+
+register_target(TargetSpec(
+    name="arm64-dotprod",
+    description="aarch64 with NEON and the int8 dot product (sdot/udot): Cortex-A55/A76 and later",
+    tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]},
+    cross_compiler="aarch64-linux-gnu-g++",
+    compiler_package="g++-aarch64-linux-gnu",
+    machine="aarch64",
+))
+
+register_target(TargetSpec(
+    name="armv7",
+    description="32-bit Arm Linux with NEON and hard float (armv7-a: Raspberry Pi 2/3 32-bit OS, older SoCs)",
+    tvm_target={"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mattr": ["+neon", "+vfp4"], "mfloat-abi": "hard"},
+    cross_compiler="arm-linux-gnueabihf-g++",
+    compiler_package="g++-arm-linux-gnueabihf",
+    machine="arm",
+))
+
+for _version in ("v68", "v73"):
+    register_target(TargetSpec(
+        name=f"hexagon-{_version}",
+        description=f"Qualcomm Hexagon {_version} DSP with 128-byte HVX vectors; an object archive (no Hexagon linker here)",
+        tvm_target={"kind": "llvm", "mtriple": "hexagon", "mcpu": f"hexagon{_version}",
+                    "mattr": [f"+hvx{_version}", "+hvx-length128b"]},
+        artifact="tar",
+        machine="hexagon",
+    ))
+
+for _arch, _gpus in (("sm_80", "A100/A30"), ("sm_90", "H100/H200")):
+    register_target(TargetSpec(
+        name=f"cuda-{_arch.replace('_', '')}",
+        description=f"NVIDIA GPU {_arch} ({_gpus}), host code for x86-64; kernels scheduled by dlight",
+        tvm_target={"kind": "cuda", "arch": _arch},
+        host={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"},
+        machine="x86-64",
+        gpu_arch=_arch,
+    ))

@@ -8,24 +8,39 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("compile", help="compile an ONNX model with TVM for one or more targets")
     p.add_argument("model", help="ONNX file")
-    p.add_argument("--target", action="append", required=True, help="target name (repeatable)")
+    p.add_argument("--target", action="append", required=True,
+                   help="target name, repeatable or comma-separated (see `edgeq targets`)")
+    p.add_argument("--specialize", action="append", default=[], metavar="DIM=N",
+                   help="fix a symbolic input dimension (e.g. seq=128); needed for decoder LMs")
     p.add_argument("-o", "--out", default=".", help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import edgeq
     from edgeq._table import format_table
+    from edgeq.errors import CompileError
+    from edgeq.targets import compile as compile_model
+
+    sizes = {}
+    for item in args.specialize:
+        dim, _, size = item.partition("=")
+        if not dim or not size.isdigit():
+            raise CompileError(f"--specialize {item!r}: expected DIM=N, e.g. seq=128")
+        sizes[dim] = int(size)
 
     results = []
-    for target in args.target:
-        art = edgeq.compile(args.model, target=target, out_dir=args.out)
+    targets = [t.strip() for arg in args.target for t in arg.split(",") if t.strip()]
+    for target in targets:
+        art = compile_model(args.model, target=target, out_dir=args.out, specialize=sizes or None)
         results.append({"target": art.target, "artifact": str(art.path), "bytes": art.size_bytes,
+                        "weight_bytes": art.weight_bytes, "onnx_weight_bytes": art.onnx_weight_bytes,
                         "compile_seconds": round(art.compile_seconds, 3)})
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        rows = [[r["target"], r["artifact"], f"{r['bytes'] / 1024:.1f} KiB", f"{r['compile_seconds']:.2f} s"] for r in results]
-        print(format_table(["target", "artifact", "size", "compile time"], rows))
+        rows = [[r["target"], r["artifact"], f"{r['bytes'] / 1024:.1f} KiB",
+                 f"{r['weight_bytes'] / 1024:.1f} KiB ({r['weight_bytes'] / max(r['onnx_weight_bytes'], 1):.2f}× ONNX)",
+                 f"{r['compile_seconds']:.2f} s"] for r in results]
+        print(format_table(["target", "artifact", "size", "weights", "compile time"], rows))
     return 0

@@ -67,3 +67,59 @@ def edgeq_ops() -> dict[str, EdgeqOp]:
 
 
 from edgeq.opset import qdq  # noqa: E402,F401
+
+
+def node_attributes(node: onnx.NodeProto) -> dict:
+    """An ``edgeq`` node's attribute values, plus ``num_inputs`` (optional inputs change the body)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs["num_inputs"] = sum(1 for name in node.input if name)
+    return attrs
+
+
+def overload_name(attrs: dict) -> str:
+    """One function body per distinct attribute set; ONNX function overloads tell them apart."""
+    parts = []
+    for key in sorted(attrs):
+        value = attrs[key]
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, (list, tuple)):
+            value = "x".join(str(v) for v in value)
+        parts.append(f"{key}{value}")
+    return "_".join(parts)
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every ``edgeq`` node of ``model``'s graph its flat function body (in place).
+
+    Each node gets an ``overload`` naming its attribute set; ``model.functions`` gets one body per
+    overload, built at the model's standard opset, and the ``edgeq`` domain is imported.
+    """
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    present = {(f.domain, f.name, f.overload) for f in model.functions}
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        if node.op_type not in _OPS:
+            from edgeq.errors import ExportError
+
+            raise ExportError(f"node {node.name!r}: {DOMAIN}.{node.op_type} is not a registered edgeq op")
+        attrs = node_attributes(node)
+        node.overload = overload_name(attrs)
+        key = (DOMAIN, node.op_type, node.overload)
+        if key not in present:
+            fn = _OPS[node.op_type].function(attrs, opset)
+            fn.overload = node.overload
+            model.functions.append(fn)
+            present.add(key)
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    model.ir_version = max(model.ir_version, 10)  # function overloads
+    return model
+
+
+from edgeq.opset import lowbit_linear  # noqa: E402,F401
+from edgeq.opset import lowbit_embedding  # noqa: E402,F401
+from edgeq.opset import hadamard  # noqa: E402,F401
+from edgeq.opset import lowrank_linear  # noqa: E402,F401
+from edgeq.opset import dyadic  # noqa: E402,F401

@@ -77,6 +77,7 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 # Method modules register their handlers on import.
 from edgeq.quant import w8a8  # noqa: E402,F401
+from edgeq.quant import dyadic  # noqa: E402,F401
 from edgeq.quant import weight_only_recipes  # noqa: E402,F401
 from edgeq.quant import lrqmm  # noqa: E402,F401
 from edgeq.quant import lopro  # noqa: E402,F401

@@ -21,6 +21,17 @@ from edgeq.errors import QuantizationError
 from edgeq.quant.packing import pack, packed_length, unpack
 
 
+# A fused dequantize-matmul for CUDA inputs, ``fn(layer, x) -> y``; the back end registers one
+# (``edgeq.targets.triton_lowbit``) so that this module never imports it.
+_CUDA_MATMUL = None
+
+
+def register_cuda_matmul(fn) -> None:
+    """Use ``fn(layer, x)`` for ``WeightOnlyLinear.forward`` on CUDA tensors."""
+    global _CUDA_MATMUL
+    _CUDA_MATMUL = fn
+
+
 class WeightOnlyLinear(nn.Module):
     def __init__(
         self,
@@ -64,6 +75,8 @@ class WeightOnlyLinear(nn.Module):
         return w.reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and _CUDA_MATMUL is not None:
+            return _CUDA_MATMUL(self, x)
         return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def to_float(self) -> nn.Linear:

@@ -1,0 +1,81 @@
+"""edgeq export: a built-in model, quantized with a preset (or float), to an ONNX file.
+
+    edgeq export digits --preset w8a8 -o digits.onnx
+    edgeq export smollm2 --preset w4g128-rtn --embedding-bits 4 -o smollm2.onnx --external-data
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+MODELS = ("digits", "smollm2")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a built-in model (quantized with a preset, or float) to ONNX")
+    p.add_argument("model", choices=MODELS, help="built-in model")
+    p.add_argument("--preset", help="quantization preset or recipe JSON (default: float)")
+    p.add_argument("--embedding-bits", type=int, choices=(2, 3, 4, 8),
+                   help="LLMs: quantize the embedding table (RTN) and share it with a tied lm_head")
+    p.add_argument("--group-size", type=int, default=128, help="group size for --embedding-bits (default: %(default)s)")
+    p.add_argument("-o", "--out", required=True, help="output .onnx path")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: edgeq's)")
+    p.add_argument("--weight-format", choices=("auto", "dequantize_linear", "edgeq"), default="auto",
+                   help="auto: standard int4/uint8 DequantizeLinear+MatMul where ONNX has the dtype; edgeq: LowBitLinear")
+    p.add_argument("--external-data", nargs="?", const=True, default=None, metavar="NAME",
+                   help="store weights in a data file beside the model (a name relative to its folder)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def load_model(name: str, preset: str | None, embedding_bits: int | None, group_size: int):
+    """(model, example inputs) for a built-in model, quantized as asked."""
+    import torch
+
+    import edgeq
+
+    if name == "digits":
+        from edgeq.models import digits_data, load_digits_cnn
+
+        data = digits_data()
+        model = load_digits_cnn()
+        if preset:
+            model = edgeq.quantize(model, preset, calib=data.x_train[:512])
+        return model, data.x_test[:1]
+    from edgeq.models.smollm2 import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    ids = tokenizer("The quick brown fox jumps over the lazy dog", return_tensors="pt").input_ids
+    if preset:
+        model = edgeq.quantize(model, preset, calib=[ids])
+    if embedding_bits:
+        from edgeq.quant.embedding import quantize_embeddings
+
+        quantize_embeddings(model, embedding_bits, group_size)
+    return model, ids.to(torch.int64)
+
+
+def run(args) -> int:
+    import edgeq
+    from edgeq.export import DEFAULT_OPSET
+    from edgeq.model_info import model_info
+
+    model, example = load_model(args.model, args.preset, args.embedding_bits, args.group_size)
+    start = time.perf_counter()
+    path = edgeq.export(model, example, args.out, opset=args.opset or DEFAULT_OPSET,
+                        weight_format=args.weight_format, external_data=args.external_data)
+    seconds = time.perf_counter() - start
+    info = model_info(path)
+    result = {"model": args.model, "preset": args.preset, "path": str(path), "bytes": info.file_bytes,
+              "bits_per_weight": round(info.bits_per_weight, 4), "edgeq_ops": info.edgeq_ops,
+              "export_seconds": round(seconds, 2)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from edgeq._table import format_table
+
+        print(format_table(["model", "preset", "file", "size", "bits/weight", "export time"],
+                           [[args.model, args.preset or "float", str(path), f"{info.file_bytes / 2**20:.2f} MiB",
+                             f"{info.bits_per_weight:.3f}", f"{seconds:.1f} s"]]))
+    return 0

@@ -1,0 +1,50 @@
+"""edgeq validate: run a model and its compiled artifacts on their executors, compare each with
+the reference, and name the first diverging node of any that disagrees."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="compare executors (onnxruntime, TVM here or on a device) with the reference")
+    p.add_argument("model", help="the ONNX file (runs on onnxruntime; artifacts were compiled from it)")
+    p.add_argument("artifacts", nargs="*", help="compiled artifacts (edgeq compile) to run with TVM")
+    p.add_argument("--device", default=None, help="rpc://HOST:PORT or tracker://HOST:PORT/KEY for artifacts not built for this host")
+    p.add_argument("--reference", default="onnxruntime",
+                   help="onnxruntime (the model's graph), digits:RECIPE (the built-in CNN in PyTorch), X.onnx or X.pt2 (default: %(default)s)")
+    p.add_argument("--inputs", default="random", help="X.npy, X.npz, digits (built-in test set) or random (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=None, help="use the first N samples of the inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default: %(default)s)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="size of a dynamic input dim for random inputs")
+    p.add_argument("--max-rel", type=float, default=0.02, help="max error relative to the reference's scale (default: %(default)s)")
+    p.add_argument("--min-cosine", type=float, default=0.999, help="(default: %(default)s)")
+    p.add_argument("--min-top1", type=float, default=0.99, help="top-1 agreement of logits (default: %(default)s)")
+    p.add_argument("--int-tolerant", action="store_true", help="hold integer outputs to --max-rel instead of bit-exactness")
+    p.add_argument("--exact", action="store_true", help="every output element must equal the reference's (integer-only models)")
+    p.add_argument("--no-localize", action="store_true", help="do not search for the first diverging node")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from edgeq.errors import RuntimeExecError
+    from edgeq.runtime.inputs import load_inputs
+    from edgeq.runtime.report import validate_model
+    from edgeq.runtime.validate import Tolerance
+    from edgeq.targets.compile import load_onnx
+
+    dims = {}
+    for item in args.dim:
+        name, _, size = item.partition("=")
+        if not size.isdigit():
+            raise RuntimeExecError(f"--dim {item!r}: expected NAME=SIZE")
+        dims[name] = int(size)
+    inputs = load_inputs(args.inputs, load_onnx(args.model), samples=args.samples, seed=args.seed, dims=dims)
+    tolerance = Tolerance(max_rel=args.max_rel, min_cosine=args.min_cosine, min_top1=args.min_top1, int_exact=not args.int_tolerant,
+                          exact=args.exact)
+    label = args.inputs + (f" (seed {args.seed})" if args.inputs == "random" else "") + (f", first {args.samples}" if args.samples else "")
+    report = validate_model(args.model, args.artifacts, inputs, reference=args.reference, device=args.device,
+                            tolerance=tolerance, localize=not args.no_localize, inputs_label=label)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0 if report.ok else 1

@@ -1,0 +1,498 @@
+"""HAWQ-V3 integer-only quantization (``w8a8-dyadic``, ``w4a8-dyadic``, per-layer bit maps).
+
+BatchNorm is folded first; weights are symmetric per output channel (8 or 4 bits, held in int8);
+every activation is uint8, per tensor, with a range calibrated on sample inputs. Each op reads
+quantized tensors and writes a quantized tensor:
+
+    conv / linear (+ReLU):  acc = sum (q_x - z_x) * q_w  + bias_int32         (int32, scale S_x*S_w)
+                            q_y = DyadicRequantize(acc, b, c, z_y, lo, hi)     b/2^c ~= S_x*S_w/S_y
+    add (+ReLU):            each branch (q - z) brought to S_y by its own dyadic multiplier,
+                            added in int32, + z_y, clipped
+    average pooling:        the window's int32 sum, requantized by S_x/(k*k*S_y)
+    ReLU:                   the clip's lower bound is z_y
+
+The quantizer returns a ``DyadicModel``: its ``forward`` is the PyTorch integer reference (it
+computes these integers exactly, with the rounding contract of ``edgeq.opset.dyadic``), and
+``qdq_module()`` is the same model in QuantizeLinear/DequantizeLinear form for ``edgeq.export``;
+``edgeq.passes.integerize`` turns that export into an integer-only ONNX graph that computes the
+same integers (``export_integer`` does both steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from edgeq.errors import QuantizationError
+from edgeq.opset.dyadic import INT32_MAX, INT32_MIN, accumulator_scale, bias_int32, rescale_multiplier
+from edgeq.opset.qdq import dequantize_linear, quantize_linear
+from edgeq.quant import calib_batches, register_quantizer
+from edgeq.quant.fold import fold_batchnorm
+from edgeq.quant.w8a8 import affine_uint8_params
+from edgeq.recipes import Recipe, register_preset, register_recipe_type
+
+ACT_MIN, ACT_MAX = 0, 255  # uint8 activations
+
+
+@dataclass(frozen=True)
+class DyadicRecipe(Recipe):
+    """Integer-only (HAWQ-V3): symmetric per-channel ``weight_bits`` weights, uint8 activations,
+    int32 accumulators, dyadic requantization. ``layer_bits`` maps fnmatch patterns of layer
+    names to weight bits for mixed precision (first match wins), e.g. (("stem.*", 8),)."""
+
+    METHOD = "dyadic"
+    weight_bits: int = 8
+    layer_bits: tuple[tuple[str, int], ...] = ()
+    act_percentile: float = 100.0
+
+    def bits_for(self, name: str) -> int:
+        for pattern, bits in self.layer_bits:
+            if fnmatch.fnmatchcase(name, pattern):
+                return int(bits)
+        return self.weight_bits
+
+
+register_recipe_type(DyadicRecipe)
+register_preset("w8a8-dyadic", DyadicRecipe(weight_bits=8))
+register_preset("w4a8-dyadic", DyadicRecipe(weight_bits=4))
+
+
+@dataclass(frozen=True)
+class QParams:
+    """A uint8 tensor's scale (float32, as ONNX stores it) and zero point."""
+
+    scale: float
+    zero_point: int
+
+
+def symmetric_per_channel(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 tensor with |q| <= 2^(bits-1) - 1, float32 scale per output channel).
+
+    Below 8 bits each channel's clipping range is searched (a fraction of max |w| from 0.5 to 1)
+    for the smallest squared weight error: at 4 bits the largest weight sets too coarse a step.
+    """
+    if not 2 <= bits <= 8:
+        raise QuantizationError(f"dyadic weights take 2 to 8 bits, got {bits}")
+    qmax = 2 ** (bits - 1) - 1
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    amax = w.abs().amax(dim=1).clamp_min(1e-12)
+    ratios = torch.linspace(0.5, 1.0, 51) if bits < 8 else torch.ones(1)
+    best_err = torch.full_like(amax, float("inf"))
+    best_scale = amax / qmax
+    for r in ratios:
+        scale = (amax * r / qmax).float()
+        err = ((torch.round(w / scale[:, None]).clamp(-qmax, qmax) * scale[:, None] - w) ** 2).sum(dim=1)
+        better = err < best_err
+        best_err, best_scale = torch.where(better, err, best_err), torch.where(better, scale, best_scale)
+    q = torch.round(w / best_scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    return q.reshape(weight.shape), best_scale.float()
+
+
+def dyadic_requantize(x: torch.Tensor, multiplier, shift, zero_point: int, lo: int, hi: int) -> torch.Tensor:
+    """The rounding contract in int64 torch: clip(((x*b + 2^(c-1)) >> c) + z, lo, hi)."""
+    m = torch.as_tensor(np.asarray(multiplier, np.int64))
+    s = torch.as_tensor(np.asarray(shift, np.int64))
+    t = x.to(torch.int64) * m + torch.bitwise_left_shift(torch.ones_like(s), s - 1)
+    return torch.clamp(torch.bitwise_right_shift(t, s) + int(zero_point), lo, hi)
+
+
+def _exact_int(x: torch.Tensor) -> torch.Tensor:
+    """float64 holding integer sums below 2^53 (exact) back to int64."""
+    return torch.round(x).to(torch.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# QDQ modules: what edgeq.export writes (float compute on quantized values)
+
+
+class ActFakeQuant(nn.Module):
+    """QuantizeLinear -> DequantizeLinear at a uint8 activation's scale and zero point."""
+
+    def __init__(self, qp: QParams):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(qp.scale, dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor(qp.zero_point, dtype=torch.uint8))
+
+    def forward(self, x):
+        return dequantize_linear(quantize_linear(x, self.scale, self.zero_point), self.scale, self.zero_point)
+
+
+class QDQWeightLayer(nn.Module):
+    """A conv or linear layer on its dequantized symmetric per-channel weight."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, bits: int):
+        super().__init__()
+        q, scale = symmetric_per_channel(layer.weight, bits)
+        self.bits = bits
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_zero_point", torch.zeros_like(scale, dtype=torch.int8))
+        bias = layer.bias.detach().float().clone() if layer.bias is not None else torch.zeros(q.shape[0])
+        self.register_buffer("bias", bias)
+        self.conv = isinstance(layer, nn.Conv2d)
+        if self.conv:
+            self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+
+    def forward(self, x):
+        w = dequantize_linear(self.weight_int8, self.weight_scale, self.weight_zero_point, axis=0)
+        if self.conv:
+            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.linear(x, w, self.bias)
+
+
+# --------------------------------------------------------------------------------------------
+# Integer modules: the PyTorch integer reference (int64 tensors holding the exact integers)
+
+
+class IntQuantize(nn.Module):
+    def __init__(self, qp: QParams):
+        super().__init__()
+        self.fq = ActFakeQuant(qp)
+
+    def forward(self, x):
+        return quantize_linear(x, self.fq.scale, self.fq.zero_point).to(torch.int64)
+
+
+class IntDequantize(nn.Module):
+    def __init__(self, qp: QParams):
+        super().__init__()
+        self.fq = ActFakeQuant(qp)
+
+    def forward(self, q):
+        return (q.to(torch.float32) - self.fq.zero_point.to(torch.float32)) * self.fq.scale
+
+
+class IntWeightLayer(nn.Module):
+    """Integer conv/linear: int32 accumulator + int32 bias, dyadic requantize to the output."""
+
+    def __init__(self, qdq: QDQWeightLayer, qp_in: QParams, qp_out: QParams, relu: bool):
+        super().__init__()
+        self.qdq = qdq
+        self.in_zp = qp_in.zero_point
+        s_w = qdq.weight_scale.numpy()
+        self.register_buffer("bias_int32", torch.from_numpy(bias_int32(qdq.bias.numpy(), qp_in.scale, s_w)).to(torch.int64))
+        b, c = rescale_multiplier(accumulator_scale(qp_in.scale, s_w), qp_out.scale)
+        shape = (-1, 1, 1) if qdq.conv else (-1,)
+        self.multiplier, self.shift = b.reshape(shape), c.reshape(shape)
+        self.out_zp = qp_out.zero_point
+        self.lo, self.hi = (qp_out.zero_point if relu else ACT_MIN), ACT_MAX
+
+    def accumulate(self, q: torch.Tensor) -> torch.Tensor:
+        x = (q - self.in_zp).to(torch.float64)
+        w = self.qdq.weight_int8.to(torch.float64)
+        if self.qdq.conv:
+            acc = F.conv2d(x, w, None, self.qdq.stride, self.qdq.padding, self.qdq.dilation, self.qdq.groups)
+            return _exact_int(acc) + self.bias_int32.reshape(-1, 1, 1)
+        return _exact_int(F.linear(x, w)) + self.bias_int32
+
+    def forward(self, q):
+        return dyadic_requantize(self.accumulate(q), self.multiplier, self.shift, self.out_zp, self.lo, self.hi)
+
+
+class IntAdd(nn.Module):
+    """Residual add: each branch to the output scale by its own dyadic multiplier, int32 sum."""
+
+    def __init__(self, qp_a: QParams, qp_b: QParams, qp_out: QParams, relu: bool):
+        super().__init__()
+        self.zp_a, self.zp_b = qp_a.zero_point, qp_b.zero_point
+        self.ma, self.sa = rescale_multiplier(np.float32(qp_a.scale), qp_out.scale)
+        self.mb, self.sb = rescale_multiplier(np.float32(qp_b.scale), qp_out.scale)
+        self.out_zp = qp_out.zero_point
+        self.lo, self.hi = (qp_out.zero_point if relu else ACT_MIN), ACT_MAX
+
+    def forward(self, qa, qb):
+        a = dyadic_requantize(qa - self.zp_a, self.ma, self.sa, 0, INT32_MIN, INT32_MAX)
+        b = dyadic_requantize(qb - self.zp_b, self.mb, self.sb, 0, INT32_MIN, INT32_MAX)
+        return torch.clamp(a + b + self.out_zp, self.lo, self.hi)
+
+
+class IntRequantize(nn.Module):
+    """A quantized tensor to another scale (a standalone ReLU: lo = the output zero point)."""
+
+    def __init__(self, qp_in: QParams, qp_out: QParams, relu: bool):
+        super().__init__()
+        self.in_zp = qp_in.zero_point
+        self.m, self.s = rescale_multiplier(np.float32(qp_in.scale), qp_out.scale)
+        self.out_zp = qp_out.zero_point
+        self.lo, self.hi = (qp_out.zero_point if relu else ACT_MIN), ACT_MAX
+
+    def forward(self, q):
+        return dyadic_requantize(q - self.in_zp, self.m, self.s, self.out_zp, self.lo, self.hi)
+
+
+class IntAvgPool(nn.Module):
+    """Average pooling: the int32 window sum, divided by k*k inside the dyadic multiplier."""
+
+    def __init__(self, pool: nn.AvgPool2d, qp_in: QParams, qp_out: QParams):
+        super().__init__()
+        k = _pair(pool.kernel_size)
+        if any(_pair(pool.padding)) or pool.ceil_mode:
+            raise QuantizationError(f"integer average pooling needs padding=0 and ceil_mode=False, got {pool}")
+        self.kernel, self.stride = k, _pair(pool.stride or pool.kernel_size)
+        self.in_zp = qp_in.zero_point
+        self.m, self.s = rescale_multiplier(np.float32(qp_in.scale), qp_out.scale, count=k[0] * k[1])
+        self.out_zp = qp_out.zero_point
+
+    def forward(self, q):
+        sums = F.avg_pool2d((q - self.in_zp).to(torch.float64), self.kernel, self.stride, divisor_override=1)
+        return dyadic_requantize(_exact_int(sums), self.m, self.s, self.out_zp, ACT_MIN, ACT_MAX)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Graph analysis: which FX nodes compute, which pass integer tensors through, where ReLU fuses
+
+_RELU_FUNCS = {F.relu, torch.relu}
+_ADD_FUNCS = {operator.add, torch.add}
+_SHAPE_FUNCS = {torch.flatten, torch.reshape}
+_SHAPE_METHODS = {"flatten", "view", "reshape"}
+
+
+def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "output":
+        return "output"
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            return "weight"
+        if isinstance(m, nn.ReLU):
+            return "relu"
+        if isinstance(m, nn.AvgPool2d):
+            return "avgpool"
+        if isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):
+            return "shape"
+    if node.op == "call_function":
+        if node.target in _RELU_FUNCS:
+            return "relu"
+        if node.target in _ADD_FUNCS:
+            return "add"
+        if node.target in _SHAPE_FUNCS:
+            return "shape"
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return "shape"
+    if node.op == "call_method" and node.target == "add":
+        return "add"
+    what = node.target if node.op != "call_module" else f"{node.target} ({type(modules[node.target]).__name__})"
+    raise QuantizationError(f"node {node.name!r}: {what} has no integer-only form in the dyadic quantizer")
+
+
+@dataclass
+class _Plan:
+    gm: torch.fx.GraphModule
+    kinds: dict[str, str]
+    fused_relu: dict[str, torch.fx.Node]  # compute node name -> the ReLU node fused into it
+    quant_points: list[torch.fx.Node]  # nodes whose output is quantized (after any fused ReLU)
+
+
+def _plan(model: nn.Module) -> _Plan:
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as exc:
+        raise QuantizationError(f"cannot trace {type(model).__name__} for integer-only quantization: {exc}") from None
+    modules = dict(gm.named_modules())
+    kinds = {n.name: _kind(n, modules) for n in gm.graph.nodes if n.op != "get_attr"}
+    fused: dict[str, torch.fx.Node] = {}
+    points: list[torch.fx.Node] = []
+    for node in gm.graph.nodes:
+        kind = kinds.get(node.name)
+        if kind in ("weight", "add"):
+            users = list(node.users)
+            if len(users) == 1 and kinds.get(users[0].name) == "relu":
+                fused[node.name] = users[0]
+                points.append(users[0])
+            else:
+                points.append(node)
+        elif kind in ("input", "avgpool") or (kind == "relu" and node.name not in {r.name for r in fused.values()}):
+            points.append(node)
+    return _Plan(gm, kinds, fused, points)
+
+
+def _calibrate(plan: _Plan, batches: list, percentile: float) -> dict[str, QParams]:
+    """uint8 QParams of every quantization point from the float model's values."""
+    ranges = {n.name: [float("inf"), float("-inf")] for n in plan.quant_points}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in ranges:
+                x = out.detach().float().flatten()
+                if percentile < 100.0:
+                    lo, hi = torch.quantile(x, 1 - percentile / 100).item(), torch.quantile(x, percentile / 100).item()
+                else:
+                    lo, hi = x.min().item(), x.max().item()
+                r = ranges[n.name]
+                r[0], r[1] = min(r[0], lo), max(r[1], hi)
+            return out
+
+    rec = Recorder(plan.gm)
+    with torch.no_grad():
+        for batch in batches:
+            rec.run(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
+    return {name: QParams(*affine_uint8_params(lo, hi)) for name, (lo, hi) in ranges.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The quantized model
+
+
+class DyadicModel(nn.Module):
+    """Integer-only model: ``forward`` is the PyTorch integer reference (float in, float out,
+    integers in between); ``integer_forward`` returns the output's uint8 values (as int64)."""
+
+    def __init__(self, integer: torch.fx.GraphModule, qdq: torch.fx.GraphModule, recipe: DyadicRecipe,
+                 output_qparams: QParams):
+        super().__init__()
+        self.integer = integer
+        self.qdq = qdq
+        self.recipe = recipe
+        self.output_qparams = output_qparams
+
+    def forward(self, x):
+        return self.integer(x)
+
+    def integer_forward(self, x) -> torch.Tensor:
+        """The integers of the output before its DequantizeLinear."""
+        qp = self.output_qparams
+        with torch.no_grad():
+            y = self.integer(x)
+        return torch.round(y / qp.scale).to(torch.int64) + qp.zero_point
+
+    def qdq_module(self) -> nn.Module:
+        """The QuantizeLinear/DequantizeLinear form that ``edgeq.export`` writes."""
+        return self.qdq
+
+
+def _build(plan: _Plan, qparams: dict[str, QParams], recipe: DyadicRecipe) -> DyadicModel:
+    gm = plan.gm
+    modules = dict(gm.named_modules())
+    qdq_graph, int_graph = torch.fx.Graph(), torch.fx.Graph()
+    qdq_root, int_root = nn.Module(), nn.Module()
+    qdq_env: dict[str, torch.fx.Node] = {}
+    int_env: dict[str, torch.fx.Node] = {}
+    qp_of: dict[str, QParams] = {}  # every value's quantization, by original node name
+    fused_names = {r.name: owner for owner, r in plan.fused_relu.items()}
+    counter = [0]
+
+    def add(root, graph, module, args, hint):
+        counter[0] += 1
+        name = f"{hint}_{counter[0]}".replace(".", "_")
+        root.add_module(name, module)
+        return graph.call_module(name, tuple(args))
+
+    for node in gm.graph.nodes:
+        kind = plan.kinds.get(node.name)
+        if node.name in fused_names:  # a ReLU fused into its producer: already computed
+            qdq_env[node.name], int_env[node.name] = qdq_env[fused_names[node.name]], int_env[fused_names[node.name]]
+            qp_of[node.name] = qp_of[fused_names[node.name]]
+            continue
+        relu = node.name in plan.fused_relu
+        out_name = plan.fused_relu[node.name].name if relu else node.name
+        if kind == "input":
+            qp = qparams[node.name]
+            qx, ix = qdq_graph.placeholder(node.name), int_graph.placeholder(node.name)
+            qdq_env[node.name] = add(qdq_root, qdq_graph, ActFakeQuant(qp), [qx], "input_quant")
+            int_env[node.name] = add(int_root, int_graph, IntQuantize(qp), [ix], "input_quant")
+            qp_of[node.name] = qp
+        elif kind == "output":
+            (result,) = node.args
+            qp = qp_of[result.name]
+            qdq_graph.output(qdq_env[result.name])
+            int_graph.output(add(int_root, int_graph, IntDequantize(qp), [int_env[result.name]], "output_dequant"))
+            output_qp = qp
+        elif kind == "shape":
+            src = node.args[0]
+            qdq_env[node.name] = qdq_graph.node_copy(node, lambda n: qdq_env[n.name])
+            qdq_root_copy(gm, node, qdq_root)
+            int_env[node.name] = int_graph.node_copy(node, lambda n: int_env[n.name])
+            qdq_root_copy(gm, node, int_root)
+            qp_of[node.name] = qp_of[src.name]
+        else:
+            qp = qparams[out_name]
+            ins = [a for a in node.args if isinstance(a, torch.fx.Node)]
+            if kind == "weight":
+                layer = modules[node.target]
+                qdq_layer = QDQWeightLayer(layer, recipe.bits_for(node.target))
+                y = add(qdq_root, qdq_graph, qdq_layer, [qdq_env[ins[0].name]], node.target)
+                if relu:
+                    y = qdq_graph.call_function(F.relu, (y,))
+                int_mod = IntWeightLayer(qdq_layer, qp_of[ins[0].name], qp, relu)
+            elif kind == "add":
+                if len(ins) != 2:
+                    raise QuantizationError(f"node {node.name!r}: integer add takes two tensors")
+                y = qdq_graph.call_function(operator.add, (qdq_env[ins[0].name], qdq_env[ins[1].name]))
+                if relu:
+                    y = qdq_graph.call_function(F.relu, (y,))
+                int_mod = IntAdd(qp_of[ins[0].name], qp_of[ins[1].name], qp, relu)
+            elif kind == "relu":
+                y = qdq_graph.call_function(F.relu, (qdq_env[ins[0].name],))
+                int_mod = IntRequantize(qp_of[ins[0].name], qp, relu=True)
+            elif kind == "avgpool":
+                pool = modules[node.target]
+                y = add(qdq_root, qdq_graph, copy.deepcopy(pool), [qdq_env[ins[0].name]], node.target)
+                int_mod = IntAvgPool(pool, qp_of[ins[0].name], qp)
+            else:  # _kind raised for anything else
+                raise AssertionError(kind)
+            qdq_env[node.name] = add(qdq_root, qdq_graph, ActFakeQuant(qp), [y], f"{out_name}_quant")
+            int_env[node.name] = add(int_root, int_graph, int_mod, [int_env[a.name] for a in ins], out_name)
+            qp_of[node.name] = qp
+    qdq = torch.fx.GraphModule(qdq_root, qdq_graph, "DyadicQDQ").eval()
+    integer = torch.fx.GraphModule(int_root, int_graph, "DyadicInteger").eval()
+    return DyadicModel(integer, qdq, recipe, output_qp).eval()
+
+
+def qdq_root_copy(gm: torch.fx.GraphModule, node: torch.fx.Node, root: nn.Module) -> None:
+    """A pass-through module (nn.Flatten, ...) copied into a new root under the same name."""
+    if node.op == "call_module" and not hasattr(root, node.target.replace(".", "_")):
+        parts = node.target.split(".")
+        parent = root
+        for p in parts[:-1]:
+            if not hasattr(parent, p):
+                parent.add_module(p, nn.Module())
+            parent = getattr(parent, p)
+        parent.add_module(parts[-1], copy.deepcopy(gm.get_submodule(node.target)))
+
+
+@register_quantizer(DyadicRecipe)
+def quantize_dyadic(model: nn.Module, recipe: DyadicRecipe, calib) -> DyadicModel:
+    batches = calib_batches(calib)
+    if not batches:
+        raise QuantizationError("recipe 'dyadic' calibrates activation ranges: pass calib=<sample inputs>")
+    folded = fold_batchnorm(copy.deepcopy(model).eval())
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()):
+        raise QuantizationError(f"{type(model).__name__}: a BatchNorm does not follow a conv/linear and cannot be folded")
+    plan = _plan(folded)
+    qparams = _calibrate(plan, batches, recipe.act_percentile)
+    return _build(plan, qparams, recipe)
+
+
+def export_integer(qmodel: DyadicModel, example_inputs, path, opset: int = 21, **options: Any):
+    """Export ``qmodel`` to an integer-only ONNX file: its QDQ form through ``edgeq.export``,
+    then ``edgeq.passes.integerize`` (imported here, at call time: the quantizer does not
+    depend on the passes)."""
+    import importlib
+
+    import onnx
+
+    from edgeq._io import atomic_path
+    from edgeq.export import export
+
+    integerize = importlib.import_module("edgeq.passes.integerize")
+    with atomic_path(path, keep_suffix=True) as tmp:
+        export(qmodel.qdq_module(), example_inputs, tmp, opset=opset)
+        model = integerize.integerize(onnx.load(str(tmp)), **options)
+        onnx.save_model(model, str(tmp))
+    return path

@@ -1,0 +1,77 @@
+"""A weight-only quantized embedding table, and tying it with a quantized ``lm_head``.
+
+The table uses the ``WeightOnlyLinear`` layout (rows = tokens, packed along the hidden axis,
+group-wise scales and zero points): a lookup gathers packed rows and dequantizes them. An LLM
+whose ``lm_head`` is tied to its embedding keeps one packed table for both, so the exported file
+holds the (largest) matrix once, at low bits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeq.quant.packing import unpack
+from edgeq.quant.weight_only import WeightOnlyLinear
+
+
+class WeightOnlyEmbedding(nn.Module):
+    """``E[t] = (q[t] - zeros[t, g]) * scales[t, g]``; shares buffers with ``table``."""
+
+    def __init__(self, table: WeightOnlyLinear):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+        self.bits, self.group_size = table.bits, table.group_size
+        self.register_buffer("qweight", table.qweight)
+        self.register_buffer("scales", table.scales)
+        self.register_buffer("zeros", table.zeros)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return lookup(self.qweight[ids], self.scales[ids], self.zeros[ids], self.bits, self.group_size)
+
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}"
+
+
+def lookup(rows: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Dequantize gathered packed rows ``[..., P]`` to float32 ``[..., K]``."""
+    k = rows.shape[-1] * 8 // bits
+    q = unpack(rows, bits, k).float().reshape(*rows.shape[:-1], -1, group_size)
+    return ((q - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)).reshape(*rows.shape[:-1], k)
+
+
+def rtn_table(weight: torch.Tensor, bits: int, group_size: int, bias: torch.Tensor | None = None) -> WeightOnlyLinear:
+    """Asymmetric min/max round-to-nearest of a ``[rows, K]`` matrix into a ``WeightOnlyLinear``.
+
+    Scales are rounded to float16 before the integers are chosen (the layer contract)."""
+    w = weight.detach().float().reshape(weight.shape[0], -1, group_size)
+    lo, hi = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)
+    top = (1 << bits) - 1
+    scales = ((hi - lo) / top).clamp(min=1e-8).half()
+    zeros = torch.round(-lo / scales.float()).clamp(0, top)
+    q = torch.round(w / scales.float().unsqueeze(-1) + zeros.unsqueeze(-1)).clamp(0, top)
+    return WeightOnlyLinear.from_integers(q.reshape(weight.shape).to(torch.uint8), scales, zeros.to(torch.uint8), bits, bias)
+
+
+def quantize_embeddings(model: nn.Module, bits: int, group_size: int) -> WeightOnlyEmbedding:
+    """Quantize a HuggingFace LM's input embedding (RTN) and a float ``lm_head`` (in place).
+
+    A ``lm_head`` tied to the embedding becomes a ``WeightOnlyLinear`` over the same packed
+    buffers (one table in the file); an untied float one (QuaRot unties it) is quantized alone."""
+    table = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    packed = rtn_table(table, bits, group_size)
+    embedding = WeightOnlyEmbedding(packed)
+    model.set_input_embeddings(embedding)
+    if isinstance(head, nn.Linear):
+        if head.weight is table:
+            if head.bias is not None:
+                packed.bias = head.bias.detach().float().clone()
+            model.set_output_embeddings(packed)
+        else:
+            model.set_output_embeddings(rtn_table(head.weight, bits, group_size, head.bias))
+        model.config.tie_word_embeddings = False  # nothing left for transformers to re-tie
+    return embedding

@@ -1,0 +1,189 @@
+"""The pass manager: named ONNX-to-ONNX passes, what each requires and guarantees, a default
+pipeline, and a verify mode.
+
+A pass declares properties (names in ``PROPERTIES``, each a predicate on the model) that must
+hold before it runs (``requires``) and that hold after it (``guarantees``); the manager checks
+both, so a pass that breaks its promise is named. In verify mode the manager runs the model on
+onnxruntime before and after every pass, on seeded (or given) inputs, and stops at the first
+pass that changes the outputs beyond that pass's tolerance, naming it. Integer outputs, and
+every output of an integer-only graph, must stay bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from edgeq.errors import PassError
+
+
+def _has_no(op_type: str) -> Callable[[onnx.ModelProto], bool]:
+    return lambda model: all(n.op_type != op_type for n in model.graph.node)
+
+
+def _integer_only(model: onnx.ModelProto) -> bool:
+    from edgeq.passes.integer_check import float_ops_in_integer_region, has_integer_region
+
+    return has_integer_region(model) and not float_ops_in_integer_region(model)
+
+
+def _qdq(model: onnx.ModelProto) -> bool:
+    inputs = {i.name for i in model.graph.input}
+    return any(n.op_type == "QuantizeLinear" and n.input[0] in inputs for n in model.graph.node)
+
+
+def _no_dead_nodes(model: onnx.ModelProto) -> bool:
+    from edgeq.passes.dead_nodes import remove_dead_nodes
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return len(remove_dead_nodes(copy).graph.node) == len(model.graph.node)
+
+
+PROPERTIES: dict[str, Callable[[onnx.ModelProto], bool]] = {
+    "qdq": _qdq,  # activations quantized by QuantizeLinear from the graph input on
+    "integer_only": _integer_only,  # no float op between the input Q and the output DQ
+    "no_batchnorm": _has_no("BatchNormalization"),
+    "no_dead_nodes": _no_dead_nodes,
+}
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass. ``run`` returns the rewritten model (it may change its argument).
+
+    ``tolerance`` bounds max |after - before| / max |before| over float outputs in verify mode;
+    0 means bit for bit.
+    """
+
+    name: str
+    run: Callable[[onnx.ModelProto], onnx.ModelProto]
+    doc: str
+    requires: frozenset[str] = field(default_factory=frozenset)
+    guarantees: frozenset[str] = field(default_factory=frozenset)
+    tolerance: float = 1e-5
+    waived_by: dict[str, frozenset[str]] = field(default_factory=dict)  # option -> guarantees it lifts
+
+    def promised(self, options: dict) -> frozenset[str]:
+        waived = set().union(*(self.waived_by.get(k, frozenset()) for k, v in options.items() if v))
+        return self.guarantees - waived
+
+
+_PASSES: dict[str, Pass] = {}
+DEFAULT_PIPELINE = ("constant_folding", "fold_batchnorm", "fold_scales", "fold_rotations", "dead_nodes")
+
+
+def register_pass(p: Pass) -> Pass:
+    unknown = (p.requires | p.guarantees) - set(PROPERTIES)
+    if unknown:
+        raise PassError(f"pass {p.name!r} names unknown properties {sorted(unknown)}")
+    _PASSES[p.name] = p
+    return p
+
+
+def get_pass(name: str) -> Pass:
+    if name not in _PASSES:
+        raise PassError(f"unknown pass {name!r}; known passes: {', '.join(sorted(_PASSES))}")
+    return _PASSES[name]
+
+
+def pass_names() -> list[str]:
+    return sorted(_PASSES)
+
+
+@dataclass
+class PassReport:
+    name: str
+    nodes_before: int
+    nodes_after: int
+    max_rel_change: float | None  # None when not verified
+
+
+def seeded_inputs(model: onnx.ModelProto, seed: int = 0, dynamic_dim: int = 2) -> dict[str, np.ndarray]:
+    """Inputs for every graph input: symbolic dims set to ``dynamic_dim``; floats ~ N(0, 1),
+    integers in [0, 10) (token ids and indices stay in range for small vocabularies)."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else dynamic_dim for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = np.ones(shape, dtype)
+        else:
+            feeds[vi.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    from edgeq.runtime.ort import ort_session  # verify mode only: passes do not need a runtime
+
+    return ort_session(model.SerializeToString()).run(None, feeds)
+
+
+def _change(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, bool]:
+    """(max relative change over outputs, whether any integer output changed at all)."""
+    worst, int_changed = 0.0, False
+    for b, a in zip(before, after):
+        if b.shape != a.shape:
+            return float("inf"), True
+        if not np.issubdtype(b.dtype, np.floating):
+            int_changed |= not np.array_equal(a, b)
+            continue
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        scale = float(np.abs(b).max()) if b.size else 0.0
+        if diff.size:
+            worst = max(worst, float(diff.max()) / (scale if scale > 0 else 1.0))
+    return worst, int_changed
+
+
+def run_passes(
+    model: onnx.ModelProto,
+    passes: Sequence[str] = DEFAULT_PIPELINE,
+    verify: bool = False,
+    inputs: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+    options: dict[str, dict] | None = None,
+) -> tuple[onnx.ModelProto, list[PassReport]]:
+    """Run ``passes`` in order; returns the model and one report per pass.
+
+    ``options`` maps a pass name to keyword arguments for it (``{"integerize": {"keep_float":
+    ["node"]}}``); ``inputs`` replaces the seeded inputs of verify mode.
+    """
+    options = options or {}
+    chosen = [get_pass(n) for n in passes]
+    current = onnx.ModelProto()
+    current.CopyFrom(model)
+    feeds = inputs if inputs is not None else (seeded_inputs(model, seed) if verify else None)
+    before = _run(current, feeds) if verify else None
+    reports = []
+    for p in tqdm(chosen, desc="passes", leave=False, disable=len(chosen) < 3):
+        for prop in sorted(p.requires):
+            if not PROPERTIES[prop](current):
+                raise PassError(f"pass {p.name!r} requires {prop!r}, which the model does not satisfy; run a pass that guarantees it first")
+        exact = verify and _integer_only(current)
+        n_before = len(current.graph.node)
+        current = p.run(current, **options.get(p.name, {}))
+        for prop in sorted(p.promised(options.get(p.name, {}))):
+            if not PROPERTIES[prop](current):
+                raise PassError(f"pass {p.name!r} promised {prop!r} but the model does not satisfy it afterwards")
+        change = None
+        if verify:
+            after = _run(current, feeds)
+            change, int_changed = _change(before, after)
+            tol = 0.0 if exact else p.tolerance
+            if int_changed or change > tol:
+                what = "integer outputs" if int_changed else f"outputs by {change:.3g} of their scale (tolerance {tol:g})"
+                raise PassError(f"pass {p.name!r} changed the model's {what}")
+            before = after
+        reports.append(PassReport(p.name, n_before, len(current.graph.node), change))
+    return current, reports

@@ -1,0 +1,396 @@
+"""An emulated ARM64 device on this machine: qemu-user runs an arm64 Debian root's Python with
+the aarch64 TVM runtime, which serves TVM RPC on 127.0.0.1.
+
+``start_device("arm64")`` prepares everything on first use and caches it under the user's cache
+folder (``$XDG_CACHE_HOME/edgeq`` or ``~/.cache/edgeq``):
+
+1. Debian packages ``qemu-user-static`` (the emulator), ``g++-aarch64-linux-gnu`` (to link
+   arm64 artifacts) and ``mmdebstrap`` (to build the root), with apt, as root;
+2. an arm64 Debian root holding only the host's Python version and libstdc++ (mmdebstrap with
+   no mirror argument: it uses this host's apt sources);
+3. the aarch64 wheels of the TVM runtime and its Python dependencies, at the host's versions,
+   with TVM's compiler library removed (the device only loads compiled modules);
+4. a server script that runs TVM's RPC server in-process (``python -m tvm.exec.rpc_server``
+   re-executes the interpreter, which fails under qemu-user without binfmt).
+
+The server executes whatever code a client sends it and TVM RPC has no authentication, so it
+binds to 127.0.0.1 unless the caller explicitly allows another address.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from edgeq.errors import RuntimeExecError
+
+
+class DeviceError(RuntimeExecError):
+    """The emulated device cannot be prepared, started, or reached."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    target: str  # the edgeq target whose artifacts this device runs
+    qemu: str  # the qemu-user binary
+    debian_arch: str
+    wheel_platform: str
+    apt_packages: dict[str, str]  # program -> Debian package that provides it
+
+
+DEVICES: dict[str, DeviceSpec] = {
+    "arm64": DeviceSpec(
+        name="arm64",
+        target="arm64",
+        qemu="qemu-aarch64-static",
+        debian_arch="arm64",
+        wheel_platform="manylinux_2_28_aarch64",
+        apt_packages={
+            "qemu-aarch64-static": "qemu-user-static",
+            "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",
+            "mmdebstrap": "mmdebstrap",
+        },
+    ),
+}
+
+RUNTIME_WHEELS = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes", "typing_extensions", "psutil", "cloudpickle")
+DEFAULT_PORT = 9190
+START_TIMEOUT_S = 120.0
+
+SERVER_SCRIPT = '''\
+"""TVM RPC server for the emulated device (written by edgeq; runs under qemu-user)."""
+import argparse
+import logging
+import os
+
+from tvm.rpc.server import PopenRPCServerState
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--host", required=True)
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--key", default="")
+parser.add_argument("--tracker", default=None)
+args = parser.parse_args()
+tracker = None
+if args.tracker:
+    host, port = args.tracker.rsplit(":", 1)
+    tracker = (host, int(port))
+logging.basicConfig(level=logging.INFO)
+ready = False
+home = os.getcwd()
+while True:
+    state = PopenRPCServerState(args.host, args.port, args.port + 1, tracker_addr=tracker, key=args.key)
+    if not ready:
+        print(f"edgeq-device-ready {state.port}", flush=True)
+        ready = True
+    state.thread.join()
+    # A session worker died (a crashing model, a killed session): TVM's listen loop ends with
+    # it. Close the listening socket and serve again on the same port.
+    # The dead session's work folder was the current directory.
+    state.sock.close()
+    os.chdir(home)
+    logging.warning("a session worker died; serving again")
+'''
+
+
+@dataclass
+class DeviceState:
+    """A running device, as recorded in ``state.json``."""
+
+    name: str
+    pid: int
+    host: str
+    port: int
+    key: str
+    tracker: str | None
+    started: float
+
+    @property
+    def url(self) -> str:
+        return f"rpc://{self.host}:{self.port}"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgeq"
+
+
+def device_spec(name: str) -> DeviceSpec:
+    if name not in DEVICES:
+        raise DeviceError(f"unknown device {name!r}; known devices: {', '.join(sorted(DEVICES))}")
+    return DEVICES[name]
+
+
+def device_dir(name: str) -> Path:
+    return cache_dir() / "devices" / device_spec(name).name
+
+
+def _python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _log(msg: str) -> None:
+    print(f"[device] {msg}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
+        raise DeviceError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd[:3])} ...\n{tail}")
+
+
+def ensure_host_packages(spec: DeviceSpec) -> None:
+    """Install the emulator, the cross compiler and mmdebstrap with apt when they are missing."""
+    missing = sorted({pkg for prog, pkg in spec.apt_packages.items() if shutil.which(prog) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise DeviceError(
+            f"the {spec.name} device needs the Debian packages {' '.join(missing)}; "
+            f"install them as root: apt-get install {' '.join(missing)}"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _log(f"apt-get install {' '.join(missing)}")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
+    if subprocess.run(install, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env).returncode != 0:
+        _run(["apt-get", "update", "-q"], "apt-get update", env)
+        _run(install, "apt-get install", env)
+
+
+def _host_suite() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise DeviceError("cannot tell this host's Debian release from /etc/os-release")
+
+
+def ensure_rootfs(spec: DeviceSpec, root: Path) -> Path:
+    """An arm64 Debian root with the host's Python version; built once, atomically."""
+    python = root / "usr" / "bin" / f"python{_python_version()}"
+    if python.exists():
+        return root
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    py = f"python{_python_version()}"
+    _log(f"building an {spec.debian_arch} Debian root with {py} ({_host_suite()})")
+    mode = "root" if os.geteuid() == 0 else "unshare"
+    _run([
+        "mmdebstrap", f"--mode={mode}", "--variant=extract", f"--arch={spec.debian_arch}", "--quiet",
+        f"--include={py}-minimal,lib{py}-stdlib,libstdc++6", _host_suite(), str(tmp),
+    ], "mmdebstrap")
+    if not (tmp / "usr" / "bin" / py).exists():
+        raise DeviceError(f"mmdebstrap built {tmp} without /usr/bin/{py}")
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return root
+
+
+def ensure_runtime_wheels(spec: DeviceSpec, site: Path) -> Path:
+    """The device's TVM runtime: aarch64 wheels at the host's versions, compiler library removed."""
+    stamp = site / ".edgeq-wheels.json"
+    pins = [f"{name}=={metadata.version(name)}" for name in RUNTIME_WHEELS]
+    if stamp.exists() and json.loads(stamp.read_text()) == pins:
+        return site
+    tmp = site.with_name(site.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _log(f"installing {spec.wheel_platform} wheels: {' '.join(pins)}")
+    _run([
+        sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+        "--only-binary=:all:", "--platform", spec.wheel_platform, "--python-version", _python_version(),
+        "--implementation", "cp", "--target", str(tmp), *pins,
+    ], "pip install of the device's TVM runtime")
+    for lib in (tmp / "tvm" / "lib").glob("libtvm_compiler*"):
+        lib.unlink()
+    (tmp / ".edgeq-wheels.json").write_text(json.dumps(pins))
+    shutil.rmtree(site, ignore_errors=True)
+    tmp.rename(site)
+    return site
+
+
+def prepare_device(name: str) -> Path:
+    """Everything the device needs, installed once; returns its folder."""
+    spec = device_spec(name)
+    folder = device_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    # The wheels (pip) do not depend on the packages and the root (apt): fetch both at once.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        wheels = pool.submit(_timed, "runtime wheels", ensure_runtime_wheels, spec, folder / "site")
+        _timed("host packages", ensure_host_packages, spec)
+        _timed("Debian root", ensure_rootfs, spec, folder / "rootfs")
+        wheels.result()
+    (folder / "server.py").write_text(SERVER_SCRIPT)
+    return folder
+
+
+def _timed(what: str, fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    if time.perf_counter() - start > 1:
+        _log(f"{what} ready in {time.perf_counter() - start:.1f} s")
+    return result
+
+
+def device_command(name: str, script: str | Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run a Python ``script`` on the emulated device."""
+    spec = device_spec(name)
+    folder = device_dir(name)
+    root = folder / "rootfs"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(folder / "site"),
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TVM_USE_RUNTIME_LIB": "1",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
+    }
+    cmd = [shutil.which(spec.qemu) or spec.qemu, "-L", str(root), str(root / "usr" / "bin" / f"python{_python_version()}"),
+           str(script), *args]
+    return cmd, env
+
+
+def _state_path(name: str) -> Path:
+    return device_dir(name) / "state.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process has exited
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def device_status(name: str) -> DeviceState | None:
+    """The running device's state, or None when it is not running."""
+    path = _state_path(name)
+    if not path.exists():
+        return None
+    state = DeviceState(**json.loads(path.read_text()))
+    if not _alive(state.pid):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_device(
+    name: str = "arm64",
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    key: str = "",
+    tracker: str | None = None,
+    allow_remote: bool = False,
+) -> DeviceState:
+    """Prepare (first use only) and start the device's RPC server; returns its state.
+
+    ``host`` other than 127.0.0.1 needs ``allow_remote``: the server runs any code it is sent.
+    ``tracker`` ("host:port") registers the server with a TVM RPC tracker under ``key``.
+    """
+    if host not in ("127.0.0.1", "localhost") and not allow_remote:
+        raise DeviceError(
+            f"refusing to bind the RPC server to {host}: TVM RPC has no authentication and runs any code "
+            "it is sent; pass --allow-remote to do it anyway"
+        )
+    if host not in ("127.0.0.1", "localhost"):
+        print(f"warning: the {name} device's RPC server listens on {host}; TVM RPC has no authentication, "
+              "anyone who can reach this port can run code on this machine", file=sys.stderr)
+    running = device_status(name)
+    if running is not None:
+        return running
+    folder = prepare_device(name)
+    proc, port = launch_server(name, host, port, key=key, tracker=tracker, log_path=folder / "server.log")
+    state = DeviceState(name=name, pid=proc.pid, host=host, port=port, key=key, tracker=tracker, started=time.time())
+    _state_path(name).write_text(json.dumps(asdict(state)))
+    return state
+
+
+def launch_server(
+    name: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, key: str = "", tracker: str | None = None,
+    log_path: Path | None = None,
+) -> tuple[subprocess.Popen, int]:
+    """Start one RPC server process of a prepared device on the first free port from ``port``;
+    returns it (the leader of its own process group) once it listens, and its port."""
+    folder = device_dir(name)
+    if not (folder / "server.py").exists():
+        raise DeviceError(f"the {name} device is not prepared; run `edgeq device start {name}`")
+    while not _port_free(host, port):
+        port += 1
+    args = ["--host", host, "--port", str(port)]
+    if key:
+        args += ["--key", key]
+    if tracker:
+        args += ["--tracker", tracker]
+    cmd, env = device_command(name, folder / "server.py", *args)
+    log_path = log_path or folder / f"server-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=folder, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log_path.read_text().strip().splitlines()[-5:])
+            raise DeviceError(f"the {name} device's server exited with code {proc.returncode} (log {log_path}):\n{tail}")
+        if "edgeq-device-ready" in log_path.read_text():
+            return proc, port
+        time.sleep(0.2)
+    kill_server(proc.pid)
+    raise DeviceError(f"the {name} device's server did not start within {START_TIMEOUT_S:.0f} s (log {log_path})")
+
+
+def kill_server(pid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM the server's process group (it forks a worker per session), SIGKILL after a grace."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not _alive(pid):
+                break
+            time.sleep(0.1)
+    try:  # the group's other members (session workers) go with the leader
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_device(name: str = "arm64") -> bool:
+    """Stop the device's server and its session workers; True if one was running."""
+    state = device_status(name)
+    _state_path(name).unlink(missing_ok=True)
+    if state is None:
+        return False
+    kill_server(state.pid)
+    return True

@@ -1,0 +1,187 @@
+"""``edgeq validate`` as a library call: run a model's ONNX file and its compiled artifacts on
+their executors, compare each with the reference, and name the first diverging node of any
+executor that disagrees beyond tolerance.
+
+The reference is PyTorch (the built-in CNN under a recipe, or a ``torch.export`` program), or
+onnxruntime on an ONNX file (the model itself by default, or an original the model was derived
+from). Compiled artifacts run on TVM here when built for this host (``cpu``) and on the device
+at ``device`` (``rpc://`` or ``tracker://``) otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+
+from edgeq.errors import RuntimeExecError
+from edgeq.runtime.executors import Executor, OrtExecutor, TorchExecutor, TvmExecutor
+from edgeq.runtime.localize import Divergence, RunGraph, first_divergence, ort_runner, tvm_runner
+from edgeq.runtime.validate import Numerics, Tolerance, compare
+
+CALIB_SAMPLES = 512  # as the demo and the test fixtures calibrate the built-in CNN
+
+
+@dataclass
+class ExecutorResult:
+    numerics: Numerics
+    ok: bool
+    seconds: float
+    divergence: Divergence | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"numerics": self.numerics.to_dict(), "ok": self.ok, "seconds": round(self.seconds, 3),
+                "divergence": self.divergence.to_dict() if self.divergence else None, "note": self.note}
+
+
+@dataclass
+class ValidationReport:
+    model: str
+    reference: str
+    inputs: str
+    tolerance: Tolerance
+    results: list[ExecutorResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def result(self, executor: str) -> ExecutorResult:
+        return next(r for r in self.results if r.numerics.executor == executor)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "reference": self.reference, "inputs": self.inputs, "ok": self.ok,
+                "tolerance": asdict(self.tolerance), "results": [r.to_dict() for r in self.results]}
+
+    def table(self) -> str:
+        from edgeq._table import format_table
+
+        rows = []
+        for r in self.results:
+            n = r.numerics
+            rows.append([
+                n.executor, f"{n.max_abs:.3g}", f"{n.max_rel:.3g}", f"{n.cosine:.6f}",
+                "-" if n.top1_agreement is None else f"{n.top1_agreement:.2%}",
+                "-" if n.mismatches is None else str(n.mismatches), f"{r.seconds:.2f} s",
+                "ok" if r.ok else "DIVERGES",
+            ])
+        headers = ["executor", "max abs", "max rel", "cosine", "top-1 agree", "mismatches", "time", "verdict"]
+        lines = [format_table(headers, rows, title=f"{self.model} vs {self.reference} on {self.inputs}")]
+        for r in self.results:
+            if r.divergence:
+                lines.append(f"{r.numerics.executor}: {r.divergence.describe()}")
+            elif r.note:
+                lines.append(f"{r.numerics.executor}: {r.note}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Reference:
+    executor: Executor
+    label: str
+    graph: Path | None  # the ONNX graph onnxruntime runs as the trusted executor, if any
+
+
+def reference_for(spec: str | Executor, model_path: Path) -> Reference:
+    """``onnxruntime`` (the model's own graph), ``digits:RECIPE`` (the built-in CNN quantized by
+    RECIPE, in PyTorch), ``PATH.onnx`` (another graph on onnxruntime), ``PATH.pt2`` (a
+    ``torch.export`` program), or an Executor."""
+    if isinstance(spec, Executor):
+        return Reference(spec, spec.name, model_path)
+    if spec == "onnxruntime":
+        return Reference(OrtExecutor(model_path), f"onnxruntime ({model_path.name})", model_path)
+    if spec.startswith("digits:"):
+        import edgeq
+        from edgeq.models.digits_cnn import digits_data, load_digits_cnn
+
+        recipe = spec.split(":", 1)[1]
+        model = load_digits_cnn()
+        if recipe != "float":
+            model = edgeq.quantize(model, recipe, calib=digits_data().x_train[:CALIB_SAMPLES])
+        return Reference(TorchExecutor(model), f"PyTorch (built-in CNN, {recipe})", model_path)
+    path = Path(spec)
+    if path.suffix == ".onnx":
+        return Reference(OrtExecutor(path), f"onnxruntime ({path.name})", path)
+    if path.suffix == ".pt2":
+        import torch
+
+        from edgeq.errors import ModelFileError
+
+        if not path.exists():
+            raise ModelFileError(f"{path}: no such file")
+        return Reference(TorchExecutor(torch.export.load(str(path)).module()), f"PyTorch ({path.name})", model_path)
+    raise RuntimeExecError(f"reference {spec!r}: expected onnxruntime, digits:RECIPE, a .onnx or a .pt2 file")
+
+
+@dataclass
+class Suspect:
+    executor: Executor
+    graph: Path  # the ONNX graph it runs (or was compiled from)
+    runner: RunGraph  # runs an exposed copy of that graph the way the executor does
+
+
+def suspects_for(model_path: Path, artifacts: Sequence[str | Path], device: str | None,
+                 inputs: Sequence[np.ndarray], include_onnx: bool) -> list[Suspect]:
+    from edgeq.runtime.rpc import RpcExecutor
+    from edgeq.targets.compile import Artifact
+
+    out = []
+    if include_onnx:
+        out.append(Suspect(OrtExecutor(model_path), model_path, ort_runner(inputs)))
+    for path in artifacts:
+        art = Artifact.load(path)
+        if art.target == "cpu":
+            out.append(Suspect(TvmExecutor(art.path), model_path, tvm_runner(inputs, "cpu")))
+        elif device:
+            out.append(Suspect(RpcExecutor(art.path, device), model_path, tvm_runner(inputs, art.target, device)))
+        else:
+            raise RuntimeExecError(
+                f"{art.path} is built for {art.target}, not this host: pass --device rpc://HOST:PORT "
+                f"(start an emulated one with `edgeq device start {art.target}`)"
+            )
+    return out
+
+
+def validate_model(
+    model: str | Path,
+    artifacts: Sequence[str | Path] = (),
+    inputs: Sequence[np.ndarray] = (),
+    reference: str | Executor = "onnxruntime",
+    device: str | None = None,
+    tolerance: Tolerance = Tolerance(),
+    localize: bool = True,
+    inputs_label: str = "given inputs",
+) -> ValidationReport:
+    """Compare the model's executors with the reference on ``inputs`` (first output)."""
+    model_path = Path(model)
+    ref = reference_for(reference, model_path)
+    include_onnx = not (reference == "onnxruntime")
+    suspects = suspects_for(model_path, artifacts, device, inputs, include_onnx)
+    report = ValidationReport(str(model_path), ref.label, inputs_label, tolerance)
+    want = ref.executor.run(inputs)[0]
+    for s in suspects:
+        start = time.perf_counter()
+        got = s.executor.run(inputs)[0]
+        result = ExecutorResult(compare(s.executor.name, want, got), ok=False, seconds=time.perf_counter() - start)
+        result.ok = tolerance.accepts(result.numerics)
+        if not result.ok and localize:
+            _localize(result, s, ref, inputs, tolerance)
+        report.results.append(result)
+    return report
+
+
+def _localize(result: ExecutorResult, suspect: Suspect, ref: Reference, inputs, tolerance: Tolerance) -> None:
+    from edgeq.targets.compile import load_onnx
+
+    if ref.graph is None or (isinstance(suspect.executor, OrtExecutor) and ref.graph.resolve() == suspect.graph.resolve()):
+        result.note = ("cannot localize: onnxruntime on this graph is the trusted executor; "
+                       "pass the graph it should match with --reference ORIGINAL.onnx")
+        return
+    result.divergence = first_divergence(load_onnx(ref.graph), load_onnx(suspect.graph), suspect.runner, inputs, tolerance)
+    if result.divergence is None:
+        result.note = "every intermediate tensor agrees with onnxruntime's; the difference is in the reference itself"

@@ -1,0 +1,115 @@
+"""Lowering of packed low-bit linears: one TIR kernel that reads the packed uint8 weight, unpacks
+each value with shifts and masks (``edgeq.quant.packing``'s layout), dequantizes it with its
+group's scale and zero point and multiplies, so the artifact holds the packed bytes, never a
+float32 copy of the weight.
+
+Two ONNX forms reach it: edgeq's ``LowBitLinear`` op and standard ``DequantizeLinear`` of an
+int4/uint4/int2/uint2 initializer feeding ``MatMul`` (rewritten to ``PackedLinear`` before
+import by ``edgeq.targets.lower_dequantize``).
+
+    Y[m, n] = sum_k X[m, k] * (q[n, k] - zeros[n, k // g]) * scales[n, k // g]  (+ bias[n])
+"""
+
+from __future__ import annotations
+
+from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
+
+from edgeq.targets.importer import register_converter
+
+# The internal op name ``lower_dequantize`` rewrites standard low-bit DQ + MatMul to; its inputs
+# and attributes are LowBitLinear's: (X, qweight, scales, zeros[, bias]); bits, group_size.
+PACKED_LINEAR = "PackedLinear"
+PACKED_DOMAIN = "edgeq.tvm"
+
+
+def unpacked_value(qweight, n, k, bits: int):
+    """The unsigned integer at ``[n, k]`` of a packed uint8 weight, as int32 (a TIR expression)."""
+    from tvm import tirx as tir
+
+    byte = lambda i: qweight[n, i].astype("int32")  # noqa: E731
+    if bits == 8:
+        return byte(k)
+    if bits in (4, 2):
+        per_byte = 8 // bits
+        shift = (k % per_byte) * bits
+        return (byte(k // per_byte) >> shift.astype("int32")) & ((1 << bits) - 1)
+    if bits == 3:
+        # eight values in three bytes (a 24-bit little-endian word); value j sits at bit 3j and
+        # may straddle two bytes. The second index is clamped: bits beyond it are masked off.
+        unit, j = k // 8, k % 8
+        first = unit * 3 + (j * 3) // 8
+        second = unit * 3 + tir.min((j * 3) // 8 + 1, 2)
+        word = byte(first) | (byte(second) << 8)
+        return (word >> ((j * 3) % 8).astype("int32")) & 7
+    raise ValueError(f"no unpacking for {bits} bits")
+
+
+def packed_linear_te(x, qweight, scales, zeros, bias=None, *, bits: int, group_size: int):
+    """TE compute of ``Y = X @ dequant(qweight).T (+ bias)`` for X ``[M, K]``; float32 out."""
+    from tvm import te
+
+    m, k_dim = x.shape
+    n_dim = qweight.shape[0]
+    k = te.reduce_axis((0, k_dim), name="k")
+
+    def weight(n, kk):
+        g = kk // group_size
+        q = unpacked_value(qweight, n, kk, bits)
+        return (q - zeros[n, g].astype("int32")).astype("float32") * scales[n, g].astype("float32")
+
+    y = te.compute(
+        (m, n_dim),
+        lambda i, j: te.sum(x[i, k].astype("float32") * weight(j, k), axis=k),
+        name="packed_linear",
+        attrs={"edgeq_bits": bits, "edgeq_group": group_size},
+    )
+    if bias is None:
+        return y
+    return te.compute((m, n_dim), lambda i, j: y[i, j] + bias[j].astype("float32"), name="packed_linear_bias")
+
+
+def emit_packed_linear(bb, x, qweight, scales, zeros, bias, bits: int, group_size: int):
+    """Emit the packed kernel for X ``[..., K]``; returns ``[..., N]`` in X's type."""
+    from tvm import relax
+
+    shape = list(x.ty.shape)
+    k_dim = shape[-1]
+    n_dim = qweight.ty.shape[0]
+    flat = bb.normalize(relax.op.reshape(x, (-1, k_dim))) if len(shape) != 2 else x
+    args = [flat, qweight, scales, zeros] + ([bias] if bias is not None else [])
+    fn = lambda *a: packed_linear_te(*a, bits=bits, group_size=group_size)  # noqa: E731
+    y = bb.emit_te(fn, *args, primfunc_name_hint=f"packed_linear_w{bits}g{group_size}")
+    if len(shape) != 2:
+        y = bb.normalize(relax.op.reshape(y, [*shape[:-1], n_dim]))
+    if x.ty.dtype.dtype != "float32":  # the op's output has X's type; the kernel accumulates in float32
+        y = bb.normalize(relax.op.astype(y, x.ty.dtype.dtype))
+    return y
+
+
+def _attr_int(attr: dict, *names: str, default=None) -> int:
+    for name in names:
+        if name in attr:
+            return int(attr[name])
+    if default is None:
+        raise KeyError(f"missing attribute {names[0]!r}")
+    return default
+
+
+@register_converter(PACKED_LINEAR)
+class PackedLinear(OnnxOpConverter):
+    """edgeq's internal form of a standard low-bit DequantizeLinear + MatMul."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        x, qweight, scales, zeros = inputs[0], inputs[1], inputs[2], inputs[3]
+        bias = inputs[4] if len(inputs) > 4 else None
+        bits = _attr_int(attr, "bits")
+        group_size = _attr_int(attr, "group_size", "block_size", default=0)
+        if not group_size:
+            group_size = int(x.ty.shape[-1]) // int(scales.ty.shape[1])
+        return emit_packed_linear(bb, x, qweight, scales, zeros, bias, bits, group_size)
+
+
+@register_converter("LowBitLinear")
+class LowBitLinear(PackedLinear):
+    """edgeq's ``LowBitLinear``: the same inputs and attributes as ``PackedLinear``."""

@@ -1,0 +1,70 @@
+"""Helpers for the pass tests: models from ONNX text plus numpy initializers, and a before/after
+run on onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeq.passes.manager import seeded_inputs
+from edgeq.runtime.ort import ort_session
+
+
+def model_from_text(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in initializers.items())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    return ort_session(model.SerializeToString()).run(None, feeds)
+
+
+def before_after(model: onnx.ModelProto, rewrite, seed: int = 0):
+    """(outputs before, outputs after, rewritten model); the input model is left unchanged."""
+    feeds = seeded_inputs(model, seed)
+    before = run(model, feeds)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    after_model = rewrite(copy)
+    onnx.checker.check_model(after_model, full_check=True)
+    return before, run(after_model, feeds), after_model
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+S_X, S_Y, ZP_X, ZP_Y = np.float32(0.02), np.float32(0.05), 7, 100
+
+
+def qdq_linear(k: int, n: int, w: np.ndarray, middle: str = "Gemm") -> onnx.ModelProto:
+    """x -> Q -> DQ -> Gemm(DQ(w), b) [or Sigmoid] -> Q -> DQ -> y."""
+    inits = [
+        numpy_helper.from_array(np.array(S_X), "sx"), numpy_helper.from_array(np.array(ZP_X, np.uint8), "zx"),
+        numpy_helper.from_array(np.array(S_Y), "sy"), numpy_helper.from_array(np.array(ZP_Y, np.uint8), "zy"),
+        numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(n, 0.01, np.float32), "sw"),
+        numpy_helper.from_array(np.zeros(n, np.int8), "zw"),
+        numpy_helper.from_array(np.linspace(-0.5, 0.5, n).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["qx"], name="quant_in"),
+        helper.make_node("DequantizeLinear", ["qx", "sx", "zx"], ["dx"], name="dequant_x"),
+        helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["dw"], name="dequant_w", axis=0),
+    ]
+    if middle == "Gemm":
+        nodes.append(helper.make_node("Gemm", ["dx", "dw", "b"], ["h"], name="fc", transB=1))
+    else:
+        nodes.append(helper.make_node("Sigmoid", ["dx"], ["h"], name="gate"))
+        n = k
+    nodes += [
+        helper.make_node("QuantizeLinear", ["h", "sy", "zy"], ["qy"], name="quant_out"),
+        helper.make_node("DequantizeLinear", ["qy", "sy", "zy"], ["y"], name="dequant_out"),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -1,0 +1,121 @@
+"""The pass manager: the default pipeline keeps a model's outputs (verify mode on), a pass that
+changes the outputs beyond its tolerance is stopped and named, an integer-only graph is held to
+bit-exactness, ``requires`` is enforced, and ``edgeq optimize`` runs it from the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from scipy.linalg import hadamard
+
+from edgeq.cli import main
+from edgeq.errors import PassError
+from edgeq.passes import manager, run_passes
+from edgeq.passes.integerize import integerize
+from edgeq.passes.manager import Pass
+from _passes_testing import model_from_text, op_types, qdq_linear, run
+
+RNG = np.random.default_rng(4)
+
+MODEL = """
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[N, 3, 6, 6] x) => (float[N, 5] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+    n = BatchNormalization (c, gamma, beta, mean, var)
+    r = Relu (n)
+    p = GlobalAveragePool (r)
+    f = Flatten (p)
+    two = Constant <value = float {2.0}> ()
+    g2 = Mul (gamma2, two)
+    s = Mul (f, g2)
+    rot = MatMul (s, h)
+    y = MatMul (rot, w2)
+}
+"""
+
+
+def _model():
+    return model_from_text(
+        MODEL, w=RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), b=np.zeros(4, np.float32),
+        gamma=RNG.uniform(0.5, 2, 4).astype(np.float32), beta=RNG.standard_normal(4).astype(np.float32),
+        mean=RNG.standard_normal(4).astype(np.float32), var=RNG.uniform(0.5, 2, 4).astype(np.float32),
+        gamma2=RNG.uniform(0.5, 2, 4).astype(np.float32), h=(hadamard(4) / 2).astype(np.float32),
+        w2=RNG.standard_normal((4, 5)).astype(np.float32),
+    )
+
+
+def test_default_pipeline_verified():
+    model = _model()
+    out, reports = run_passes(model, verify=True)
+    assert [r.name for r in reports] == list(manager.DEFAULT_PIPELINE)
+    assert op_types(out) == ["Conv", "Relu", "GlobalAveragePool", "Flatten", "MatMul"]
+    assert all(r.max_rel_change is not None and r.max_rel_change <= 1e-4 for r in reports)
+    feeds = manager.seeded_inputs(model, 7)
+    a, b = run(model, feeds)[0], run(out, feeds)[0]
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+
+
+def _perturb_first_matmul_weight(model, factor):
+    node = next(n for n in model.graph.node if n.op_type in ("MatMul", "Conv"))
+    init = next(t for t in model.graph.initializer if t.name == node.input[1])
+    value = onnx.numpy_helper.to_array(init) * factor
+    init.CopyFrom(onnx.numpy_helper.from_array(value.astype(value.dtype), init.name))
+    return model
+
+
+def test_verify_names_the_pass_that_changes_outputs(monkeypatch):
+    bad = Pass(name="scale_weights_wrongly", run=lambda m: _perturb_first_matmul_weight(m, 1.01), doc="broken on purpose")
+    monkeypatch.setitem(manager._PASSES, bad.name, bad)
+    with pytest.raises(PassError, match=r"pass 'scale_weights_wrongly' changed the model's outputs by"):
+        run_passes(_model(), ["fold_batchnorm", "scale_weights_wrongly", "dead_nodes"], verify=True)
+    run_passes(_model(), ["fold_batchnorm", "scale_weights_wrongly"], verify=False)  # unverified: no check
+
+
+def test_integer_graph_is_held_to_bit_exactness(monkeypatch):
+    int_model = integerize(qdq_linear(48, 6, RNG.integers(-127, 128, (6, 48)).astype(np.int8)))
+
+    def nudge_multiplier(m):
+        node = next(n for n in m.graph.node if n.op_type == "DyadicRequantize")
+        init = next(t for t in m.graph.initializer if t.name == node.input[1])
+        value = onnx.numpy_helper.to_array(init).astype(np.int64) + (1 << 22)
+        init.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.int32), init.name))
+        return m
+
+    bad = Pass(name="nudge_multiplier", run=nudge_multiplier, doc="a 0.2% change", tolerance=0.05)
+    monkeypatch.setitem(manager._PASSES, bad.name, bad)
+    with pytest.raises(PassError, match=r"pass 'nudge_multiplier' changed the model's outputs by .* \(tolerance 0\)"):
+        run_passes(int_model, ["dead_nodes", "nudge_multiplier"], verify=True)
+
+
+def test_requires_is_enforced():
+    with pytest.raises(PassError, match=r"pass 'integerize' requires 'qdq'"):
+        run_passes(_model(), ["integerize"])
+
+
+def test_unknown_pass_is_named():
+    with pytest.raises(PassError, match=r"unknown pass 'fold_everything'"):
+        run_passes(_model(), ["fold_everything"])
+
+
+def test_cli_optimize_integerizes_and_verifies(tmp_path, capsys):
+    src, dst = tmp_path / "qdq.onnx", tmp_path / "int.onnx"
+    onnx.save_model(qdq_linear(48, 6, RNG.integers(-127, 128, (6, 48)).astype(np.int8)), str(src))
+    assert main(["optimize", str(src), str(dst), "--passes", "integerize,dead_nodes", "--verify"]) == 0
+    assert "integerize" in capsys.readouterr().out
+    assert "MatMulInteger" in op_types(onnx.load(str(dst)))
+    sig = tmp_path / "sig.onnx"
+    onnx.save_model(qdq_linear(8, 8, np.ones((8, 8), np.int8), middle="Sigmoid"), str(sig))
+    assert main(["optimize", str(sig), str(dst), "--passes", "integerize"]) == 2
+    assert "node 'gate' (Sigmoid) has no integer form" in capsys.readouterr().err
+    assert main(["optimize", str(sig), str(dst), "--passes", "integerize", "--keep-float", "gate", "--verify"]) == 0
+
+
+def test_cli_verifies_on_given_inputs(tmp_path, capsys):
+    src, dst, feeds = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "in.npz"
+    onnx.save_model(_model(), str(src))
+    np.savez(feeds, x=RNG.standard_normal((3, 3, 6, 6)).astype(np.float32))
+    assert main(["optimize", str(src), str(dst), "--inputs", str(feeds), "--json"]) == 0
+    assert '"max_rel_change"' in capsys.readouterr().out
+    assert main(["optimize", str(src), str(dst), "--inputs", str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz" in capsys.readouterr().err
