@@ -77,7 +77,9 @@ def test_every_target_compiles_the_cnn(tmp_path, cnn_files, name):
         if os.environ.get("EDGEQ_REQUIRE_CROSS"):  # CI installs every cross compiler
             pytest.fail(message)
         pytest.skip(message)
-    for kind, path in cnn_files.items():
+    # float and integer-only everywhere (the bar); W8A8 QDQ on the host is enough
+    kinds = {k: p for k, p in cnn_files.items() if k != "w8a8" or name == "cpu"}
+    for kind, path in kinds.items():
         art = edgeq.compile(path, target=name, out_dir=tmp_path)
         assert art.path.exists() and art.path.suffix == f".{spec.artifact}"
         assert art.size_bytes == art.path.stat().st_size > 0
