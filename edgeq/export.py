@@ -94,6 +94,7 @@ def export(
         raise
     except Exception as exc:
         raise ExportError(f"torch.onnx export of {type(model).__name__} failed: {_first_line(exc)}") from None
+    expand_packed_weights(proto, opset, standard=weight_format != "edgeq")
     if weight_format != "edgeq":
         lower_to_dequantize_linear(proto, opset)
     attach_functions(proto)
@@ -215,11 +216,7 @@ def lower_to_dequantize_linear(proto: onnx.ModelProto, opset: int) -> int:
     """Rewrite ``LowBitLinear`` nodes whose bit width has a standard dtype into
     ``MatMul(X, DequantizeLinear(Wq^T, scales^T, zeros^T, axis=0, block_size=group_size))``
     (+ Add bias), the form onnxruntime fuses into MatMulNBits. Returns how many were rewritten."""
-    import ml_dtypes
-
-    dtypes = {4: ml_dtypes.uint4, 8: np.uint8}
-    if opset >= INT2_OPSET:
-        dtypes[2] = ml_dtypes.uint2
+    dtypes = _standard_dtypes(opset)
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
     uses: dict[str, int] = {}
@@ -261,6 +258,67 @@ def lower_to_dequantize_linear(proto: onnx.ModelProto, opset: int) -> int:
         del graph.node[:]
         graph.node.extend(new_nodes)
     return rewritten
+
+
+def _standard_dtypes(opset: int) -> dict:
+    import ml_dtypes
+
+    dtypes = {4: ml_dtypes.uint4, 8: np.uint8}
+    if opset >= INT2_OPSET:
+        dtypes[2] = ml_dtypes.uint2
+    return dtypes
+
+
+def expand_packed_weights(proto: onnx.ModelProto, opset: int, standard: bool) -> int:
+    """Replace each ``edgeq.export.PackedWeight`` placeholder (a weight-only conv's weight) by
+    ``DequantizeLinear(uint4/uint8/uint2 [N, K], axis=1, block_size)`` when ``standard`` and the
+    dtype exists, else by the unpack-and-dequantize ops on the packed uint8 tensor."""
+    from edgeq.opset._function import FunctionBuilder, dequantize_groups, unpack_weights
+    from edgeq.opset.lowbit_embedding import PLACEHOLDER_DOMAIN
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    dtypes = _standard_dtypes(opset)
+    new_nodes, added, dropped, count = [], [], set(), 0
+    for node in graph.node:
+        if node.domain != PLACEHOLDER_DOMAIN:
+            new_nodes.append(node)
+            continue
+        count += 1
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        bits, group = attrs["bits"], attrs["group_size"]
+        base = node.name or node.output[0]
+        if standard and bits in dtypes and all(name in inits for name in node.input):
+            packed, scales, zeros = (onnx.numpy_helper.to_array(inits[name]) for name in node.input)
+            q = unpack(torch.from_numpy(packed.copy()), bits, packed.shape[1] * 8 // bits).numpy()
+            names = [f"{base}.qweight", f"{base}.scales", f"{base}.zeros"]
+            added += [onnx.numpy_helper.from_array(q.astype(dtypes[bits]), names[0]),
+                      onnx.numpy_helper.from_array(scales.astype(np.float32), names[1]),
+                      onnx.numpy_helper.from_array(zeros.astype(dtypes[bits]), names[2])]
+            dropped.update(node.input)
+            new_nodes.append(onnx.helper.make_node("DequantizeLinear", names, list(node.output), name=base, axis=1, block_size=group))
+            continue
+        b = FunctionBuilder("PackedWeight", ["QWeight", "Scales", "Zeros"], ["W"], [], opset)
+        like = b.const(np.zeros((), np.float32), np.float32)
+        dequantize_groups(b, unpack_weights(b, "QWeight", bits), "Scales", "Zeros", group, like=like)
+        b.nodes[-1].output[0] = "W"
+        rename = dict(zip(["QWeight", "Scales", "Zeros", "W"], list(node.input) + list(node.output)))
+        for inner in b.nodes:
+            inner.input[:] = [rename.get(n, f"{base}/{n}") for n in inner.input]
+            inner.output[:] = [rename.get(n, f"{base}/{n}") for n in inner.output]
+            inner.name = f"{base}/{inner.output[0].rsplit('/', 1)[-1]}"
+            new_nodes.append(inner)
+    if count:
+        unused = {name for name in dropped if not any(name in n.input for n in new_nodes)}
+        kept = [t for t in graph.initializer if t.name not in unused]
+        del graph.initializer[:]
+        graph.initializer.extend(kept + added)
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        kept_opsets = [o for o in proto.opset_import if o.domain != PLACEHOLDER_DOMAIN]
+        del proto.opset_import[:]
+        proto.opset_import.extend(kept_opsets)
+    return count
 
 
 @contextlib.contextmanager

@@ -20,8 +20,12 @@ from torch import nn
 from edgeq.errors import ExportError
 from edgeq.quant import dyadic
 from edgeq.quant.embedding import WeightOnlyEmbedding
+from edgeq.quant.hadamard import OnlineHadamard
+from edgeq.quant.lopro import LoProLinear
+from edgeq.quant.lrqmm import LowRankCorrectedLinear
+from edgeq.quant.r1svd import decode_factors
 from edgeq.quant.w8a8 import QDQConv2d, QDQLinear, _ActQuant
-from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.quant.weight_only import WeightOnlyConv2d, WeightOnlyLinear
 
 Rule = Callable[[nn.Module], nn.Module]
 _RULES: dict[type, Rule] = {}
@@ -75,8 +79,91 @@ class LowBitEmbeddingExport(nn.Module):
         return torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
 
 
+class LowBitConv2dExport(nn.Module):
+    """``WeightOnlyConv2d``: the packed weight dequantized by standard ops (``edgeq::dequantize_packed``)
+    feeding a float Conv; the file keeps the weight packed."""
+
+    def __init__(self, layer: WeightOnlyConv2d):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        w = torch.ops.edgeq.dequantize_packed(m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        w = w.reshape(m.out_channels, m.in_channels // m.groups, *m.kernel_size).to(x.dtype)
+        bias = None if m.bias is None else m.bias.to(x.dtype)
+        return torch.nn.functional.conv2d(x, w, bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+class HadamardExport(nn.Module):
+    """``OnlineHadamard`` as one ``edgeq.Hadamard`` node (no sign input when the signs are all +1)."""
+
+    def __init__(self, layer: OnlineHadamard):
+        super().__init__()
+        self.layer = layer
+        self.signed = not bool((layer.signs == 1).all())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        return torch.ops.edgeq.hadamard(x, m.signs if self.signed else None, m.block_size)
+
+
+def _factors_for_export(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U [in, r], V [r, out]) with ``x @ U @ V`` the layer's low-rank branch: float16 factors stay
+    float16 (exact in the op's cast), others (bf16, int8 with scales) are decoded to float32."""
+    lr = decode_factors({"u": layer.u, "v": layer.v, "u_scale": layer.u_scale, "v_scale": layer.v_scale})
+    dtype = torch.float16 if layer.u.dtype == torch.float16 and layer.u_scale is None else torch.float32
+    return lr.v.T.contiguous().to(dtype), lr.u.T.contiguous().to(dtype)
+
+
+class LowRankLinearExport(nn.Module):
+    """LRQMM's ``LowRankCorrectedLinear`` as one ``edgeq.LowRankLinear`` node."""
+
+    def __init__(self, layer: LowRankCorrectedLinear):
+        super().__init__()
+        self.layer = layer
+        u, v = _factors_for_export(layer)
+        self.register_buffer("factor_in", u)
+        self.register_buffer("factor_out", v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.layer.core
+        return torch.ops.edgeq.lowrank_linear(x, c.qweight, c.scales, c.zeros, self.factor_in, self.factor_out,
+                                              c.bias, c.bits, c.group_size)
+
+
+class LoProExport(nn.Module):
+    """``LoProLinear``: Gather (the column permutation) -> edgeq.Hadamard on the low-bit columns ->
+    LowBitLinear, plus the salient columns' LowBitLinear and the low-rank branch on the unpermuted
+    input as two MatMuls (it reads x, not the rotated columns, so it is not fused into the core)."""
+
+    def __init__(self, layer: LoProLinear):
+        super().__init__()
+        self.layer = layer
+        u, v = _factors_for_export(layer)
+        self.register_buffer("factor_in", u)
+        self.register_buffer("factor_out", v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, ks = self.layer, self.layer.salient_features
+        xp = torch.index_select(x, -1, m.perm)
+        rest = torch.ops.edgeq.hadamard(xp[..., ks:], None, m.block_size)
+        c = m.core
+        y = torch.ops.edgeq.lowbit_linear(rest, c.qweight, c.scales, c.zeros, c.bias, c.bits, c.group_size)
+        if m.salient is not None:
+            s = m.salient
+            y = y + torch.ops.edgeq.lowbit_linear(xp[..., :ks], s.qweight, s.scales, s.zeros, s.bias, s.bits, s.group_size)
+        if m.rank:
+            y = y + (x @ self.factor_in.to(x.dtype)) @ self.factor_out.to(x.dtype)
+        return y if m.bias is None else y + m.bias.to(x.dtype)
+
+
+register_export_rule(LowRankCorrectedLinear)(LowRankLinearExport)
+register_export_rule(LoProLinear)(LoProExport)
 register_export_rule(WeightOnlyLinear)(LowBitLinearExport)
+register_export_rule(WeightOnlyConv2d)(LowBitConv2dExport)
 register_export_rule(WeightOnlyEmbedding)(LowBitEmbeddingExport)
+register_export_rule(OnlineHadamard)(HadamardExport)
 
 
 def is_edgeq_quantized(module: nn.Module) -> bool:
@@ -122,3 +209,32 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
         raise ExportError(f"the whole model ({type(model).__name__}) is a quantized layer: wrap it in a module to export it")
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+# HAWQ-V3 dyadic models export in their QDQ form (``DyadicModel.qdq_module()``), whose layers
+# already call only translated custom ops; ``edgeq.passes.integerize`` makes them integer-only.
+from edgeq.quant.dyadic import ActFakeQuant, QDQWeightLayer  # noqa: E402
+
+for _native in (ActFakeQuant, QDQWeightLayer):
+    register_export_rule(_native)(as_is)
+
+
+# QuaRot's online rotation (before down_proj) leaves as one edgeq.Hadamard node, which
+# edgeq.passes.fold_rotations can merge into a neighbouring float weight.
+from edgeq.quant.hadamard import OnlineHadamard  # noqa: E402
+
+
+class HadamardExport(nn.Module):
+    """``OnlineHadamard`` as one ``edgeq::hadamard`` call (signs omitted when all ones)."""
+
+    def __init__(self, layer: OnlineHadamard):
+        super().__init__()
+        self.layer = layer
+        self.plain = bool((layer.signs == 1).all())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        signs = None if self.plain else self.layer.signs.to(x.dtype)
+        return torch.ops.edgeq.hadamard(x, signs, self.layer.block_size)
+
+
+register_export_rule(OnlineHadamard)(HadamardExport)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from edgeq.opset import DOMAIN, OPSET_VERSION, edgeq_ops
+from edgeq.opset import attach_functions
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
@@ -16,15 +16,8 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def attach_edgeq_functions(model: onnx.ModelProto) -> None:
-    """Give every ``edgeq`` op the model uses its function body (once) and the domain import."""
-    used = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
-    have = {f.name for f in model.functions if f.domain == DOMAIN}
-    ops = edgeq_ops()
-    opset = default_opset(model)
-    for name in sorted(used - have):
-        model.functions.append(ops[name].function({}, opset))
-    if used and not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    """Give every ``edgeq`` node its function body (``edgeq.opset.attach_functions``)."""
+    attach_functions(model)
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

@@ -21,25 +21,29 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def _delete_where(field, dead) -> None:
+    """Delete items in place, from the back (no copies of large initializers)."""
+    for i in reversed([i for i, item in enumerate(field) if dead(item)]):
+        del field[i]
+
+
 def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (changed in place and returned) without dead nodes and unused initializers."""
     graph = model.graph
     live = {o.name for o in graph.output}
-    keep: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
+    dead: set[int] = set()
+    nodes = list(graph.node)
+    for index in range(len(nodes) - 1, -1, -1):
+        node = nodes[index]
         if any(out in live for out in node.output if out):
-            keep.append(node)
             live.update(i for i in node.input if i)
             live.update(_subgraph_reads(node))
-    keep.reverse()
-    del graph.node[:]
-    graph.node.extend(keep)
-    used_inits = [t for t in graph.initializer if t.name in live]
-    del graph.initializer[:]
-    graph.initializer.extend(used_inits)
-    used_vi = [v for v in graph.value_info if v.name in live]
-    del graph.value_info[:]
-    graph.value_info.extend(used_vi)
+        else:
+            dead.add(index)
+    for index in sorted(dead, reverse=True):
+        del graph.node[index]
+    _delete_where(graph.initializer, lambda t: t.name not in live)
+    _delete_where(graph.value_info, lambda v: v.name not in live)
     return model
 
 

@@ -20,16 +20,29 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def region_edges(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """(QuantizeLinear nodes reading a graph input, DequantizeLinear nodes writing a graph output)."""
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    starts = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inputs]
+    ends = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in outputs]
+    return starts, ends
+
+
+def has_integer_region(model: onnx.ModelProto) -> bool:
+    """Every graph output is dequantized from integers that a quantized graph input leads to."""
+    starts, ends = region_edges(model)
+    return bool(starts) and len(ends) == len(model.graph.output)
+
+
 def float_ops_in_integer_region(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Nodes with a float output between the input QuantizeLinear(s) and the output
     DequantizeLinear(s), in graph order (empty for an integer-only model)."""
     graph = model.graph
-    inputs = {i.name for i in graph.input}
-    outputs = {o.name for o in graph.output}
     prod = producers(graph)
     users = consumers(graph)
-    starts = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inputs]
-    ends = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in outputs]
+    starts, ends = region_edges(model)
     forward: set[int] = set()
     stack = [u for s in starts for u in users.get(s.output[0], [])]
     while stack:

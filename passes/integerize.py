@@ -35,7 +35,7 @@ from edgeq.errors import PassError
 from edgeq.opset.dyadic import INT32_MAX, INT32_MIN, accumulator_scale, bias_int32, rescale_multiplier
 from edgeq.passes._onnx import attach_edgeq_functions, consumers, node_label, producers
 from edgeq.passes.dead_nodes import remove_dead_nodes
-from edgeq.passes.integer_check import float_ops_in_integer_region
+from edgeq.passes.integer_check import float_ops_in_integer_region, region_edges
 from edgeq.passes.manager import Pass, register_pass
 
 SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
@@ -77,7 +77,6 @@ class _Integerizer:
         self.producers = producers(self.graph)
         self.users = consumers(self.graph)
         self.shapes = _static_shapes(model)
-        self.rewritten = 0
         self._uid = 0
 
     # -- helpers -------------------------------------------------------------------------------
@@ -122,6 +121,8 @@ class _Integerizer:
         values, scale = self.value(node.input[0]), self.value(node.input[1])
         zp = self.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if values is not None and values.dtype.name in ("int4", "int2"):
+            values = values.astype(np.int8)  # ONNX int4/int2 initializers: the same integers
         if values is None or scale is None or values.dtype != np.int8:
             return None
         if zp is not None and np.any(zp != 0):
@@ -232,7 +233,6 @@ class _Integerizer:
             self.average_pool(src, out, relu, qnode.output[0], hint)
         else:
             return False  # left in float; the region check after the rewrite names it
-        self.rewritten += 1
         return True
 
     def _matmul_with_bias(self, add: onnx.NodeProto):
@@ -369,11 +369,19 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
 def integerize(model: onnx.ModelProto, keep_float=()) -> onnx.ModelProto:
     """An integer-only copy of the QDQ ``model`` (see the module docstring)."""
     keep = set(keep_float)
-    rewriter = _Integerizer(_copy(model), keep)
-    result = rewriter.run()
-    inputs = {i.name for i in model.graph.input}
-    if not any(n.op_type == "QuantizeLinear" and n.input[0] in inputs for n in model.graph.node):
+    starts, ends = region_edges(model)
+    if not starts:
         raise IntegerizeError("no QuantizeLinear of a graph input: this is not a QDQ graph to integerize")
+    if len(ends) != len(model.graph.output):
+        done = {e.output[0] for e in ends}
+        out = next(o.name for o in model.graph.output if o.name not in done)
+        src = producers(model.graph).get(out)
+        raise IntegerizeError(
+            f"graph output {out!r} is not a DequantizeLinear of integers (it comes from "
+            f"{node_label(src) if src is not None else 'the graph input'}): quantize the model's outputs "
+            f"(the w8a8-dyadic/w4a8-dyadic recipes do) to make it integer-only"
+        )
+    result = _Integerizer(_copy(model), keep).run()
     result = remove_dead_nodes(result)
     attach_edgeq_functions(result)
     leftover = [n for n in float_ops_in_integer_region(result)

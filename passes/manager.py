@@ -26,11 +26,9 @@ def _has_no(op_type: str) -> Callable[[onnx.ModelProto], bool]:
 
 
 def _integer_only(model: onnx.ModelProto) -> bool:
-    from edgeq.passes.integer_check import float_ops_in_integer_region
+    from edgeq.passes.integer_check import float_ops_in_integer_region, has_integer_region
 
-    inputs = {i.name for i in model.graph.input}
-    has_region = any(n.op_type == "QuantizeLinear" and n.input[0] in inputs for n in model.graph.node)
-    return has_region and not float_ops_in_integer_region(model)
+    return has_integer_region(model) and not float_ops_in_integer_region(model)
 
 
 def _qdq(model: onnx.ModelProto) -> bool:

@@ -19,6 +19,7 @@ binds to 127.0.0.1 unless the caller explicitly allows another address.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -223,11 +224,22 @@ def prepare_device(name: str) -> Path:
     spec = device_spec(name)
     folder = device_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
-    ensure_host_packages(spec)
-    ensure_rootfs(spec, folder / "rootfs")
-    ensure_runtime_wheels(spec, folder / "site")
+    # The wheels (pip) do not depend on the packages and the root (apt): fetch both at once.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        wheels = pool.submit(_timed, "runtime wheels", ensure_runtime_wheels, spec, folder / "site")
+        _timed("host packages", ensure_host_packages, spec)
+        _timed("Debian root", ensure_rootfs, spec, folder / "rootfs")
+        wheels.result()
     (folder / "server.py").write_text(SERVER_SCRIPT)
     return folder
+
+
+def _timed(what: str, fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    if time.perf_counter() - start > 1:
+        _log(f"{what} ready in {time.perf_counter() - start:.1f} s")
+    return result
 
 
 def device_command(name: str, script: str | Path, *args: str) -> tuple[list[str], dict[str, str]]:

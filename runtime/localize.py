@@ -110,10 +110,11 @@ def first_divergence(
 ) -> Divergence | None:
     """The first node (topological order of ``suspect``) whose output leaves the trusted run's.
 
-    Intermediate integer tensors are held bit-exact only in graphs with integer outputs; in a
-    quantized float graph they may differ by one rounding step (see ``Tolerance.accepts``).
+    Intermediate integer tensors are held bit-exact in graphs with integer outputs or under
+    ``tolerance.exact``; in a quantized float graph they may differ by one rounding step (see
+    ``Tolerance.accepts``).
     """
-    exact = tolerance.int_exact and all(
+    exact = tolerance.int_exact and tolerance.exact or tolerance.int_exact and all(
         np.issubdtype(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type)), np.integer)
         for o in suspect.graph.output
     )

@@ -43,7 +43,7 @@ class Latency:
 @dataclass
 class OpTime:
     name: str  # onnxruntime: node name; TVM: the compiled function's symbol
-    op: str  # op type (onnxruntime) or function kind without its numeric suffix (TVM)
+    op: str  # op type (onnxruntime) or the function's kind, its instance numbers removed (TVM)
     calls: int
     total_ms: float  # per run
 
@@ -66,15 +66,6 @@ def latency(executor: Executor, inputs: Inputs, warmup: int = 5, repeat: int = 5
     ms = np.asarray(seconds) * 1e3
     return Latency(executor.name, float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.mean()), float(ms.min()),
                    repeat, warmup)
-
-
-def primary_op(kernel: str) -> str:
-    """The operator a TVM kernel is named after: its first primitive when fused
-    (``fused_conv2d1_add_relu`` -> ``conv2d``), without the numbering Relax appends."""
-    tokens = kernel.removeprefix("fused_").split("_")
-    if tokens[0] in ("avg", "max", "adaptive") and len(tokens) > 1:
-        tokens = ["_".join(tokens[:3] if tokens[0] == "adaptive" else tokens[:2])] + tokens[3 if tokens[0] == "adaptive" else 2:]
-    return tokens[0].rstrip("0123456789") if not kernel.startswith("vm.builtin") else kernel
 
 
 def tvm_op_times(executor: TvmExecutor, inputs: Inputs, repeat: int = 10) -> list[OpTime]:
@@ -101,9 +92,14 @@ def tvm_op_times(executor: TvmExecutor, inputs: Inputs, repeat: int = 10) -> lis
     finally:
         executor.vm.set_instrument(lambda *args: 0)
     return sorted(
-        (OpTime(name, primary_op(name), calls[name] // repeat, totals[name] * 1e3 / repeat) for name in totals),
+        (OpTime(name, _function_kind(name), calls[name] // repeat, totals[name] * 1e3 / repeat) for name in totals),
         key=lambda o: -o.total_ms,
     )
+
+
+def _function_kind(symbol: str) -> str:
+    """``fused_conv2d1_add3_relu`` -> ``fused_conv2d_add_relu``: TVM numbers each instance."""
+    return "_".join(re.sub(r"(?<=\D)\d+$", "", part) for part in symbol.split("_"))
 
 
 def ort_op_times(onnx_path: str | Path, inputs: Inputs, repeat: int = 10, threads: int | None = None) -> list[OpTime]:

@@ -67,10 +67,10 @@ class ValidationReport:
             rows.append([
                 n.executor, f"{n.max_abs:.3g}", f"{n.max_rel:.3g}", f"{n.cosine:.6f}",
                 "-" if n.top1_agreement is None else f"{n.top1_agreement:.2%}",
-                "-" if n.int_mismatches is None else str(n.int_mismatches), f"{r.seconds:.2f} s",
+                "-" if n.mismatches is None else str(n.mismatches), f"{r.seconds:.2f} s",
                 "ok" if r.ok else "DIVERGES",
             ])
-        headers = ["executor", "max abs", "max rel", "cosine", "top-1 agree", "int mismatches", "time", "verdict"]
+        headers = ["executor", "max abs", "max rel", "cosine", "top-1 agree", "mismatches", "time", "verdict"]
         lines = [format_table(headers, rows, title=f"{self.model} vs {self.reference} on {self.inputs}")]
         for r in self.results:
             if r.divergence:

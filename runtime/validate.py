@@ -25,6 +25,7 @@ class Numerics:
     top1_agreement: float | None
     int_mismatches: int | None
     elements: int
+    mismatches: int | None = None  # elements not exactly equal (any dtype)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,15 +42,20 @@ class Tolerance:
     at least ``min_cosine``; the final outputs also need top-1 agreement of ``min_top1`` (a
     quantized graph computed in another summation order may move a value across a rounding
     boundary, one quantization step, which flips a near-tie). Integer tensors: no mismatch at
-    all, unless ``int_exact`` is off, then they are held to ``max_rel`` like floats.
+    all, unless ``int_exact`` is off, then they are held to ``max_rel`` like floats. ``exact``:
+    every element equal, whatever the dtype (an integer-only graph's dequantized outputs: equal
+    floats mean equal integers).
     """
 
     max_rel: float = 0.02
     min_cosine: float = 0.999
     min_top1: float = 0.99
     int_exact: bool = True
+    exact: bool = False
 
     def accepts(self, n: "Numerics", final: bool = True) -> bool:
+        if self.exact and final:
+            return n.mismatches == 0
         if n.int_mismatches is not None and self.int_exact:
             return n.int_mismatches == 0
         if n.int_mismatches is not None and not final:
@@ -82,6 +88,7 @@ def compare(executor: str, ref: np.ndarray, out: np.ndarray) -> Numerics:
         top1_agreement=top1,
         int_mismatches=mism,
         elements=int(r.size),
+        mismatches=int((ref != out).sum()),
     )
 
 

@@ -90,6 +90,28 @@ def test_validate_cli_on_device(device, w8a8_pipeline, arm64_artifact, capsys):
     assert on_device["numerics"]["elements"] == 200 * 10
 
 
+@pytest.mark.slow
+def test_integer_only_cnn_on_device_is_bit_exact(device, digits, digits_model, tmp_path, capsys):
+    """The HAWQ-V3 integer-only CNN (w8a8-dyadic) compiled for arm64: its outputs on the device
+    equal the PyTorch integer reference's on the whole test set (0 mismatches; the outputs are
+    the dequantized output integers, one-to-one with them)."""
+    from edgeq.quant.dyadic import export_integer
+
+    qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])
+    int_path = export_integer(qmodel, digits.x_test[:1], tmp_path / "digits_int.onnx")
+    artifact = edgeq.compile(int_path, target="arm64", out_dir=tmp_path)
+    code = main(["validate", str(int_path), str(artifact.path), "--device", device.url, "--reference", "digits:w8a8-dyadic",
+                 "--inputs", "digits", "--exact", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    by_executor = {r["numerics"]["executor"]: r["numerics"] for r in report["results"]}
+    assert set(by_executor) == {"onnxruntime", "tvm-rpc:arm64"}
+    for numerics in by_executor.values():
+        assert numerics["mismatches"] == 0 and numerics["elements"] == len(digits.x_test) * 10, numerics
+    assert np.array_equal(RpcExecutor(artifact.path, device.url).run([digits.x_test[:32].numpy()])[0],
+                          qmodel(digits.x_test[:32]).numpy())
+
+
 def test_device_and_host_builds_agree(device, digits, w8a8_pipeline, arm64_artifact):
     from edgeq.runtime import TvmExecutor
 

@@ -52,6 +52,7 @@ def test_onnxruntime_is_bit_exact_with_pytorch_integer_reference(digits, dyadic_
     assert int((got != ref).sum()) == 0
 
 
+@pytest.mark.slow
 def test_tvm_is_bit_exact_and_integer_inside(digits, dyadic_w8):
     from edgeq.targets.importer import import_onnx
 
@@ -103,3 +104,14 @@ def test_integer_forward_gives_the_output_integers(digits, dyadic_w8):
     assert q.dtype == torch.int64 and int(q.min()) >= 0 and int(q.max()) <= 255
     qp = qmodel.output_qparams
     np.testing.assert_array_equal(((q - qp.zero_point).float() * qp.scale).numpy(), qmodel(digits.x_test[:64]).numpy())
+
+
+def test_inspect_integer_only(dyadic_w8, capsys):
+    from edgeq.cli import main
+
+    _, qdq_path, int_path, _ = dyadic_w8
+    assert main(["inspect", str(int_path), "--integer-only"]) == 0
+    assert "integer-only: yes" in capsys.readouterr().out
+    assert main(["inspect", str(qdq_path), "--integer-only"]) == 1
+    out = capsys.readouterr().out
+    assert "integer-only: no" in out and "Conv" in out and "Gemm" in out

@@ -14,24 +14,23 @@ from torch import nn
 
 import edgeq
 from edgeq.errors import ExportError
-from edgeq.quant import set_submodule
-from edgeq.quant.embedding import quantize_tied_embedding, rtn_table
+from edgeq.quant.embedding import quantize_embeddings
+from edgeq.quant.weight_only_recipes import GPTQRecipe, RTNRecipe
 from edgeq.quant.weight_only import WeightOnlyLinear
 from edgeq.runtime.ort import ort_session
 
 TOL = 1e-4
 
 
-def quantize_linears(model: nn.Module, bits: int, group_size: int, under: str = "") -> nn.Module:
-    """Minimal RTN: every nn.Linear whose name starts with ``under`` becomes a WeightOnlyLinear."""
-    for name, m in list(model.named_modules()):
-        if isinstance(m, nn.Linear) and name.startswith(under):
-            set_submodule(model, name, rtn_table(m.weight, bits, group_size, m.bias))
-    return model
-
-
 def op_histogram(path) -> collections.Counter:
     return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def float_matrices(path) -> list[str]:
+    """Float initializers fed straight into a MatMul, Gemm, Conv or Gather: unquantized weights."""
+    model = onnx.load(str(path))
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2}
+    return sorted({i for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv", "Gather") for i in n.input if i in floats})
 
 
 def assert_matches(path, model, inputs: dict[str, torch.Tensor], reference):
@@ -53,17 +52,20 @@ def _logits(model, ids):
 
 @pytest.fixture(scope="module")
 def cnn_w4(digits_model):
-    import copy
-
-    return quantize_linears(copy.deepcopy(digits_model), 4, 16)
+    # the 1-channel stem has 9 weights per output channel: no 4-bit packing; it stays float
+    return edgeq.quantize(digits_model, RTNRecipe(bits=4, group_size=None, skip=("stem.*",)))
 
 
 @pytest.mark.parametrize("weight_format", ["auto", "edgeq"])
-def test_cnn_head_w4(tmp_path, digits, cnn_w4, weight_format):
+def test_cnn_w4(tmp_path, digits, cnn_w4, weight_format):
     path = edgeq.export(cnn_w4, digits.x_test[:1], tmp_path / "cnn.onnx", weight_format=weight_format)
     onnx.checker.check_model(str(path), full_check=True)
     ops = op_histogram(path)
-    assert ops["DequantizeLinear" if weight_format == "auto" else "LowBitLinear"] == 1
+    if weight_format == "auto":  # 3 convs and the head: uint4 blocked DequantizeLinear
+        assert ops["DequantizeLinear"] == 4 and ops["BitShift"] == 0
+    else:  # head as LowBitLinear, conv weights unpacked from uint8 by standard ops
+        assert ops["LowBitLinear"] == 1 and ops["BitShift"] == 3 and ops["DequantizeLinear"] == 0
+    assert float_matrices(path) == ["stem.0.weight"]  # no quantized weight was folded to float
     assert_matches(path, cnn_w4, {"input": digits.x_test[:64]}, _call)
 
 
@@ -77,11 +79,9 @@ def tiny_llama():
     return LlamaForCausalLM(cfg).eval()
 
 
-def quantized_llama(base, bits, group_size, embedding_bits=4):
-    import copy
-
-    model = quantize_linears(copy.deepcopy(base), bits, group_size, under="model.layers")
-    quantize_tied_embedding(model, embedding_bits, group_size)
+def quantized_llama(base, bits, group_size, embedding_bits=4, recipe=RTNRecipe, calib=None, **knobs):
+    model = edgeq.quantize(base, recipe(skip=("lm_head",), bits=bits, group_size=group_size, **knobs), calib=calib)
+    quantize_embeddings(model, embedding_bits, group_size)
     return model
 
 
@@ -97,12 +97,46 @@ def test_llama_dynamic_batch_and_sequence(tmp_path, tiny_llama, bits, opset, wei
     path = edgeq.export(model, torch.randint(0, 256, (1, 5)), tmp_path / "llm.onnx", opset=opset, weight_format=weight_format)
     ops = op_histogram(path)
     assert {k: ops[k] for k in expect} == expect
+    assert float_matrices(path) == []
     proto = onnx.load(str(path))
     dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert [i.name for i in proto.graph.input] == ["input_ids"] and dims == ["batch", "seq"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     for shape in [(1, 1), (3, 17)]:
         assert_matches(path, model, {"input_ids": torch.randint(0, 256, shape)}, _logits)
+
+
+def test_llama_hadamard_gptq(tmp_path, tiny_llama):
+    """QuaRot rotation + GPTQ: the online Hadamard before each down_proj is one edgeq.Hadamard node."""
+    calib = [torch.randint(0, 256, (2, 16)) for _ in range(2)]
+    model = quantized_llama(tiny_llama, 4, 32, recipe=GPTQRecipe, calib=calib, hadamard=True)
+    path = edgeq.export(model, torch.randint(0, 256, (1, 5)), tmp_path / "llm.onnx")
+    ops = op_histogram(path)
+    assert ops["Hadamard"] == 2 and ops["DequantizeLinear"] + ops["LowBitLinear"] == 15
+    assert float_matrices(path) == []  # embedding, lm_head and every linear are quantized in the file
+    assert_matches(path, model, {"input_ids": torch.randint(0, 256, (2, 9))}, _logits)
+
+
+@pytest.mark.parametrize("factor_dtype", ["float16", "int8"])
+def test_llama_lrqmm(tmp_path, tiny_llama, factor_dtype):
+    from edgeq.quant.lrqmm import LRQMMRecipe
+
+    model = quantized_llama(tiny_llama, 3, 32, recipe=LRQMMRecipe, rank=4, factor_dtype=factor_dtype)
+    path = edgeq.export(model, torch.randint(0, 256, (1, 5)), tmp_path / "llm.onnx")
+    assert op_histogram(path)["LowRankLinear"] == 14
+    assert float_matrices(path) == []
+    assert_matches(path, model, {"input_ids": torch.randint(0, 256, (2, 9))}, _logits)
+
+
+def test_llama_lopro(tmp_path, tiny_llama):
+    from edgeq.quant.lopro import LoProRecipe
+
+    model = quantized_llama(tiny_llama, 2, 32, recipe=LoProRecipe, rank=4, block_size=32, quantizer="rtn")
+    path = edgeq.export(model, torch.randint(0, 256, (1, 5)), tmp_path / "llm.onnx", weight_format="edgeq")
+    ops = op_histogram(path)
+    # per layer: a permutation Gather, a block Hadamard, the 2-bit core and the 8-bit salient block
+    assert ops["Hadamard"] == 14 and ops["LowBitLinear"] == 2 * 14 + 1
+    assert_matches(path, model, {"input_ids": torch.randint(0, 256, (2, 9))}, _logits)
 
 
 def test_external_data_inside_output_folder(tmp_path, tiny_llama):

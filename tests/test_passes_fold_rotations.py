@@ -6,6 +6,7 @@ permutations cancel -- outputs within 1e-5 of their scale; a rotation between tw
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from scipy.linalg import hadamard
 
 from edgeq.passes.fold_rotations import fold_rotations
@@ -108,5 +109,80 @@ def test_inverse_permutations_cancel():
 def test_online_rotation_between_activations_stays():
     before, after, out = before_after(model_from_text(ONLINE, h=H), fold_rotations)
     assert op_types(out) == ["MatMul", "MatMul", "Relu"]
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+# edgeq.Hadamard: the online op merges into a constant neighbour or cancels with its inverse.
+
+HADAMARD_THEN_LINEAR = """
+<ir_version: 10, opset_import: ["" : 21, "edgeq" : 1]>
+g (float[N, 3, 24] x) => (float[N, 3, 5] y) {
+    r = edgeq.Hadamard <size = 12> (x, signs)
+    y = MatMul (r, w)
+}
+"""
+
+LINEAR_THEN_HADAMARD = """
+<ir_version: 10, opset_import: ["" : 21, "edgeq" : 1]>
+g (float[N, 5] x) => (float[N, 16] y) {
+    h1 = MatMul (x, w)
+    y = edgeq.Hadamard <size = 16> (h1)
+}
+"""
+
+HADAMARD_PAIR = """
+<ir_version: 10, opset_import: ["" : 21, "edgeq" : 1]>
+g (float[N, 16] x) => (float[N, 16] y) {
+    a = edgeq.Hadamard <size = 8> (x)
+    b = edgeq.Hadamard <size = 8> (a)
+    y = Relu (b)
+}
+"""
+
+HADAMARD_BETWEEN_ACTIVATIONS = """
+<ir_version: 10, opset_import: ["" : 21, "edgeq" : 1]>
+g (float[N, 16] x, float[16, 16] w_dynamic) => (float[N, 16] y) {
+    a = MatMul (x, w_dynamic)
+    b = edgeq.Hadamard <size = 16> (a)
+    y = Relu (b)
+}
+"""
+
+
+def _edgeq_model(text, **inits):
+    from edgeq.opset import attach_functions
+
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in inits.items())
+    attach_functions(model)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_hadamard_with_signs_merges_into_next_weight():
+    signs = RNG.choice([-1.0, 1.0], 24).astype(np.float32)
+    model = _edgeq_model(HADAMARD_THEN_LINEAR, signs=signs, w=RNG.standard_normal((24, 5)).astype(np.float32))
+    before, after, out = before_after(model, fold_rotations)
+    assert op_types(out) == ["MatMul"]
+    _close(before, after)
+
+
+def test_hadamard_merges_into_previous_weight():
+    model = _edgeq_model(LINEAR_THEN_HADAMARD, w=RNG.standard_normal((5, 16)).astype(np.float32))
+    before, after, out = before_after(model, fold_rotations)
+    assert op_types(out) == ["MatMul"]
+    _close(before, after)
+
+
+def test_hadamard_pair_cancels():
+    before, after, out = before_after(_edgeq_model(HADAMARD_PAIR), fold_rotations)
+    assert op_types(out) == ["Relu"]
+    _close(before, after)
+
+
+def test_online_hadamard_stays():
+    before, after, out = before_after(_edgeq_model(HADAMARD_BETWEEN_ACTIVATIONS), fold_rotations)
+    assert op_types(out) == ["MatMul", "Hadamard", "Relu"]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)

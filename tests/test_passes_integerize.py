@@ -62,3 +62,27 @@ def test_float_graph_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
     with pytest.raises(IntegerizeError, match="not a QDQ graph"):
         integerize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+
+
+def test_int4_weight_initializers_are_integerized():
+    import ml_dtypes
+
+    rng = np.random.default_rng(5)
+    w8 = rng.integers(-7, 8, (6, 32)).astype(np.int8)
+    qdq8 = _qdq_linear(32, 6, w8)
+    qdq4 = _qdq_linear(32, 6, w8)
+    w_init = next(t for t in qdq4.graph.initializer if t.name == "w")
+    w_init.CopyFrom(onnx.numpy_helper.from_array(w8.astype(ml_dtypes.int4), "w"))
+    x = rng.uniform(-2, 2, (16, 32)).astype(np.float32)
+    a = ort_session(integerize(qdq4).SerializeToString()).run(None, {"x": x})[0]
+    b = ort_session(integerize(qdq8).SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_float_output_is_refused_naming_its_producer(tmp_path, digits, digits_model):
+    import edgeq
+
+    qmodel = edgeq.quantize(digits_model, "w8a8", calib=digits.x_train[:256])  # float logits
+    path = edgeq.export(qmodel, digits.x_test[:1], tmp_path / "w8a8.onnx")
+    with pytest.raises(IntegerizeError, match=r"graph output 'output' is not a DequantizeLinear.*\(Gemm\)"):
+        integerize(onnx.load(str(path)))

@@ -109,3 +109,13 @@ def test_cli_optimize_integerizes_and_verifies(tmp_path, capsys):
     assert main(["optimize", str(sig), str(dst), "--passes", "integerize"]) == 2
     assert "node 'gate' (Sigmoid) has no integer form" in capsys.readouterr().err
     assert main(["optimize", str(sig), str(dst), "--passes", "integerize", "--keep-float", "gate", "--verify"]) == 0
+
+
+def test_cli_verifies_on_given_inputs(tmp_path, capsys):
+    src, dst, feeds = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "in.npz"
+    onnx.save_model(_model(), str(src))
+    np.savez(feeds, x=RNG.standard_normal((3, 3, 6, 6)).astype(np.float32))
+    assert main(["optimize", str(src), str(dst), "--inputs", str(feeds), "--json"]) == 0
+    assert '"max_rel_change"' in capsys.readouterr().out
+    assert main(["optimize", str(src), str(dst), "--inputs", str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz" in capsys.readouterr().err

@@ -50,9 +50,9 @@ def load_model(name: str, preset: str | None, embedding_bits: int | None, group_
     if preset:
         model = edgeq.quantize(model, preset, calib=[ids])
     if embedding_bits:
-        from edgeq.quant.embedding import quantize_tied_embedding
+        from edgeq.quant.embedding import quantize_embeddings
 
-        quantize_tied_embedding(model, embedding_bits, group_size)
+        quantize_embeddings(model, embedding_bits, group_size)
     return model, ids.to(torch.int64)
 
 

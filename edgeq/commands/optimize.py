@@ -7,13 +7,14 @@ import json
 
 def register(sub) -> None:
     p = sub.add_parser("optimize", help="run graph passes (fold BN/scales/rotations, integerize, ...) over an ONNX model")
-    p.add_argument("model", help="input ONNX file")
-    p.add_argument("output", help="output ONNX file")
+    p.add_argument("model", nargs="?", help="input ONNX file")
+    p.add_argument("output", nargs="?", help="output ONNX file")
     p.add_argument("--passes", default=None,
                    help="comma-separated pass names, in order (default: the default pipeline); 'list' prints them")
     p.add_argument("--verify", action="store_true",
                    help="run the model on onnxruntime before and after every pass; stop at the first that changes the outputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the verify inputs (default: %(default)s)")
+    p.add_argument("--inputs", metavar="NPZ", help="verify on these inputs (an .npz with one array per graph input name)")
     p.add_argument("--keep-float", action="append", default=[], metavar="NODE",
                    help="integerize: keep this node (name or op type) and its region in float (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -25,19 +26,23 @@ def run(args) -> int:
 
     from edgeq._io import atomic_path
     from edgeq._table import format_table
+    from edgeq.errors import PassError
     from edgeq.passes import DEFAULT_PIPELINE, get_pass, pass_names, run_passes
     from edgeq.targets.compile import load_onnx
 
     if args.passes == "list":
-        rows = [[n, ("yes" if n in DEFAULT_PIPELINE else ""), get_pass(n).doc] for n in pass_names()]
+        rows = [[n, ("yes" if n in DEFAULT_PIPELINE else ""), get_pass(n).doc.split(": ", 1)[-1]] for n in pass_names()]
         print(format_table(["pass", "default", "what it does"], rows))
         return 0
+    if not (args.model and args.output):
+        raise PassError("edgeq optimize needs an input and an output ONNX file (or --passes list)")
     names = [n.strip() for n in args.passes.split(",") if n.strip()] if args.passes else list(DEFAULT_PIPELINE)
     for n in names:
         get_pass(n)  # unknown names fail before any work
     model = load_onnx(args.model)
     options = {"integerize": {"keep_float": args.keep_float}} if args.keep_float else {}
-    result, reports = run_passes(model, names, verify=args.verify, seed=args.seed, options=options)
+    inputs = _load_inputs(args.inputs) if args.inputs else None
+    result, reports = run_passes(model, names, verify=args.verify or inputs is not None, inputs=inputs, seed=args.seed, options=options)
     with atomic_path(args.output) as tmp:
         onnx.save_model(result, str(tmp))
     if args.json:
@@ -47,3 +52,15 @@ def run(args) -> int:
         print(format_table(["pass", "nodes before", "nodes after", "max change / scale"], rows))
         print(f"wrote {args.output}")
     return 0
+
+
+def _load_inputs(path: str) -> dict:
+    import numpy as np
+
+    from edgeq.errors import ModelFileError
+
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a readable .npz of inputs ({type(exc).__name__})") from None

@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--min-cosine", type=float, default=0.999, help="(default: %(default)s)")
     p.add_argument("--min-top1", type=float, default=0.99, help="top-1 agreement of logits (default: %(default)s)")
     p.add_argument("--int-tolerant", action="store_true", help="hold integer outputs to --max-rel instead of bit-exactness")
+    p.add_argument("--exact", action="store_true", help="every output element must equal the reference's (integer-only models)")
     p.add_argument("--no-localize", action="store_true", help="do not search for the first diverging node")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -40,7 +41,8 @@ def run(args) -> int:
             raise RuntimeExecError(f"--dim {item!r}: expected NAME=SIZE")
         dims[name] = int(size)
     inputs = load_inputs(args.inputs, load_onnx(args.model), samples=args.samples, seed=args.seed, dims=dims)
-    tolerance = Tolerance(max_rel=args.max_rel, min_cosine=args.min_cosine, min_top1=args.min_top1, int_exact=not args.int_tolerant)
+    tolerance = Tolerance(max_rel=args.max_rel, min_cosine=args.min_cosine, min_top1=args.min_top1, int_exact=not args.int_tolerant,
+                          exact=args.exact)
     label = args.inputs + (f" (seed {args.seed})" if args.inputs == "random" else "") + (f", first {args.samples}" if args.samples else "")
     report = validate_model(args.model, args.artifacts, inputs, reference=args.reference, device=args.device,
                             tolerance=tolerance, localize=not args.no_localize, inputs_label=label)

@@ -1,13 +1,18 @@
 """Lookup in a packed low-bit embedding table (``WeightOnlyEmbedding``), exported as standard
 ONNX: Gather the packed rows, their scales and zero points, then unpack with BitShift/BitwiseAnd
 and dequantize. The table stays packed in the file (and can be shared with a tied ``lm_head``
-``LowBitLinear``)."""
+``LowBitLinear``). ``dequantize_packed`` is the same over every row (a weight-only conv weight).
+
+``dequantize_packed`` exports as a placeholder node that ``edgeq.export`` expands after the
+exporter's optimizer has run: its constant folding would otherwise store the weight as float."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import torch
-from onnxscript import ir
+from onnx.defs import OpSchema
+from onnxscript import ir, values
 from onnxscript import opset21 as op
 
 from edgeq.opset import register_translation
@@ -51,3 +56,35 @@ def _onnx_lowbit_embedding(ids, qweight, scales, zeros, bits: int = 4, group_siz
 
 
 register_translation(torch.ops.edgeq.lowbit_embedding.default, _onnx_lowbit_embedding)
+
+
+@torch.library.custom_op("edgeq::dequantize_packed", mutates_args=())
+def dequantize_packed(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """The whole packed table ``[N, P]`` dequantized to float32 ``[N, K]`` (a conv weight)."""
+    return lookup(qweight, scales, zeros, bits, group_size)
+
+
+@dequantize_packed.register_fake
+def _(qweight, scales, zeros, bits, group_size):
+    return torch.empty(qweight.shape[0], qweight.shape[1] * 8 // bits, dtype=torch.float32, device=qweight.device)
+
+
+# A placeholder node the exporter's constant folding cannot evaluate; ``edgeq.export`` replaces it
+# by standard ops afterwards (``expand_packed_weights``).
+PLACEHOLDER_DOMAIN = "edgeq.export"
+_PLACEHOLDER = values.Opset(PLACEHOLDER_DOMAIN, 1)
+onnx.defs.register_schema(OpSchema(
+    "PackedWeight", PLACEHOLDER_DOMAIN, 1, doc="export-time placeholder: a packed weight dequantized",
+    inputs=[OpSchema.FormalParameter("QWeight", "tensor(uint8)"), OpSchema.FormalParameter("Scales", "S"),
+            OpSchema.FormalParameter("Zeros", "tensor(uint8)")],
+    outputs=[OpSchema.FormalParameter("W", "tensor(float)")],
+    type_constraints=[("S", ["tensor(float)", "tensor(float16)"], "scale type")],
+    attributes=[OpSchema.Attribute("bits", OpSchema.AttrType.INT, ""), OpSchema.Attribute("group_size", OpSchema.AttrType.INT, "")],
+))
+
+
+def _onnx_dequantize_packed(qweight, scales, zeros, bits: int = 4, group_size: int = 128):
+    return _PLACEHOLDER.PackedWeight(qweight, scales, zeros, bits=bits, group_size=group_size)
+
+
+register_translation(torch.ops.edgeq.dequantize_packed.default, _onnx_dequantize_packed)

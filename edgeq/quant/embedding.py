@@ -56,17 +56,22 @@ def rtn_table(weight: torch.Tensor, bits: int, group_size: int, bias: torch.Tens
     return WeightOnlyLinear.from_integers(q.reshape(weight.shape).to(torch.uint8), scales, zeros.to(torch.uint8), bits, bias)
 
 
-def quantize_tied_embedding(model: nn.Module, bits: int, group_size: int) -> WeightOnlyEmbedding:
-    """Quantize a HuggingFace LM's input embedding (RTN) and, when ``lm_head`` is tied to it, make
-    ``lm_head`` a ``WeightOnlyLinear`` over the same packed buffers (in place)."""
+def quantize_embeddings(model: nn.Module, bits: int, group_size: int) -> WeightOnlyEmbedding:
+    """Quantize a HuggingFace LM's input embedding (RTN) and a float ``lm_head`` (in place).
+
+    A ``lm_head`` tied to the embedding becomes a ``WeightOnlyLinear`` over the same packed
+    buffers (one table in the file); an untied float one (QuaRot unties it) is quantized alone."""
     table = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     packed = rtn_table(table, bits, group_size)
     embedding = WeightOnlyEmbedding(packed)
     model.set_input_embeddings(embedding)
-    if head is not None and head.weight is table:
-        if head.bias is not None:
-            packed.bias = head.bias.detach().float().clone()
-        model.set_output_embeddings(packed)
+    if isinstance(head, nn.Linear):
+        if head.weight is table:
+            if head.bias is not None:
+                packed.bias = head.bias.detach().float().clone()
+            model.set_output_embeddings(packed)
+        else:
+            model.set_output_embeddings(rtn_table(head.weight, bits, group_size, head.bias))
         model.config.tie_word_embeddings = False  # nothing left for transformers to re-tie
     return embedding

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
 from edgeq.quant import set_submodule
-from edgeq.quant.rtn import GroupQuant, check_grid, clip_ratios, group_params, quantize_with, search_group_params
+from edgeq.quant.rtn import GroupQuant, resolve_group_size, check_grid, clip_ratios, group_params, quantize_with, search_group_params
 from edgeq.quant.weight_only import flat_weight, from_float_layer
 
 
@@ -56,7 +56,7 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     groups = in_features // group_size
     scales = torch.zeros(out_features, groups, device=device)
     zeros = torch.zeros(out_features, groups, device=device)
-    fixed = torch.zeros(groups, dtype=torch.bool)
+    fixed = [False] * groups
     group_of = (perm // group_size).tolist()  # group of the column at each permuted position
     position = torch.empty_like(perm)
     position[perm] = torch.arange(in_features, device=device)  # permuted position of each original column
@@ -156,7 +156,7 @@ def _run(module: nn.Module, batch, kwargs=None):
 
 def _quantize_layer(name: str, layer: nn.Module, hessian: torch.Tensor, recipe) -> nn.Module:
     weight = flat_weight(layer)
-    group_size = recipe.group_size or weight.shape[1]
+    group_size = resolve_group_size(recipe.group_size, weight.shape[1], recipe.group_fallback, name)
     gq = gptq_quantize_weight(weight, hessian, recipe.bits, group_size, recipe.symmetric, recipe.damp,
                               recipe.act_order, recipe.block_size, recipe.clip_steps, layer=name)
     return from_float_layer(layer, gq.q.to(layer.weight.device), gq.scales.to(layer.weight.device),

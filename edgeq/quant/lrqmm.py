@@ -144,9 +144,7 @@ def lrqmm_matmul(a: torch.Tensor, b: torch.Tensor, bits: int, rank: int, *, powe
 
 
 register_recipe_type(LRQMMRecipe)
-for _bits, _group in ((4, 128), (3, 128), (2, 64)):
-    for _rank in (16, 32):
-        register_preset(f"w{_bits}g{_group}-lrqmm-r{_rank}", LRQMMRecipe(bits=_bits, group_size=_group, rank=_rank, skip=("lm_head",)))
-register_preset("w4-lrqmm", LRQMMRecipe(bits=4, group_size=128, rank=16, skip=("lm_head",)))
-register_preset("w3-lrqmm", LRQMMRecipe(bits=3, group_size=128, rank=16, skip=("lm_head",)))
+# group 64: SmolLM2's 576 input features are not a multiple of 128
+register_preset("w4-lrqmm", LRQMMRecipe(bits=4, group_size=64, rank=16, skip=("lm_head",)))
+register_preset("w3-lrqmm", LRQMMRecipe(bits=3, group_size=64, rank=16, skip=("lm_head",)))
 register_preset("w2-lrqmm", LRQMMRecipe(bits=2, group_size=64, rank=32, skip=("lm_head",)))

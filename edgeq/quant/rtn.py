@@ -50,6 +50,23 @@ def check_grid(bits: int, group_size: int, in_features: int, layer: str = "weigh
         )
 
 
+def resolve_group_size(group_size: int | None, in_features: int, fallback: bool = False, layer: str = "weight") -> int:
+    """The group size used for a layer: ``in_features`` for None (per channel); with
+    ``fallback``, a size that does not divide ``in_features`` is replaced by the largest power
+    of two below it (at least 8) that does -- e.g. 128 -> 64 on SmolLM2's 576-wide inputs."""
+    if group_size is None:
+        return in_features
+    if in_features % group_size and fallback:
+        g = 1 << (group_size.bit_length() - 1)
+        while g >= 8 and in_features % g:
+            g //= 2
+        if g >= 8:
+            return g
+    if group_size <= 0 or in_features % group_size:
+        raise QuantizationError(f"{layer}: group size {group_size} does not divide its {in_features} input features")
+    return group_size
+
+
 def group_params(w: torch.Tensor, bits: int, symmetric: bool, clip: torch.Tensor | float = 1.0,
                  scale_dtype=torch.float16) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, zero) for groups ``w`` [..., g] -> each [...]: scale already rounded to

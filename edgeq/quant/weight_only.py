@@ -79,6 +79,15 @@ class WeightOnlyLinear(nn.Module):
             return _CUDA_MATMUL(self, x)
         return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
+    def to_float(self) -> nn.Linear:
+        """An ``nn.Linear`` holding the dequantized weight: the same outputs without unpacking on
+        every call (for long evaluations)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.qweight.device)
+        lin.weight.data = self.dequantized_weight()
+        if self.bias is not None:
+            lin.bias.data = self.bias.clone()
+        return lin
+
     def weight_bytes(self) -> int:
         """Bytes held for the weight: packed integers, scales and zero points (bias excluded)."""
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))

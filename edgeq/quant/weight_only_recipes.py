@@ -4,7 +4,8 @@ Every ``nn.Linear``/``nn.Conv2d`` not matched by ``skip`` becomes a ``WeightOnly
 ``WeightOnlyConv2d``. Presets skip ``lm_head`` (kept in float, as are embeddings, which are not
 linear layers), so on an LLM they quantize every linear of the decoder blocks.
 
-Preset names: ``w{bits}g{group}-[hadamard-]{rtn|gptq}``; ``w8-rtn`` and ``w4-rtn`` are per
+Preset names: ``w{bits}g{group}-[hadamard-]{rtn|gptq}`` (with ``group_fallback``: a layer whose
+input width the group does not divide gets the largest power-of-two group that does); ``w8-rtn`` and ``w4-rtn`` are per
 output channel (``group_size=None``).
 """
 
@@ -22,7 +23,7 @@ from edgeq.errors import QuantizationError
 from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
 from edgeq.quant.gptq import gptq_quantize_model
 from edgeq.quant.quarot import rotate_llama
-from edgeq.quant.rtn import check_grid, quantize_groups
+from edgeq.quant.rtn import check_grid, quantize_groups, resolve_group_size
 from edgeq.quant.weight_only import flat_weight, from_float_layer
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
@@ -34,6 +35,8 @@ class WeightOnlyRecipe(Recipe):
     bits: 2, 3, 4 or 8. group_size: consecutive input features sharing a scale and zero point
     (None: one per output channel). symmetric: zero point fixed at 2**(bits-1). clip_steps: >1
     searches that many clip ratios in [1, 0.5] per group for the least squared error.
+    group_fallback: where group_size does not divide a layer's input features, use the largest
+    power of two below it that does (presets set it: SmolLM2's 576-wide inputs get g64 at g128).
     hadamard: QuaRot rotation of a LLaMA model before quantizing (``seed`` picks its signs).
     """
 
@@ -41,6 +44,7 @@ class WeightOnlyRecipe(Recipe):
     group_size: int | None = 128
     symmetric: bool = False
     clip_steps: int = 0
+    group_fallback: bool = False
     hadamard: bool = False
     seed: int = 0
 
@@ -75,7 +79,8 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
     layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
     for name, layer in layers.items():
         in_features = flat_weight(layer).shape[1]
-        check_grid(recipe.bits, recipe.group_size or in_features, in_features, layer=name)
+        check_grid(recipe.bits, resolve_group_size(recipe.group_size, in_features, recipe.group_fallback, name),
+                   in_features, layer=name)
     if recipe.hadamard:
         rotate_llama(qmodel, recipe.seed)
         layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
@@ -84,7 +89,8 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
     else:
         for name, layer in tqdm(layers.items(), desc="rtn", leave=False):
             weight = flat_weight(layer)
-            gq = quantize_groups(weight, recipe.bits, recipe.group_size or weight.shape[1], recipe.symmetric,
+            group_size = resolve_group_size(recipe.group_size, weight.shape[1], recipe.group_fallback, name)
+            gq = quantize_groups(weight, recipe.bits, group_size, recipe.symmetric,
                                  recipe.clip_steps, layer=name)
             dev = layer.weight.device
             set_submodule(qmodel, name, from_float_layer(layer, gq.q.to(dev), gq.scales.to(dev), gq.zeros.to(dev), recipe.bits))
@@ -98,8 +104,10 @@ register_recipe_type(GPTQRecipe)
 for _bits, _group in ((4, 128), (3, 128), (2, 64), (4, 64), (3, 64), (2, 32)):
     for _hadamard in (False, True):
         _tag = "hadamard-" if _hadamard else ""
-        register_preset(f"w{_bits}g{_group}-{_tag}rtn", RTNRecipe(skip=("lm_head",), bits=_bits, group_size=_group, hadamard=_hadamard))
-        register_preset(f"w{_bits}g{_group}-{_tag}gptq", GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group, hadamard=_hadamard))
+        register_preset(f"w{_bits}g{_group}-{_tag}rtn", RTNRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
+                                                                  group_fallback=True, hadamard=_hadamard))
+        register_preset(f"w{_bits}g{_group}-{_tag}gptq", GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
+                                                                  group_fallback=True, hadamard=_hadamard))
 register_preset("w8-rtn", RTNRecipe(skip=("lm_head",), bits=8, group_size=None, symmetric=True))
 register_preset("w4-rtn", RTNRecipe(skip=("lm_head",), bits=4, group_size=None))
 register_preset("w4-gptq", GPTQRecipe(skip=("lm_head",), bits=4, group_size=None))
