@@ -45,23 +45,55 @@ def unpacked_value(qweight, n, k, bits: int):
 
 
 def packed_linear_te(x, qweight, scales, zeros, bias=None, *, bits: int, group_size: int):
-    """TE compute of ``Y = X @ dequant(qweight).T (+ bias)`` for X ``[M, K]``; float32 out."""
+    """TE compute of ``Y = X @ dequant(qweight).T (+ bias)`` for X ``[M, K]``; float32 out.
+
+    Per group g: ``sum_k x·(q - z)·s = s·(sum_k x·q - z·sum_k x)``, so the inner loop only unpacks
+    and multiplies; scale and zero point are applied once per group (``packed_linear_out``).
+    """
     from tvm import te
 
     m, k_dim = x.shape
     n_dim = qweight.shape[0]
-    k = te.reduce_axis((0, k_dim), name="k")
+    groups = k_dim // group_size
+    if bits in (2, 4, 8):
+        # the reduction walks packed BYTES b and the values h within a byte; X is de-interleaved
+        # once (xd[i, g, h, b] = x[i, g·G + b·per_byte + h]) so both loads are contiguous in b
+        per_byte = 8 // bits
+        nbytes = group_size // per_byte
+        xd = te.compute((m, groups, per_byte, nbytes),
+                        lambda i, g, h, b: x[i, g * group_size + b * per_byte + h].astype("float32"),
+                        name="packed_linear_x")
+        kb = te.reduce_axis((0, nbytes), name="kb")
+        kh = te.reduce_axis((0, per_byte), name="kh")
 
-    def weight(n, kk):
-        g = kk // group_size
-        q = unpacked_value(qweight, n, kk, bits)
-        return (q - zeros[n, g].astype("int32")).astype("float32") * scales[n, g].astype("float32")
+        def byte_value(j, g, h, b):
+            byte = qweight[j, g * nbytes + b].astype("int32")
+            return ((byte >> (h * bits).astype("int32")) & ((1 << bits) - 1)).astype("float32")
 
+        part = te.compute(
+            (m, n_dim, groups),
+            lambda i, j, g: te.sum(xd[i, g, kh, kb] * byte_value(j, g, kh, kb), axis=[kb, kh]),
+            name="packed_linear",
+            attrs={"edgeq_bits": bits, "edgeq_group": group_size},
+        )
+    else:
+        kk = te.reduce_axis((0, group_size), name="k")
+        part = te.compute(
+            (m, n_dim, groups),
+            lambda i, j, g: te.sum(x[i, g * group_size + kk].astype("float32")
+                                   * unpacked_value(qweight, j, g * group_size + kk, bits).astype("float32"), axis=kk),
+            name="packed_linear",
+            attrs={"edgeq_bits": bits, "edgeq_group": group_size},
+        )
+    kx = te.reduce_axis((0, group_size), name="kx")
+    xsum = te.compute((m, groups), lambda i, g: te.sum(x[i, g * group_size + kx].astype("float32"), axis=kx),
+                      name="packed_linear_xsum")
+    gr = te.reduce_axis((0, groups), name="g")
     y = te.compute(
         (m, n_dim),
-        lambda i, j: te.sum(x[i, k].astype("float32") * weight(j, k), axis=k),
-        name="packed_linear",
-        attrs={"edgeq_bits": bits, "edgeq_group": group_size},
+        lambda i, j: te.sum(scales[j, gr].astype("float32")
+                            * (part[i, j, gr] - zeros[j, gr].astype("float32") * xsum[i, gr]), axis=gr),
+        name="packed_linear_out",
     )
     if bias is None:
         return y

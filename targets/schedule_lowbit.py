@@ -32,28 +32,30 @@ def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
 
 
 def _schedule(sch, block) -> bool:
+    """``block`` computes part[i, j, g] = sum x·q over group g, reducing over packed bytes (and
+    the values within a byte) or, for 3 bits, over k; ``packed_linear_out`` reduces the groups
+    with their scales and zero points into y[i, j]."""
     loops = sch.get_loops(block)
-    if len(loops) != 3:
+    if len(loops) not in (4, 5):
         return False
-    bits = int(sch.get(block).annotations.get("edgeq_bits", 8))
-    per_byte = 8 // bits if bits in (2, 4, 8) else 1  # values in one byte: the innermost k split
-    i, j, k = loops
-    extent = sch.get(k).extent
-    if not isinstance(extent, tvm.tirx.IntImm) or extent.value % (LANES * per_byte):
+    lanes_loop = loops[3]  # bytes (2/4/8 bits) or k (3 bits)
+    extent = sch.get(lanes_loop).extent
+    if not isinstance(extent, tvm.tirx.IntImm) or extent.value % LANES:
         return False
-    # k = (ko, kv, kh): kv indexes consecutive packed BYTES (contiguous vector loads), kh the
-    # value within a byte (a constant shift once unrolled)
-    kv = sch.split(k, [None, LANES, per_byte] if per_byte > 1 else [None, LANES])[1]
-    rf = sch.rfactor(kv, 0)  # partial sums per lane: rf[kv, i, j] over (ko, kh)
-    i, j = sch.get_loops(block)[:2]
+    out = sch.get_sblock("packed_linear_out")
+    i, j, _ = sch.get_loops(out)
     fused = sch.fuse(i, j)
     sch.parallel(fused)
+    kv = sch.split(lanes_loop, [None, LANES])[1]
+    rf = sch.rfactor(kv, 0)  # partial sums per lane: rf[kv, i, j, g]
+    sch.compute_at(block, fused)
     sch.compute_at(rf, fused)
-    lane, outer, *within = sch.get_loops(rf)[1:]  # compute_at keeps the rf block's order
-    sch.reorder(outer, *within, lane)
+    lane, group, outer, *within = sch.get_loops(rf)[1:]  # compute_at keeps the rf block's order
+    sch.reorder(group, outer, *within, lane)
     if within:
         sch.unroll(within[0])
     sch.vectorize(lane)
     sch.set_scope(rf, 0, "local")
-    sch.decompose_reduction(rf, outer)  # zero the lanes once, outside the K loop
+    sch.set_scope(block, 0, "local")
+    sch.decompose_reduction(rf, outer)  # zero the lanes once per group, outside the K loop
     return True
