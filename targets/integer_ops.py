@@ -3,41 +3,32 @@
 integerized graph compiled by TVM gives the same integers as onnxruntime and the PyTorch
 integer reference.
 
-ConvInteger:       y_int32 = conv2d(x', w) - w_zero_point[o] * conv2d(x', ones),  x' = int32(x) - x_zero_point
-                   (= conv2d(x', w - w_zero_point); ONNX pads with the zero point, i.e. with 0
-                   in x'. The weight stays in its stored 8-bit dtype: casting and shifting it
-                   would be constant-folded into an int32 copy four times its size.)
+ConvInteger:       y_int32 = conv2d(x', int32(w) - w_zero_point),  x' = int32(x) - x_zero_point
+                   (ONNX pads with the zero point, i.e. with 0 in x'). One TE reduction that
+                   widens and shifts the weight inside the kernel: the weight constant stays
+                   in its stored 8-bit dtype instead of being folded into an int32 copy.
 DyadicRequantize:  y = clip(((int64(x) * b + 2^(c-1)) >> c) + zero_point, lo, hi)
                    (the rounding contract in ``edgeq.opset.dyadic``; ``>>`` is arithmetic)
 """
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
-from tvm import relax, topi
+from tvm import relax, te, topi
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from edgeq.targets.importer import register_converter
 
 
-def _output_channel_zero_point(bb, zp):
-    """An int32 weight zero point shaped to broadcast over NCHW outputs ([O] -> [1, O, 1, 1])."""
-    zp = bb.normalize(relax.op.astype(zp, "int32"))
-    if len(zp.ty.shape) == 1:
-        zp = relax.op.reshape(zp, [1, -1, 1, 1])
-    return zp
-
-
 @register_converter("ConvInteger")
 class ConvInteger(OnnxOpConverter):
-    """ONNX ConvInteger (2-D) as an int32 conv2d."""
+    """ONNX ConvInteger (2-D) as one int32 reduction."""
 
     @classmethod
     def _impl_v10(cls, bb, inputs, attr, params):
         x, w = inputs[0], inputs[1]
         x_zp = inputs[2] if len(inputs) > 2 else None
-        w_zp = inputs[3] if len(inputs) > 3 else None
+        w_zp = inputs[3] if len(inputs) > 3 else relax.const(0, "int32")
         if len(x.ty.shape) != 4:
             raise NotImplementedError(f"ConvInteger: only 2-D convolutions (NCHW) are lowered, got rank {len(x.ty.shape)}")
         auto_pad = attr.get("auto_pad", b"NOTSET")
@@ -47,40 +38,51 @@ class ConvInteger(OnnxOpConverter):
         x = relax.op.astype(x, "int32")
         if x_zp is not None:
             x = bb.normalize(relax.op.subtract(x, relax.op.astype(x_zp, "int32")))
+        pads = [0, 0, 0, 0] if auto_pad == "VALID" else [int(p) for p in attr.get("pads", [0, 0, 0, 0])]
+        strides = [int(s) for s in attr.get("strides", [1, 1])]
+        dilations = [int(d) for d in attr.get("dilations", [1, 1])]
         groups = int(attr.get("group", 1))
-        conv = dict(
-            strides=list(attr.get("strides", [1, 1])),
-            padding=[0, 0, 0, 0] if auto_pad == "VALID" else list(attr.get("pads", [0, 0, 0, 0])),
-            dilation=list(attr.get("dilations", [1, 1])),
-            groups=groups, data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32",
-        )
-        y = relax.op.nn.conv2d(x, w, **conv)
-        if w_zp is None:
-            return y
-        out_ch, in_per_group, kh, kw = (int(d) for d in w.ty.shape)
-        # window sums of x' (one output channel suffices without groups)
-        ones = np.ones((1 if groups == 1 else out_ch, in_per_group, kh, kw), dtype=np.int8)
-        window = relax.op.nn.conv2d(x, relax.const(ones), **conv)
-        return relax.op.subtract(y, relax.op.multiply(_output_channel_zero_point(bb, w_zp), window))
+
+        def conv_integer(x, w, w_zp):
+            n, _, height, width = x.shape
+            out_ch, per_group, kh, kw = (int(d) for d in w.shape)
+            padded = topi.nn.pad(x, [0, 0, pads[0], pads[1]], [0, 0, pads[2], pads[3]])
+            out_h = (height + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+            out_w = (width + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+            rc, ry, rx = te.reduce_axis((0, per_group)), te.reduce_axis((0, kh)), te.reduce_axis((0, kw))
+            out_per_group = out_ch // groups
+
+            def zero_point(o):
+                return w_zp[o] if len(w_zp.shape) == 1 else w_zp()
+
+            return te.compute(
+                (n, out_ch, out_h, out_w),
+                lambda b, o, i, j: te.sum(
+                    padded[b, o // out_per_group * per_group + rc, i * strides[0] + ry * dilations[0], j * strides[1] + rx * dilations[1]]
+                    * (w[o, rc, ry, rx].astype("int32") - zero_point(o).astype("int32")),
+                    axis=[rc, ry, rx],
+                ),
+                name="conv_integer",
+            )
+
+        return bb.emit_te(conv_integer, x, w, w_zp, primfunc_name_hint="conv_integer")
 
 
 @register_converter("DyadicRequantize")
 class DyadicRequantize(OnnxOpConverter):
-    """``edgeq.DyadicRequantize`` in int64 with an arithmetic right shift, as one TE function:
-    the per-channel multiplier and shift constants enter it in their stored int32 and are
-    widened inside the kernel, not folded into int64 copies."""
+    """``edgeq.DyadicRequantize`` in int64 with an arithmetic right shift."""
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         x, multiplier, shift, zero_point = inputs
-        lo, hi = int(attr["lo"]), int(attr["hi"])
-
-        def requantize(x, m, s, zp):
-            i64 = "int64"
-            one = tvm.tirx.const(1, i64)
-            s64 = topi.cast(s, i64)
-            t = topi.add(topi.multiply(topi.cast(x, i64), topi.cast(m, i64)), topi.left_shift(one, topi.subtract(s64, one)))
-            y = topi.add(topi.right_shift(t, s64), topi.cast(zp, i64))
-            return topi.cast(topi.clip(y, lo, hi), "int32")
-
-        return bb.emit_te(requantize, x, multiplier, shift, zero_point, primfunc_name_hint="dyadic_requantize")
+        i64 = "int64"
+        x = relax.op.astype(x, i64)
+        m = relax.op.astype(multiplier, i64)
+        s = relax.op.astype(shift, i64)
+        one = relax.const(1, i64)
+        half = relax.op.left_shift(one, relax.op.subtract(s, one))
+        t = relax.op.add(relax.op.multiply(x, m), half)
+        y = relax.op.add(relax.op.right_shift(t, s), relax.op.astype(zero_point, i64))
+        y = relax.op.maximum(y, relax.const(int(attr["lo"]), i64))
+        y = relax.op.minimum(y, relax.const(int(attr["hi"]), i64))
+        return relax.op.astype(y, "int32")
