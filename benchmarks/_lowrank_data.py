@@ -1,12 +1,12 @@
-"""Real SmolLM2-135M weights and the activations that reach them, for the low-rank benchmarks."""
+"""Shared parts of the low-rank benchmarks: real SmolLM2-135M weights with the activations
+that reach them, a best-of-N timer and the relative error."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
 
 import torch
 
-WIKITEXT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 # one attention and one MLP input of an early, a middle and a late block
 LAYERS = ("model.layers.0.self_attn.q_proj", "model.layers.14.mlp.down_proj", "model.layers.29.mlp.gate_proj")
 
@@ -14,10 +14,10 @@ LAYERS = ("model.layers.0.self_attn.q_proj", "model.layers.14.mlp.down_proj", "m
 def smollm2_layers(names=LAYERS, tokens: int = 256) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{name: (weight [out, in], inputs [tokens, in])} captured on the start of WikiText-2 test."""
     from edgeq.models.smollm2 import load_smollm2
+    from edgeq.models.wikitext import find_wikitext
 
     model, tok = load_smollm2()
-    text = Path("/work/shared/data/wikitext-2-raw/wiki.test.raw")
-    text = text if text.exists() else WIKITEXT
+    text = find_wikitext()
     ids = tok(text.read_text()[:20000], return_tensors="pt").input_ids[:, :tokens]
     captured = {}
     handles = [model.get_submodule(n).register_forward_pre_hook(
@@ -28,3 +28,18 @@ def smollm2_layers(names=LAYERS, tokens: int = 256) -> dict[str, tuple[torch.Ten
     for h in handles:
         h.remove()
     return {n: (model.get_submodule(n).weight.detach().clone(), captured[n]) for n in names}
+
+
+def best_time(fn, repeats: int = 3):
+    """(result, best wall time in seconds of ``repeats`` runs of ``fn``)."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def rel_error(approx: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative Frobenius error ||approx - ref|| / ||ref||."""
+    return float((approx - ref).norm() / ref.norm())

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_results, markdown_table  # noqa: E402
-from _lowrank_data import smollm2_layers  # noqa: E402
+from _lowrank_data import best_time, rel_error, smollm2_layers  # noqa: E402
 
 from edgeq.quant.lopro import rtn_linear  # noqa: E402
 from edgeq.quant.lrqmm import lrqmm_matmul, quantized_matmul  # noqa: E402
@@ -31,31 +30,17 @@ from edgeq.quant.r1svd import r1svd  # noqa: E402
 RANKS = (8, 16, 32)
 
 
-def timed(fn, repeats: int = 3):
-    """(result, best wall time of ``repeats`` runs); one run for the big products."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
-def rel(x, ref):
-    return float((x - ref).norm() / ref.norm())
-
-
 def activation_rows(case, a, b):
     ref = a @ b
     repeats = 1 if a.shape[0] * a.shape[1] * b.shape[1] > 1e9 else 3
     rows = []
     for bits in (4, 8):
-        direct, t_direct = timed(lambda: quantized_matmul(a, b, bits), repeats)
-        e_direct = rel(direct, ref)
+        direct, t_direct = best_time(lambda: quantized_matmul(a, b, bits), repeats)
+        e_direct = rel_error(direct, ref)
         rows.append([case, "A·B", bits, "direct", f"{e_direct:.3e}", "1.00", f"{t_direct:.3f}", ""])
         for r in RANKS:
-            out, t = timed(lambda: lrqmm_matmul(a, b, bits, r), repeats)
-            e = rel(out, ref)
+            out, t = best_time(lambda: lrqmm_matmul(a, b, bits, r), repeats)
+            e = rel_error(out, ref)
             rows.append([case, "A·B", bits, f"LRQMM r{r}", f"{e:.3e}", f"{e_direct / e:.2f}", f"{t:.3f}",
                          f"+{100 * (t - t_direct) / t_direct:.0f}%"])
     return rows
@@ -66,11 +51,11 @@ def weight_rows(case, w, x, group):
     rows = []
     for bits in (4, 8):
         core = rtn_linear(w, bits, group).dequantized_weight()
-        e_direct = rel(x @ core.T, ref)
+        e_direct = rel_error(x @ core.T, ref)
         rows.append([case, f"W g{group}", bits, "RTN", f"{e_direct:.3e}", "1.00", "", ""])
         for r in RANKS:
-            lr, t = timed(lambda: r1svd(w - core, r), 1)
-            e = rel(x @ core.T + (x @ lr.v.T) @ lr.u.T, ref)
+            lr, t = best_time(lambda: r1svd(w - core, r), 1)
+            e = rel_error(x @ core.T + (x @ lr.v.T) @ lr.u.T, ref)
             rows.append([case, f"W g{group}", bits, f"LRQMM r{r}", f"{e:.3e}", f"{e_direct / e:.2f}", f"{t:.3f} (offline)", ""])
     return rows
 

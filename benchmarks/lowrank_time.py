@@ -15,31 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_results, markdown_table  # noqa: E402
-from _lowrank_data import smollm2_layers  # noqa: E402
+from _lowrank_data import best_time, rel_error, smollm2_layers  # noqa: E402
 
 from edgeq.quant.r1svd import r1svd  # noqa: E402
 
 RANKS = (8, 16, 32)
-
-
-def best_time(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
-def rel(w, approx):
-    return float((w - approx).norm() / w.norm())
 
 
 def weight_like(n, seed=0):
@@ -57,13 +43,13 @@ def rows_for(case, w):
     rows = []
     for r in RANKS:
         lr, t_r1 = best_time(lambda: r1svd(w, r, power_iters=2), 3)
-        e = rel(w, lr.matrix())
+        e = rel_error(lr.matrix(), w)
         r_full = int((tail <= e * (1 + 1e-6)).nonzero()[0])
         low_note, t_low = "none reached", float("nan")
         for niter in range(5):
             torch.manual_seed(0)
             (u, sv, v), t = best_time(lambda: torch.svd_lowrank(w, q=r, niter=niter), 3)
-            if rel(w, (u * sv) @ v.T) <= e * (1 + 1e-6):
+            if rel_error((u * sv) @ v.T, w) <= e * (1 + 1e-6):
                 low_note, t_low = f"niter={niter}", t
                 break
         rows.append([case, r, f"{e:.4f}", f"{t_r1:.3f}", f"{t_full:.3f} (r'={r_full})", f"{t_low:.3f} ({low_note})",

@@ -154,7 +154,6 @@ def _pyplot():
 
 def plot_op_times(breakdowns: dict[str, Sequence[OpTime]], path: str | Path, title: str, top: int = 12) -> Path:
     """Horizontal bars: time per run of each op kind, one panel per executor."""
-    from edgeq._io import atomic_path
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(breakdowns), figsize=(6.5 * len(breakdowns), 4.8), squeeze=False)
@@ -167,6 +166,14 @@ def plot_op_times(breakdowns: dict[str, Sequence[OpTime]], path: str | Path, tit
         ax.set_xlabel("milliseconds per run")
         ax.set_title(f"{executor}: {total:.3g} ms per run")
         ax.set_xlim(0, max(v for _, v in kinds) * 1.45)
+    return _save_figure(fig, title, path)
+
+
+def _save_figure(fig, title: str, path: str | Path) -> Path:
+    """Title, lay out and write ``fig`` as a PNG atomically, then free it."""
+    from edgeq._io import atomic_path
+
+    plt = _pyplot()
     fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
@@ -239,7 +246,6 @@ def plot_tradeoff(points: Sequence[RecipePoint], path: str | Path, title: str) -
     per recipe."""
     from matplotlib.lines import Line2D
 
-    from edgeq._io import atomic_path
 
     plt = _pyplot()
     fig, (ax_lat, ax_size) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
@@ -267,13 +273,7 @@ def plot_tradeoff(points: Sequence[RecipePoint], path: str | Path, title: str) -
                     Line2D([], [], marker="s", linestyle="", markerfacecolor="none", color="gray", label="TVM artifact")]
     ax_lat.legend(handles=recipe_handles + exec_handles, fontsize=8, loc="lower left", title="recipe / executor")
     ax_size.legend(handles=size_handles, fontsize=8, loc="lower left", title="file")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, title, path)
 
 
 def summarize(latencies: Sequence[Latency]) -> str:
