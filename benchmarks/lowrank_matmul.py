@@ -7,7 +7,12 @@ E_A B̂ + Â E_B with rank-r R1SVD factors of the residuals, computed at run tim
 Weight side (the ``lrqmm`` recipe): W group-wise RTN (g128 asym) + rank-r factors of its residual,
 activations in float.
 
-    python benchmarks/lowrank_matmul.py [--size 4096] [--json]
+A second table gives each 4-bit residual's singular-value spectrum: the share of its energy
+(squared Frobenius norm) that the top 8/16/32 singular directions hold, and the error ratio an
+exact rank-32 removal would reach on the residual itself, 1 / sqrt(1 - share32). No rank-32
+compensation can beat that ratio by much; where it is near 1 the residual is close to white noise.
+
+    python benchmarks/lowrank_matmul.py [--size 4096] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from _results import append_results, markdown_table  # noqa: E402
 from _lowrank_data import best_time, rel_error, smollm2_layers  # noqa: E402
 
 from edgeq.quant.lopro import rtn_linear  # noqa: E402
-from edgeq.quant.lrqmm import lrqmm_matmul, quantized_matmul  # noqa: E402
+from edgeq.quant.lrqmm import lrqmm_matmul, quantize_rows, quantized_matmul  # noqa: E402
 from edgeq.quant.r1svd import r1svd  # noqa: E402
 
 RANKS = (8, 16, 32)
@@ -60,26 +65,46 @@ def weight_rows(case, w, x, group):
     return rows
 
 
+def spectrum_row(case, residual_name, e):
+    s2 = torch.linalg.svdvals(e).square()
+    share = [float(s2[:r].sum() / s2.sum()) for r in RANKS]
+    return [case, residual_name, *(f"{100 * f:.2f}%" for f in share), f"{(1 - share[-1]) ** -0.5:.3f}"]
+
+
+def spectrum_rows(case, a, b, w, group):
+    """The 4-bit residuals: activation side E_A (A per row), E_B (B per column); weight side W - RTN(W)."""
+    rows = [spectrum_row(case, "E_A = A - Q4(A)", a - quantize_rows(a, 4)),
+            spectrum_row(case, "E_B = B - Q4(B)", b - quantize_rows(b.T, 4).T)]
+    return rows + [spectrum_row(case, f"E_W = W - RTN4 g{group}(W)", w - rtn_linear(w, 4, group).dequantized_weight())]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     n = args.size
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     rows = activation_rows(f"Gaussian {n}²", a, b)
     rows += weight_rows(f"Gaussian {n}²", b.T.contiguous(), a[:512], 128)
+    spectra = spectrum_rows(f"Gaussian {n}²", a, b, b.T.contiguous(), 128)
     del a, b
     for name, (w, x) in smollm2_layers().items():
         short = name.replace("model.layers.", "L").replace("self_attn.", "").replace("mlp.", "")
-        rows += activation_rows(f"SmolLM2 {short} {tuple(w.shape)}", x, w.T.contiguous())
-        rows += weight_rows(f"SmolLM2 {short} {tuple(w.shape)}", w, x, 64 if w.shape[1] % 128 else 128)
+        case, group = f"SmolLM2 {short} {tuple(w.shape)}", 64 if w.shape[1] % 128 else 128
+        rows += activation_rows(case, x, w.T.contiguous())
+        rows += weight_rows(case, w, x, group)
+        spectra += spectrum_rows(case, x, w.T.contiguous(), w, group)
     headers = ["matrices", "quantized", "bits", "method", "rel. Frobenius error", "error ÷", "time s", "extra time"]
+    spectrum_headers = ["matrices", "4-bit residual", *(f"energy in top {r}" for r in RANKS), "best rank-32 error ÷"]
     if args.json:
-        print(json.dumps([dict(zip(headers, r)) for r in rows], indent=1))
-    table = markdown_table(headers, rows)
+        print(json.dumps({"matmul": [dict(zip(headers, r)) for r in rows],
+                          "spectrum": [dict(zip(spectrum_headers, r)) for r in spectra]}, indent=1))
+    table = markdown_table(headers, rows) + "\n\n" + markdown_table(spectrum_headers, spectra)
     print(table)
     if not args.no_record:
         append_results("Low-rank: LRQMM matmul error vs direct quantized matmul", table, NOTES)

@@ -8,15 +8,21 @@ LoPRo share the calibration windows (drawn after the evaluated ones, seed 0) and
 block-by-block Hessian capture. Each quantized model is evaluated as float Linears of its
 dequantized weights (the layers' tests check that the inference forms compute exactly that).
 
-    python benchmarks/lowrank_perplexity.py [--windows 40] [--calib 16] [--bits 3 2] [--blocks 30] [--no-record]
+    python benchmarks/lowrank_perplexity.py [--windows 40] [--calib 16] [--bits 3 2] [--blocks 30] [--threads 1]
+        [--json ROWS] [--from-json ROWS ...] [--no-record]
 
 ``--blocks N`` quantizes only the first N decoder blocks: a cheaper run on a shared CPU.
+``--json ROWS`` writes each finished row as it comes (a run cut short keeps them);
+``--from-json`` builds the table from such files instead of running.
+The windows and calibration windows are those of ``benchmarks/weight_only.py`` with the same
+``--windows``/``--calib`` (``edgeq.models.wikitext``), so its rows compare with that table.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -72,8 +78,16 @@ def main(argv=None):
     p.add_argument("--bits", type=int, nargs="+", default=[3, 2])
     p.add_argument("--blocks", type=int, default=30, help="quantize the linears of the first N decoder blocks only")
     p.add_argument("--no-float", action="store_true", help="skip the float32 row")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--json", default=None, help="write the rows to this file as they finish")
+    p.add_argument("--from-json", nargs="+", default=None, help="make the table from these --json files")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
+    headers = ["method", "bits/weight", f"WikiText-2 ppl ({args.windows}×{SEQ_LEN})", "quantize s"]
+    if args.from_json:
+        rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())]
+        return record(args, headers, rows)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = load_smollm2()
     tokens = wikitext_tokens(tok)
@@ -88,20 +102,27 @@ def main(argv=None):
         seconds = time.perf_counter() - t0
         bpw = effective_bits(q)
         ppl = perplexity(as_float(q), tokens, args.windows)
-        rows.append([label, f"{bpw:.3f}", f"{ppl:.2f}", f"{seconds:.0f}"])
-        print(" | ".join(rows[-1]), flush=True)
+        add([label, f"{bpw:.3f}", f"{ppl:.2f}", f"{seconds:.0f}"])
         return bpw
 
+    def add(r):
+        rows.append(r)
+        print(" | ".join(r), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows))
+
     if not args.no_float:
-        rows.append(["float32", "32", f"{perplexity(model, tokens, args.windows):.2f}", ""])
-        print(" | ".join(rows[-1]), flush=True)
-    for bits in args.bits:
-        row(f"GPTQ W{bits} g64", GPTQRecipe(bits=bits, group_size=64), True)
+        add(["float32", "32", f"{perplexity(model, tokens, args.windows):.2f}", ""])
+    for bits in args.bits:  # the "Done when" comparisons first, so that a run cut short has them
         lopro_bpw = row(f"LoPRo W{bits} (w{bits}-lopro)", f"w{bits}-lopro", True)
-        row(f"LRQMM W{bits} (w{bits}-lrqmm)", f"w{bits}-lrqmm", False)
         group = max((g for g in GROUPS if gptq_bits(bits, g) >= lopro_bpw), default=GROUPS[-1])
         row(f"GPTQ W{bits} g{group} (≥ LoPRo's bits)", GPTQRecipe(bits=bits, group_size=group), True)
-    headers = ["method", "bits/weight", f"WikiText-2 ppl ({args.windows}×{SEQ_LEN})", "quantize s"]
+        row(f"GPTQ W{bits} g64", GPTQRecipe(bits=bits, group_size=64), True)
+        row(f"LRQMM W{bits} (w{bits}-lrqmm)", f"w{bits}-lrqmm", False)
+    record(args, headers, rows)
+
+
+def record(args, headers, rows):
     table = markdown_table(headers, rows)
     print(table)
     if not args.no_record:
@@ -109,9 +130,10 @@ def main(argv=None):
             f"The linears of decoder blocks 0..{args.blocks - 1} quantized (of 30; the rest float32); embeddings and the tied lm_head float32. Bits/weight count packed "
             f"integers, float16 scales, uint8 zeros, low-rank factors and LoPRo's 8-bit salient block (not the int64 "
             f"permutation index, 576 or 1536 entries per layer). {args.calib} calibration windows of {SEQ_LEN} tokens "
-            f"(seed 0) after the evaluated ones, shared by GPTQ and LoPRo; GPTQ act-order, damp 0.01, asymmetric. "
-            f"Group 64 is the base grid because 128 does not divide SmolLM2's 576 input features. The matched-bits GPTQ "
-            f"row takes the largest group whose bits/weight is at least LoPRo's."))
+            f"(seed 0) after the {args.windows} evaluated ones (the windows of benchmarks/weight_only.py with the same "
+            f"--windows/--calib), shared by GPTQ and LoPRo; GPTQ act-order, damp 0.01, asymmetric; {args.threads} torch "
+            f"thread(s). Group 64 is the base grid because 128 does not divide SmolLM2's 576 input features. The "
+            f"matched-bits GPTQ row takes the largest group whose bits/weight is at least LoPRo's."))
 
 
 if __name__ == "__main__":

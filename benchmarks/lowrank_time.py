@@ -7,7 +7,7 @@ is given q = r and the fewest subspace iterations (0..4) whose error is <= e. Ma
 SmolLM2-135M weights of three shapes, and a 4096x4096 weight-like matrix (a decaying rank-256 part
 plus noise). Each configuration is timed a fixed number of times (best of 3; the 4096² full SVD once).
 
-    python benchmarks/lowrank_time.py [--size 4096] [--no-record] [--json]
+    python benchmarks/lowrank_time.py [--size 4096] [--threads 1] [--no-record] [--json]
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ def weight_like(n, seed=0):
 
 def rows_for(case, w):
     big = w.numel() > 4e6
-    _, t_full = best_time(lambda: torch.linalg.svd(w, full_matrices=False), 1 if big else 3)
-    s = torch.linalg.svdvals(w)
+    (_, s, _), t_full = best_time(lambda: torch.linalg.svd(w, full_matrices=False), 1 if big else 3)
     tail = (s.square().flip(0).cumsum(0).flip(0) / s.square().sum()).sqrt()  # tail[k] = opt error at rank k
     rows = []
     for r in RANKS:
@@ -61,8 +60,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (all three methods)")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     rows = []
     for name, (w, _) in smollm2_layers().items():
         rows += rows_for(f"SmolLM2 {name.replace('model.layers.', 'L')} {tuple(w.shape)}", w)

@@ -86,15 +86,16 @@ def test_recipe_on_model_and_bad_input():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))
     calib = [torch.randn(64, 128) for _ in range(32)]
-    q = edgeq.quantize(model, LoProRecipe(bits=4, rank=4), calib=calib)
+    # blocks and groups of 64 (not the defaults, 32): on these 128-input layers a 64-column salient block
+    q = edgeq.quantize(model, LoProRecipe(bits=4, rank=4, block_size=64, group_size=64), calib=calib)
     assert isinstance(q[0], LoProLinear) and isinstance(q[2], LoProLinear)
     x = torch.randn(16, 128)
     plain_rtn = edgeq.quantize(model, LRQMMRecipe(bits=4, group_size=64, rank=0))
     with torch.no_grad():
         err = float((q(x) - model(x)).norm() / model(x).norm())
         err_rtn = float((plain_rtn(x) - model(x)).norm() / model(x).norm())
-    # uniform-init weights have no outliers, so rotation gains nothing here; GPTQ and the
-    # salient/low-rank parts still must beat plain 4-bit RTN
+    # uniform-init weights have no outliers, so rotation gains nothing here (it makes their
+    # flat distribution Gaussian-tailed); GPTQ and the salient/low-rank parts still must beat plain 4-bit RTN
     assert err < 0.9 * err_rtn
     with pytest.raises(QuantizationError, match="calibration data"):
         edgeq.quantize(model, LoProRecipe())

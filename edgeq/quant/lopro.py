@@ -22,13 +22,16 @@ Bits per weight count everything held: the packed core with its scales and zeros
 block's integers and scales, and the low-rank factors. The permutation (``in_features`` int64
 values, shared by all output rows) is reported separately by ``index_bytes``.
 
-Defaults (rank 8, block 64, one 8-bit salient block, group 64) were chosen by measuring the
-held-out output error ``|X (W - Ŵ)^T| / |X W^T|`` against the bits spent: on a seeded matrix
-with outlier columns and correlated inputs (the setting of ``tests/test_lowrank_lopro.py``) each
-part lowers the error of plain GPTQ at W3/W2 (rank 8: 0.25 -> 0.03-0.07 relative). The cost on
-SmolLM2-135M: rank 8 fp16 factors add 0.31-0.44 bits per weight, the 8-bit salient block of 64
-columns 0.35 (1536 inputs) to 0.93 (576 inputs); rank 16 doubles the former.
-``benchmarks/lopro_knobs.py`` repeats the sweep on real SmolLM2-135M layers.
+Defaults (rank 8 with int8 factors, Hadamard blocks of 32, one 8-bit salient block of 32
+columns, group 32) were chosen by ``benchmarks/lopro_knobs.py`` on real SmolLM2-135M layers: the
+held-out output error ``|X (W - Ŵ)^T| / |X W^T|`` divided by GPTQ's at the same bits per weight
+(interpolated between GPTQ g64/g32/g16), averaged over 3 and 2 bits. The old defaults (fp16
+rank-8 factors, a 64-column salient block, group 64) spent 0.8-0.9 bits per weight more than GPTQ
+g64 for 1.04 (W3) / 1.13 (W2) times GPTQ's error at those bits; these spend ~0.85 more for
+0.95 / 1.02. The four best settings lie within 0.01 of each other (0.979-0.986, mean of W3 and
+W2; rotation alone at group 16 or 64 is at the top), which three layers cannot separate; the
+defaults are the one of them that keeps every LoPRo part (low-rank branch and salient block).
+See benchmarks/RESULTS.md, "LoPRo knob sweep".
 """
 
 from __future__ import annotations
@@ -211,12 +214,12 @@ class LoProRecipe(Recipe):
 
     METHOD = "lopro"
     bits: int = 3
-    group_size: int = 64
+    group_size: int = 32
     rank: int = 8
-    block_size: int = 64
+    block_size: int = 32
     salient_blocks: int = 1
     salient_bits: int = 8
-    factor_dtype: str = "float16"
+    factor_dtype: str = "int8"
     quantizer: str = "gptq"
     power_iters: int = 2
 
