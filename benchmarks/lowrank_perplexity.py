@@ -46,6 +46,7 @@ from edgeq.recipes import resolve_recipe  # noqa: E402
 QUANTIZED = (LoProLinear, LowRankCorrectedLinear, WeightOnlyLinear)
 # group sizes that divide SmolLM2's 576 and 1536 input features and pack at 2 and 3 bits
 GROUPS = (192, 96, 64, 48, 32, 24, 16)
+METHODS = ("lopro", "gptq-matched", "gptq-g64", "lrqmm")
 
 
 def effective_bits(model: nn.Module) -> float:
@@ -58,11 +59,13 @@ def effective_bits(model: nn.Module) -> float:
 def as_float(model: nn.Module) -> nn.Module:
     for name, m in list(model.named_modules()):
         if isinstance(m, QUANTIZED) and name:
-            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            lin = nn.Linear(m.in_features, m.out_features, bias=getattr(m, "bias", None) is not None
+                            or getattr(getattr(m, "core", None), "bias", None) is not None)
+            bias = m.core.bias if isinstance(m, LowRankCorrectedLinear) else m.bias
             with torch.no_grad():
                 lin.weight.copy_(m.dequantized_weight())
-                if m.bias is not None:
-                    lin.bias.copy_(m.bias)
+                if bias is not None:
+                    lin.bias.copy_(bias)
             set_submodule(model, name, lin)
     return model
 
@@ -78,6 +81,8 @@ def main(argv=None):
     p.add_argument("--bits", type=int, nargs="+", default=[3, 2])
     p.add_argument("--blocks", type=int, default=30, help="quantize the linears of the first N decoder blocks only")
     p.add_argument("--no-float", action="store_true", help="skip the float32 row")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="rows per bit width (gptq-matched needs lopro: it matches LoPRo's bits)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", default=None, help="write the rows to this file as they finish")
     p.add_argument("--from-json", nargs="+", default=None, help="make the table from these --json files")
@@ -114,11 +119,15 @@ def main(argv=None):
     if not args.no_float:
         add(["float32", "32", f"{perplexity(model, tokens, args.windows):.2f}", ""])
     for bits in args.bits:  # the "Done when" comparisons first, so that a run cut short has them
-        lopro_bpw = row(f"LoPRo W{bits} (w{bits}-lopro)", f"w{bits}-lopro", True)
-        group = max((g for g in GROUPS if gptq_bits(bits, g) >= lopro_bpw), default=GROUPS[-1])
-        row(f"GPTQ W{bits} g{group} (≥ LoPRo's bits)", GPTQRecipe(bits=bits, group_size=group), True)
-        row(f"GPTQ W{bits} g64", GPTQRecipe(bits=bits, group_size=64), True)
-        row(f"LRQMM W{bits} (w{bits}-lrqmm)", f"w{bits}-lrqmm", False)
+        if "lopro" in args.methods:
+            lopro_bpw = row(f"LoPRo W{bits} (w{bits}-lopro)", f"w{bits}-lopro", True)
+            if "gptq-matched" in args.methods:
+                group = max((g for g in GROUPS if gptq_bits(bits, g) >= lopro_bpw), default=GROUPS[-1])
+                row(f"GPTQ W{bits} g{group} (≥ LoPRo's bits)", GPTQRecipe(bits=bits, group_size=group), True)
+        if "gptq-g64" in args.methods:
+            row(f"GPTQ W{bits} g64", GPTQRecipe(bits=bits, group_size=64), True)
+        if "lrqmm" in args.methods:
+            row(f"LRQMM W{bits} (w{bits}-lrqmm)", f"w{bits}-lrqmm", False)
     record(args, headers, rows)
 
 
@@ -133,7 +142,9 @@ def record(args, headers, rows):
             f"(seed 0) after the {args.windows} evaluated ones (the windows of benchmarks/weight_only.py with the same "
             f"--windows/--calib), shared by GPTQ and LoPRo; GPTQ act-order, damp 0.01, asymmetric; {args.threads} torch "
             f"thread(s). Group 64 is the base grid because 128 does not divide SmolLM2's 576 input features. The "
-            f"matched-bits GPTQ row takes the largest group whose bits/weight is at least LoPRo's."))
+            f"matched-bits GPTQ row takes the largest group whose bits/weight is at least LoPRo's."
+            + (" Rows from runs of this script with these settings and --json (--bits/--methods split across runs), "
+               "merged by this command; quantize seconds are wall time on the shared CPU." if args.from_json else "")))
 
 
 if __name__ == "__main__":
