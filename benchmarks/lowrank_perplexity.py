@@ -83,6 +83,8 @@ def main(argv=None):
     p.add_argument("--no-float", action="store_true", help="skip the float32 row")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="rows per bit width (gptq-matched needs lopro: it matches LoPRo's bits)")
+    p.add_argument("--lopro", nargs="+", default=[], metavar="KNOB=INT",
+                   help="override w{bits}-lopro's knobs, e.g. rank=0 salient_blocks=0 group_size=16")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", default=None, help="write the rows to this file as they finish")
     p.add_argument("--from-json", nargs="+", default=None, help="make the table from these --json files")
@@ -120,7 +122,10 @@ def main(argv=None):
         add(["float32", "32", f"{perplexity(model, tokens, args.windows):.2f}", ""])
     for bits in args.bits:  # the "Done when" comparisons first, so that a run cut short has them
         if "lopro" in args.methods:
-            lopro_bpw = row(f"LoPRo W{bits} (w{bits}-lopro)", f"w{bits}-lopro", True)
+            knobs = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.lopro)}
+            lopro = dataclasses.replace(resolve_recipe(f"w{bits}-lopro"), **knobs)
+            label = f"LoPRo W{bits} (w{bits}-lopro{''.join(f' {k}={v}' for k, v in knobs.items())})"
+            lopro_bpw = row(label, lopro, True)
             if "gptq-matched" in args.methods:
                 group = max((g for g in GROUPS if gptq_bits(bits, g) >= lopro_bpw), default=GROUPS[-1])
                 row(f"GPTQ W{bits} g{group} (≥ LoPRo's bits)", GPTQRecipe(bits=bits, group_size=group), True)
