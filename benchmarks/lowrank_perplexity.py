@@ -136,6 +136,20 @@ def main(argv=None):
     record(args, headers, rows)
 
 
+def verdict(rows) -> str:
+    """LoPRo's perplexity over that of GPTQ at no fewer bits, per bit width (the "Done when" figure)."""
+    out = []
+    for bits in (3, 2):
+        lopro = [r for r in rows if r[0] == f"LoPRo W{bits} (w{bits}-lopro)"]
+        matched = [r for r in rows if r[0].startswith(f"GPTQ W{bits} g") and "LoPRo's bits" in r[0]]
+        if lopro and matched:
+            (l_name, l_bits, l_ppl, _), (g_name, g_bits, g_ppl, _) = lopro[0], matched[0]
+            ratio = float(l_ppl) / float(g_ppl)
+            out.append(f"W{bits}: LoPRo {l_ppl} at {l_bits} bits/weight vs {g_name.split(' (')[0]} {g_ppl} at {g_bits}: "
+                       f"ratio {ratio:.3f} ({'LoPRo better' if ratio < 1 else 'GPTQ better'})")
+    return "; ".join(out) + "." if out else ""
+
+
 def record(args, headers, rows):
     table = markdown_table(headers, rows)
     print(table)
@@ -149,7 +163,8 @@ def record(args, headers, rows):
             f"thread(s). Group 64 is the base grid because 128 does not divide SmolLM2's 576 input features. The "
             f"matched-bits GPTQ row takes the largest group whose bits/weight is at least LoPRo's."
             + (" Rows from runs of this script with these settings and --json (--bits/--methods split across runs), "
-               "merged by this command; quantize seconds are wall time on the shared CPU." if args.from_json else "")))
+               "merged by this command; quantize seconds are wall time on the shared CPU." if args.from_json else "")
+            + " " + verdict(rows)))
 
 
 if __name__ == "__main__":
