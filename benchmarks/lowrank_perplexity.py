@@ -85,6 +85,8 @@ def main(argv=None):
                    help="rows per bit width (gptq-matched needs lopro: it matches LoPRo's bits)")
     p.add_argument("--lopro", nargs="+", default=[], metavar="KNOB=INT",
                    help="override w{bits}-lopro's knobs, e.g. rank=0 salient_blocks=0 group_size=16")
+    p.add_argument("--gptq", nargs="+", default=[], metavar="KNOB=INT",
+                   help="override the GPTQ rows' knobs, e.g. clip_steps=20")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", default=None, help="write the rows to this file as they finish")
     p.add_argument("--from-json", nargs="+", default=None, help="make the table from these --json files")
@@ -120,6 +122,8 @@ def main(argv=None):
 
     if not args.no_float:
         add(["float32", "32", f"{perplexity(model, tokens, args.windows):.2f}", ""])
+    gptq_knobs = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.gptq)}
+    gptq_label = "".join(f" {k}={v}" for k, v in gptq_knobs.items())
     for bits in args.bits:  # the "Done when" comparisons first, so that a run cut short has them
         if "lopro" in args.methods:
             knobs = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.lopro)}
@@ -128,9 +132,10 @@ def main(argv=None):
             lopro_bpw = row(label, lopro, True)
             if "gptq-matched" in args.methods:
                 group = max((g for g in GROUPS if gptq_bits(bits, g) >= lopro_bpw), default=GROUPS[-1])
-                row(f"GPTQ W{bits} g{group} (≥ LoPRo's bits)", GPTQRecipe(bits=bits, group_size=group), True)
+                row(f"GPTQ W{bits} g{group}{gptq_label} (≥ LoPRo's bits)",
+                    GPTQRecipe(bits=bits, group_size=group, **gptq_knobs), True)
         if "gptq-g64" in args.methods:
-            row(f"GPTQ W{bits} g64", GPTQRecipe(bits=bits, group_size=64), True)
+            row(f"GPTQ W{bits} g64{gptq_label}", GPTQRecipe(bits=bits, group_size=64, **gptq_knobs), True)
         if "lrqmm" in args.methods:
             row(f"LRQMM W{bits} (w{bits}-lrqmm)", f"w{bits}-lrqmm", False)
     record(args, headers, rows)

@@ -49,7 +49,7 @@ from edgeq.errors import QuantizationError
 from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
 from edgeq.quant.gptq import gptq_quantize_model
 from edgeq.quant.hadamard import hadamard_matrix, hadamard_transform
-from edgeq.quant.rtn import check_grid, group_params, quantize_groups, quantize_with
+from edgeq.quant.rtn import check_grid, clip_ratios, group_params, quantize_groups, quantize_with, search_group_params
 from edgeq.quant.r1svd import FACTOR_DTYPES, compress_factors, decode_factors, factor_bytes, r1svd
 from edgeq.quant.weight_only import WeightOnlyLinear
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
@@ -66,12 +66,14 @@ def block_hadamard(x: torch.Tensor, block_size: int, inverse: bool = False) -> t
 
 
 def gptq_solve(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, n_quant: int,
-               damp: float = 0.01, block: int = 128):
+               damp: float = 0.01, block: int = 128, clip_steps: int = 0):
     """GPTQ in the given column order, quantizing only the first ``n_quant`` columns.
 
     The columns after them stay in float but still receive the error updates, so they absorb
     what quantization lost. Each group's grid (``edgeq.quant.rtn.group_params``, asymmetric) is
-    fixed from its current values when the solve reaches its first column. Returns (integers
+    fixed from its current values when the solve reaches its first column (``clip_steps`` > 1: the
+    least-squared-error clip ratio of ``edgeq.quant.rtn.clip_ratios``, which matters at 2 bits on
+    Hadamard-rotated, Gaussian-like columns). Returns (integers
     [n, n_quant], float16 scales, zeros, updated trailing columns [n, k - n_quant]).
     """
     w = w.detach().float().clone()
@@ -82,6 +84,7 @@ def gptq_solve(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: in
     w[:, dead] = 0.0
     h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    ratios = clip_ratios(clip_steps) if clip_steps > 1 else None
     q_all = torch.zeros(n, n_quant)
     scales = torch.zeros(n, n_quant // group_size)
     zeros = torch.zeros(n, n_quant // group_size)
@@ -90,7 +93,9 @@ def gptq_solve(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: in
         for j in range(b0, b1):
             g = j // group_size
             if j % group_size == 0:
-                scales[:, g], zeros[:, g] = group_params(w[:, j:j + group_size], bits, symmetric=False)
+                current = w[:, j:j + group_size]
+                scales[:, g], zeros[:, g] = (group_params(current, bits, symmetric=False) if ratios is None
+                                             else search_group_params(current, bits, False, ratios))
             q = quantize_with(w[:, j:j + 1], scales[:, g], zeros[:, g], bits)[:, 0]
             q_all[:, j] = q
             e = (w[:, j] - (q - zeros[:, g]) * scales[:, g]) / u[j, j]
@@ -170,7 +175,8 @@ class LoProLinear(nn.Module):
 
 def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: int, group_size: int, rank: int,
                  block_size: int, salient_blocks: int, salient_bits: int = 8, factor_dtype: str = "float16",
-                 quantizer: str = "gptq", power_iters: int = 2, bias=None, seed: int = 0) -> LoProLinear:
+                 quantizer: str = "gptq", power_iters: int = 2, clip_steps: int = 0, bias=None,
+                 seed: int = 0) -> LoProLinear:
     """Decompose and quantize one weight [out, in]; ``hessian`` [in, in] (None: RTN, weight-norm importance)."""
     w = weight.detach().float()
     n, k = w.shape
@@ -198,7 +204,7 @@ def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: in
         basis[torch.arange(ks), torch.arange(k - ks, k)] = 1.0
         h_rot = basis.T @ hp @ basis
         q, scales, zeros, salient_w = gptq_solve(torch.cat([rest, salient_w], dim=1), h_rot, bits, group_size,
-                                                 n_quant=k - ks)
+                                                 n_quant=k - ks, clip_steps=clip_steps)
         core = WeightOnlyLinear.from_integers(q.to(torch.uint8), scales, zeros.to(torch.uint8), bits)
     elif quantizer == "rtn":
         core = rtn_linear(rest, bits, group_size)
@@ -222,6 +228,7 @@ class LoProRecipe(Recipe):
     factor_dtype: str = "int8"
     quantizer: str = "gptq"
     power_iters: int = 2
+    clip_steps: int = 0
 
 
 def _lopro_layer(name: str, layer: nn.Linear, hessian: torch.Tensor | None, recipe: LoProRecipe) -> LoProLinear:
@@ -229,7 +236,8 @@ def _lopro_layer(name: str, layer: nn.Linear, hessian: torch.Tensor | None, reci
         return lopro_linear(layer.weight, hessian, bits=recipe.bits, group_size=recipe.group_size, rank=recipe.rank,
                             block_size=recipe.block_size, salient_blocks=recipe.salient_blocks,
                             salient_bits=recipe.salient_bits, factor_dtype=recipe.factor_dtype,
-                            quantizer=recipe.quantizer, power_iters=recipe.power_iters, bias=layer.bias)
+                            quantizer=recipe.quantizer, power_iters=recipe.power_iters,
+                            clip_steps=recipe.clip_steps, bias=layer.bias)
     except QuantizationError as e:
         raise QuantizationError(f"layer {name}: {e}") from None
 
