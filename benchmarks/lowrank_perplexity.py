@@ -142,15 +142,13 @@ def main(argv=None):
 
 
 def verdict(rows) -> str:
-    """LoPRo's perplexity over that of GPTQ at no fewer bits, per bit width (the "Done when" figure)."""
+    """Each LoPRo row's perplexity over that of the GPTQ row right after it that spends no fewer
+    bits (the "Done when" figure)."""
     out = []
-    for bits in (3, 2):
-        lopro = [r for r in rows if r[0] == f"LoPRo W{bits} (w{bits}-lopro)"]
-        matched = [r for r in rows if r[0].startswith(f"GPTQ W{bits} g") and "LoPRo's bits" in r[0]]
-        if lopro and matched:
-            (l_name, l_bits, l_ppl, _), (g_name, g_bits, g_ppl, _) = lopro[0], matched[0]
+    for (l_name, l_bits, l_ppl, _), (g_name, g_bits, g_ppl, _) in zip(rows, rows[1:]):
+        if l_name.startswith("LoPRo") and "LoPRo's bits" in g_name:
             ratio = float(l_ppl) / float(g_ppl)
-            out.append(f"W{bits}: LoPRo {l_ppl} at {l_bits} bits/weight vs {g_name.split(' (')[0]} {g_ppl} at {g_bits}: "
+            out.append(f"{l_name} {l_ppl} at {l_bits} bits/weight vs {g_name.split(' (')[0]} {g_ppl} at {g_bits}: "
                        f"ratio {ratio:.3f} ({'LoPRo better' if ratio < 1 else 'GPTQ better'})")
     return "; ".join(out) + "." if out else ""
 

@@ -228,7 +228,7 @@ class LoProRecipe(Recipe):
     factor_dtype: str = "int8"
     quantizer: str = "gptq"
     power_iters: int = 2
-    clip_steps: int = 0
+    clip_steps: int = 20
 
 
 def _lopro_layer(name: str, layer: nn.Linear, hessian: torch.Tensor | None, recipe: LoProRecipe) -> LoProLinear:
