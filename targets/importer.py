@@ -47,7 +47,7 @@ def _extended_convert_map() -> Iterator[None]:
 
 
 # Modules that register converters (one lowering module per op); imported on first import_onnx.
-_LOWERINGS = ("lower_lowbit", "lower_lowrank", "lower_dequantize", "lower_tied")
+_LOWERINGS = ("symbolic_shapes", "lower_lowbit", "lower_lowrank", "lower_dequantize", "lower_tied")
 
 
 def _load_lowerings() -> None:
