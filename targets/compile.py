@@ -50,13 +50,13 @@ class Artifact:
         return cls(path=path, **{k: v for k, v in data.items() if k != "path"})
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
+def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX file; a ModelFileError naming the file when it is missing or corrupt."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:
         raise ModelFileError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     if not model.graph.node:
