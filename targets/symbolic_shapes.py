@@ -47,9 +47,11 @@ class SymbolicExpand(onnx_frontend.Expand):
     @classmethod
     def _impl_v13(cls, bb, inputs, attr, params):
         data, shape = inputs[0], inputs[1]
-        if isinstance(shape, tvm.ir.GenericConst) and not all(isinstance(d, tvm.tirx.IntImm) for d in data.ty.shape):
+        dims = getattr(data.ty, "shape", None)
+        dims = list(dims.values) if isinstance(dims, relax.ShapeExpr) else None
+        if isinstance(shape, tvm.ir.GenericConst) and dims and not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
             target = [int(d) for d in shape.value.numpy().tolist()]
-            target = [1] * (len(data.ty.shape) - len(target)) + target
+            target = [1] * (len(dims) - len(target)) + target
             shape = relax.ShapeExpr([tvm.tirx.IntImm("int64", d) for d in target])
         return super()._impl_v13(bb, [data, shape], attr, params)
 

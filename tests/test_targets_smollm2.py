@@ -6,11 +6,11 @@ sequence lengths and two batch sizes from the one artifact. Both compute in floa
 4-bit weights, so they differ by summation order only: measured 4.8e-6 of the logits' scale;
 the bound is 5e-5. The cross targets give artifacts of the right machine type.
 
-CI time: one full-model compile took 128 s on the loaded 2-core machine, so compiling all nine
-targets would add ~20 min. The full model is compiled for the host and one target of each
-other family (arm64, armv7, hexagon, cuda); the registered variants of a family (x86_64,
-arm64-dotprod, hexagon-v73, cuda-sm90) differ only in target flags, and compile the same model
-cut to 2 decoder layers.
+CI time, full model, wall clock on the loaded shared 2-core machine: cpu 128 s, arm64 45 s,
+cuda-sm80 81 s, hexagon-v68 619 s. All nine targets would add well over 20 min, so the full model
+is compiled for the host, arm64, armv7 and cuda-sm80; hexagon (too slow for CI: 10 min) and the
+registered variants of a family (x86_64, arm64-dotprod, cuda-sm90, which differ only in target
+flags) compile the same model cut to 2 decoder layers.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from test_targets_registry import E_MACHINE, _can_build, elf_machines
 
 pytestmark = pytest.mark.slow
 
-FULL_MODEL_TARGETS = ["cpu", "arm64", "armv7", "hexagon-v68", "cuda-sm80"]
+FULL_MODEL_TARGETS = ["cpu", "arm64", "armv7", "cuda-sm80"]
 TWO_LAYER_TARGETS = [t for t in target_names() if t not in FULL_MODEL_TARGETS]
 REL_TOL = 5e-5
 
