@@ -6,11 +6,12 @@ sequence lengths and two batch sizes from the one artifact. Both compute in floa
 4-bit weights, so they differ by summation order only: measured 4.8e-6 of the logits' scale;
 the bound is 5e-5. The cross targets give artifacts of the right machine type.
 
-CI time, full model, wall clock on the loaded shared 2-core machine: cpu 128 s, arm64 45 s,
-cuda-sm80 81 s, hexagon-v68 619 s. All nine targets would add well over 20 min, so the full model
-is compiled for the host, arm64, armv7 and cuda-sm80; hexagon (too slow for CI: 10 min) and the
-registered variants of a family (x86_64, arm64-dotprod, cuda-sm90, which differ only in target
-flags) compile the same model cut to 2 decoder layers.
+CI time, wall clock on the loaded shared 2-core machine (load ~7): full-model compiles cpu 128 s,
+arm64 45-54 s, armv7 23-43 s, cuda-sm80 50-81 s, hexagon-v68 619 s; the export 107-441 s. Hexagon
+is slow whatever the depth (the 2-layer model took 320 s for v68 and 340 s for v73). So the full
+model is compiled for the host, arm64, armv7 and cuda-sm80; x86_64, arm64-dotprod, cuda-sm90
+(the same families with other target flags) and hexagon-v68 compile the model cut to 2 decoder
+layers. hexagon-v73 (v68 with another -mcpu) is left out of CI for its 340 s; it passed here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from test_targets_registry import E_MACHINE, _can_build, elf_machines
 pytestmark = pytest.mark.slow
 
 FULL_MODEL_TARGETS = ["cpu", "arm64", "armv7", "cuda-sm80"]
-TWO_LAYER_TARGETS = [t for t in target_names() if t not in FULL_MODEL_TARGETS]
+NOT_IN_CI = ["hexagon-v73"]
+TWO_LAYER_TARGETS = [t for t in target_names() if t not in FULL_MODEL_TARGETS + NOT_IN_CI]
 REL_TOL = 5e-5
 
 
@@ -80,8 +82,7 @@ def test_full_model_compiles_for_each_family(smollm2, tmp_path_factory, name):
 
 @pytest.fixture(scope="module")
 def smollm2_w4_two_layers(smollm2, tmp_path_factory):
-    """The exported full model's graph cut to its first 2 decoder layers is not a valid cut
-    (the final norm reads layer 29), so the model is exported again with 2 layers."""
+    """SmolLM2 with its first 2 decoder layers (same shapes and ops), W4 as above, exported."""
     import torch
     from transformers import LlamaForCausalLM
 
