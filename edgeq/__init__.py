@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 
 def compile(onnx_path, target: str = "cpu", out_dir=".", name: str | None = None, specialize: dict | None = None):
     """Compile an ONNX file with TVM for a named target (see ``edgeq.targets``);
-    ``specialize`` fixes named symbolic input dimensions, e.g. ``{"seq": 128}``."""
+    symbolic input dimensions stay symbolic unless ``specialize`` fixes them by name,
+    e.g. ``{"seq": 128}``."""
     from edgeq.targets import compile as _compile
 
     return _compile(onnx_path, target=target, out_dir=out_dir, name=name, specialize=specialize)

@@ -22,21 +22,27 @@ import onnx
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime.executors import Executor, OrtExecutor, TorchExecutor, TvmExecutor
 from edgeq.runtime.localize import Divergence, RunGraph, first_divergence, ort_runner, tvm_runner
-from edgeq.runtime.validate import Numerics, Tolerance, compare
+from edgeq.runtime.validate import Numerics, Tolerance, compare_outputs
 
 CALIB_SAMPLES = 512  # as the demo and the test fixtures calibrate the built-in CNN
 
 
 @dataclass
 class ExecutorResult:
-    numerics: Numerics
+    outputs: list[Numerics]  # one per graph output, in graph order
     ok: bool
     seconds: float
     divergence: Divergence | None = None
     note: str | None = None
 
+    @property
+    def numerics(self) -> Numerics:
+        """The first output's numerics (a model's main output: logits, class scores)."""
+        return self.outputs[0]
+
     def to_dict(self) -> dict:
-        return {"numerics": self.numerics.to_dict(), "ok": self.ok, "seconds": round(self.seconds, 3),
+        return {"numerics": self.numerics.to_dict(), "outputs": [n.to_dict() for n in self.outputs], "ok": self.ok,
+                "seconds": round(self.seconds, 3),
                 "divergence": self.divergence.to_dict() if self.divergence else None, "note": self.note}
 
 
@@ -59,18 +65,22 @@ class ValidationReport:
         return {"model": self.model, "reference": self.reference, "inputs": self.inputs, "ok": self.ok,
                 "tolerance": asdict(self.tolerance), "results": [r.to_dict() for r in self.results]}
 
+    def _row(self, r: ExecutorResult, n: Numerics) -> list[str]:
+        name = f"{n.executor} [{n.output}]" if n.output else n.executor
+        return [
+            name, f"{n.max_abs:.3g}", f"{n.max_rel:.3g}", f"{n.cosine:.6f}",
+            "-" if n.top1_agreement is None else f"{n.top1_agreement:.2%}",
+            "-" if n.mismatches is None else str(n.mismatches), f"{r.seconds:.2f} s",
+            "ok" if self.tolerance.accepts(n) else "DIVERGES",
+        ]
+
     def table(self) -> str:
         from edgeq._table import format_table
 
         rows = []
         for r in self.results:
-            n = r.numerics
-            rows.append([
-                n.executor, f"{n.max_abs:.3g}", f"{n.max_rel:.3g}", f"{n.cosine:.6f}",
-                "-" if n.top1_agreement is None else f"{n.top1_agreement:.2%}",
-                "-" if n.mismatches is None else str(n.mismatches), f"{r.seconds:.2f} s",
-                "ok" if r.ok else "DIVERGES",
-            ])
+            for n in r.outputs:
+                rows.append(self._row(r, n))
         headers = ["executor", "max abs", "max rel", "cosine", "top-1 agree", "mismatches", "time", "verdict"]
         lines = [format_table(headers, rows, title=f"{self.model} vs {self.reference} on {self.inputs}")]
         for r in self.results:
@@ -159,27 +169,42 @@ def validate_model(
     localize: bool = True,
     inputs_label: str = "given inputs",
 ) -> ValidationReport:
-    """Compare the model's executors with the reference on ``inputs`` (first output)."""
+    """Compare the model's executors with the reference on ``inputs``, every graph output."""
     model_path = Path(model)
     ref = reference_for(reference, model_path)
     include_onnx = not (reference == "onnxruntime")
     suspects = suspects_for(model_path, artifacts, device, inputs, include_onnx)
     report = ValidationReport(str(model_path), ref.label, inputs_label, tolerance)
-    want = ref.executor.run(inputs)[0]
+    names = output_names(model_path)
+    want = ref.executor.run(inputs)
+    if len(want) != len(names):
+        raise RuntimeExecError(f"reference {ref.label} gives {len(want)} outputs; {model_path} has {len(names)} "
+                               f"({', '.join(names)})")
     for s in suspects:
         start = time.perf_counter()
         executor = s.make()
         try:
-            got = executor.run(inputs)[0]
+            got = executor.run(inputs)
         finally:
             if hasattr(executor, "close"):
                 executor.close()
-        result = ExecutorResult(compare(executor.name, want, got), ok=False, seconds=time.perf_counter() - start)
-        result.ok = tolerance.accepts(result.numerics)
+        try:
+            outputs = compare_outputs(executor.name, want, got, names)
+        except ValueError as exc:
+            raise RuntimeExecError(str(exc)) from None
+        result = ExecutorResult(outputs, ok=False, seconds=time.perf_counter() - start)
+        result.ok = all(tolerance.accepts(n) for n in outputs)
         if not result.ok and localize:
             _localize(result, s, executor, ref, inputs, tolerance)
         report.results.append(result)
     return report
+
+
+def output_names(model_path: Path) -> list[str]:
+    """The graph's output names, in order (weights stored outside the file are not read)."""
+    from edgeq.targets.compile import load_onnx
+
+    return [o.name for o in load_onnx(model_path, load_external_data=False).graph.output]
 
 
 def _localize(result: ExecutorResult, suspect: Suspect, executor: Executor, ref: Reference, inputs, tolerance: Tolerance) -> None:

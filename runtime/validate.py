@@ -26,6 +26,7 @@ class Numerics:
     int_mismatches: int | None
     elements: int
     mismatches: int | None = None  # elements not exactly equal (any dtype)
+    output: str | None = None  # the graph output compared, when the model has several
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,9 +68,10 @@ class Tolerance:
         return not (final and n.top1_agreement is not None and n.top1_agreement < self.min_top1)
 
 
-def compare(executor: str, ref: np.ndarray, out: np.ndarray) -> Numerics:
+def compare(executor: str, ref: np.ndarray, out: np.ndarray, output: str | None = None) -> Numerics:
     if ref.shape != out.shape:
-        raise ValueError(f"{executor}: output shape {out.shape} differs from the reference's {ref.shape}")
+        what = f"output {output!r}" if output else "output"
+        raise ValueError(f"{executor}: {what} shape {out.shape} differs from the reference's {ref.shape}")
     r = ref.astype(np.float64).ravel()
     o = out.astype(np.float64).ravel()
     diff = np.abs(r - o)
@@ -89,7 +91,17 @@ def compare(executor: str, ref: np.ndarray, out: np.ndarray) -> Numerics:
         int_mismatches=mism,
         elements=int(r.size),
         mismatches=int((ref != out).sum()),
+        output=output,
     )
+
+
+def compare_outputs(executor: str, refs: Sequence[np.ndarray], outs: Sequence[np.ndarray],
+                    names: Sequence[str]) -> list[Numerics]:
+    """One Numerics per graph output (every output, in graph order)."""
+    if not (len(refs) == len(outs) == len(names)):
+        raise ValueError(f"{executor}: {len(outs)} outputs, the reference has {len(refs)} and the graph {len(names)}")
+    label = len(names) > 1
+    return [compare(executor, r, o, name if label else None) for r, o, name in zip(refs, outs, names)]
 
 
 def validate(reference: Executor, executors: Sequence[Executor], inputs: Sequence[np.ndarray]) -> list[Numerics]:

@@ -50,13 +50,13 @@ class Artifact:
         return cls(path=path, **{k: v for k, v in data.items() if k != "path"})
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
+def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX file; a ModelFileError naming the file when it is missing or corrupt."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:
         raise ModelFileError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     if not model.graph.node:
@@ -149,8 +149,10 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
             specialize: dict[str, int] | None = None) -> Artifact:
     """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact.
 
-    ``specialize`` fixes symbolic input dimensions by name (e.g. ``{"seq": 128}``): needed for
-    torch's export of decoder LMs, whose sequence-length arithmetic TVM cannot import.
+    Symbolic input dimensions stay symbolic (the shape arithmetic of torch's export is followed
+    by ``symbolic_shapes``), so one artifact takes every sequence length. ``specialize`` fixes
+    them by name instead (e.g. ``{"seq": 128}``): the artifact then takes only that size, and
+    its metadata says so.
     """
     from edgeq.targets.importer import import_onnx
     from edgeq.targets.specialize import specialize as fix_dims
@@ -173,7 +175,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
         hint = ""
         dynamic = [d for d in symbolic_dims(model) if d != "batch"]
         if dynamic:
-            hint = f" (symbolic dimensions {', '.join(dynamic)}: compile with specialize={{{dynamic[0]!r}: N}} / --specialize {dynamic[0]}=N)"
+            hint = f" (symbolic dimensions {', '.join(dynamic)}: to fix one, compile with specialize={{{dynamic[0]!r}: N}} / --specialize {dynamic[0]}=N)"
         raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{hint}") from None
     try:
         executable, weight_bytes = build(mod, spec)

@@ -47,7 +47,7 @@ def _extended_convert_map() -> Iterator[None]:
 
 
 # Modules that register converters (one lowering module per op); imported on first import_onnx.
-_LOWERINGS = ("lower_lowbit", "lower_lowrank", "lower_dequantize", "lower_tied")
+_LOWERINGS = ("symbolic_shapes", "lower_lowbit", "lower_lowrank", "lower_dequantize", "lower_qdq_conv", "lower_tied")
 
 
 def _load_lowerings() -> None:
@@ -67,10 +67,10 @@ def supported_ops() -> set[str]:
 
 def prepare(model: onnx.ModelProto, target: str = "cpu") -> onnx.ModelProto:
     """The model as the importer takes it: edgeq-domain functions with no converter inlined,
-    low-bit DequantizeLinear + MatMul packed; a CompileError naming the first node whose op has
+    low-bit DequantizeLinear + MatMul packed, 8-bit DequantizeLinear + Conv kept 8-bit; a CompileError naming the first node whose op has
     no lowering for ``target``."""
     from edgeq.errors import CompileError
-    from edgeq.targets import lower_dequantize, lower_tied
+    from edgeq.targets import lower_dequantize, lower_qdq_conv, lower_tied
 
     _load_lowerings()
     model = copy.deepcopy(model)
@@ -79,6 +79,7 @@ def prepare(model: onnx.ModelProto, target: str = "cpu") -> onnx.ModelProto:
     if inline:
         model = onnx.inliner.inline_selected_functions(model, list(inline), exclude=False)
     model = lower_dequantize.prepare(model)
+    model = lower_qdq_conv.prepare(model)
     model = lower_tied.prepare(model)
     for node in model.graph.node:
         if node.op_type not in supported:

@@ -7,7 +7,8 @@ ConvInteger:       y_int32 = conv2d(x', int32(w) - w_zero_point),  x' = int32(x)
                    (ONNX pads with the zero point, i.e. with 0 in x'). One TE reduction that
                    widens and shifts the weight inside the kernel: the weight constant stays
                    in its stored 8-bit dtype instead of being folded into an int32 copy.
-DyadicRequantize:  y = clip(((int64(x) * b + 2^(c-1)) >> c) + zero_point, lo, hi)
+DyadicRequantize:  y = clip(((int64(x) * b + 2^(c-1)) >> c) + zero_point, lo, hi), one elementwise TE
+                   kernel: the int32 constants are widened inside it, not stored widened
                    (the rounding contract in ``edgeq.opset.dyadic``; ``>>`` is arithmetic)
 """
 
@@ -70,19 +71,28 @@ class ConvInteger(OnnxOpConverter):
 
 @register_converter("DyadicRequantize")
 class DyadicRequantize(OnnxOpConverter):
-    """``edgeq.DyadicRequantize`` in int64 with an arithmetic right shift."""
+    """``edgeq.DyadicRequantize`` in int64 with an arithmetic right shift: one elementwise TE
+    kernel that widens the int32 multiplier, shift and zero point inside the kernel, so the
+    per-channel constants stay int32 in the artifact (Relax folds a cast of a constant into a
+    widened copy)."""
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
-        x, multiplier, shift, zero_point = inputs
-        i64 = "int64"
-        x = relax.op.astype(x, i64)
-        m = relax.op.astype(multiplier, i64)
-        s = relax.op.astype(shift, i64)
-        one = relax.const(1, i64)
-        half = relax.op.left_shift(one, relax.op.subtract(s, one))
-        t = relax.op.add(relax.op.multiply(x, m), half)
-        y = relax.op.add(relax.op.right_shift(t, s), relax.op.astype(zero_point, i64))
-        y = relax.op.maximum(y, relax.const(int(attr["lo"]), i64))
-        y = relax.op.minimum(y, relax.const(int(attr["hi"]), i64))
-        return relax.op.astype(y, "int32")
+        lo, hi = int(attr["lo"]), int(attr["hi"])
+
+        def requantize(x, multiplier, shift, zero_point):
+            def at(t, index):  # numpy broadcasting: right-aligned, size-1 dims read index 0
+                dims = list(t.shape)
+                tail = index[len(index) - len(dims):] if dims else []
+                return t[tuple(0 if int(d) == 1 else i for d, i in zip(dims, tail))] if dims else t()
+
+            def element(*index):
+                i64 = "int64"
+                s = at(shift, index).astype(i64)
+                t = x[index].astype(i64) * at(multiplier, index).astype(i64) + (tvm.tirx.const(1, i64) << (s - 1))
+                y = (t >> s) + at(zero_point, index).astype(i64)
+                return tvm.tirx.max(tvm.tirx.min(y, tvm.tirx.const(hi, i64)), tvm.tirx.const(lo, i64)).astype("int32")
+
+            return te.compute(x.shape, element, name="dyadic_requantize")
+
+        return bb.emit_te(requantize, *inputs, primfunc_name_hint="dyadic_requantize")

@@ -1,10 +1,10 @@
 """Specialization of symbolic input dimensions, on request.
 
-TVM's importer cannot follow the sequence-length arithmetic of torch's dynamo export of a
-decoder LM (``Shape → Squeeze → Add → Reshape``, the causal-mask index computation). Fixing the
-named dimensions and constant-folding the shape arithmetic (onnxscript's optimizer, functions
-not inlined, DequantizeLinear never folded so low-bit weights stay packed) gives a graph it
-imports. The artifact then takes exactly those sizes; ``compile`` records them.
+By default ``compile`` keeps symbolic dimensions (``symbolic_shapes`` follows torch's shape
+arithmetic). Specializing fixes the named dimensions and constant-folds the shape arithmetic
+(onnxscript's optimizer, functions not inlined, DequantizeLinear never folded so low-bit weights
+stay packed): a fallback for a graph whose shape arithmetic the importer cannot follow, or an
+artifact for one size only. The artifact then takes exactly those sizes; ``compile`` records them.
 """
 
 from __future__ import annotations

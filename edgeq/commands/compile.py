@@ -11,7 +11,8 @@ def register(sub) -> None:
     p.add_argument("--target", action="append", required=True,
                    help="target name, repeatable or comma-separated (see `edgeq targets`)")
     p.add_argument("--specialize", action="append", default=[], metavar="DIM=N",
-                   help="fix a symbolic input dimension (e.g. seq=128); needed for decoder LMs")
+                   help="fix a symbolic input dimension (e.g. seq=128): the artifact then takes only that size; "
+                        "by default symbolic dimensions stay symbolic")
     p.add_argument("-o", "--out", default=".", help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -43,4 +44,7 @@ def run(args) -> int:
                  f"{r['weight_bytes'] / 1024:.1f} KiB ({r['weight_bytes'] / max(r['onnx_weight_bytes'], 1):.2f}× ONNX)",
                  f"{r['compile_seconds']:.2f} s"] for r in results]
         print(format_table(["target", "artifact", "size", "weights", "compile time"], rows))
+        if sizes:
+            fixed = ", ".join(f"{d}={n}" for d, n in sizes.items())
+            print(f"specialized {fixed}: these artifacts take only that size")
     return 0
