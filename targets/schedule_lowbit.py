@@ -21,6 +21,7 @@ import tvm
 from tvm import s_tir, te
 
 BLOCK = "packed_linear"
+PARALLEL_MIN_MACS = 1 << 21  # below this (~0.1 ms on one core) waking threads costs more than it saves
 LANES = 16  # packed bytes per vector step: 16 bytes = 32 four-bit values = 4 AVX2 / 8 NEON float vectors
 
 
@@ -109,12 +110,12 @@ def lane_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, lanes: int) -> t
     y = lane_compute(*inputs[:4], bias, bits=bits, group=group, lanes=lanes)
     new = te.create_prim_func([*inputs, y])
     sch = s_tir.Schedule(new)
-    _schedule_lanes(sch, 8 // bits, group * bits // 8 // lanes)
+    _schedule_lanes(sch, 8 // bits, group * bits // 8 // lanes, _worth_threads(buffers[0].shape, buffers[1].shape[0]))
     out = sch.mod["main"]
     return out.with_attr("global_symbol", func.attrs["global_symbol"]) if func.attrs and "global_symbol" in func.attrs else out
 
 
-def _schedule_lanes(sch, per_byte: int, steps: int) -> None:
+def _schedule_lanes(sch, per_byte: int, steps: int, parallel: bool = True) -> None:
     part = sch.get_sblock(BLOCK)
     out = sch.get_sblock("packed_linear_out")
     try:
@@ -125,7 +126,8 @@ def _schedule_lanes(sch, per_byte: int, steps: int) -> None:
     rf = sch.rfactor(l, 0)  # rf[l, i, j] = sum over g, h: one vector of lanes per output row
     i, j, g, h, l = sch.get_loops(rf)
     ij = sch.fuse(i, j)
-    sch.parallel(ij)
+    if parallel:
+        sch.parallel(ij)
     sch.reverse_compute_at(out, ij)
     sch.compute_at(part, g)
     # compute_at drops unit loops: part's loops under g are (h, l, bp) without those of extent 1
@@ -135,8 +137,8 @@ def _schedule_lanes(sch, per_byte: int, steps: int) -> None:
     pb = inner.pop(0) if steps > 1 else None
     if pb is not None:
         sch.reorder(pb, *[lp for lp in (ph, pl) if lp is not None])
-    sch.set_scope(part, 0, "local")
-    sch.set_scope(rf, 0, "local")
+    # buffers stay "global": under 1 KiB, TVM lowers those (and only those) to stack allocas on
+    # CPU; "local" would become a workspace allocation per row
     sch.vectorize(pl)  # the init blocks that decompose_reduction splits off keep these
     if ph is not None:
         sch.unroll(ph)
@@ -145,6 +147,17 @@ def _schedule_lanes(sch, per_byte: int, steps: int) -> None:
     if pb is not None:
         sch.decompose_reduction(part, pb)
     sch.decompose_reduction(rf, g)
+
+
+def _worth_threads(x_shape, n_dim) -> bool:
+    """Whether the kernel does enough multiply-adds to split across threads (a symbolic batch: yes)."""
+    dims = [*x_shape, n_dim]
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return True
+    macs = 1
+    for d in dims:
+        macs *= int(d)
+    return macs >= PARALLEL_MIN_MACS
 
 
 def _schedule_rfactor(sch, block) -> bool:
