@@ -128,6 +128,24 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
     return [headers, *rows], notes
 
 
+def smollm2_onnx(cache: Path) -> tuple[Path, Path]:
+    """SmolLM2-135M exported by edgeq (dynamic batch and sequence): float32, and W4 g128 RTN
+    (g64 where 128 does not divide K; lm_head, tied to the embedding, stays float32 as in
+    onnxruntime's own 4-bit quantizer) as standard int4 blocked DequantizeLinear + MatMul."""
+    import edgeq
+    from edgeq.models.smollm2 import load_smollm2
+
+    cache.mkdir(parents=True, exist_ok=True)
+    f32, w4 = cache / "smollm2_f32.onnx", cache / "smollm2_w4g128.onnx"
+    if f32.exists() and w4.exists():
+        return f32, w4
+    model, _ = load_smollm2()
+    ids = torch.tensor([[1, 504, 2231, 314, 4203, 28, 253, 3357]])
+    edgeq.export(model, ids, f32, dynamic_dims=[{0: "batch", 1: "seq"}], external_data=True)
+    edgeq.export(edgeq.quantize(model, "w4g128-rtn"), ids, w4, dynamic_dims=[{0: "batch", 1: "seq"}])
+    return f32, w4
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="gemv,smollm2,cnn")

@@ -111,7 +111,7 @@ def lane_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, lanes: int) -> t
     new = te.create_prim_func([*inputs, y])
     sch = s_tir.Schedule(new)
     _schedule_lanes(sch, 8 // bits, group * bits // 8 // lanes, _worth_threads(buffers[0].shape, buffers[1].shape[0]))
-    out = sch.mod["main"]
+    out = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return out.with_attr("global_symbol", func.attrs["global_symbol"]) if func.attrs and "global_symbol" in func.attrs else out
 
 
