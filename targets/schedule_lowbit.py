@@ -41,10 +41,91 @@ def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
         bits, group = int(attrs["edgeq_bits"]), int(attrs["edgeq_group"])
         lanes = lane_count(bits, group)
         if lanes and len(func.params) in (5, 6) and all(_is_buffer(p) for p in func.params):
-            mod[gv] = lane_kernel(func, bits, group, lanes)
+            rows = func.params[0].shape[0]
+            if isinstance(rows, tvm.tirx.IntImm) and int(rows) >= GEMM_MIN_ROWS and int(rows) % GEMM_ROW_TILE == 0:
+                mod[gv] = gemm_kernel(func, bits, group)
+            else:
+                mod[gv] = lane_kernel(func, bits, group, lanes)
         elif _schedule_rfactor(sch, block):
             mod[gv] = sch.mod["main"]
     return mod
+
+
+GEMM_MIN_ROWS = 16  # from here on (prefill) the weight is dequantized once per tile, not once per row
+GEMM_ROW_TILE = 16  # rows of X per register tile: two 8-float vectors (AVX2) / four NEON vectors
+GEMM_COL_TILE = 4  # output columns per register tile (4 × 16 accumulators)
+GEMM_WEIGHT_TILE = 16  # weight rows dequantized together, per thread task
+
+
+def gemm_compute(x, qweight, scales, zeros, bias, *, bits: int, group: int):
+    """TE compute of the packed linear for many rows: the weight is dequantized into float32
+    tiles and multiplied as ``y[i, j] = sum_k xt[k, i] · w[j, k]``, with k in the packed
+    (de-interleaved) order on both sides so that unpacking reads contiguous bytes."""
+    m, k_dim = x.shape
+    n_dim = qweight.shape[0]
+    groups = k_dim // group
+    per_byte = 8 // bits
+    nbytes = group // per_byte
+    mask = (1 << bits) - 1
+    xt = te.compute((groups, per_byte, nbytes, m),
+                    lambda g, h, b, i: x[i, g * group + b * per_byte + h].astype("float32"), name="packed_gemm_x")
+
+    def value(j, g, h, b):
+        byte = qweight[j, g * nbytes + b]
+        if bits == 8:
+            return byte.astype("float32")
+        return ((byte >> (h * bits).astype("uint8")) & tvm.tirx.const(mask, "uint8")).astype("float32")
+
+    w = te.compute((n_dim, groups, per_byte, nbytes),
+                   lambda j, g, h, b: (value(j, g, h, b) - zeros[j, g].astype("float32")) * scales[j, g].astype("float32"),
+                   name="packed_gemm_w")
+    rg = te.reduce_axis((0, groups), name="g")
+    rh = te.reduce_axis((0, per_byte), name="h")
+    rb = te.reduce_axis((0, nbytes), name="b")
+    y = te.compute((m, n_dim), lambda i, j: te.sum(xt[rg, rh, rb, i] * w[j, rg, rh, rb], axis=[rg, rh, rb]),
+                   name="packed_linear_out", attrs={"edgeq_bits": bits, "edgeq_group": group})
+    if bias is None:
+        return y
+    return te.compute((m, n_dim), lambda i, j: y[i, j] + bias[j].astype("float32"), name="packed_linear_bias")
+
+
+def gemm_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int) -> tvm.tirx.PrimFunc:
+    """A scheduled packed GEMM PrimFunc with ``func``'s parameters (many rows of X)."""
+    buffers = list(func.params)
+    names = ["x", "qweight", "scales", "zeros", "bias"][: len(buffers) - 1]
+    inputs = [te.placeholder(b.shape, b.dtype, name) for b, name in zip(buffers[:-1], names)]
+    bias = inputs[4] if len(inputs) > 4 else None
+    y = gemm_compute(*inputs[:4], bias, bits=bits, group=group)
+    sch = s_tir.Schedule(te.create_prim_func([*inputs, y]))
+    _schedule_gemm(sch, int(buffers[1].shape[0]))
+    out = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return out.with_attr("global_symbol", func.attrs["global_symbol"]) if func.attrs and "global_symbol" in func.attrs else out
+
+
+def _schedule_gemm(sch, n_dim: int) -> None:
+    out = sch.get_sblock("packed_linear_out")
+    w = sch.get_sblock("packed_gemm_w")
+    try:
+        bias = sch.get_sblock("packed_linear_bias")
+    except Exception:
+        bias = None
+    i, j, g, h, b = sch.get_loops(out)
+    wt = next(t for t in (GEMM_WEIGHT_TILE, 8, GEMM_COL_TILE, 1) if n_dim % t == 0)
+    ct = GEMM_COL_TILE if wt % GEMM_COL_TILE == 0 else 1
+    jo, jm, jj = sch.split(j, [None, wt // ct, ct])
+    io, iv = sch.split(i, [None, GEMM_ROW_TILE])
+    sch.reorder(jo, io, jm, g, h, b, jj, iv)
+    sch.parallel(jo)
+    tile = sch.cache_write(out, 0, "global")  # ct × 16 accumulators on the stack: registers after unrolling
+    sch.reverse_compute_at(tile, jm)
+    if bias is not None:
+        sch.reverse_compute_at(bias, jo)
+    sch.compute_at(w, jo)  # dequantize the tile's weight rows once, for all rows of X
+    wb = sch.get_loops(w)[-1]
+    sch.vectorize(wb)
+    sch.unroll(jj)
+    sch.vectorize(iv)
+    sch.decompose_reduction(out, g)
 
 
 def _is_buffer(param) -> bool:
