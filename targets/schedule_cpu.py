@@ -132,9 +132,45 @@ def _matmul(func, target, lanes):
     is_float = "float" in str(out.dtype)
     if j_contiguous:
         return _matmul_outer_product(sch, block, epilogue, loops, lanes)
+    if k_contiguous and is_float and len(iters) == 3:
+        i_var = iters[0]
+        a_index = next((n for n, r in enumerate(stmt.reads) if len(r.region) == 2 and _index_is(r.region[0].min, i_var)), None)
+        rows = _extent(sch, loops[0])
+        if a_index is not None and rows and rows >= 2 * ROW_TILE_VECTORS * lanes and rows % (2 * lanes) == 0:
+            return _matmul_nt_gemm(sch, block, epilogue, loops, lanes, a_index)
     if k_contiguous:
         return _matmul_dot(sch, block, epilogue, loops, lanes, is_float)
     return None
+
+
+ROW_TILE_VECTORS = 2  # rows of A per register tile, in vectors
+COL_TILE = 4  # columns of B per register tile
+
+
+def _matmul_nt_gemm(sch, block, epilogue, loops, lanes, a_index):
+    """``C[i, j] = sum_k A[i, k] · B[j, k]`` with many rows: A is transposed once to ``[k, i]``
+    so that its rows form vectors, B's elements are broadcast, and ``COL_TILE × 2 vectors``
+    accumulators stay in registers over k."""
+    i, j, k = loops
+    ne = _extent(sch, j)
+    ct = COL_TILE if ne and ne % COL_TILE == 0 else 1
+    wt = next((t for t in (4 * ct, 2 * ct, ct) if ne and ne % t == 0), ct)
+    at = sch.cache_read(block, a_index, "global")
+    sch.transform_layout(at, ("write", 0), lambda r, c: (c, r))
+    work = _work(sch, loops)
+    jo, jm, jj = sch.split(j, [None, wt // ct, ct])
+    io, iv = sch.split(i, [None, ROW_TILE_VECTORS * lanes])
+    sch.reorder(jo, io, jm, k, jj, iv)
+    if work is None or work >= PARALLEL_MIN_WORK:
+        sch.parallel(jo)
+    tile = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(tile, jm)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue.block_rv, jo)
+    sch.unroll(jj)
+    sch.vectorize(iv)
+    sch.decompose_reduction(block, k)
+    return sch
 
 
 def _unit(iv) -> bool:
@@ -220,7 +256,6 @@ def _reduction(func, target, lanes):
     infos = _main_blocks(sch)
     if not infos or all(info.is_injective() for info in infos):
         return None
-    changed = False
     for info in infos:
         block = info.block_rv
         stmt = sch.get(block)
@@ -236,8 +271,7 @@ def _reduction(func, target, lanes):
         work = _work(sch, loops)
         if rows and (work is None or work >= PARALLEL_MIN_WORK):
             sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
-            changed = True
-    return sch if changed else None
+    return sch
 
 
 def _elementwise(func, target, lanes):
