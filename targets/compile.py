@@ -108,11 +108,12 @@ def build(mod, spec):
     import tvm
     from tvm import relax
 
-    from edgeq.targets.schedule_lowbit import schedule_module
+    from edgeq.targets import schedule_cpu, schedule_lowbit
 
     target = spec.tvm()
     with target:
-        lowered = schedule_module(relax.get_default_pipeline(target)(mod), target)
+        lowered = schedule_lowbit.schedule_module(relax.get_default_pipeline(target)(mod), target)
+        lowered = schedule_cpu.schedule_module(lowered, target)
     weight_bytes = constant_bytes(lowered)
     return tvm.compile(lowered, target=target, relax_pipeline=None), weight_bytes
 

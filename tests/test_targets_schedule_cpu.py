@@ -1,0 +1,122 @@
+"""edgeq's default CPU schedules (targets/schedule_cpu.py, the packed GEMM in
+targets/schedule_lowbit.py): the scheduled kernels compute what the unscheduled ones do
+(onnxruntime / numpy as reference), every kernel of a matmul model gets a schedule, and the
+arm64 builds use NEON vector instructions (sdot with dotprod)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax, te
+
+import edgeq
+from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.runtime.executors import TvmExecutor
+from edgeq.runtime.ort import ort_session
+from edgeq.targets import get_target, schedule_cpu, schedule_lowbit
+from edgeq.targets.importer import import_onnx
+
+# float32 sums of a few hundred products in another order: a few ulps of the output's scale
+TOL = 1e-5
+
+
+def _mlp_model(m: int, k: int, n: int, transposed: bool) -> onnx.ModelProto:
+    """Softmax(X @ W + b) (W as [K, N], or tied-style Transpose of an [N, K] initializer), then
+    RMS-style normalisation: matmul, reduction and elementwise kernels in one model."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(n, k) if transposed else (k, n)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.normal(size=n).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([2.0], np.float32), "two")]
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0])] if transposed else []
+    nodes += [helper.make_node("MatMul", ["x", "wt" if transposed else "w"], ["xw"]),
+              helper.make_node("Add", ["xw", "b"], ["h"]),
+              helper.make_node("Softmax", ["h"], ["p"], axis=-1),
+              helper.make_node("Pow", ["h", "two"], ["h2"]),
+              helper.make_node("ReduceMean", ["h2"], ["ms"], keepdims=1),
+              helper.make_node("Sqrt", ["ms"], ["rms"]),
+              helper.make_node("Div", ["h", "rms"], ["hn"]),
+              helper.make_node("Add", ["p", "hn"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _scheduled_module(model: onnx.ModelProto, target: str = "cpu") -> tvm.IRModule:
+    spec = get_target(target)
+    tvm_target = spec.tvm()
+    with tvm_target:
+        mod = relax.get_default_pipeline(tvm_target)(import_onnx(model, target=spec.name))
+        return schedule_cpu.schedule_module(schedule_lowbit.schedule_module(mod, tvm_target), tvm_target)
+
+
+@pytest.mark.parametrize("m,transposed", [(1, False), (32, False), (1, True), (32, True)])
+def test_scheduled_model_matches_onnxruntime(tmp_path, m, transposed):
+    model = _mlp_model(m, 96, 128, transposed)
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(1).normal(size=(m, 96)).astype(np.float32)
+    expect = ort_session(path).run(None, {"x": x})[0]
+    got = TvmExecutor(edgeq.compile(path, target="cpu", out_dir=tmp_path).path).run([x])[0]
+    assert np.abs(got - expect).max() <= TOL * np.abs(expect).max()
+
+
+def test_every_matmul_and_reduction_kernel_is_scheduled():
+    mod = _scheduled_module(_mlp_model(32, 96, 128, transposed=False))
+    names = {gv.name_hint: func for gv, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)}
+    kernels = [name for name in names if any(op in name for op in ("matmul", "softmax", "mean", "divide"))]
+    assert kernels
+    unscheduled = [name for name in kernels if not (names[name].attrs and "tirx.is_scheduled" in names[name].attrs)]
+    assert unscheduled == []
+
+
+@pytest.mark.parametrize("rows", [32, 48])
+def test_packed_gemm_matches_weight_only_layer(tmp_path, rows):
+    """Prefill-sized inputs take the dequantize-per-tile GEMM kernel."""
+    from test_targets_lowbit import _lowbit_linear_model
+
+    k, n, group = 256, 96, 64
+    gen = torch.Generator().manual_seed(rows)
+    layer = WeightOnlyLinear.from_integers(torch.randint(0, 16, (n, k), generator=gen),
+                                           (torch.rand(n, k // group, generator=gen) * 0.05 + 0.01).half(),
+                                           torch.randint(0, 16, (n, k // group), generator=gen), 4,
+                                           bias=torch.randn(n, generator=gen))
+    path = tmp_path / "lowbit.onnx"
+    onnx.save(_lowbit_linear_model(layer), path)
+    x = torch.randn(rows, k, generator=gen)
+    assert rows >= schedule_lowbit.GEMM_MIN_ROWS and rows % schedule_lowbit.GEMM_ROW_TILE == 0
+    art = edgeq.compile(path, target="cpu", out_dir=tmp_path, specialize={"batch": rows})
+    got = TvmExecutor(art.path).run([x.numpy()])[0]
+    expect = layer(x).detach().numpy()
+    assert np.abs(got - expect).max() <= 10 * TOL * np.abs(expect).max()
+
+
+def _asm(func: tvm.tirx.PrimFunc, target: str) -> str:
+    tvm_target = get_target(target).tvm()
+    mod = schedule_cpu.schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm_target)
+    assert "tirx.is_scheduled" in mod["main"].attrs
+    return tvm.compile(mod, target=tvm_target).mod.inspect_source("asm")
+
+
+def test_arm64_float_matmul_uses_neon_fma():
+    a = te.placeholder((32, 64), "float32", "a")
+    b = te.placeholder((64, 128), "float32", "b")
+    k = te.reduce_axis((0, 64), "k")
+    c = te.compute((32, 128), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul")
+    asm = _asm(te.create_prim_func([a, b, c]), "arm64")
+    assert re.search(r"\bfmla\s+v\d+\.4s", asm), "no NEON vector FMA in the arm64 matmul"
+
+
+def test_arm64_dotprod_integer_matmul_uses_sdot():
+    a = te.placeholder((8, 256), "int8", "a")
+    b = te.placeholder((64, 256), "int8", "b")
+    k = te.reduce_axis((0, 256), "k")
+    c = te.compute((8, 64), lambda i, j: te.sum(a[i, k].astype("int32") * b[j, k].astype("int32"), axis=k), name="matmul")
+    func = te.create_prim_func([a, b, c])
+    assert re.search(r"\bsdot\s+v\d+\.4s", _asm(func, "arm64-dotprod")), "no sdot in the arm64-dotprod int8 matmul"
+    assert re.search(r"\bv\d+\.(16b|8h|4s)", _asm(func, "arm64")), "no NEON vector code in the arm64 int8 matmul"
