@@ -171,7 +171,9 @@ def report(rows, args) -> int:
             verdicts.append(f"{grid}: Hadamard+GPTQ/GPTQ ppl ratio "
                             f"{by[f'{grid}-hadamard-gptq']['ppl'] / by[f'{grid}-gptq']['ppl']:.3f}")
     if "w4g128-gptq" in by and float_ppl:
-        verdicts.append(f"w4g128 GPTQ / float ppl {by['w4g128-gptq']['ppl'] / float_ppl:.3f}")
+        w4 = by["w4g128-gptq"]["ppl"] / float_ppl
+        verdicts.append(f"w4g128 GPTQ / float ppl {w4:.3f}" + (f" (misses the 5% target by {100 * (w4 - 1.05):.1f} "
+                                                               "points)" if w4 > 1.05 else " (within 5%)"))
     if verdicts:
         notes.append("Ratios: " + "; ".join(verdicts) + ".")
     stability = ratio_stability(rows)
