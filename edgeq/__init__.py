@@ -16,13 +16,14 @@ from edgeq.recipes import PRESETS, Recipe, W8A8Recipe
 __version__ = "0.1.0"
 
 
-def compile(onnx_path, target: str = "cpu", out_dir=".", name: str | None = None, specialize: dict | None = None):
+def compile(onnx_path, target: str = "cpu", out_dir=".", name: str | None = None, specialize: dict | None = None,
+            tuning_db=None):
     """Compile an ONNX file with TVM for a named target (see ``edgeq.targets``);
     symbolic input dimensions stay symbolic unless ``specialize`` fixes them by name,
-    e.g. ``{"seq": 128}``."""
+    e.g. ``{"seq": 128}``; ``tuning_db`` is a folder written by ``edgeq tune``."""
     from edgeq.targets import compile as _compile
 
-    return _compile(onnx_path, target=target, out_dir=out_dir, name=name, specialize=specialize)
+    return _compile(onnx_path, target=target, out_dir=out_dir, name=name, specialize=specialize, tuning_db=tuning_db)
 
 
 def validate(reference, artifacts, inputs):

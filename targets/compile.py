@@ -33,6 +33,7 @@ class Artifact:
     onnx_weight_bytes: int | None = None  # bytes of the ONNX file's initializers (packed)
     device_code: str | None = None  # GPU targets: the PTX for the named architecture, when built
     specialized: dict | None = None  # input dimensions fixed at compile time, by name
+    tuned_kernels: int | None = None  # kernels whose schedule came from a tuning database (edgeq tune)
 
     @property
     def meta_path(self) -> Path:
@@ -103,19 +104,34 @@ def constant_bytes(mod) -> int:
     return sum(sizes.values())
 
 
-def build(mod, spec):
-    """Lower and build a Relax module for ``spec``; returns (executable, weight bytes)."""
-    import tvm
+def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None):
+    """Relax's default pipeline, then edgeq's kernels: the packed low-bit kernels, tuned
+    schedules from ``tuning_db`` where it has them, and (``defaults``) the default CPU
+    schedules for the rest. Returns (lowered module, number of kernels taken from the database)."""
     from tvm import relax
 
     from edgeq.targets import schedule_cpu, schedule_lowbit
 
     target = spec.tvm()
+    applied = 0
     with target:
         lowered = schedule_lowbit.schedule_module(relax.get_default_pipeline(target)(mod), target)
-        lowered = schedule_cpu.schedule_module(lowered, target)
+        if tuning_db is not None:
+            from edgeq.targets.tune import apply_database
+
+            lowered, applied = apply_database(lowered, target, tuning_db)
+        if defaults:
+            lowered = schedule_cpu.schedule_module(lowered, target)
+    return lowered, applied
+
+
+def build(mod, spec, tuning_db=None):
+    """Lower and build a Relax module for ``spec``; returns (executable, weight bytes, tuned kernels)."""
+    import tvm
+
+    lowered, applied = default_pipeline(mod, spec, tuning_db=tuning_db)
     weight_bytes = constant_bytes(lowered)
-    return tvm.compile(lowered, target=target, relax_pipeline=None), weight_bytes
+    return tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), weight_bytes, applied
 
 
 def gpu_device_code(executable, spec, out: Path) -> Path | None:
@@ -146,28 +162,19 @@ def _module_tree(mod):
         yield from _module_tree(child)
 
 
-def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None,
-            specialize: dict[str, int] | None = None) -> Artifact:
-    """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact.
+def import_model(onnx_path: str | Path, spec, specialize: dict[str, int] | None = None):
+    """The Relax module of ``onnx_path`` (dimensions fixed by ``specialize``); import failures
+    as CompileError naming the file."""
+    return _import(onnx_path, load_onnx(onnx_path), spec, specialize)[0]
 
-    Symbolic input dimensions stay symbolic (the shape arithmetic of torch's export is followed
-    by ``symbolic_shapes``), so one artifact takes every sequence length. ``specialize`` fixes
-    them by name instead (e.g. ``{"seq": 128}``): the artifact then takes only that size, and
-    its metadata says so.
-    """
+
+def _import(onnx_path, model, spec, specialize):
     from edgeq.targets.importer import import_onnx
     from edgeq.targets.specialize import specialize as fix_dims
     from edgeq.targets.specialize import symbolic_dims
 
-    spec = get_target(target)
-    compiler = spec.require_compiler()
-    model = load_onnx(onnx_path)
-    packed_bytes = onnx_weight_bytes(model)
     if specialize:
         model = fix_dims(model, specialize)
-    name = name or Path(onnx_path).stem
-    out = Path(out_dir) / f"{name}.{spec.name}.{spec.artifact}"
-    start = time.perf_counter()
     try:
         mod = import_onnx(model, target=spec.name)
     except EdgeqError as exc:
@@ -178,8 +185,32 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
         if dynamic:
             hint = f" (symbolic dimensions {', '.join(dynamic)}: to fix one, compile with specialize={{{dynamic[0]!r}: N}} / --specialize {dynamic[0]}=N)"
         raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{hint}") from None
+    return mod, model
+
+
+def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None,
+            specialize: dict[str, int] | None = None, tuning_db: str | Path | None = None) -> Artifact:
+    """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact.
+
+    Symbolic input dimensions stay symbolic (the shape arithmetic of torch's export is followed
+    by ``symbolic_shapes``), so one artifact takes every sequence length. ``specialize`` fixes
+    them by name instead (e.g. ``{"seq": 128}``): the artifact then takes only that size, and
+    its metadata says so.
+    ``tuning_db``: a database written by ``edgeq tune`` for this model and target; kernels found
+    there use their tuned schedules.
+    """
+    spec = get_target(target)
+    compiler = spec.require_compiler()
+    model = load_onnx(onnx_path)
+    packed_bytes = onnx_weight_bytes(model)
+    name = name or Path(onnx_path).stem
+    out = Path(out_dir) / f"{name}.{spec.name}.{spec.artifact}"
+    start = time.perf_counter()
+    mod, model = _import(onnx_path, model, spec, specialize)
     try:
-        executable, weight_bytes = build(mod, spec)
+        executable, weight_bytes, tuned = build(mod, spec, tuning_db)
+    except EdgeqError:
+        raise
     except Exception as exc:
         raise CompileError(f"{onnx_path}: TVM build for {spec.name} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
     with atomic_path(out, keep_suffix=True) as tmp:
@@ -195,7 +226,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
         path=out, target=spec.name, compile_seconds=seconds, size_bytes=out.stat().st_size,
         inputs=_value_infos(model.graph.input), outputs=_value_infos(model.graph.output),
         tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=packed_bytes,
-        specialized=dict(specialize) if specialize else None,
+        specialized=dict(specialize) if specialize else None, tuned_kernels=tuned if tuning_db is not None else None,
         device_code=str(device_code) if device_code else None,
     )
     meta = {k: v for k, v in asdict(artifact).items() if k != "path"}

@@ -13,27 +13,36 @@ def register(sub) -> None:
     p.add_argument("--specialize", action="append", default=[], metavar="DIM=N",
                    help="fix a symbolic input dimension (e.g. seq=128): the artifact then takes only that size; "
                         "by default symbolic dimensions stay symbolic")
+    p.add_argument("--tuning-db", metavar="DB_DIR", help="a database from `edgeq tune`: its kernels use their tuned schedules")
     p.add_argument("-o", "--out", default=".", help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from edgeq._table import format_table
+def parse_specialize(items) -> dict[str, int]:
+    """``["seq=128"]`` -> ``{"seq": 128}``; a CompileError for anything else."""
     from edgeq.errors import CompileError
-    from edgeq.targets import compile as compile_model
 
     sizes = {}
-    for item in args.specialize:
+    for item in items:
         dim, _, size = item.partition("=")
         if not dim or not size.isdigit():
             raise CompileError(f"--specialize {item!r}: expected DIM=N, e.g. seq=128")
         sizes[dim] = int(size)
+    return sizes
+
+
+def run(args) -> int:
+    from edgeq._table import format_table
+    from edgeq.targets import compile as compile_model
+
+    sizes = parse_specialize(args.specialize)
 
     results = []
     targets = [t.strip() for arg in args.target for t in arg.split(",") if t.strip()]
     for target in targets:
-        art = compile_model(args.model, target=target, out_dir=args.out, specialize=sizes or None)
+        art = compile_model(args.model, target=target, out_dir=args.out, specialize=sizes or None,
+                            tuning_db=args.tuning_db)
         results.append({"target": art.target, "artifact": str(art.path), "bytes": art.size_bytes,
                         "weight_bytes": art.weight_bytes, "onnx_weight_bytes": art.onnx_weight_bytes,
                         "compile_seconds": round(art.compile_seconds, 3)})

@@ -1,0 +1,146 @@
+"""``edgeq tune``: meta_schedule search over a model's distinct kernels within a time budget.
+
+The kernels are the PrimFuncs that ``compile`` would hand to the default CPU schedules
+(``schedule_cpu``), after edgeq's own packed low-bit kernels have replaced theirs; structurally
+equal kernels are tuned once. Records go to a meta_schedule JSON database in ``db_dir``;
+``compile(..., tuning_db=db_dir)`` looks every kernel up there and uses the tuned schedule where
+one was found, the default schedule elsewhere, so a partial search still builds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeq.errors import CompileError
+
+TRIALS_PER_KERNEL = 16
+# Each build runs in a fresh worker process that first imports TVM (10-30 s on a loaded 2-core
+# machine); meta_schedule's default 30 s counts that import and times every build out.
+BUILD_TIMEOUT_S = 300
+
+
+@dataclass
+class TuneResult:
+    db_dir: Path
+    kernels: list[str] = field(default_factory=list)  # distinct kernels found, largest first
+    tuned: list[str] = field(default_factory=list)  # those searched before the budget ran out
+    seconds: float = 0.0
+
+
+def workload(func):
+    """The IRModule meta_schedule records ``func`` under (the same form for tuning and lookup)."""
+    import tvm
+
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main").with_attr("tirx.noalias", True)})
+
+
+def tuning_target(target):
+    """meta_schedule needs the CPU's core count in the target."""
+    import tvm
+
+    config = dict(target.export())
+    if target.kind.name == "llvm" and "num-cores" not in config:
+        config["num-cores"] = os.cpu_count() or 1
+    return tvm.target.Target(config)
+
+
+def distinct_kernels(lowered) -> list[tuple[str, object]]:
+    """(name, PrimFunc) of the unscheduled kernels, one per structure, the most work first."""
+    import tvm
+    import tvm_ffi
+
+    seen, kernels = set(), []
+    for gv, func in lowered.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
+            continue
+        if gv.name_hint.startswith("shape_func"):
+            continue
+        key = tvm_ffi.structural_hash(workload(func))
+        if key in seen:
+            continue
+        seen.add(key)
+        kernels.append((gv.name_hint, func))
+    return sorted(kernels, key=lambda item: -_work(item[1]))
+
+
+def _work(func) -> int:
+    """Product of the largest buffer's static dimensions: a rough size to tune big kernels first."""
+    best = 0
+    for param in func.params:
+        try:
+            shape = param.shape
+        except AttributeError:
+            continue
+        size = 1
+        for dim in shape:
+            size *= int(dim) if hasattr(dim, "value") else 1
+        best = max(best, size)
+    return best
+
+
+def tune(onnx_path, db_dir, target: str = "cpu", budget_s: float = 60.0, specialize: dict[str, int] | None = None,
+         trials_per_kernel: int = TRIALS_PER_KERNEL, progress: bool = True) -> TuneResult:
+    """Search schedules for ``onnx_path``'s kernels for about ``budget_s`` seconds into ``db_dir``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgeq.targets.compile import default_pipeline, import_model
+    from edgeq.targets.registry import get_target
+
+    spec = get_target(target)
+    if spec.is_gpu:
+        raise CompileError(f"edgeq tune: target {spec.name!r} is a GPU target; tuning covers CPU targets")
+    start = time.perf_counter()
+    mod = import_model(onnx_path, spec, specialize)
+    lowered, _ = default_pipeline(mod, spec, defaults=False)
+    kernels = distinct_kernels(lowered)
+    result = TuneResult(Path(db_dir), [name for name, _ in kernels])
+    result.db_dir.mkdir(parents=True, exist_ok=True)
+    tvm_target = tuning_target(spec.tvm())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(kernels), desc="tune", unit="kernel")
+    for name, func in kernels:
+        if time.perf_counter() - start >= budget_s:
+            break
+        ms.tune_tir(workload(func), tvm_target, str(result.db_dir), max_trials_global=trials_per_kernel,
+                    num_trials_per_iter=min(trials_per_kernel, 8), cost_model="random", task_scheduler="round-robin",
+                    builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S))
+        result.tuned.append(name)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def apply_database(lowered, target, db_dir) -> tuple[object, int]:
+    """``lowered`` with every unscheduled kernel found in the database replaced by its tuned
+    schedule; returns (module, number replaced)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    db_dir = Path(db_dir)
+    workloads, records = db_dir / "database_workload.json", db_dir / "database_tuning_record.json"
+    if not workloads.exists() or not records.exists():
+        raise CompileError(f"{db_dir}: not a tuning database (no database_workload.json / database_tuning_record.json)")
+    database = ms.database.JSONDatabase(str(workloads), str(records), allow_missing=False)
+    tvm_target = tuning_target(target)
+    applied = 0
+    for gv, func in list(lowered.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
+            continue
+        sch = database.query_schedule(workload(func), tvm_target, workload_name="main")
+        if sch is None:
+            continue
+        tuned = sch.mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+        if func.attrs and "global_symbol" in func.attrs:
+            tuned = tuned.with_attr("global_symbol", func.attrs["global_symbol"])
+        lowered[gv] = tuned
+        applied += 1
+    return lowered, applied
