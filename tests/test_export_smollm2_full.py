@@ -5,13 +5,12 @@ accuracy level 0 matches the PyTorch quantized model within 1e-4 of the logits' 
 One exported file per recipe, shared by its tests (session scope; the next recipe's fixture starts
 after the previous one is torn down, so only one model is held at a time).
 
-Full model (30 blocks): W4 g128 RTN, W4 g128 Hadamard (QuaRot) + RTN, W2 LRQMM. One full-model
-export costs ~130 s on a 2-core machine alone (~60 s of it torch.export's fixed cost, so a truncated
-model saves little per file), and GPTQ over all 30 blocks, even with 256 calibration tokens, took
-over 14 minutes on the loaded test machine. The remaining methods (GPTQ W4 g128, LoPRo W3, LoPRo W2,
-LRQMM W3) therefore share ONE truncated SmolLM2: its real first 4 blocks, one method per block,
-the same shapes and edgeq ops as the full model, in one export. GPTQ changes only the integers
-and scales, not the exported graph (the same DequantizeLinear + MatMul as RTN).
+Full model (30 blocks): W4 g128 RTN, W4 g128 Hadamard (QuaRot) + GPTQ (tiny calibration: GPTQ
+adds ~60 s to the ~100 s export on a quiet 2-core machine), W2 LRQMM. One full-model export costs
+~80-130 s (~60 s of it torch.export's fixed cost, so a truncated model saves little per file). The
+remaining methods (GPTQ W4 g128 alone, LoPRo W3, LoPRo W2, LRQMM W3) share ONE truncated SmolLM2:
+its real first 4 blocks, one method per block, the same shapes and edgeq ops as the full model, in
+one export.
 
 The tolerance (``edgeq.runtime.float_floor.judge``). PyTorch's float32 logits are themselves an
 approximation: their distance to a float64 evaluation of the same quantized model (``floor``) is
@@ -86,7 +85,7 @@ def mixed_blocks(base, tokenizer):
 
 RECIPES = {
     "w4g128-rtn": lambda base, tok: edgeq.quantize(base, "w4g128-rtn"),
-    "w4g128-hadamard-rtn": lambda base, tok: edgeq.quantize(base, "w4g128-hadamard-rtn"),
+    "w4g128-hadamard-gptq": lambda base, tok: edgeq.quantize(base, "w4g128-hadamard-gptq", calib=calibration(tok)),
     "w2-lrqmm": lambda base, tok: edgeq.quantize(base, "w2-lrqmm"),
     "4-block lopro-w3/lopro-w2/lrqmm-w3/gptq-w4": mixed_blocks,
 }
@@ -129,7 +128,7 @@ EXPECTED_OPS = {
     # embedding table) as one LowBitLinear
     "w4g128-rtn": {"DequantizeLinear": 210, "LowBitLinear": 1, "Hadamard": 0},
     # QuaRot unties lm_head (quantized alone, so standard DQ) and adds an online Hadamard per block
-    "w4g128-hadamard-rtn": {"DequantizeLinear": 211, "LowBitLinear": 0, "Hadamard": 30},
+    "w4g128-hadamard-gptq": {"DequantizeLinear": 211, "LowBitLinear": 0, "Hadamard": 30},
     "w2-lrqmm": {"LowRankLinear": 210, "LowBitLinear": 1},
     # LoPRo per linear: a Hadamard on the low-bit columns (q/k/v and gate/up read the same input with
     # the same permutation, so the exporter keeps one: 4 per block), the 3/2-bit core as LowBitLinear
