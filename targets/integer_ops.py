@@ -45,12 +45,8 @@ class ConvInteger(OnnxOpConverter):
         groups = int(attr.get("group", 1))
 
         def conv_integer(x, w, w_zp):
-            n, _, height, width = x.shape
-            out_ch, per_group, kh, kw = (int(d) for d in w.shape)
-            padded = topi.nn.pad(x, [0, 0, pads[0], pads[1]], [0, 0, pads[2], pads[3]])
-            out_h = (height + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-            out_w = (width + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-            rc, ry, rx = te.reduce_axis((0, per_group)), te.reduce_axis((0, kh)), te.reduce_axis((0, kw))
+            n, padded, out_h, out_w, (rc, ry, rx) = conv2d_window(x, w, pads, strides, dilations)
+            out_ch, per_group = (int(d) for d in w.shape[:2])
             out_per_group = out_ch // groups
 
             def zero_point(o):
@@ -96,3 +92,14 @@ class DyadicRequantize(OnnxOpConverter):
             return te.compute(x.shape, element, name="dyadic_requantize")
 
         return bb.emit_te(requantize, *inputs, primfunc_name_hint="dyadic_requantize")
+
+
+def conv2d_window(x, w, pads, strides, dilations):
+    """The NCHW conv geometry both 8-bit conv kernels share: batch, the padded input, the output
+    height and width, and the (channel, kernel-y, kernel-x) reduction axes."""
+    n, _, height, width = x.shape
+    _, per_group, kh, kw = (int(d) for d in w.shape)
+    padded = topi.nn.pad(x, [0, 0, pads[0], pads[1]], [0, 0, pads[2], pads[3]])
+    out_h = (height + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    out_w = (width + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    return n, padded, out_h, out_w, (te.reduce_axis((0, per_group)), te.reduce_axis((0, kh)), te.reduce_axis((0, kw)))

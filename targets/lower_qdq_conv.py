@@ -20,6 +20,7 @@ from tvm import relax, te, topi
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from edgeq.targets.importer import register_converter
+from edgeq.targets.integer_ops import conv2d_window
 from edgeq.targets.lower_lowbit import PACKED_DOMAIN
 
 QCONV = "QConv"
@@ -99,12 +100,8 @@ class QConv(OnnxOpConverter):
         groups = int(attr.get("group", 1))
 
         def qconv(x, w, scale, zero, *bias):
-            n, _, height, width = x.shape
-            out_ch, per_group, kh, kw = (int(d) for d in w.shape)
-            padded = topi.nn.pad(x, [0, 0, pads[0], pads[1]], [0, 0, pads[2], pads[3]])
-            out_h = (height + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-            out_w = (width + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-            rc, ry, rx = te.reduce_axis((0, per_group)), te.reduce_axis((0, kh)), te.reduce_axis((0, kw))
+            n, padded, out_h, out_w, (rc, ry, rx) = conv2d_window(x, w, pads, strides, dilations)
+            out_ch, per_group = (int(d) for d in w.shape[:2])
             out_per_group = out_ch // groups
 
             def per_channel(t, o):
