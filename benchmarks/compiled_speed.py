@@ -87,7 +87,7 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
         f_path = tmp / f"gemv_{k}_{n}_f32.onnx"
         onnx.save(lowbit_gemv.float_matmul_model(w.T.copy(), k, n), f_path)
         art = compile_model(dq_path, target="cpu", out_dir=tmp)
-        tvm_exec = TvmExecutor(art.path)
+        tvm_exec = TvmExecutor(art.path, threads=threads)
         import tvm
 
         x_tvm = tvm.runtime.tensor(x, tvm_exec.device)
@@ -161,7 +161,7 @@ def smollm2_rows(threads: int, cache: Path, seqs=(1, 128)):
     rows, profiles = [], []
     for seq in seqs:
         art = edgeq.compile(w4, target="cpu", out_dir=cache, name=f"smollm2_w4g128_seq{seq}", specialize={"batch": 1, "seq": seq})
-        tvm_exec = TvmExecutor(art.path)
+        tvm_exec = TvmExecutor(art.path, threads=threads)
         ids = np.random.default_rng(seq).integers(0, model.config.vocab_size, (1, seq)).astype(np.int64)
         tids = torch.from_numpy(ids)
         with torch.no_grad():
@@ -211,7 +211,7 @@ def cnn_rows(threads: int, tmp: Path):
         for batch in (1, len(x)):
             # one artifact per batch size (``specialize``), as a deployment at a fixed batch would build it
             art = edgeq.compile(path, target="cpu", out_dir=tmp, name=f"{path.stem}_b{batch}", specialize={"batch": batch})
-            tvm_exec = TvmExecutor(art.path)
+            tvm_exec = TvmExecutor(art.path, threads=threads)
             xb = np.ascontiguousarray(x[:batch])
             same = np.abs(tvm_exec.run([xb])[0] - session.run(None, {name: xb})[0]).max()
             t_tvm = best_ms(lambda: tvm_exec.run([xb]), runs=50 if batch == 1 else 10)
@@ -224,6 +224,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="gemv,smollm2,cnn")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seqs", default="1,128", help="SmolLM2 sequence lengths")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeq" / "compiled_speed",
                     help="where the SmolLM2 ONNX exports and artifacts are kept between runs")
     ap.add_argument("--no-record", action="store_true", help="print the tables only (no RESULTS.md section)")
@@ -245,7 +246,7 @@ def main() -> None:
                    f"Median wall-clock per call, {args.threads} threads, same run. Integer-only = W8A8 HAWQ-V3 dyadic "
                    "(`export_integer`); TVM's integer kernels are edgeq's default CPU schedules.")
         if "smollm2" in parts:
-            (headers, *rows), (pheaders, *prows) = smollm2_rows(args.threads, args.cache)
+            (headers, *rows), (pheaders, *prows) = smollm2_rows(args.threads, args.cache, [int(s) for s in args.seqs.split(",")])
             table, profile = markdown_table(headers, rows), markdown_table(pheaders, prows)
             print(table)
             print(profile)

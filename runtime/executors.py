@@ -60,13 +60,15 @@ class TvmExecutor(Executor):
 
     name = "tvm"
 
-    def __init__(self, artifact_path: str | Path, entry: str = "main"):
+    def __init__(self, artifact_path: str | Path, entry: str = "main", threads: int | None = None):
         import tvm
         from tvm import relax
 
+        from edgeq.runtime.threads import configure_tvm_threads
         from edgeq.targets.compile import Artifact
 
         self.artifact = Artifact.load(artifact_path)
+        self.threads = configure_tvm_threads(threads)
         self._tvm = tvm
         self.device = tvm.cpu()
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact.path)), self.device)
