@@ -105,16 +105,20 @@ def constant_bytes(mod) -> int:
 
 
 def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None):
-    """Relax's default pipeline, then edgeq's kernels: the packed low-bit kernels, tuned
+    """Relax's default pipeline (with a vectorizable exp for softmax and sigmoid on CPU), then
+    edgeq's kernels: the packed low-bit kernels, tuned
     schedules from ``tuning_db`` where it has them, and (``defaults``) the default CPU
     schedules for the rest. Returns (lowered module, number of kernels taken from the database)."""
     from tvm import relax
 
-    from edgeq.targets import schedule_cpu, schedule_lowbit
+    from edgeq.targets import fast_exp, schedule_cpu, schedule_lowbit
 
     target = spec.tvm()
     applied = 0
     with target:
+        custom = fast_exp.legalize_map(target)
+        if custom:  # legalized here, before the default pipeline's own LegalizeOps (left nothing to do)
+            mod = relax.transform.LegalizeOps(custom)(mod)
         lowered = schedule_lowbit.schedule_module(relax.get_default_pipeline(target)(mod), target)
         if tuning_db is not None:
             from edgeq.targets.tune import apply_database

@@ -11,7 +11,10 @@ before (never an error):
   When every operand is contiguous in k (``Q · Kᵀ``): float sums split into vector lanes over k
   (rfactor); integer sums keep k innermost as a plain loop, which LLVM vectorizes into widening
   multiply-adds (``sdot`` where the target has dotprod, ``vpmaddwd``/VNNI on x86).
-- ``reduction``: softmax / RMSNorm / mean (dlight's CPU rule: rows in parallel, vector lanes).
+- ``rows``: softmax-like chains where every block works on the same rows (max, exp, sum,
+  divide, then elementwise): one parallel loop over rows, each block computed inside it on one
+  row, so exp is computed once per element into an L1-resident row and its loops get vector lanes.
+- ``reduction``: other reductions (RMSNorm, mean): rows in parallel, vector lanes.
 - ``elementwise``: injective functions: loops fused, vectorized and split over threads.
 
 Rows go to threads only when the kernel has enough work (``PARALLEL_MIN_WORK``): on small shapes
@@ -36,7 +39,7 @@ def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
             continue
-        for rule in (_matmul, _conv, _reduction, _elementwise):
+        for rule in (_matmul, _conv, _rows, _reduction, _elementwise):
             try:
                 sch = rule(func, target, lanes)
             except Exception:  # a primitive refused this function: leave it to the next rule
@@ -313,6 +316,39 @@ def _conv(func, target, lanes):
         total = _work(sch, pl)
         if pl and (total is None or total >= PARALLEL_MIN_WORK):
             sch.parallel(pl[0])
+    return sch
+
+
+def _rows(func, target, lanes):
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)  # no inlining: exp stays one vectorized pass per row
+    if not infos or len(infos) < 3 or sum(not info.is_injective() for info in infos) < 2:
+        return None
+    last = infos[-1]
+    if not last.is_injective():
+        return None
+    out_loops = sch.get_loops(last.block_rv)
+    row_extents = [_extent(sch, lp) for lp in out_loops[:-1]]
+    if not out_loops or None in row_extents:
+        return None
+    for info in infos:  # every block: the same leading row loops, then one loop over the row
+        loops = sch.get_loops(info.block_rv)
+        if [_extent(sch, lp) for lp in loops[:len(row_extents)]] != row_extents or len(loops) != len(row_extents) + 1:
+            return None
+    rows = [lp for lp in out_loops[:-1] if _extent(sch, lp) != 1]
+    if not rows:
+        return None
+    work = _work(sch, out_loops)
+    fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    if work >= PARALLEL_MIN_WORK:
+        sch.parallel(fused)
+    for info in reversed(infos[:-1]):
+        sch.compute_at(info.block_rv, fused)
+    for info in infos:
+        if info.is_injective():
+            _vectorize_tail(sch, info.block_rv, lanes)
     return sch
 
 
