@@ -29,13 +29,18 @@ def compile(onnx_path, target: str = "cpu", out_dir=".", name: str | None = None
     return _compile(onnx_path, target=target, out_dir=out_dir, name=name, specialize=specialize, tuning_db=tuning_db)
 
 
-def validate(reference, artifacts, inputs):
+def validate(reference, artifacts, inputs, tolerance=None):
     """Run each artifact (an ``.onnx`` file on onnxruntime, a compiled ``.so`` on TVM) on
-    ``inputs`` and compare it with ``reference`` (a torch module). Returns one Numerics each."""
+    ``inputs`` and compare every output with ``reference`` (a torch module), as ``edgeq validate``
+    does. Returns one ``ArtifactNumerics`` per artifact: ``outputs`` (one Numerics per graph
+    output, in order), ``ok`` (all within ``tolerance``, an ``edgeq.runtime.validate.Tolerance``)
+    and the first output's figures (``max_abs``, ``cosine``, ``top1_agreement``, ...)."""
     from edgeq.runtime import TorchExecutor, validate as _validate
     from edgeq.runtime.executors import executor_for
+    from edgeq.runtime.validate import Tolerance
 
-    return _validate(TorchExecutor(reference), [executor_for(a) for a in artifacts], list(inputs))
+    executors = [executor_for(a) for a in artifacts]
+    return _validate(TorchExecutor(reference), executors, list(inputs), tolerance or Tolerance())
 
 
 __all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "quantize", "validate"]

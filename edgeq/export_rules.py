@@ -58,35 +58,35 @@ for _native in _NATIVE:
     register_export_rule(_native)(as_is)
 
 
-class LowBitLinearExport(nn.Module):
-    """``WeightOnlyLinear`` as one ``edgeq::lowbit_linear`` call."""
+class WeightOnlyTwin(nn.Module):
+    """A packed weight-only layer's twin: it holds the layer, so its op reads the layer's own
+    ``qweight``, ``scales``, ``zeros`` (and ``bias``), ``bits`` and ``group_size``. One subclass per
+    layer type: the exporter records the twin's class name in the graph's metadata."""
 
-    def __init__(self, layer: WeightOnlyLinear):
+    def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
+
+
+class LowBitLinearExport(WeightOnlyTwin):
+    """``WeightOnlyLinear`` as one ``edgeq::lowbit_linear`` call."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.layer
         return torch.ops.edgeq.lowbit_linear(x, m.qweight, m.scales, m.zeros, m.bias, m.bits, m.group_size)
 
 
-class LowBitEmbeddingExport(nn.Module):
-    def __init__(self, layer: WeightOnlyEmbedding):
-        super().__init__()
-        self.layer = layer
+class LowBitEmbeddingExport(WeightOnlyTwin):
+    """``WeightOnlyEmbedding`` as one ``edgeq::lowbit_embedding`` call: packed rows gathered, then unpacked."""
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.layer
         return torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
 
 
-class LowBitConv2dExport(nn.Module):
+class LowBitConv2dExport(WeightOnlyTwin):
     """``WeightOnlyConv2d``: the packed weight dequantized by standard ops (``edgeq::dequantize_packed``)
     feeding a float Conv; the file keeps the weight packed."""
-
-    def __init__(self, layer: WeightOnlyConv2d):
-        super().__init__()
-        self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.layer

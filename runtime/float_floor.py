@@ -16,26 +16,25 @@ exactly the plain bar.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import asdict, dataclass
-from unittest import mock
 
 import numpy as np
 import torch
 from torch import nn
 
 
-@contextlib.contextmanager
-def _llama_rmsnorm_in_input_dtype():
-    """HF's LlamaRMSNorm always computes in float32; a float64 evaluation must not."""
-    from transformers.models.llama import modeling_llama
+class InputDtypeRMSNorm(nn.Module):
+    """RMSNorm computed in its input's dtype. HF's LlamaRMSNorm always computes in float32, so a
+    float64 evaluation swaps it for this one (same weight, same epsilon)."""
 
-    def forward(self, x):
+    def __init__(self, weight: nn.Parameter, eps: float):
+        super().__init__()
+        self.weight = weight
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.weight.to(x.dtype) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-    with mock.patch.object(modeling_llama.LlamaRMSNorm, "forward", forward):
-        yield
 
 
 def causal_lm_logits(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
@@ -48,10 +47,14 @@ def float64_logits(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
     float32 (HF computes them so), every matmul, norm and softmax is float64. A quantized
     embedding returns float32 rows (exact dequantized values): they are widened, or the whole
     model would run in float32 again."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
     model = copy.deepcopy(model).double()
     model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.double())
-    with _llama_rmsnorm_in_input_dtype():
-        return causal_lm_logits(model, ids)
+    norms = [(name, m) for name, m in model.named_modules() if isinstance(m, LlamaRMSNorm)]
+    for name, norm in norms:
+        model.set_submodule(name, InputDtypeRMSNorm(norm.weight, norm.variance_epsilon))
+    return causal_lm_logits(model, ids)
 
 
 @dataclass

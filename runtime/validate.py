@@ -8,11 +8,12 @@ the count of mismatching elements.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from edgeq.errors import RuntimeExecError
 from edgeq.runtime.executors import Executor
 
 
@@ -104,7 +105,55 @@ def compare_outputs(executor: str, refs: Sequence[np.ndarray], outs: Sequence[np
     return [compare(executor, r, o, name if label else None) for r, o, name in zip(refs, outs, names)]
 
 
-def validate(reference: Executor, executors: Sequence[Executor], inputs: Sequence[np.ndarray]) -> list[Numerics]:
-    """Run every executor on ``inputs`` and compare its first output with the reference's."""
-    ref = reference.run(inputs)[0]
-    return [compare(ex.name, ref, ex.run(inputs)[0]) for ex in executors]
+@dataclass
+class ArtifactNumerics(Numerics):
+    """One artifact against the reference on every graph output.
+
+    ``outputs`` holds one Numerics per output, in graph order, and ``ok`` is the verdict over all
+    of them (as ``edgeq validate`` gives it); the figures of its own are the first output's (a
+    model's main output: logits, class scores), so ``result.max_abs`` reads as for a model with
+    one output. Judge a multi-output model by ``ok`` or ``outputs``, not by those figures alone.
+    """
+
+    artifact: str = ""
+    outputs: list[Numerics] = field(default_factory=list)
+    ok: bool = False
+
+
+def validate(reference: Executor, executors: Sequence[Executor], inputs: Sequence[np.ndarray],
+             tolerance: Tolerance = Tolerance()) -> list[ArtifactNumerics]:
+    """Run every executor on ``inputs`` and compare each of its outputs with the reference's."""
+    want = reference.run(inputs)
+    results = []
+    for ex in executors:
+        artifact = _artifact_of(ex)
+        got = ex.run(inputs)
+        names = _output_names(ex, len(got))
+        if len(want) != len(got):
+            raise RuntimeExecError(f"{artifact} gives {len(got)} outputs ({', '.join(names)}); "
+                                   f"the reference ({reference.name}) gives {len(want)}")
+        try:
+            outputs = compare_outputs(ex.name, want, got, names)
+        except ValueError as exc:
+            raise RuntimeExecError(f"{artifact}: {exc}") from None
+        first = asdict(outputs[0])
+        results.append(ArtifactNumerics(**first, artifact=artifact, outputs=outputs,
+                                        ok=all(tolerance.accepts(n) for n in outputs)))
+    return results
+
+
+def _artifact_of(executor: Executor) -> str:
+    """The file an executor runs (an ONNX file or a compiled artifact), else its name."""
+    path = getattr(executor, "path", None) or getattr(getattr(executor, "artifact", None), "path", None)
+    return str(path) if path else executor.name
+
+
+def _output_names(executor: Executor, count: int) -> list[str]:
+    """The graph's output names as the executor knows them (onnxruntime's session, a compiled
+    artifact's metadata), else ``output0``, ``output1``, ..."""
+    session = getattr(executor, "session", None)
+    if hasattr(session, "get_outputs"):
+        names = [o.name for o in session.get_outputs()]
+    else:
+        names = [o["name"] for o in getattr(getattr(executor, "artifact", None), "outputs", None) or []]
+    return names if len(names) == count else [f"output{i}" for i in range(count)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections import defaultdict
 from typing import Iterator
 
 import onnx
@@ -63,6 +64,16 @@ def supported_ops() -> set[str]:
 
     _load_lowerings()
     return set(onnx_frontend._get_convert_map()) | set(_CONVERTERS) | {"Constant", "If"}
+
+
+def value_users(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]], set[str]]:
+    """Who reads each value, for the rewrites ``prepare`` runs: the nodes taking it as an input
+    (``[]`` for none) and the names the graph returns (a returned value keeps its producer)."""
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    return consumers, {o.name for o in graph.output}
 
 
 def prepare(model: onnx.ModelProto, target: str = "cpu") -> onnx.ModelProto:

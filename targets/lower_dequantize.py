@@ -11,8 +11,6 @@ is converted here with its scales repeated along the block axis.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
 import torch
@@ -22,7 +20,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 from tvm.relax.frontend.onnx.onnx_frontend import get_type
 
 from edgeq.quant.packing import pack
-from edgeq.targets.importer import register_converter
+from edgeq.targets.importer import register_converter, value_users
 from edgeq.targets.lower_lowbit import PACKED_DOMAIN, PACKED_LINEAR
 
 _BITS = {TensorProto.INT2: 2, TensorProto.UINT2: 2, TensorProto.INT4: 4, TensorProto.UINT4: 4,
@@ -35,11 +33,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrite low-bit DQ + MatMul to PackedLinear and widen the remaining 2/4-bit initializers."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    graph_outputs = {o.name for o in graph.output}
+    consumers, graph_outputs = value_users(graph)
     drop: set[int] = set()
     new_inits: list[TensorProto] = []
     for node in graph.node:

@@ -12,14 +12,12 @@ dequantizes first) by float rounding only.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import onnx
 from onnx import TensorProto, helper
 from tvm import relax, te, topi
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
-from edgeq.targets.importer import register_converter
+from edgeq.targets.importer import register_converter, value_users
 from edgeq.targets.integer_ops import conv2d_window
 from edgeq.targets.lower_lowbit import PACKED_DOMAIN
 
@@ -32,11 +30,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrite DQ(8-bit weight) + Conv to QConv where the form fits; leave the rest as it is."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    graph_outputs = {o.name for o in graph.output}
+    consumers, graph_outputs = value_users(graph)
     drop: set[int] = set()
     for node in graph.node:
         if not _is_weight_dequantize(node, inits) or node.output[0] in graph_outputs:

@@ -9,7 +9,7 @@ import torch
 
 import edgeq
 from edgeq.quant.embedding import quantize_embeddings
-from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
+from edgeq.runtime.float_floor import InputDtypeRMSNorm, causal_lm_logits, float64_logits, judge
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,21 @@ def test_float64_evaluation_is_the_same_model_in_more_precision(quantized_tiny_l
     floor = np.abs(ref32 - ref64).max() / np.abs(ref32).max()
     assert 0 < floor < 1e-5  # rounding differs (float64 is really used), the model does not
     assert next(quantized_tiny_llama.parameters()).dtype == torch.float32  # a copy was widened
+    assert not any(isinstance(m, InputDtypeRMSNorm) for m in quantized_tiny_llama.modules())  # and its norms swapped
+
+
+def test_swapped_rmsnorm_computes_in_float64():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    hf = LlamaRMSNorm(64, eps=1e-6).double()
+    torch.nn.init.normal_(hf.weight)
+    x = torch.randn(3, 64, dtype=torch.float64)
+    exact = hf.weight.detach().numpy() * (x.numpy() / np.sqrt((x.numpy() ** 2).mean(-1, keepdims=True) + 1e-6))
+    with torch.no_grad():
+        swapped, stock = InputDtypeRMSNorm(hf.weight, hf.variance_epsilon)(x).numpy(), hf(x).numpy()
+    assert np.abs(swapped - exact).max() < 1e-14  # float64 rounding only
+    assert np.abs(stock - exact).max() > 1e-8  # HF's norm rounds through float32: why it is swapped
 
 
 def test_judge_keeps_the_bar_unless_the_reference_is_less_exact():
