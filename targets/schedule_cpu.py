@@ -147,16 +147,16 @@ def _matmul(func, target, lanes):
 
 
 ROW_TILE_VECTORS = 2  # rows of A per register tile, in vectors
-COL_TILE = 4  # columns of B per register tile
+COL_TILES = (6, 4)  # columns of B per register tile, best first: 6 × 2 vectors = 12 accumulators
 
 
 def _matmul_nt_gemm(sch, block, epilogue, loops, lanes, a_index):
     """``C[i, j] = sum_k A[i, k] · B[j, k]`` with many rows: A is transposed once to ``[k, i]``
-    so that its rows form vectors, B's elements are broadcast, and ``COL_TILE × 2 vectors``
+    so that its rows form vectors, B's elements are broadcast, and ``6 (or 4) columns × 2 vectors``
     accumulators stay in registers over k."""
     i, j, k = loops
     ne = _extent(sch, j)
-    ct = COL_TILE if ne and ne % COL_TILE == 0 else 1
+    ct = next((t for t in COL_TILES if ne and ne % t == 0), 1)
     wt = next((t for t in (4 * ct, 2 * ct, ct) if ne and ne % t == 0), ct)
     at = sch.cache_read(block, a_index, "global")
     sch.transform_layout(at, ("write", 0), lambda r, c: (c, r))

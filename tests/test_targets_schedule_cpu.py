@@ -55,9 +55,10 @@ def _scheduled_module(model: onnx.ModelProto, target: str = "cpu") -> tvm.IRModu
         return schedule_cpu.schedule_module(schedule_lowbit.schedule_module(mod, tvm_target), tvm_target)
 
 
-@pytest.mark.parametrize("m,transposed", [(1, False), (32, False), (1, True), (32, True)])
-def test_scheduled_model_matches_onnxruntime(tmp_path, m, transposed):
-    model = _mlp_model(m, 96, 128, transposed)
+@pytest.mark.parametrize("m,transposed,n", [(1, False, 128), (32, False, 128), (1, True, 128), (32, True, 128),
+                                            (32, True, 96)])  # n = 96: 6-column register tiles
+def test_scheduled_model_matches_onnxruntime(tmp_path, m, transposed, n):
+    model = _mlp_model(m, 96, n, transposed)
     path = tmp_path / "mlp.onnx"
     onnx.save(model, path)
     x = np.random.default_rng(1).normal(size=(m, 96)).astype(np.float32)
