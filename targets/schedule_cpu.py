@@ -151,15 +151,16 @@ COL_TILES = (6, 4)  # columns of B per register tile, best first: 6 × 2 vectors
 
 
 def _matmul_nt_gemm(sch, block, epilogue, loops, lanes, a_index):
-    """``C[i, j] = sum_k A[i, k] · B[j, k]`` with many rows: A is transposed once to ``[k, i]``
-    so that its rows form vectors, B's elements are broadcast, and ``6 (or 4) columns × 2 vectors``
-    accumulators stay in registers over k."""
+    """``C[i, j] = sum_k A[i, k] · B[j, k]`` with many rows: A is transposed once into row
+    tiles ``[i // rt, k, i % rt]`` so that its rows form vectors, B's elements are broadcast,
+    and ``6 (or 4) columns × 2 vectors`` accumulators stay in registers over k."""
     i, j, k = loops
     ne = _extent(sch, j)
     ct = next((t for t in COL_TILES if ne and ne % t == 0), 1)
     wt = next((t for t in (4 * ct, 2 * ct, ct) if ne and ne % t == 0), ct)
-    at = sch.cache_read(block, a_index, "global")
-    sch.transform_layout(at, ("write", 0), lambda r, c: (c, r))
+    rt = ROW_TILE_VECTORS * lanes
+    at = sch.cache_read(block, a_index, "global")  # A per row tile, [K, rt] contiguous (see schedule_lowbit.gemm_compute)
+    sch.transform_layout(at, ("write", 0), lambda r, c: (r // rt, c, r % rt))
     work = _work(sch, loops)
     jo, jm, jj = sch.split(j, [None, wt // ct, ct])
     io, iv = sch.split(i, [None, ROW_TILE_VECTORS * lanes])
