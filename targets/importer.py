@@ -78,10 +78,11 @@ def value_users(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]]
 
 def prepare(model: onnx.ModelProto, target: str = "cpu") -> onnx.ModelProto:
     """The model as the importer takes it: edgeq-domain functions with no converter inlined,
-    low-bit DequantizeLinear + MatMul packed, 8-bit DequantizeLinear + Conv kept 8-bit; a CompileError naming the first node whose op has
+    low-bit DequantizeLinear + MatMul packed, packed linears on one input merged, 8-bit
+    DequantizeLinear + Conv kept 8-bit; a CompileError naming the first node whose op has
     no lowering for ``target``."""
     from edgeq.errors import CompileError
-    from edgeq.targets import lower_dequantize, lower_qdq_conv, lower_tied
+    from edgeq.targets import lower_dequantize, lower_qdq_conv, lower_tied, merge_packed_linears
 
     _load_lowerings()
     model = copy.deepcopy(model)
@@ -90,6 +91,7 @@ def prepare(model: onnx.ModelProto, target: str = "cpu") -> onnx.ModelProto:
     if inline:
         model = onnx.inliner.inline_selected_functions(model, list(inline), exclude=False)
     model = lower_dequantize.prepare(model)
+    model = merge_packed_linears.prepare(model)
     model = lower_qdq_conv.prepare(model)
     model = lower_tied.prepare(model)
     for node in model.graph.node:
