@@ -35,16 +35,22 @@ GEMV_SHAPES = [("4096→4096", 4096, 4096, 128), ("q/o 576→576", 576, 576, 64)
                ("gate/up 576→1536", 576, 1536, 64), ("down 1536→576", 1536, 576, 128)]
 
 
-def best_ms(fn, warmup: int = 5, runs: int = 50) -> float:
-    """Median wall-clock milliseconds of ``fn`` (every peer is timed the same way)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+def interleaved_ms(fns: dict, warmup: int = 5, runs: int = 50, rounds: int = 3) -> dict:
+    """Median wall-clock milliseconds of each peer in ``fns``, timed in ``rounds`` turns of
+    ``runs / rounds`` back-to-back calls per peer, so that the machine's slow and fast spells fall
+    on every peer alike. Calls are not alternated one by one: onnxruntime's and TVM's pool
+    threads spin for a while after a call and would slow the next peer down; each turn's
+    ``warmup`` calls absorb that."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            for _ in range(max(1, runs // rounds)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
 def matmulnbits_model(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, block: int, level: int) -> onnx.ModelProto:
@@ -102,13 +108,13 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
         assert ort_err < 1e-4, f"MatMulNBits level 0 does not match the reference ({ort_err:.1e}): packing differs"
         f_sess = ort_session(str(f_path), threads=threads)
         wt, xt = torch.from_numpy(w), torch.from_numpy(x)
-        times = {
-            "tvm": best_ms(lambda: tvm_exec.vm["main"](x_tvm)),
-            "ort0": best_ms(lambda: peers[0].run(None, {"x": x})),
-            "ort4": best_ms(lambda: peers[4].run(None, {"x": x})),
-            "ortf": best_ms(lambda: f_sess.run(None, {"x": x})),
-            "torch": best_ms(lambda: torch.nn.functional.linear(xt, wt)),
-        }
+        times = interleaved_ms({
+            "tvm": lambda: tvm_exec.vm["main"](x_tvm),
+            "ort0": lambda: peers[0].run(None, {"x": x}),
+            "ort4": lambda: peers[4].run(None, {"x": x}),
+            "ortf": lambda: f_sess.run(None, {"x": x}),
+            "torch": lambda: torch.nn.functional.linear(xt, wt),
+        }, runs=100)
         kernel_ms = 1e3 * tvm_exec.vm.time_evaluator("main", tvm_exec.device, number=20, repeat=5)(x_tvm).median
         packed_bytes = k * n // 2 + n * (k // group) * (4 + 1)  # nibbles, float32 scales, uint8 zero points
         bound_ms = packed_bytes / (bandwidth * 1e9) * 1e3
@@ -120,7 +126,7 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
                "ORT f32 ms", "PyTorch f32 ms", "bandwidth bound ms", "TVM speed vs L0", "TVM speed vs L4",
                "bound/time TVM / L0"]
     notes = (f"W4 with zero points; copy bandwidth {bandwidth:.1f} GB/s (numpy copy, read+write). All 'ms' columns are "
-             "median wall-clock per call from Python (same harness for every peer); 'kernel only' is TVM's "
+             "median wall-clock per call from Python (same harness for every peer, timed in turns); 'kernel only' is TVM's "
              "time_evaluator without the Python call. Max error of TVM vs the float reference: "
              f"{max(errors):.1e} of the output scale. {threads} threads everywhere. The small SmolLM2 shapes "
              "(55–440 KiB of weights) are dominated by per-call overhead, and all weights here are cache-resident "
@@ -168,16 +174,16 @@ def smollm2_rows(threads: int, cache: Path, seqs=(1, 128)):
             reference = qmodel(input_ids=tids, use_cache=False).logits.numpy()
         got = tvm_exec.run([ids])[0]
         err = float(np.abs(got - reference).max() / np.abs(reference).max())
-        runs = 20 if seq == 1 else 5
+        runs = 40 if seq == 1 else 9
 
         def torch_forward():
             with torch.no_grad():
                 model(input_ids=tids, use_cache=False)
 
-        times = {"tvm": best_ms(lambda: tvm_exec.run([ids]), warmup=2, runs=runs),
-                 "f32": best_ms(lambda: sessions["f32"].run(None, {"input_ids": ids}), warmup=2, runs=runs),
-                 "w4l4": best_ms(lambda: sessions["w4l4"].run(None, {"input_ids": ids}), warmup=2, runs=runs),
-                 "torch": best_ms(torch_forward, warmup=1, runs=runs)}
+        times = interleaved_ms({"tvm": lambda: tvm_exec.run([ids]),
+                                "f32": lambda: sessions["f32"].run(None, {"input_ids": ids}),
+                                "w4l4": lambda: sessions["w4l4"].run(None, {"input_ids": ids}),
+                                "torch": torch_forward}, warmup=2, runs=runs)
         rows.append([seq, f"{times['tvm']:.1f}", f"{times['f32']:.1f}", f"{times['w4l4']:.1f}", f"{times['torch']:.1f}",
                      f"{times['w4l4'] / times['tvm']:.2f}×", f"{times['f32'] / times['tvm']:.2f}×",
                      f"{times['torch'] / times['tvm']:.2f}×", f"{err:.1e}", f"{art.compile_seconds:.0f}"])
@@ -214,8 +220,9 @@ def cnn_rows(threads: int, tmp: Path):
             tvm_exec = TvmExecutor(art.path, threads=threads)
             xb = np.ascontiguousarray(x[:batch])
             same = np.abs(tvm_exec.run([xb])[0] - session.run(None, {name: xb})[0]).max()
-            t_tvm = best_ms(lambda: tvm_exec.run([xb]), runs=50 if batch == 1 else 10)
-            t_ort = best_ms(lambda: session.run(None, {name: xb}), runs=50 if batch == 1 else 10)
+            times = interleaved_ms({"tvm": lambda: tvm_exec.run([xb]), "ort": lambda: session.run(None, {name: xb})},
+                                   runs=50 if batch == 1 else 10)
+            t_tvm, t_ort = times["tvm"], times["ort"]
             rows.append([label, batch, f"{t_tvm:.3f}", f"{t_ort:.3f}", f"{t_ort / t_tvm:.2f}×", f"{same:.1e}"])
     return [["model", "batch", "TVM ms", "ORT ms", "TVM speed vs ORT", "max |TVM - ORT|"], *rows]
 
@@ -243,7 +250,7 @@ def main() -> None:
             table = markdown_table(headers, rows)
             print(table)
             record("Compiled speed: digits CNN, TVM vs onnxruntime", table,
-                   f"Median wall-clock per call, {args.threads} threads, same run. Integer-only = W8A8 HAWQ-V3 dyadic "
+                   f"Median wall-clock per call, {args.threads} threads, same run, timed in turns. Integer-only = W8A8 HAWQ-V3 dyadic "
                    "(`export_integer`); TVM's integer kernels are edgeq's default CPU schedules.")
         if "smollm2" in parts:
             (headers, *rows), (pheaders, *prows) = smollm2_rows(args.threads, args.cache, [int(s) for s in args.seqs.split(",")])
@@ -253,7 +260,7 @@ def main() -> None:
             record("Compiled speed: SmolLM2-135M W4 g128 whole forward, TVM vs onnxruntime and PyTorch",
                    table + "\n\nWhere TVM's time goes (Relax VM instrumented, per forward):\n\n" + profile,
                    f"Whole forward without KV cache, batch 1, {args.threads} threads for every peer, median "
-                   "wall-clock, same run. W4 = edgeq RTN g128 (g64 where 128 does not divide K), lm_head tied to "
+                   "wall-clock, same run, peers timed in three turns each. W4 = edgeq RTN g128 (g64 where 128 does not divide K), lm_head tied to "
                    "the embedding in float32 (as onnxruntime's own 4-bit quantizer leaves it); ORT 4-bit = the same "
                    "ONNX (blocked int4 DequantizeLinear) fused by onnxruntime into MatMulNBits at accuracy level 4. "
                    "TVM is specialized per sequence length (`specialize`). The profile's times include the "
