@@ -17,13 +17,13 @@ ENV = "TVM_NUM_THREADS"
 
 def physical_cores() -> int:
     """Physical cores this process may run on (SMT siblings counted once)."""
-    cpus = os.sched_getaffinity(0)
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     cores = set()
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
             cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
-        except OSError:  # no sysfs topology: one core per CPU
+        except OSError:  # no sysfs topology (not Linux, some containers): one core per CPU
             return len(cpus)
     return len(cores) or len(cpus)
 

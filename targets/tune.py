@@ -4,11 +4,16 @@ The kernels are the PrimFuncs that ``compile`` would hand to the default CPU sch
 (``schedule_cpu``), after edgeq's own packed low-bit kernels have replaced theirs; structurally
 equal kernels are tuned once. Records go to a meta_schedule JSON database in ``db_dir``;
 ``compile(..., tuning_db=db_dir)`` looks every kernel up there and uses the tuned schedule where
-one was found, the default schedule elsewhere, so a partial search still builds.
+one was found, the default schedule elsewhere, so a partial search still builds. A short random
+search often loses to edgeq's default schedules, so each tuned kernel's best time is compared
+with its default schedule's, timed here the same way; kernels where the default won are listed in
+``KEPT_DEFAULT`` in the database folder and keep their default schedule, so a database never
+makes an artifact slower than an untuned build.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +25,7 @@ TRIALS_PER_KERNEL = 16
 # Each build runs in a fresh worker process that first imports TVM (10-30 s on a loaded 2-core
 # machine); meta_schedule's default 30 s counts that import and times every build out.
 BUILD_TIMEOUT_S = 300
+KEPT_DEFAULT = "edgeq_kept_default.json"  # structural hashes of kernels whose default schedule won
 
 
 @dataclass
@@ -27,6 +33,7 @@ class TuneResult:
     db_dir: Path
     kernels: list[str] = field(default_factory=list)  # distinct kernels found, largest first
     tuned: list[str] = field(default_factory=list)  # those searched before the budget ran out
+    kept_default: list[str] = field(default_factory=list)  # tuned, but slower than the default schedule
     seconds: float = 0.0
 
 
@@ -50,7 +57,6 @@ def tuning_target(target):
 def distinct_kernels(lowered) -> list[tuple[str, object]]:
     """(name, PrimFunc) of the unscheduled kernels, one per structure, the most work first."""
     import tvm
-    import tvm_ffi
 
     seen, kernels = set(), []
     for gv, func in lowered.functions.items():
@@ -58,7 +64,7 @@ def distinct_kernels(lowered) -> list[tuple[str, object]]:
             continue
         if gv.name_hint.startswith("shape_func"):
             continue
-        key = tvm_ffi.structural_hash(workload(func))
+        key = _key(func)
         if key in seen:
             continue
         seen.add(key)
@@ -104,24 +110,65 @@ def tune(onnx_path, db_dir, target: str = "cpu", budget_s: float = 60.0, special
         from tqdm import tqdm
 
         bar = tqdm(total=len(kernels), desc="tune", unit="kernel")
+    kept = _kept_default(result.db_dir)
     for name, func in kernels:
         if time.perf_counter() - start >= budget_s:
             break
-        ms.tune_tir(workload(func), tvm_target, str(result.db_dir), max_trials_global=trials_per_kernel,
-                    num_trials_per_iter=min(trials_per_kernel, 8), cost_model="random", task_scheduler="round-robin",
-                    builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S))
+        database = ms.tune_tir(workload(func), tvm_target, str(result.db_dir), max_trials_global=trials_per_kernel,
+                               num_trials_per_iter=min(trials_per_kernel, 8), cost_model="random",
+                               task_scheduler="round-robin",
+                               builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S))
         result.tuned.append(name)
+        default_s = default_seconds(func, spec.tvm())
+        best = database.query_tuning_record(workload(func), tvm_target, "main")
+        tuned_s = float(sum(float(t) for t in best.run_secs) / len(best.run_secs)) if best and best.run_secs else None
+        if default_s is not None and (tuned_s is None or default_s <= tuned_s):
+            kept.add(_key(func))
+            result.kept_default.append(name)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
+    (result.db_dir / KEPT_DEFAULT).write_text(json.dumps(sorted(kept)))
     result.seconds = time.perf_counter() - start
     return result
 
 
+def default_seconds(func, target) -> float | None:
+    """Median run time of ``func`` under edgeq's default CPU schedule on this host (None when a
+    dimension is symbolic: nothing to time)."""
+    import numpy as np
+    import tvm
+
+    from edgeq.targets import schedule_cpu
+
+    shapes = []
+    for param in func.params:  # buffers; a scalar parameter (a symbolic size) has no shape
+        shape = getattr(param, "shape", None)
+        if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+            return None
+        shapes.append(([int(d) for d in shape], str(param.dtype)))
+    lib = tvm.tirx.build(schedule_cpu.schedule_module(workload(func), target), target=target)
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.integers(0, 4, shape).astype(dtype) if "int" in dtype
+                               else rng.normal(size=shape).astype(dtype)) for shape, dtype in shapes]
+    return float(lib.time_evaluator("main", tvm.cpu(), number=3, repeat=5)(*args).median)
+
+
+def _key(func) -> str:
+    import tvm_ffi
+
+    return str(tvm_ffi.structural_hash(workload(func)))
+
+
+def _kept_default(db_dir: Path) -> set[str]:
+    path = db_dir / KEPT_DEFAULT
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
 def apply_database(lowered, target, db_dir) -> tuple[object, int]:
     """``lowered`` with every unscheduled kernel found in the database replaced by its tuned
-    schedule; returns (module, number replaced)."""
+    schedule, unless tuning found the default faster; returns (module, number replaced)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -131,9 +178,12 @@ def apply_database(lowered, target, db_dir) -> tuple[object, int]:
         raise CompileError(f"{db_dir}: not a tuning database (no database_workload.json / database_tuning_record.json)")
     database = ms.database.JSONDatabase(str(workloads), str(records), allow_missing=False)
     tvm_target = tuning_target(target)
+    kept = _kept_default(db_dir)
     applied = 0
     for gv, func in list(lowered.functions.items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tirx.is_scheduled" in func.attrs):
+            continue
+        if _key(func) in kept:
             continue
         sch = database.query_schedule(workload(func), tvm_target, workload_name="main")
         if sch is None:

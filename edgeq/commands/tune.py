@@ -28,11 +28,16 @@ def run(args) -> int:
     result = tune(args.model, args.out, target=args.target, budget_s=args.budget,
                   specialize=parse_specialize(args.specialize) or None, trials_per_kernel=args.trials)
     summary = {"database": str(result.db_dir), "kernels": len(result.kernels), "tuned": result.tuned,
-               "seconds": round(result.seconds, 1)}
+               "kept_default": result.kept_default, "seconds": round(result.seconds, 1)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        rows = [[name, "tuned" if name in result.tuned else "default schedule (budget spent)"] for name in result.kernels]
+        def outcome(name: str) -> str:
+            if name in result.kept_default:
+                return "default schedule (faster than the tuned one)"
+            return "tuned" if name in result.tuned else "default schedule (budget spent)"
+
+        rows = [[name, outcome(name)] for name in result.kernels]
         print(format_table(["kernel", "schedule"], rows,
                            title=f"{len(result.tuned)}/{len(result.kernels)} kernels tuned in {result.seconds:.0f} s -> {result.db_dir}"))
     return 0
