@@ -159,11 +159,11 @@ def _matmul_nt_gemm(sch, block, epilogue, loops, lanes, a_index):
     ct = next((t for t in COL_TILES if ne and ne % t == 0), 1)
     wt = next((t for t in (4 * ct, 2 * ct, ct) if ne and ne % t == 0), ct)
     rt = ROW_TILE_VECTORS * lanes
-    at = sch.cache_read(block, a_index, "global")  # A per row tile, [K, rt] contiguous (see schedule_lowbit.gemm_compute)
+    at = sch.cache_read(block, a_index, "global")  # each row tile's [K, rt] block contiguous
     sch.transform_layout(at, ("write", 0), lambda r, c: (r // rt, c, r % rt))
     work = _work(sch, loops)
     jo, jm, jj = sch.split(j, [None, wt // ct, ct])
-    io, iv = sch.split(i, [None, ROW_TILE_VECTORS * lanes])
+    io, iv = sch.split(i, [None, rt])
     sch.reorder(jo, io, jm, k, jj, iv)
     if work is None or work >= PARALLEL_MIN_WORK:
         sch.parallel(jo)
@@ -321,6 +321,8 @@ def _conv(func, target, lanes):
 
 
 def _rows(func, target, lanes):
+    """Softmax-like functions (at least two reductions, all blocks on the same rows, ending
+    elementwise): one parallel row loop with every block computed at it, injective blocks vectorized."""
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
     sch = s_tir.Schedule(func)
@@ -343,7 +345,7 @@ def _rows(func, target, lanes):
         return None
     work = _work(sch, out_loops)
     fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
-    if work >= PARALLEL_MIN_WORK:
+    if work is None or work >= PARALLEL_MIN_WORK:
         sch.parallel(fused)
     for info in reversed(infos[:-1]):
         sch.compute_at(info.block_rv, fused)

@@ -88,7 +88,8 @@ def gemm_compute(x, qweight, scales, zeros, bias, *, bits: int, group: int):
     rg = te.reduce_axis((0, groups), name="g")
     rh = te.reduce_axis((0, per_byte), name="h")
     rb = te.reduce_axis((0, nbytes), name="b")
-    y = te.compute((m, n_dim), lambda i, j: te.sum(xt[i // rt, rg, rh, rb, i % rt] * w[j, rg, rh, rb], axis=[rg, rh, rb]),
+    y = te.compute((m, n_dim),
+                   lambda i, j: te.sum(xt[i // rt, rg, rh, rb, i % rt] * w[j, rg, rh, rb], axis=[rg, rh, rb]),
                    name="packed_linear_out", attrs={"edgeq_bits": bits, "edgeq_group": group})
     if bias is None:
         return y
