@@ -35,7 +35,7 @@ GEMV_SHAPES = [("4096→4096", 4096, 4096, 128), ("q/o 576→576", 576, 576, 64)
                ("gate/up 576→1536", 576, 1536, 64), ("down 1536→576", 1536, 576, 128)]
 
 
-def interleaved_ms(fns: dict, warmup: int = 5, runs: int = 50, rounds: int = 3) -> dict:
+def timed_in_turns(fns: dict, warmup: int = 5, runs: int = 50, rounds: int = 3) -> dict:
     """Median wall-clock milliseconds of each peer in ``fns``, timed in ``rounds`` turns of
     ``runs / rounds`` back-to-back calls per peer, so that the machine's slow and fast spells fall
     on every peer alike. Calls are not alternated one by one: onnxruntime's and TVM's pool
@@ -108,7 +108,7 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
         assert ort_err < 1e-4, f"MatMulNBits level 0 does not match the reference ({ort_err:.1e}): packing differs"
         f_sess = ort_session(str(f_path), threads=threads)
         wt, xt = torch.from_numpy(w), torch.from_numpy(x)
-        times = interleaved_ms({
+        times = timed_in_turns({
             "tvm": lambda: tvm_exec.vm["main"](x_tvm),
             "ort0": lambda: peers[0].run(None, {"x": x}),
             "ort4": lambda: peers[4].run(None, {"x": x}),
@@ -180,7 +180,7 @@ def smollm2_rows(threads: int, cache: Path, seqs=(1, 128)):
             with torch.no_grad():
                 model(input_ids=tids, use_cache=False)
 
-        times = interleaved_ms({"tvm": lambda: tvm_exec.run([ids]),
+        times = timed_in_turns({"tvm": lambda: tvm_exec.run([ids]),
                                 "f32": lambda: sessions["f32"].run(None, {"input_ids": ids}),
                                 "w4l4": lambda: sessions["w4l4"].run(None, {"input_ids": ids}),
                                 "torch": torch_forward}, warmup=2, runs=runs)
@@ -220,7 +220,7 @@ def cnn_rows(threads: int, tmp: Path):
             tvm_exec = TvmExecutor(art.path, threads=threads)
             xb = np.ascontiguousarray(x[:batch])
             same = np.abs(tvm_exec.run([xb])[0] - session.run(None, {name: xb})[0]).max()
-            times = interleaved_ms({"tvm": lambda: tvm_exec.run([xb]), "ort": lambda: session.run(None, {name: xb})},
+            times = timed_in_turns({"tvm": lambda: tvm_exec.run([xb]), "ort": lambda: session.run(None, {name: xb})},
                                    runs=50 if batch == 1 else 10)
             t_tvm, t_ort = times["tvm"], times["ort"]
             rows.append([label, batch, f"{t_tvm:.3f}", f"{t_ort:.3f}", f"{t_ort / t_tvm:.2f}×", f"{same:.1e}"])

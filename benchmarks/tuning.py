@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_results, markdown_table  # noqa: E402
-from compiled_speed import interleaved_ms  # noqa: E402
+from compiled_speed import timed_in_turns  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
         expect = session.run(None, {name: x})[0]
         runners = {"default": TvmExecutor(default.path), "tuned": TvmExecutor(tuned.path)}
         errors = {k: float(np.abs(r.run([x])[0] - expect).max()) for k, r in runners.items()}
-        times = interleaved_ms({"default": lambda: runners["default"].run([x]), "tuned": lambda: runners["tuned"].run([x]),
+        times = timed_in_turns({"default": lambda: runners["default"].run([x]), "tuned": lambda: runners["tuned"].run([x]),
                                 "ort": lambda: session.run(None, {name: x})}, runs=30)
     rows = [[label, f"{times[key]:.3f}", f"{times['ort'] / times[key]:.2f}×", f"{errors[key]:.1e}"]
             for label, key in (("TVM, edgeq default schedules", "default"), ("TVM, tuned (+ defaults elsewhere)", "tuned"))]

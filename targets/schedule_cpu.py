@@ -114,13 +114,10 @@ def _matmul(func, target, lanes):
     if main.is_injective() or (epilogue is not None and not epilogue.is_injective()):
         return None
     block = main.block_rv
-    stmt = sch.get(block)
-    loops = sch.get_loops(block)
-    if len(loops) != len(stmt.iter_vars):
+    axes = _block_axes(sch, block)
+    if axes is None:
         return None
-    # unit dimensions (a batch of 1, M = 1) take no part in the tiling
-    pairs = [(iv, lp) for iv, lp in zip(stmt.iter_vars, loops) if not _unit(iv)]
-    kinds = "".join("R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv, _ in pairs)
+    stmt, pairs, kinds = axes
     if len(kinds) < 2 or not kinds.endswith("R") or kinds.count("R") != 1:
         return None
     iters = [iv.var for iv, _ in pairs]
@@ -175,6 +172,18 @@ def _matmul_nt_gemm(sch, block, epilogue, loops, lanes, a_index):
     sch.vectorize(iv)
     sch.decompose_reduction(block, k)
     return sch
+
+
+def _block_axes(sch, block):
+    """(block statement, its (iter var, loop) pairs without unit dimensions (a batch of 1, M = 1:
+    they take no part in tiling), their kinds as a string of "S"/"R"); None when the loops no
+    longer match the iter vars one to one."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    if len(loops) != len(stmt.iter_vars):
+        return None
+    pairs = [(iv, lp) for iv, lp in zip(stmt.iter_vars, loops) if not _unit(iv)]
+    return stmt, pairs, "".join("R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv, _ in pairs)
 
 
 def _unit(iv) -> bool:
@@ -268,12 +277,10 @@ def _conv(func, target, lanes):
         return None
     prologue, main, epilogue = infos[:mains[0]], infos[mains[0]], infos[mains[0] + 1:]
     block = main.block_rv
-    stmt = sch.get(block)
-    loops = sch.get_loops(block)
-    if len(loops) != len(stmt.iter_vars):
+    axes = _block_axes(sch, block)
+    if axes is None:
         return None
-    pairs = [(iv, lp) for iv, lp in zip(stmt.iter_vars, loops) if not _unit(iv)]
-    kinds = "".join("R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv, _ in pairs)
+    _, pairs, kinds = axes
     n_s = len(kinds) - len(kinds.lstrip("S"))
     if n_s < 2 or kinds[n_s:] != "R" * (len(kinds) - n_s) or len(kinds) - n_s < 2:
         return None
@@ -283,7 +290,7 @@ def _conv(func, target, lanes):
     ve = _extent(sch, vec)
     if not ve or ve > 16 * lanes:
         return None
-    work = _work(sch, loops)
+    work = _work(sch, [lp for _, lp in pairs])  # unit loops add nothing to the product
     outer = s_loops[:-1]
     inner_reg = []
     if len(s_loops) >= 3:

@@ -59,6 +59,15 @@ GEMM_ROW_TILE = 16  # rows of X per register tile: two 8-float vectors (AVX2) / 
 GEMM_TILES = ((6, 24), (4, 16), (4, 8), (4, 4), (1, 1))
 
 
+def packed_value(qweight, j, g, h, b, bits: int, nbytes: int):
+    """Value ``h`` of packed byte ``b`` in group ``g`` of weight row ``j``, as float32 (a TIR
+    expression): the shift and mask stay in uint8, which LLVM vectorizes as byte operations."""
+    byte = qweight[j, g * nbytes + b]
+    if bits == 8:
+        return byte.astype("float32")
+    return ((byte >> (h * bits).astype("uint8")) & tvm.tirx.const((1 << bits) - 1, "uint8")).astype("float32")
+
+
 def gemm_compute(x, qweight, scales, zeros, bias, *, bits: int, group: int):
     """TE compute of the packed linear for many rows: the weight is dequantized into float32
     tiles and multiplied as ``y[i, j] = sum_k xt[i // 16, k, i % 16] · w[j, k]``, with k in the
@@ -70,21 +79,16 @@ def gemm_compute(x, qweight, scales, zeros, bias, *, bits: int, group: int):
     groups = k_dim // group
     per_byte = 8 // bits
     nbytes = group // per_byte
-    mask = (1 << bits) - 1
     rt = GEMM_ROW_TILE  # X is packed per row tile: each tile's [K, rt] block is one contiguous stream
     xt = te.compute((m // rt, groups, per_byte, nbytes, rt),
                     lambda io, g, h, b, iv: x[io * rt + iv, g * group + b * per_byte + h].astype("float32"),
                     name="packed_gemm_x")
 
-    def value(j, g, h, b):
-        byte = qweight[j, g * nbytes + b]
-        if bits == 8:
-            return byte.astype("float32")
-        return ((byte >> (h * bits).astype("uint8")) & tvm.tirx.const(mask, "uint8")).astype("float32")
+    def dequantized(j, g, h, b):
+        value = packed_value(qweight, j, g, h, b, bits, nbytes)
+        return (value - zeros[j, g].astype("float32")) * scales[j, g].astype("float32")
 
-    w = te.compute((n_dim, groups, per_byte, nbytes),
-                   lambda j, g, h, b: (value(j, g, h, b) - zeros[j, g].astype("float32")) * scales[j, g].astype("float32"),
-                   name="packed_gemm_w")
+    w = te.compute((n_dim, groups, per_byte, nbytes), dequantized, name="packed_gemm_w")
     rg = te.reduce_axis((0, groups), name="g")
     rh = te.reduce_axis((0, per_byte), name="h")
     rb = te.reduce_axis((0, nbytes), name="b")
@@ -158,7 +162,6 @@ def lane_compute(x, qweight, scales, zeros, bias, *, bits: int, group: int, lane
     per_byte = 8 // bits
     nbytes = group // per_byte
     steps = nbytes // lanes
-    mask = (1 << bits) - 1
     # de-interleave x once: xd[i, g, h, b] = x[i, g·G + b·per_byte + h], contiguous in b
     xd = te.compute((m, groups, per_byte, nbytes),
                     lambda i, g, h, b: x[i, g * group + b * per_byte + h].astype("float32"), name="packed_linear_x")
@@ -166,15 +169,11 @@ def lane_compute(x, qweight, scales, zeros, bias, *, bits: int, group: int, lane
     xs = te.compute((m, groups, per_byte, lanes), lambda i, g, h, l: te.sum(xd[i, g, h, bo * lanes + l], axis=bo),
                     name="packed_linear_xsum")
 
-    def value(j, g, h, b):
-        byte = qweight[j, g * nbytes + b]
-        if bits == 8:
-            return byte.astype("float32")
-        return ((byte >> (h * bits).astype("uint8")) & tvm.tirx.const(mask, "uint8")).astype("float32")
-
     bp = te.reduce_axis((0, steps), name="bp")
     part = te.compute((m, n_dim, groups, per_byte, lanes),
-                      lambda i, j, g, h, l: te.sum(xd[i, g, h, bp * lanes + l] * value(j, g, h, bp * lanes + l), axis=bp),
+                      lambda i, j, g, h, l: te.sum(
+                          xd[i, g, h, bp * lanes + l] * packed_value(qweight, j, g, h, bp * lanes + l, bits, nbytes),
+                          axis=bp),
                       name=BLOCK, attrs={"edgeq_bits": bits, "edgeq_group": group})
     rg = te.reduce_axis((0, groups), name="g")
     rh = te.reduce_axis((0, per_byte), name="h")
