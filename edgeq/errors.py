@@ -45,3 +45,7 @@ class RuntimeExecError(EdgeqError):
 
 class ValidationError(EdgeqError):
     """An executor's outputs disagree with the reference beyond tolerance."""
+
+
+class ContextLengthError(RuntimeExecError):
+    """A generation session was asked to hold more tokens than its maximum context."""
