@@ -204,13 +204,15 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     there use their tuned schedules.
     """
     spec = get_target(target)
-    compiler = spec.require_compiler()
     model = load_onnx(onnx_path)
     packed_bytes = onnx_weight_bytes(model)
     name = name or Path(onnx_path).stem
     out = Path(out_dir) / f"{name}.{spec.name}.{spec.artifact}"
     start = time.perf_counter()
     mod, model = _import(onnx_path, model, spec, specialize)
+    # After the import (a model that cannot be lowered says so whatever the host has installed),
+    # before the build (the slow part).
+    compiler = spec.require_compiler()
     try:
         executable, weight_bytes, tuned = build(mod, spec, tuning_db)
     except EdgeqError:
