@@ -100,8 +100,8 @@ class Reference:
 
 def reference_for(spec: str | Executor, model_path: Path) -> Reference:
     """``onnxruntime`` (the model's own graph), ``digits:RECIPE`` (the built-in CNN quantized by
-    RECIPE, in PyTorch), ``PATH.onnx`` (another graph on onnxruntime), ``PATH.pt2`` (a
-    ``torch.export`` program), or an Executor."""
+    RECIPE, in PyTorch), ``PATH.onnx`` (another graph on onnxruntime), any model
+    ``edgeq.model_spec.load_model`` accepts (in PyTorch; never a pickle), or an Executor."""
     if isinstance(spec, Executor):
         return Reference(spec, spec.name, model_path)
     if spec == "onnxruntime":
@@ -118,15 +118,10 @@ def reference_for(spec: str | Executor, model_path: Path) -> Reference:
     path = Path(spec)
     if path.suffix == ".onnx":
         return Reference(OrtExecutor(path), f"onnxruntime ({path.name})", path)
-    if path.suffix == ".pt2":
-        import torch
+    from edgeq.model_spec import load_model
 
-        from edgeq.errors import ModelFileError
-
-        if not path.exists():
-            raise ModelFileError(f"{path}: no such file")
-        return Reference(TorchExecutor(torch.export.load(str(path)).module()), f"PyTorch ({path.name})", model_path)
-    raise RuntimeExecError(f"reference {spec!r}: expected onnxruntime, digits:RECIPE, a .onnx or a .pt2 file")
+    loaded = load_model(spec)
+    return Reference(TorchExecutor(loaded.module), f"PyTorch ({path.name or spec})", model_path)
 
 
 @dataclass

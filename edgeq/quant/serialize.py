@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeq._io import atomic_path
-from edgeq.errors import ModelFileError, QuantizationError
+from edgeq.errors import EdgeqError, ModelFileError, QuantizationError
 from edgeq.quant import set_submodule
 from edgeq.quant.hadamard import OnlineHadamard
 from edgeq.quant.packing import packed_length
@@ -75,6 +75,9 @@ def save_quantized(model: nn.Module, path: str | Path, source: str) -> Path:
 
 
 def read_metadata(path: str | Path) -> dict:
+    """The file's string metadata, checked: an edgeq weight-only model whose structure entries
+    are well-formed (a ModelFileError naming the file and the entry otherwise). Only safetensors'
+    own header parser reads the file: nothing in it is ever unpickled or executed."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -87,7 +90,65 @@ def read_metadata(path: str | Path) -> dict:
         raise ModelFileError(f"{path}: not a safetensors file ({exc})") from None
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an edgeq weight-only model (format {meta.get('format')!r})")
+    _structure(path, meta)
     return meta
+
+
+_SCALE_DTYPES = ("float16", "bfloat16", "float32")
+_LAYER_FIELDS = {"kind": str, "in": int, "out": int, "bits": int, "group_size": int, "bias": bool, "scale_dtype": str}
+_CONV_FIELDS = {"in_channels": int, "kernel_size": list, "stride": list, "padding": list, "dilation": list, "groups": int}
+
+
+def _structure(path: Path, meta: dict) -> tuple[dict, dict, dict | None]:
+    """(layers, hadamards, rotation) from the metadata, each entry checked for its fields and types."""
+
+    def bad(entry: str, why: str) -> ModelFileError:
+        return ModelFileError(f"{path}: metadata {entry}: {why}")
+
+    def parsed(key: str):
+        if key not in meta:
+            raise bad(repr(key), "missing")
+        try:
+            return json.loads(meta[key])
+        except ValueError:
+            raise bad(repr(key), "not JSON") from None
+
+    if meta.get("source") not in SOURCES:
+        raise bad("'source'", f"{meta.get('source')!r} is not a built-in model ({', '.join(SOURCES)})")
+    try:
+        recipe_from_dict(parsed("recipe"))
+    except (EdgeqError, TypeError, ValueError, AttributeError) as exc:  # RecipeError, the recipe's own checks
+        raise bad("'recipe'", str(exc)) from None
+    layers, hadamards, rotation = parsed("layers"), parsed("hadamards"), parsed("rotation")
+    if not isinstance(layers, dict):
+        raise bad("'layers'", "expected an object of layer name -> layer")
+    for name, spec in layers.items():
+        fields = dict(_LAYER_FIELDS, **(_CONV_FIELDS if isinstance(spec, dict) and spec.get("kind") == "conv2d" else {}))
+        if not isinstance(spec, dict) or set(spec) != set(fields):
+            got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+            raise bad(f"layer {name!r}", f"expected the fields {sorted(fields)}, got {got}")
+        for field, kind in fields.items():
+            value = spec[field]
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+            if kind is list:
+                ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+            elif kind is int:
+                ok = ok and value > 0
+            if not ok:
+                raise bad(f"layer {name!r} field {field!r}", f"ill-typed value {value!r}")
+        if spec["kind"] not in ("linear", "conv2d"):
+            raise bad(f"layer {name!r} field 'kind'", f"{spec['kind']!r} is not linear or conv2d")
+        if spec["scale_dtype"] not in _SCALE_DTYPES:
+            raise bad(f"layer {name!r} field 'scale_dtype'", f"{spec['scale_dtype']!r} is not one of {', '.join(_SCALE_DTYPES)}")
+        if spec["in"] % spec["group_size"]:
+            raise bad(f"layer {name!r}", f"group size {spec['group_size']} does not divide {spec['in']} input features")
+    if not isinstance(hadamards, dict) or not all(
+            isinstance(h, dict) and set(h) == {"size", "block_size"}
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in h.values()) for h in hadamards.values()):
+        raise bad("'hadamards'", "expected an object of module name -> {size, block_size} (positive integers)")
+    if rotation is not None and not isinstance(rotation, dict):
+        raise bad("'rotation'", "expected null or an object")
+    return layers, hadamards, rotation
 
 
 def load_quantized(path: str | Path) -> nn.Module:
@@ -95,18 +156,21 @@ def load_quantized(path: str | Path) -> nn.Module:
     from safetensors.torch import load_model
 
     meta = read_metadata(path)
+    layers, hadamards, rotation = _structure(Path(path), meta)
     model = SOURCES[meta["source"]]().eval()
-    rotation = json.loads(meta["rotation"])
     if rotation:
         from edgeq.quant.quarot import untie_lm_head
 
         untie_lm_head(model)
         model.config.edgeq_rotation = rotation
-    for name, spec in json.loads(meta["hadamards"]).items():
-        linear = model.get_submodule(name.rpartition(".")[0])  # "...down_proj.0" -> the float down_proj
-        set_submodule(model, name.rpartition(".")[0], nn.Sequential(OnlineHadamard(spec["size"], spec["block_size"]), linear))
-    for name, spec in json.loads(meta["layers"]).items():
-        set_submodule(model, name, _empty_layer(spec))
+    try:
+        for name, spec in hadamards.items():
+            linear = model.get_submodule(name.rpartition(".")[0])  # "...down_proj.0" -> the float down_proj
+            set_submodule(model, name.rpartition(".")[0], nn.Sequential(OnlineHadamard(spec["size"], spec["block_size"]), linear))
+        for name, spec in layers.items():
+            set_submodule(model, name, _empty_layer(spec))
+    except (AttributeError, KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: its layers do not fit the {meta['source']} structure ({exc})") from None
     try:
         load_model(model, str(path), strict=True)
     except RuntimeError as exc:
