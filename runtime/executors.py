@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgeq.errors import RuntimeExecError
+from edgeq.errors import ModelFileError, RuntimeExecError
 from edgeq.runtime.ort import ACCURACY_VALIDATE, ort_session
 
 Inputs = Sequence[np.ndarray]
@@ -71,7 +71,13 @@ class TvmExecutor(Executor):
         self.threads = configure_tvm_threads(threads)
         self._tvm = tvm
         self.device = tvm.cpu()
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(self.artifact.path)), self.device)
+        check_shared_library(self.artifact.path)
+        try:
+            library = tvm.runtime.load_module(str(self.artifact.path))
+            self.vm = relax.VirtualMachine(library, self.device)
+        except Exception as exc:  # a truncated or foreign file: TVM's loader says why in its first line
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelFileError(f"{self.artifact.path}: not a loadable TVM artifact ({why})") from None
         self.entry = entry
 
     def run(self, inputs: Inputs) -> list[np.ndarray]:
@@ -82,6 +88,42 @@ class TvmExecutor(Executor):
         except Exception as exc:
             raise RuntimeExecError(f"TVM failed on {self.artifact.path}: {str(exc).strip().splitlines()[0]}") from None
         return _flatten_tvm(out)
+
+
+_ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
+
+
+def check_shared_library(path: Path) -> None:
+    """A ModelFileError unless ``path`` is a whole 64-bit ELF shared library for this machine.
+
+    dlopen maps the segments the ELF headers promise: a truncated file then dies with SIGBUS
+    inside the loader, which no ``except`` catches. So the headers are checked against the
+    file's size before TVM loads it."""
+    import platform
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise ModelFileError(f"{path}: not a loadable TVM artifact (not a 64-bit little-endian ELF library)")
+        e_type, e_machine = struct.unpack_from("<HH", head, 16)
+        phoff, shoff = struct.unpack_from("<QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 54)
+        want = _ELF_MACHINES.get(platform.machine())
+        if e_type != 3 or (want is not None and e_machine != want):
+            raise ModelFileError(f"{path}: not a loadable TVM artifact (ELF type {e_type}, machine {e_machine}: "
+                                 f"not a shared library for this {platform.machine()} host)")
+        if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size or phentsize < 56:
+            raise ModelFileError(f"{path}: not a loadable TVM artifact (truncated: its headers lie past the end)")
+        f.seek(phoff)
+        table = f.read(phnum * phentsize)
+    for i in range(phnum):
+        offset, = struct.unpack_from("<Q", table, i * phentsize + 8)
+        filesz, = struct.unpack_from("<Q", table, i * phentsize + 32)
+        if offset + filesz > size:
+            raise ModelFileError(f"{path}: not a loadable TVM artifact (truncated: segment {i} ends at byte "
+                                 f"{offset + filesz}, the file has {size})")
 
 
 def _flatten_tvm(out) -> list[np.ndarray]:

@@ -7,8 +7,11 @@ ONNX file. Both are written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,14 +44,74 @@ class Artifact:
 
     @classmethod
     def load(cls, path: str | Path) -> "Artifact":
+        """The artifact at ``path`` with its ``.json``, checked against the fields of this class
+        (a ModelFileError naming the file and the field that is missing, unknown or ill-typed)."""
         path = Path(path)
         meta = path.with_suffix(".json")
-        if not path.exists():
+        if not path.is_file():
             raise ModelFileError(f"{path}: no such artifact")
-        if not meta.exists():
+        if not meta.is_file():
             raise ModelFileError(f"{meta}: the artifact's metadata file is missing")
-        data = json.loads(meta.read_text())
-        return cls(path=path, **{k: v for k, v in data.items() if k != "path"})
+        try:
+            data = json.loads(meta.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{meta}: not JSON ({exc})") from None
+        _check_metadata(meta, data)
+        return cls(path=path, **data)
+
+
+_TENSOR_FIELDS = {"name": str, "dtype": str, "shape": list}
+
+
+def _check_metadata(meta: Path, data) -> None:
+    """The schema of an artifact's ``.json`` is the Artifact dataclass: fields without a default
+    are required, the annotations give the types, nothing else is allowed."""
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{meta}: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(Artifact)
+    fields = {f.name: f for f in dataclasses.fields(Artifact) if f.name != "path"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ModelFileError(f"{meta}: unknown field {unknown[0]!r}")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in data:
+            if required:
+                raise ModelFileError(f"{meta}: missing field {name!r}")
+            continue
+        if not _has_type(data[name], hints[name]):
+            raise ModelFileError(f"{meta}: field {name!r} is {data[name]!r}, expected {hints[name]}")
+    for name in ("inputs", "outputs"):
+        for i, tensor in enumerate(data[name]):
+            ok = (isinstance(tensor, dict) and set(tensor) == set(_TENSOR_FIELDS)
+                  and all(isinstance(tensor[k], t) for k, t in _TENSOR_FIELDS.items())
+                  and all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+                          for d in tensor["shape"]))
+            if ok:
+                try:
+                    np.dtype(tensor["dtype"])
+                except TypeError:
+                    ok = False
+            if not ok:
+                raise ModelFileError(f"{meta}: field {name!r}[{i}] is {tensor!r}, expected "
+                                     "{name: str, dtype: a numpy dtype, shape: [int or str, ...]}")
+
+
+def _has_type(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
 
 
 def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
