@@ -279,16 +279,66 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def device_status(name: str) -> DeviceState | None:
-    """The running device's state, or None when it is not running."""
+def _recorded_state(name: str) -> DeviceState | None:
+    """``state.json`` as recorded, or None (an unreadable or ill-formed one is removed)."""
     path = _state_path(name)
     if not path.exists():
         return None
-    state = DeviceState(**json.loads(path.read_text()))
-    if not _alive(state.pid):
+    try:
+        data = json.loads(path.read_text())
+        state = DeviceState(**data)
+        ok = (isinstance(state.pid, int) and not isinstance(state.pid, bool) and state.pid > 1
+              and isinstance(state.port, int) and 0 < state.port < 65536 and isinstance(state.host, str))
+    except (OSError, ValueError, TypeError):
+        ok = False
+    if not ok:
         path.unlink(missing_ok=True)
         return None
     return state
+
+
+def _is_device_server(state: DeviceState, name: str) -> bool:
+    """Whether ``state.pid`` runs this device's server for ``state.host``/``state.port``: its
+    command line is the one ``launch_server`` starts (qemu-user running this device's
+    ``server.py`` with that host and port). A pid recorded by a server that has since exited may
+    belong to any process now; this is what keeps ``stop`` from signalling it."""
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return False
+    if not argv or Path(argv[0]).name != device_spec(name).qemu or str(device_dir(name) / "server.py") not in argv:
+        return False
+    options = dict(zip(argv, argv[1:]))
+    return options.get("--host") == state.host and options.get("--port") == str(state.port)
+
+
+def _port_answers(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """Whether a TCP connection to the server's port opens (the server drops a connection that
+    sends no RPC handshake and goes on serving)."""
+    address = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+    try:
+        with socket.create_connection((address, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def device_status(name: str) -> DeviceState | None:
+    """The running device's state, or None when it is not running.
+
+    ``state.json`` is trusted only when its pid is alive, is this device's server for the
+    recorded port, and the port answers; a stale or foreign state is removed."""
+    state = _recorded_state(name)
+    if state is None:
+        return None
+    if not _alive(state.pid) or not _is_device_server(state, name):
+        _state_path(name).unlink(missing_ok=True)
+        return None
+    for _ in range(5):  # the server re-opens its port after a session worker dies: allow a moment
+        if _port_answers(state.host, state.port):
+            return state
+        time.sleep(0.5)
+    return None
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -324,6 +374,10 @@ def start_device(
     running = device_status(name)
     if running is not None:
         return running
+    recorded = _recorded_state(name)
+    if recorded is not None:  # our server, alive, but its port does not answer
+        raise DeviceError(f"the {name} device's server (pid {recorded.pid}) does not answer on port {recorded.port}; "
+                          f"run `edgeq device stop {name}`, then start it again")
     folder = prepare_device(name)
     proc, port = launch_server(name, host, port, key=key, tracker=tracker, log_path=folder / "server.log")
     state = DeviceState(name=name, pid=proc.pid, host=host, port=port, key=key, tracker=tracker, started=time.time())
@@ -387,10 +441,13 @@ def kill_server(pid: int, grace_s: float = 5.0) -> None:
 
 
 def stop_device(name: str = "arm64") -> bool:
-    """Stop the device's server and its session workers; True if one was running."""
-    state = device_status(name)
+    """Stop the device's server and its session workers; True if one was running.
+
+    Only a pid whose command line is this device's server is signalled (one that stopped
+    answering included); a stale state naming another process is just removed."""
+    state = _recorded_state(name)
     _state_path(name).unlink(missing_ok=True)
-    if state is None:
+    if state is None or not _alive(state.pid) or not _is_device_server(state, name):
         return False
     kill_server(state.pid)
     return True
