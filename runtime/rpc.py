@@ -9,6 +9,7 @@ so a dead or frozen device becomes a RuntimeExecError within a bounded time.
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ import numpy as np
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm
 
-CONNECT_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 60.0  # a reachable device or tracker may be busy with another session
+REACH_TIMEOUT_S = 5.0  # an unreachable one fails within this
 CALL_TIMEOUT_S = 300.0
 SESSION_TIMEOUT_S = 1800.0  # the server ends a session (and its worker) after this long
 
@@ -76,11 +78,27 @@ def bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
     return result.get("value")
 
 
+def require_reachable(dev: DeviceUrl, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """A RuntimeExecError naming ``dev`` unless its host accepts a TCP connection on its port
+    within ``timeout_s``. TVM's own connect retries an unreachable tracker for 60 s (and an RPC
+    server for ~5 s with a C++ check message); this says so at once."""
+    try:
+        with socket.create_connection((dev.host, dev.port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
+    if dev.scheme == "tracker":
+        raise RuntimeExecError(f"{dev}: no RPC tracker answers at {dev.host}:{dev.port} ({why}); check the URL")
+    raise RuntimeExecError(f"{dev}: no device answers at {dev.host}:{dev.port} ({why}); check the URL, or start "
+                           "the emulated one with `edgeq device start arm64`")
+
+
 def connect(url: str | DeviceUrl, session_timeout_s: float = SESSION_TIMEOUT_S, timeout_s: float = CONNECT_TIMEOUT_S):
     """An RPC session with the device at ``url`` (directly or through a tracker)."""
     import tvm.rpc
 
     dev = url if isinstance(url, DeviceUrl) else parse_device_url(url)
+    require_reachable(dev)
     if dev.scheme == "rpc":
         return bounded(lambda: tvm.rpc.connect(dev.host, dev.port, key=dev.key, session_timeout=session_timeout_s),
                        timeout_s, f"connecting to {dev}")
