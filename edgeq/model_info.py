@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from edgeq.errors import ModelFileError
+from edgeq.external_data import external_data_files
 from edgeq.opset import DOMAIN
 
 _BITS = {
@@ -125,7 +126,7 @@ def model_info(path: str | Path) -> ModelInfo:
     q_bytes = sum(sizes[name] for name in quantized) + sum(sizes[name] for name in overhead_names)
 
     histogram = collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in graph.node)
-    data_bytes = sum(p.stat().st_size for p in _external_files(model, path.parent))
+    data_bytes = sum(p.stat().st_size for p in set(external_data_files(model, path).values()) if p.is_file())
     return ModelInfo(
         path=str(path),
         file_bytes=path.stat().st_size + data_bytes,
@@ -142,8 +143,3 @@ def model_info(path: str | Path) -> ModelInfo:
         inputs=[_value_info(v) for v in graph.input if v.name not in inits],
         outputs=[_value_info(v) for v in graph.output],
     )
-
-
-def _external_files(model: onnx.ModelProto, folder: Path) -> list[Path]:
-    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    return [folder / n for n in sorted(names) if (folder / n).exists()]

@@ -20,6 +20,7 @@ import onnx
 
 from edgeq._io import atomic_path, atomic_write_text
 from edgeq.errors import CompileError, EdgeqError, ModelFileError
+from edgeq.external_data import external_data_files
 from edgeq.targets.registry import get_target
 
 
@@ -120,9 +121,16 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelPr
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=load_external_data)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelFileError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    files = external_data_files(model, path)  # every location inside the model's folder, before any is read
+    if load_external_data and files:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelFileError(f"{path}: its external data cannot be read: {first}") from None
     if not model.graph.node:
         raise ModelFileError(f"{path}: ONNX model has an empty graph")
     return model
