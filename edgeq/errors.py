@@ -80,3 +80,10 @@ class OutputPathError(EdgeqError):
     not writable. Raised before any work, so nothing is computed only to be lost."""
 
     exit_code = 14
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of a library exception's message (its type's name when the
+    message is empty: TVM raises some with none), for a one-line EdgeqError."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from edgeq._io import atomic_path, atomic_write_text
-from edgeq.errors import CompileError, EdgeqError, ModelFileError
+from edgeq.errors import CompileError, EdgeqError, ModelFileError, first_line
 from edgeq.targets.registry import get_target
 
 
@@ -62,6 +62,9 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelPr
         raise ModelFileError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     if not model.graph.node:
         raise ModelFileError(f"{path}: ONNX model has an empty graph")
+    from edgeq.model_info import check_tensor_data
+
+    check_tensor_data(model, path)
     return model
 
 
@@ -188,7 +191,7 @@ def _import(onnx_path, model, spec, specialize):
         dynamic = [d for d in symbolic_dims(model) if d != "batch"]
         if dynamic:
             hint = f" (symbolic dimensions {', '.join(dynamic)}: to fix one, compile with specialize={{{dynamic[0]!r}: N}} / --specialize {dynamic[0]}=N)"
-        raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{hint}") from None
+        raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {first_line(exc)}{hint}") from None
     return mod, model
 
 
@@ -216,7 +219,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     except EdgeqError:
         raise
     except Exception as exc:
-        raise CompileError(f"{onnx_path}: TVM build for {spec.name} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+        raise CompileError(f"{onnx_path}: TVM build for {spec.name} failed: {type(exc).__name__}: {first_line(exc)}") from None
     with atomic_path(out, keep_suffix=True) as tmp:
         if compiler:
             from tvm.support import cc
