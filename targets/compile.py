@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeq._io import atomic_path, atomic_write_text
+from edgeq._io import atomic_path, atomic_write_text, check_output_dir
 from edgeq.errors import CompileError, EdgeqError, ModelFileError, first_line
 from edgeq.targets.registry import get_target
 
@@ -208,6 +208,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     """
     spec = get_target(target)
     compiler = spec.require_compiler()
+    check_output_dir(out_dir)
     model = load_onnx(onnx_path)
     packed_bytes = onnx_weight_bytes(model)
     name = name or Path(onnx_path).stem

@@ -67,5 +67,5 @@ def _load_inputs(path: str) -> dict:
     try:
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, zipfile.BadZipFile, EOFError: all mean a bad file
         raise ModelFileError(f"{path}: not a readable .npz of inputs ({type(exc).__name__})") from None
