@@ -9,12 +9,19 @@
 from __future__ import annotations
 
 from edgeq.errors import EdgeqError
-from edgeq.runtime.threads import default_tvm_threads
 
-default_tvm_threads()  # before TVM's thread pool starts: TVM alone would use half the cores on x86
-from edgeq.export import export  # noqa: E402
-from edgeq.quant import quantize  # noqa: E402
-from edgeq.recipes import PRESETS, Recipe, W8A8Recipe  # noqa: E402
+try:  # torch, onnx and TVM take seconds to load: Ctrl-C here must not end the CLI in a traceback
+    from edgeq.runtime.threads import default_tvm_threads
+
+    default_tvm_threads()  # before TVM's thread pool starts: TVM alone would use half the cores on x86
+    from edgeq.export import export
+    from edgeq.quant import quantize
+    from edgeq.recipes import PRESETS, Recipe, W8A8Recipe
+except KeyboardInterrupt:
+    from edgeq.cli import exit_if_interrupted_cli
+
+    exit_if_interrupted_cli()
+    raise
 
 __version__ = "0.1.0"
 

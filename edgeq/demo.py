@@ -37,8 +37,13 @@ class DemoReport:
 
 
 def run_demo(out_dir: str | Path = "edgeq-demo", recipe: str = "w8a8", target: str = "cpu") -> DemoReport:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from edgeq._io import check_output_dir
+    from edgeq.recipes import resolve_recipe
+    from edgeq.targets.registry import get_target
+
+    resolve_recipe(recipe)  # bad arguments fail before the work, and before the folder exists
+    get_target(target).require_compiler()
+    out = check_output_dir(out_dir)
     data = digits_data()
     model = load_digits_cnn()
     qmodel = edgeq.quantize(model, recipe, calib=data.x_train[:CALIB_SAMPLES])

@@ -23,7 +23,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -33,7 +32,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgeq._io import atomic_path
+from edgeq._io import atomic_dir, atomic_path, check_output_file
 from edgeq.errors import ExportError
 from edgeq.export_rules import export_twins
 from edgeq.opset import DOMAIN, attach_functions, translation_table
@@ -123,24 +122,30 @@ def _check_options(model: nn.Module, opset: int, weight_format: str, path: Path,
                     f"{name}: 2-bit weights as standard int2/uint2 DequantizeLinear need opset {INT2_OPSET} "
                     f"(asked for {opset}); use opset={INT2_OPSET} or weight_format='edgeq'"
                 )
+    check_output_file(path)
     if isinstance(external_data, str):
-        external_data_location(path, external_data)
+        check_output_file(external_data_location(path, external_data))
 
 
 def external_data_location(path: Path, name: str) -> Path:
-    """Where a relative external data file goes; refused if it leaves the model's folder."""
+    """Where a relative external data file goes; refused if it leaves the model's folder, is the
+    model file itself, or is a folder."""
     folder = path.parent.resolve()
     target = (folder / name).resolve()
     if Path(name).is_absolute() or folder not in target.parents:
         raise ExportError(f"external data path {name!r} leaves the output folder {path.parent}: give a name relative to it")
+    if target == path.resolve():
+        raise ExportError(f"external data path {name!r} is the model file {path.name} itself: give the data another name")
+    if target.is_dir():
+        raise ExportError(f"external data path {name!r} is a folder: name a file")
     return target
 
 
 def _save_with_external_data(proto: onnx.ModelProto, path: Path, data_name: str) -> None:
     """Model and data file written in a temporary folder beside ``path``, checked, then moved."""
     target = external_data_location(path, data_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+    check_output_file(target)
+    with atomic_dir(path) as tmp:
         staged = Path(tmp) / path.name
         (Path(tmp) / data_name).parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -68,6 +68,24 @@ class ModelInfo:
         return d
 
 
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def check_tensor_data(model: onnx.ModelProto, path) -> None:
+    """A ModelFileError naming the first initializer whose declared size has no data, or the
+    wrong amount of it (a truncated or hand-edited file); external data is not read here."""
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        numel = int(np.prod(t.dims)) if t.dims else 1
+        if t.HasField("raw_data"):
+            if len(t.raw_data) != tensor_bytes(t):
+                raise ModelFileError(f"{path}: initializer {t.name!r} declares shape {list(t.dims)} "
+                                     f"({tensor_bytes(t)} bytes) but holds {len(t.raw_data)} bytes")
+        elif numel and not any(len(getattr(t, f)) for f in _TYPED_FIELDS):
+            raise ModelFileError(f"{path}: initializer {t.name!r} declares shape {list(t.dims)} but holds no data")
+
+
 def tensor_bytes(t: onnx.TensorProto) -> int:
     numel = int(np.prod(t.dims)) if t.dims else 1
     bits = _BITS.get(t.data_type)
@@ -91,10 +109,15 @@ def model_info(path: str | Path) -> ModelInfo:
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: empty file, not an ONNX model")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelFileError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise ModelFileError(f"{path}: no graph (not an ONNX model, or a truncated one)")
+    check_tensor_data(model, path)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     sizes = {name: tensor_bytes(t) for name, t in inits.items()}

@@ -21,6 +21,9 @@ class Recipe:
 
     skip: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        check_recipe_values(self)
+
     @property
     def method(self) -> str:
         return type(self).METHOD  # type: ignore[attr-defined]
@@ -62,8 +65,14 @@ def resolve_recipe(recipe: Recipe | str) -> Recipe:
     if isinstance(recipe, str):
         if recipe in PRESETS:
             return PRESETS[recipe]
-        if recipe.lstrip().startswith("{"):
-            return recipe_from_dict(json.loads(recipe))
+        if recipe.lstrip().startswith(("{", "[")):
+            try:
+                data = json.loads(recipe)
+            except json.JSONDecodeError as exc:
+                raise RecipeError(f"recipe JSON is malformed: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            if not isinstance(data, dict):
+                raise RecipeError(f"recipe JSON must be an object with a \"method\", got {type(data).__name__}")
+            return recipe_from_dict(data)
         known = ", ".join(sorted(PRESETS))
         raise RecipeError(f"unknown recipe preset {recipe!r}; known presets: {known}")
     raise RecipeError(f"expected a Recipe or a preset name, got {type(recipe).__name__}")
@@ -81,8 +90,55 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
         raise RecipeError(f"recipe {method!r} has no field(s) {', '.join(sorted(unknown))}")
     for f in dataclasses.fields(cls):
         if f.name in data and isinstance(data[f.name], list):
-            data[f.name] = tuple(data[f.name])
+            data[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in data[f.name])
+        if f.name in data:
+            _check_type(method, f, data[f.name])
     return cls(**data)
+
+
+def _check_type(method: str, f: dataclasses.Field, value: Any) -> None:
+    """A JSON value has the type of the field's default (an int where a float is expected is
+    fine; a bool is not a number; None only where the field allows it)."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if value is None:
+        if "None" in str(f.type):
+            return
+    elif default is None:
+        return
+    elif isinstance(default, bool):
+        if isinstance(value, bool):
+            return
+    elif isinstance(default, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(default, float) or isinstance(value, int)):
+            return
+    elif isinstance(value, type(default)):
+        return
+    raise RecipeError(f"recipe {method!r}: {f.name} = {value!r} is not a valid {f.type}")
+
+
+# Values no recipe can take, by field name (every method names its knobs the same way).
+_POSITIVE = ("group_size", "block_size")
+_NON_NEGATIVE = ("rank", "clip_steps", "power_iters", "salient_blocks", "seed", "damp")
+
+
+def check_recipe_values(recipe: Recipe) -> None:
+    """A RecipeError for impossible values: bits outside 1..8, a group or block < 1, a
+    negative count, a percentile outside (0, 100]."""
+    method = type(recipe).__dict__.get("METHOD", type(recipe).__name__)
+    for f in dataclasses.fields(recipe):
+        value = getattr(recipe, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value != value:  # NaN
+            raise RecipeError(f"recipe {method!r}: {f.name} is NaN")
+        if f.name.endswith("bits") and not (isinstance(value, int) and 1 <= value <= 8):
+            raise RecipeError(f"recipe {method!r}: {f.name} = {value} is impossible: weights have 1 to 8 bits")
+        if f.name in _POSITIVE and value < 1:
+            raise RecipeError(f"recipe {method!r}: {f.name} = {value} is impossible: it must be at least 1")
+        if f.name in _NON_NEGATIVE and value < 0:
+            raise RecipeError(f"recipe {method!r}: {f.name} = {value} is negative")
+        if f.name.endswith("percentile") and not 0 < value <= 100:
+            raise RecipeError(f"recipe {method!r}: {f.name} = {value} is not a percentile in (0, 100]")
 
 
 register_recipe_type(W8A8Recipe)

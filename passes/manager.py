@@ -74,6 +74,7 @@ class Pass:
 
 
 _PASSES: dict[str, Pass] = {}
+CHECKER_MAX_BYTES = (1 << 31) - (1 << 20)  # onnx.checker takes a model proto only below protobuf's 2 GiB
 DEFAULT_PIPELINE = ("constant_folding", "fold_batchnorm", "fold_scales", "fold_rotations", "dead_nodes")
 
 
@@ -131,7 +132,10 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
 
 
 def _change(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, bool]:
-    """(max relative change over outputs, whether any integer output changed at all)."""
+    """(max relative change over outputs, whether any integer output changed at all).
+
+    NaN-aware: a NaN or inf where the model before had another value is an infinite change (a
+    plain ``max(worst, nan)`` would keep ``worst`` and pass a model whose outputs are NaN)."""
     worst, int_changed = 0.0, False
     for b, a in zip(before, after):
         if b.shape != a.shape:
@@ -139,11 +143,59 @@ def _change(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, b
         if not np.issubdtype(b.dtype, np.floating):
             int_changed |= not np.array_equal(a, b)
             continue
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        scale = float(np.abs(b).max()) if b.size else 0.0
+        b64, a64 = b.astype(np.float64), a.astype(np.float64)
+        finite = np.isfinite(b64) & np.isfinite(a64)
+        same = (b64 == a64) | (np.isnan(b64) & np.isnan(a64))
+        if (~finite & ~same).any():
+            return float("inf"), int_changed
+        diff = np.abs(a64[finite] - b64[finite])
+        scale = float(np.abs(b64[finite]).max()) if diff.size else 0.0
         if diff.size:
             worst = max(worst, float(diff.max()) / (scale if scale > 0 else 1.0))
     return worst, int_changed
+
+
+def check_graph(model: onnx.ModelProto, checker: bool = True) -> str | None:
+    """Why ``model`` is not a valid graph, or None: an input no node, initializer or graph input
+    defines, a cycle, a graph output nothing produces, then ``onnx.checker`` (full check, shape
+    inference included) when ``checker``."""
+    graph = model.graph
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    produced_by = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        for name in node.input:
+            if name not in defined and name not in produced_by:
+                return f"node {node.name or node.op_type!r} ({node.op_type}) reads {name!r}, which nothing defines"
+    for out in graph.output:
+        if out.name not in defined and out.name not in produced_by:
+            return f"graph output {out.name!r} is produced by no node"
+    # Kahn's algorithm over node dependencies: nodes left over sit on a cycle
+    waiting = {id(n): sum(1 for i in n.input if i in produced_by) for n in graph.node}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            if i in produced_by:
+                readers.setdefault(i, []).append(n)
+    ready = [n for n in graph.node if waiting[id(n)] == 0]
+    done = 0
+    while ready:
+        node = ready.pop()
+        done += 1
+        for out in node.output:
+            for reader in readers.get(out, []):
+                waiting[id(reader)] -= 1
+                if waiting[id(reader)] == 0:
+                    ready.append(reader)
+    if done < len(graph.node):
+        stuck = next(n for n in graph.node if waiting[id(n)] > 0)
+        return f"the graph has a cycle through node {stuck.name or stuck.op_type!r} ({stuck.op_type})"
+    if checker and model.ByteSize() < CHECKER_MAX_BYTES:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:  # ValidationError, InferenceError: both say what is wrong
+            text = str(exc).strip().splitlines()
+            return f"onnx.checker: {text[0] if text else type(exc).__name__}"
+    return None
 
 
 def run_passes(
@@ -163,6 +215,10 @@ def run_passes(
     chosen = [get_pass(n) for n in passes]
     current = onnx.ModelProto()
     current.CopyFrom(model)
+    problem = check_graph(current, checker=False)
+    if problem:
+        raise PassError(f"the input model is not a valid graph: {problem}")
+    checked = check_graph(current) is None  # a model the checker already rejects is held to the graph rules only
     feeds = inputs if inputs is not None else (seeded_inputs(model, seed) if verify else None)
     before = _run(current, feeds) if verify else None
     reports = []
@@ -173,6 +229,9 @@ def run_passes(
         exact = verify and _integer_only(current)
         n_before = len(current.graph.node)
         current = p.run(current, **options.get(p.name, {}))
+        problem = check_graph(current, checker=checked)
+        if problem:
+            raise PassError(f"pass {p.name!r} produced an invalid model: {problem}")
         for prop in sorted(p.promised(options.get(p.name, {}))):
             if not PROPERTIES[prop](current):
                 raise PassError(f"pass {p.name!r} promised {prop!r} but the model does not satisfy it afterwards")
@@ -181,8 +240,13 @@ def run_passes(
             after = _run(current, feeds)
             change, int_changed = _change(before, after)
             tol = 0.0 if exact else p.tolerance
-            if int_changed or change > tol:
-                what = "integer outputs" if int_changed else f"outputs by {change:.3g} of their scale (tolerance {tol:g})"
+            if int_changed or not change <= tol:
+                if int_changed:
+                    what = "integer outputs"
+                elif change == float("inf"):
+                    what = "outputs: NaN or inf where the model before had finite values"
+                else:
+                    what = f"outputs by {change:.3g} of their scale (tolerance {tol:g})"
                 raise PassError(f"pass {p.name!r} changed the model's {what}")
             before = after
         reports.append(PassReport(p.name, n_before, len(current.graph.node), change))

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgeq.errors import ModelFileError, RuntimeExecError
+from edgeq.errors import ModelFileError, RuntimeExecError, first_line
 from edgeq.runtime.ort import ACCURACY_VALIDATE, ort_session
 
 Inputs = Sequence[np.ndarray]
@@ -52,7 +52,7 @@ class OrtExecutor(Executor):
         try:
             return self.session.run(None, dict(zip(self.input_names, inputs)))
         except Exception as exc:
-            raise RuntimeExecError(f"onnxruntime failed on {self.path}: {str(exc).strip().splitlines()[0]}") from None
+            raise RuntimeExecError(f"onnxruntime failed on {self.path}: {first_line(exc)}") from None
 
 
 class TvmExecutor(Executor):
@@ -86,7 +86,7 @@ class TvmExecutor(Executor):
         try:
             out = self.vm[self.entry](*args)
         except Exception as exc:
-            raise RuntimeExecError(f"TVM failed on {self.artifact.path}: {str(exc).strip().splitlines()[0]}") from None
+            raise RuntimeExecError(f"TVM failed on {self.artifact.path}: {first_line(exc)}") from None
         return _flatten_tvm(out)
 
 

@@ -76,8 +76,9 @@ class FloorCheck:
 def judge(got: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, bar: float = 1e-4) -> FloorCheck:
     scale = float(np.abs(ref32).max())
 
-    def rel(a, b):
-        return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / scale)
+    def rel(a, b):  # NaN or inf anywhere is an infinite error (max(bar, nan) would be bar)
+        diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        return float(diff.max() / scale) if np.isfinite(diff).all() and np.isfinite(scale) else float("inf")
 
     floor = rel(ref32, ref64)
     return FloorCheck(rel(got, ref32), floor, rel(got, ref64), max(bar, 2 * floor), bar)

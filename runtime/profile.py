@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edgeq.errors import RuntimeExecError
 from edgeq.runtime.executors import Executor, Inputs, TvmExecutor
 
 
@@ -53,6 +54,8 @@ class OpTime:
 
 def latency(executor: Executor, inputs: Inputs, warmup: int = 5, repeat: int = 50) -> Latency:
     """Median and p90 of ``repeat`` runs after ``warmup`` runs."""
+    if repeat < 1 or warmup < 0:
+        raise RuntimeExecError(f"profile: repeat ({repeat}) must be at least 1 and warmup ({warmup}) at least 0")
     if hasattr(executor, "time_runs"):
         seconds = executor.time_runs(inputs, warmup, repeat)
     else:

@@ -26,8 +26,9 @@ class Numerics:
     top1_agreement: float | None
     int_mismatches: int | None
     elements: int
-    mismatches: int | None = None  # elements not exactly equal (any dtype)
+    mismatches: int | None = None  # elements not exactly equal (any dtype; NaN equals NaN)
     output: str | None = None  # the graph output compared, when the model has several
+    nonfinite_mismatches: int = 0  # NaN/inf where the reference has another value (errors are then inf)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +65,8 @@ class Tolerance:
             # An intermediate integer tensor of a quantized float graph: summation order moves
             # a few values across a rounding boundary, one step each.
             return n.max_abs <= 1 and n.int_mismatches <= ROUNDING_FLIPS * n.elements
+        if n.nonfinite_mismatches:
+            return False
         if not (n.max_rel <= self.max_rel) or not (n.cosine >= self.min_cosine or math.isclose(n.max_abs, 0.0)):
             return False
         return not (final and n.top1_agreement is not None and n.top1_agreement < self.min_top1)
@@ -75,24 +78,34 @@ def compare(executor: str, ref: np.ndarray, out: np.ndarray, output: str | None 
         raise ValueError(f"{executor}: {what} shape {out.shape} differs from the reference's {ref.shape}")
     r = ref.astype(np.float64).ravel()
     o = out.astype(np.float64).ravel()
-    diff = np.abs(r - o)
-    scale = float(np.abs(r).max()) if r.size else 0.0
-    denom = float(np.linalg.norm(r) * np.linalg.norm(o))
-    cosine = float(r @ o / denom) if denom > 0 else float(np.array_equal(r, o))
+    # NaN and inf compare by position and value: one where the reference has another value makes
+    # the errors inf (np.max would give nan, and max(0.0, nan) is 0.0: a silent pass)
+    same = (r == o) | (np.isnan(r) & np.isnan(o))
+    finite = np.isfinite(r) & np.isfinite(o)
+    nonfinite = int((~finite & ~same).sum())
+    r_f, o_f = r[finite], o[finite]
+    diff = np.abs(r_f - o_f)
+    scale = float(np.abs(r_f).max()) if r_f.size else 0.0
+    max_abs = float("inf") if nonfinite else (float(diff.max()) if diff.size else 0.0)
+    denom = float(np.linalg.norm(r_f) * np.linalg.norm(o_f))
+    cosine = float(r_f @ o_f / denom) if denom > 0 else float(np.array_equal(r_f, o_f))
+    if nonfinite:
+        cosine = float("nan")
     top1 = None
     if ref.ndim >= 2 and ref.shape[-1] > 1 and np.issubdtype(ref.dtype, np.floating):
         top1 = float((ref.argmax(-1) == out.argmax(-1)).mean())
     mism = int((ref != out).sum()) if np.issubdtype(ref.dtype, np.integer) else None
     return Numerics(
         executor=executor,
-        max_abs=float(diff.max()) if diff.size else 0.0,
-        max_rel=float(diff.max() / scale) if scale > 0 else float(diff.max() if diff.size else 0.0),
+        max_abs=max_abs,
+        max_rel=max_abs / scale if scale > 0 else max_abs,
         cosine=cosine,
         top1_agreement=top1,
         int_mismatches=mism,
         elements=int(r.size),
-        mismatches=int((ref != out).sum()),
+        mismatches=int((~same).sum()),
         output=output,
+        nonfinite_mismatches=nonfinite,
     )
 
 

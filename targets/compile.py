@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeq._io import atomic_path, atomic_write_text
-from edgeq.errors import CompileError, EdgeqError, ModelFileError
+from edgeq._io import atomic_path, atomic_write_text, check_output_dir
+from edgeq.errors import CompileError, EdgeqError, ModelFileError, first_line
 from edgeq.external_data import external_data_files
 from edgeq.targets.registry import get_target
 
@@ -129,10 +129,13 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelPr
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise ModelFileError(f"{path}: its external data cannot be read: {first}") from None
     if not model.graph.node:
         raise ModelFileError(f"{path}: ONNX model has an empty graph")
+    from edgeq.model_info import check_tensor_data
+
+    check_tensor_data(model, path)
     return model
 
 
@@ -259,7 +262,7 @@ def _import(onnx_path, model, spec, specialize):
         dynamic = [d for d in symbolic_dims(model) if d != "batch"]
         if dynamic:
             hint = f" (symbolic dimensions {', '.join(dynamic)}: to fix one, compile with specialize={{{dynamic[0]!r}: N}} / --specialize {dynamic[0]}=N)"
-        raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}{hint}") from None
+        raise CompileError(f"{onnx_path}: TVM's ONNX import failed: {type(exc).__name__}: {first_line(exc)}{hint}") from None
     return mod, model
 
 
@@ -275,6 +278,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     there use their tuned schedules.
     """
     spec = get_target(target)
+    check_output_dir(out_dir)
     model = load_onnx(onnx_path)
     packed_bytes = onnx_weight_bytes(model)
     name = name or Path(onnx_path).stem
@@ -289,7 +293,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     except EdgeqError:
         raise
     except Exception as exc:
-        raise CompileError(f"{onnx_path}: TVM build for {spec.name} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+        raise CompileError(f"{onnx_path}: TVM build for {spec.name} failed: {type(exc).__name__}: {first_line(exc)}") from None
     with atomic_path(out, keep_suffix=True) as tmp:
         if compiler:
             from tvm.support import cc

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeq._io import atomic_write_text
 from edgeq.errors import CompileError
 
 TRIALS_PER_KERNEL = 16
@@ -95,6 +96,8 @@ def tune(onnx_path, db_dir, target: str = "cpu", budget_s: float = 60.0, special
     from edgeq.targets.compile import default_pipeline, import_model
     from edgeq.targets.registry import get_target
 
+    if trials_per_kernel < 1 or not budget_s > 0:
+        raise CompileError(f"edgeq tune: trials per kernel ({trials_per_kernel}) must be at least 1 and the budget ({budget_s} s) positive")
     spec = get_target(target)
     if spec.is_gpu:
         raise CompileError(f"edgeq tune: target {spec.name!r} is a GPU target; tuning covers CPU targets")
@@ -129,7 +132,7 @@ def tune(onnx_path, db_dir, target: str = "cpu", budget_s: float = 60.0, special
             bar.update(1)
     if bar is not None:
         bar.close()
-    (result.db_dir / KEPT_DEFAULT).write_text(json.dumps(sorted(kept)))
+    atomic_write_text(result.db_dir / KEPT_DEFAULT, json.dumps(sorted(kept)))
     result.seconds = time.perf_counter() - start
     return result
 
@@ -166,6 +169,15 @@ def _kept_default(db_dir: Path) -> set[str]:
     return set(json.loads(path.read_text())) if path.exists() else set()
 
 
+def check_database(db_dir) -> tuple[Path, Path]:
+    """The database's (workload, record) files; a CompileError when ``db_dir`` is not one."""
+    db_dir = Path(db_dir)
+    workloads, records = db_dir / "database_workload.json", db_dir / "database_tuning_record.json"
+    if not workloads.is_file() or not records.is_file():
+        raise CompileError(f"{db_dir}: not a tuning database (no database_workload.json / database_tuning_record.json)")
+    return workloads, records
+
+
 def apply_database(lowered, target, db_dir) -> tuple[object, int]:
     """``lowered`` with every unscheduled kernel found in the database replaced by its tuned
     schedule, unless tuning found the default faster; returns (module, number replaced)."""
@@ -173,10 +185,12 @@ def apply_database(lowered, target, db_dir) -> tuple[object, int]:
     from tvm.s_tir import meta_schedule as ms
 
     db_dir = Path(db_dir)
-    workloads, records = db_dir / "database_workload.json", db_dir / "database_tuning_record.json"
-    if not workloads.exists() or not records.exists():
-        raise CompileError(f"{db_dir}: not a tuning database (no database_workload.json / database_tuning_record.json)")
-    database = ms.database.JSONDatabase(str(workloads), str(records), allow_missing=False)
+    workloads, records = check_database(db_dir)
+    try:
+        database = ms.database.JSONDatabase(str(workloads), str(records), allow_missing=False)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise CompileError(f"{db_dir}: unreadable tuning database ({type(exc).__name__}: {text[0] if text else ''})") from None
     tvm_target = tuning_target(target)
     kept = _kept_default(db_dir)
     applied = 0

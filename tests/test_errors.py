@@ -34,7 +34,7 @@ def test_model_without_quantizable_layers():
 
 def test_missing_file_cli(tmp_path):
     r = run_cli("compile", str(tmp_path / "nope.onnx"), "--target", "cpu", "-o", str(tmp_path))
-    assert r.returncode == 2
+    assert r.returncode == ModelFileError.exit_code
     assert r.stderr.strip().count("\n") == 0
     assert "nope.onnx: no such file" in r.stderr
     assert "Traceback" not in r.stderr
@@ -45,7 +45,7 @@ def test_corrupt_onnx_cli_leaves_nothing(tmp_path):
     bad.write_bytes(b"\x08\x07 definitely not a protobuf \xff\xff")
     out = tmp_path / "out"
     r = run_cli("compile", str(bad), "--target", "cpu", "-o", str(out))
-    assert r.returncode == 2
+    assert r.returncode == ModelFileError.exit_code
     assert "bad.onnx" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() or not any(out.iterdir())
 

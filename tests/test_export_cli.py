@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from edgeq.cli import main
+from edgeq.errors import ExportError
 from edgeq.runtime.ort import ort_session
 
 
@@ -28,7 +29,7 @@ def test_export_then_inspect(tmp_path, capsys, digits, digits_model):
 
 def test_export_refuses_escaping_external_data(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert main(["export", "digits", "-o", str(out), "--external-data", "../x.bin"]) == 2
+    assert main(["export", "digits", "-o", str(out), "--external-data", "../x.bin"]) == ExportError.exit_code
     assert "leaves the output folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 

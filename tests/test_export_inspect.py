@@ -68,5 +68,5 @@ def test_inspect_bad_file(tmp_path, capsys):
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match="bad.onnx: not an ONNX model"):
         model_info(bad)
-    assert main(["inspect", str(tmp_path / "missing.onnx")]) == 2
+    assert main(["inspect", str(tmp_path / "missing.onnx")]) == ModelFileError.exit_code
     assert "missing.onnx: no such file" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 from scipy.linalg import hadamard
 
 from edgeq.cli import main
-from edgeq.errors import PassError
+from edgeq.errors import ModelFileError, PassError
 from edgeq.passes import manager, run_passes
 from edgeq.passes.integerize import integerize
 from edgeq.passes.manager import Pass
@@ -106,7 +106,7 @@ def test_cli_optimize_integerizes_and_verifies(tmp_path, capsys):
     assert "MatMulInteger" in op_types(onnx.load(str(dst)))
     sig = tmp_path / "sig.onnx"
     onnx.save_model(qdq_linear(8, 8, np.ones((8, 8), np.int8), middle="Sigmoid"), str(sig))
-    assert main(["optimize", str(sig), str(dst), "--passes", "integerize"]) == 2
+    assert main(["optimize", str(sig), str(dst), "--passes", "integerize"]) == PassError.exit_code
     assert "node 'gate' (Sigmoid) has no integer form" in capsys.readouterr().err
     assert main(["optimize", str(sig), str(dst), "--passes", "integerize", "--keep-float", "gate", "--verify"]) == 0
 
@@ -117,5 +117,5 @@ def test_cli_verifies_on_given_inputs(tmp_path, capsys):
     np.savez(feeds, x=RNG.standard_normal((3, 3, 6, 6)).astype(np.float32))
     assert main(["optimize", str(src), str(dst), "--inputs", str(feeds), "--json"]) == 0
     assert '"max_rel_change"' in capsys.readouterr().out
-    assert main(["optimize", str(src), str(dst), "--inputs", str(tmp_path / "missing.npz")]) == 2
+    assert main(["optimize", str(src), str(dst), "--inputs", str(tmp_path / "missing.npz")]) == ModelFileError.exit_code
     assert "missing.npz" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 
 import edgeq
 from edgeq.cli import main
-from edgeq.errors import ModelFileError
+from edgeq.errors import ModelFileError, QuantizationError
 from edgeq.quant.serialize import load_quantized, read_metadata, save_quantized
 from edgeq.quant.weight_only import WeightOnlyConv2d, WeightOnlyLinear
 
@@ -42,7 +42,7 @@ def test_cli_quantize_json(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["quantize", "digits-cnn", "w4g128-rtn", "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert main(["quantize", "digits-cnn", "w4g128-rtn", "-o", str(tmp_path / "x.safetensors")]) == QuantizationError.exit_code
     err = capsys.readouterr().err.strip()
     assert err == "edgeq quantize: error: stem.0: group size 128 does not divide its 9 input features"
     assert not list(tmp_path.iterdir())

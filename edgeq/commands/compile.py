@@ -26,20 +26,32 @@ def parse_specialize(items) -> dict[str, int]:
     sizes = {}
     for item in items:
         dim, _, size = item.partition("=")
-        if not dim or not size.isdigit():
-            raise CompileError(f"--specialize {item!r}: expected DIM=N, e.g. seq=128")
+        if not dim or not size.isdigit() or int(size) < 1:
+            raise CompileError(f"--specialize {item!r}: expected DIM=N with N >= 1, e.g. seq=128")
         sizes[dim] = int(size)
     return sizes
 
 
 def run(args) -> int:
+    from edgeq._io import check_output_dir
     from edgeq._table import format_table
+    from edgeq.commands._args import target_names
     from edgeq.targets import compile as compile_model
+    from edgeq.targets.compile import load_onnx
+    from edgeq.targets.tune import check_database
+    from edgeq.targets.registry import get_target
 
+    # every argument is checked before the first target is built: nothing is left half done
     sizes = parse_specialize(args.specialize)
+    targets = target_names(args.target)
+    for target in targets:
+        get_target(target).require_compiler()
+    check_output_dir(args.out)
+    load_onnx(args.model, load_external_data=False)
+    if args.tuning_db is not None:
+        check_database(args.tuning_db)
 
     results = []
-    targets = [t.strip() for arg in args.target for t in arg.split(",") if t.strip()]
     for target in targets:
         art = compile_model(args.model, target=target, out_dir=args.out, specialize=sizes or None,
                             tuning_db=args.tuning_db)

@@ -7,12 +7,14 @@ import time
 
 
 def register(sub) -> None:
+    from edgeq.commands._args import port
+
     p = sub.add_parser("device", help="an emulated device (qemu-user + TVM RPC) on this machine")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     start = dsub.add_parser("start", help="prepare (first use) and start the device's RPC server")
     start.add_argument("name", nargs="?", default="arm64", help="device (default: %(default)s)")
     start.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    start.add_argument("--port", type=int, default=None, help="first port to try (default: 9190)")
+    start.add_argument("--port", type=port, default=None, help="first port to try (default: 9190)")
     start.add_argument("--key", default="", help="device key (for a tracker)")
     start.add_argument("--tracker", default=None, help="register with this RPC tracker, host:port")
     start.add_argument("--allow-remote", action="store_true",

@@ -15,12 +15,14 @@ MODELS = ("digits", "smollm2")
 
 
 def register(sub) -> None:
+    from edgeq.commands._args import positive_int
+
     p = sub.add_parser("export", help="export a built-in model (quantized with a preset, or float) to ONNX")
     p.add_argument("model", help=f"a .safetensors file from edgeq quantize, or a built-in model ({', '.join(MODELS)})")
     p.add_argument("--preset", help="quantization preset or recipe JSON (default: float)")
     p.add_argument("--embedding-bits", type=int, choices=(2, 3, 4, 8),
                    help="LLMs: quantize the embedding table (RTN) and share it with a tied lm_head")
-    p.add_argument("--group-size", type=int, default=128, help="group size for --embedding-bits (default: %(default)s)")
+    p.add_argument("--group-size", type=positive_int, default=128, help="group size for --embedding-bits (default: %(default)s)")
     p.add_argument("-o", "--out", required=True, help="output .onnx path")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: edgeq's)")
     p.add_argument("--weight-format", choices=("auto", "dequantize_linear", "edgeq"), default="auto",
@@ -82,6 +84,22 @@ def run(args) -> int:
     from edgeq.export import DEFAULT_OPSET
     from edgeq.model_info import model_info
 
+    from pathlib import Path
+
+    from edgeq._io import check_output_file
+    from edgeq.errors import ExportError
+    from edgeq.export import MAX_OPSET, MIN_OPSET, external_data_location
+
+    # checked before the model is loaded and quantized
+    check_output_file(args.out)
+    if args.opset is not None and not MIN_OPSET <= args.opset <= MAX_OPSET:
+        raise ExportError(f"opset {args.opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET}")
+    if isinstance(args.external_data, str):
+        check_output_file(external_data_location(Path(args.out), args.external_data))
+    if args.preset:
+        from edgeq.recipes import resolve_recipe
+
+        resolve_recipe(args.preset)
     model, example = load_model(args.model, args.preset, args.embedding_bits, args.group_size)
     start = time.perf_counter()
     path = edgeq.export(model, example, args.out, opset=args.opset or DEFAULT_OPSET,

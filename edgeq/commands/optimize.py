@@ -6,6 +6,8 @@ import json
 
 
 def register(sub) -> None:
+    from edgeq.commands._args import non_negative_int
+
     p = sub.add_parser("optimize", help="run graph passes (fold BN/scales/rotations, integerize, ...) over an ONNX model")
     p.add_argument("model", nargs="?", help="input ONNX file")
     p.add_argument("output", nargs="?", help="output ONNX file")
@@ -13,7 +15,7 @@ def register(sub) -> None:
                    help="comma-separated pass names, in order (default: the default pipeline); 'list' prints them")
     p.add_argument("--verify", action="store_true",
                    help="run the model on onnxruntime before and after every pass; stop at the first that changes the outputs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the verify inputs (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the verify inputs (default: %(default)s)")
     p.add_argument("--inputs", metavar="NPZ", help="verify on these inputs (an .npz with one array per graph input name)")
     p.add_argument("--keep-float", action="append", default=[], metavar="NODE",
                    help="integerize: keep this node (name or op type) and its region in float (repeatable)")
@@ -24,7 +26,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import onnx
 
-    from edgeq._io import atomic_path
+    from edgeq._io import atomic_path, check_output_file
     from edgeq._table import format_table
     from edgeq.errors import PassError
     from edgeq.passes import DEFAULT_PIPELINE, get_pass, pass_names, run_passes
@@ -36,9 +38,12 @@ def run(args) -> int:
         return 0
     if not (args.model and args.output):
         raise PassError("edgeq optimize needs an input and an output ONNX file (or --passes list)")
-    names = [n.strip() for n in args.passes.split(",") if n.strip()] if args.passes else list(DEFAULT_PIPELINE)
+    names = [n.strip() for n in args.passes.split(",")] if args.passes is not None else list(DEFAULT_PIPELINE)
+    if not all(names):
+        raise PassError(f"--passes {args.passes!r}: empty pass name; `edgeq optimize --passes list` names them")
     for n in names:
         get_pass(n)  # unknown names fail before any work
+    check_output_file(args.output)
     model = load_onnx(args.model)
     options = {"integerize": {"keep_float": args.keep_float}} if args.keep_float else {}
     inputs = _load_inputs(args.inputs) if args.inputs else None
@@ -62,5 +67,5 @@ def _load_inputs(path: str) -> dict:
     try:
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, zipfile.BadZipFile, EOFError: all mean a bad file
         raise ModelFileError(f"{path}: not a readable .npz of inputs ({type(exc).__name__})") from None

@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from edgeq.commands._args import non_negative_int, positive_int
+
     p = sub.add_parser("profile", help="latency and per-operator time on each executor; recipe trade-off plots")
     p.add_argument("model", nargs="?", help="ONNX file (runs on onnxruntime)")
     p.add_argument("artifacts", nargs="*", help="compiled artifacts to time with TVM (here, or on --device)")
@@ -15,22 +17,36 @@ def register(sub) -> None:
     p.add_argument("--recipes", default=None, help="comma-separated recipes (float for none): sweep the built-in CNN instead")
     p.add_argument("--target", default="cpu", help="target for --recipes (default: %(default)s)")
     p.add_argument("--inputs", default="random", help="X.npy, X.npz, digits or random (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (random inputs: the first dynamic dim; others: first N samples)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=50, help="timed runs (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: %(default)s)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (random inputs: the first dynamic dim; others: first N samples)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--repeat", type=positive_int, default=50, help="timed runs (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=1, help="onnxruntime intra-op threads (default: %(default)s)")
     p.add_argument("--out", default="edgeq-profile", help="folder for the PNG plots and profile.json (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from edgeq.errors import RuntimeExecError
+    from edgeq._io import check_output_dir
+    from edgeq.errors import RecipeError, RuntimeExecError
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(args.out)  # created by the first file written into it
+    if args.device:
+        from edgeq.runtime.rpc import parse_device_url
+
+        parse_device_url(args.device)
     if args.recipes:
+        from edgeq.recipes import resolve_recipe
+        from edgeq.targets.registry import get_target
+
+        recipes = [r.strip() for r in args.recipes.split(",")]
+        if not all(recipes):
+            raise RecipeError(f"--recipes {args.recipes!r}: empty recipe name")
+        for recipe in recipes:
+            if recipe != "float":
+                resolve_recipe(recipe)
+        get_target(args.target).require_compiler()
         result = _sweep(args, out)
     elif args.model:
         result = _profile(args, out)
@@ -54,9 +70,10 @@ def _profile(args, out: Path) -> dict:
     model = load_onnx(args.model)
     batch_dims = {name: args.batch for name in _first_dynamic_dims(model)}
     inputs = load_inputs(args.inputs, model, samples=None if args.inputs == "random" else args.batch, seed=args.seed, dims=batch_dims)
+    suspects = suspects_for(Path(args.model), args.artifacts, args.device, inputs, include_onnx=False)  # checks them first
     executors = [OrtExecutor(args.model, threads=args.threads)]
     latencies = [prof.latency(executors[0], inputs, args.warmup, args.repeat)]
-    for suspect in suspects_for(Path(args.model), args.artifacts, args.device, inputs, include_onnx=False):
+    for suspect in suspects:
         executor = suspect.make()
         latencies.append(prof.latency(executor, inputs, args.warmup, args.repeat))
         if hasattr(executor, "close"):

@@ -14,11 +14,13 @@ MODELS = ("digits-cnn", "smollm2")
 
 
 def register(sub) -> None:
+    from edgeq.commands._args import positive_int
+
     p = sub.add_parser("quantize", help="weight-only quantize a built-in model and save it (safetensors + recipe)")
     p.add_argument("model", choices=MODELS, help="built-in model")
     p.add_argument("preset", help="recipe preset (e.g. w4g128-rtn, w3g128-gptq, w4g128-hadamard-gptq) or recipe JSON")
     p.add_argument("-o", "--out", required=True, help="output .safetensors file")
-    p.add_argument("--calib", type=int, default=32,
+    p.add_argument("--calib", type=positive_int, default=32,
                    help="calibration samples for GPTQ: digits images, or SmolLM2 windows of 512 tokens (default: %(default)s)")
     p.add_argument("--text", default=None, help="WikiText-2 wiki.test.raw for SmolLM2 calibration (default: ../shared/data)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -45,7 +47,10 @@ def run(args) -> int:
     from edgeq.quant.weight_only import WeightOnlyLinear
     from edgeq.recipes import resolve_recipe
 
+    from edgeq._io import check_output_file
+
     recipe = resolve_recipe(args.preset)
+    check_output_file(args.out)
     model, calib = _model_and_calib(args.model, args.calib, args.text)
     start = time.perf_counter()
     qmodel = edgeq.quantize(model, recipe, calib=calib if recipe.method == "gptq" else None)

@@ -7,6 +7,8 @@ import json
 
 
 def register(sub) -> None:
+    from edgeq.commands._args import cosine, fraction, non_negative_float, non_negative_int, positive_int
+
     p = sub.add_parser("validate", help="compare executors (onnxruntime, TVM here or on a device) with the reference")
     p.add_argument("model", help="the ONNX file (runs on onnxruntime; artifacts were compiled from it)")
     p.add_argument("artifacts", nargs="*", help="compiled artifacts (edgeq compile) to run with TVM")
@@ -17,12 +19,12 @@ def register(sub) -> None:
                         "a .safetensors from `edgeq quantize` (never a pickle: .pt/.pt2/.bin are refused) "
                         "(default: %(default)s)")
     p.add_argument("--inputs", default="random", help="X.npy, X.npz, digits (built-in test set) or random (default: %(default)s)")
-    p.add_argument("--samples", type=int, default=None, help="use the first N samples of the inputs")
-    p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default: %(default)s)")
+    p.add_argument("--samples", type=positive_int, default=None, help="use the first N samples of the inputs")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for random inputs (default: %(default)s)")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE", help="size of a dynamic input dim for random inputs")
-    p.add_argument("--max-rel", type=float, default=0.02, help="max error relative to the reference's scale (default: %(default)s)")
-    p.add_argument("--min-cosine", type=float, default=0.999, help="(default: %(default)s)")
-    p.add_argument("--min-top1", type=float, default=0.99, help="top-1 agreement of logits (default: %(default)s)")
+    p.add_argument("--max-rel", type=non_negative_float, default=0.02, help="max error relative to the reference's scale (default: %(default)s)")
+    p.add_argument("--min-cosine", type=cosine, default=0.999, help="(default: %(default)s)")
+    p.add_argument("--min-top1", type=fraction, default=0.99, help="top-1 agreement of logits (default: %(default)s)")
     p.add_argument("--int-tolerant", action="store_true", help="hold integer outputs to --max-rel instead of bit-exactness")
     p.add_argument("--exact", action="store_true", help="every output element must equal the reference's (integer-only models)")
     p.add_argument("--no-localize", action="store_true", help="do not search for the first diverging node")
@@ -40,9 +42,13 @@ def run(args) -> int:
     dims = {}
     for item in args.dim:
         name, _, size = item.partition("=")
-        if not size.isdigit():
-            raise RuntimeExecError(f"--dim {item!r}: expected NAME=SIZE")
+        if not name or not size.isdigit() or int(size) < 1:
+            raise RuntimeExecError(f"--dim {item!r}: expected NAME=SIZE with SIZE >= 1")
         dims[name] = int(size)
+    if args.device:
+        from edgeq.runtime.rpc import parse_device_url
+
+        parse_device_url(args.device)
     inputs = load_inputs(args.inputs, load_onnx(args.model), samples=args.samples, seed=args.seed, dims=dims)
     tolerance = Tolerance(max_rel=args.max_rel, min_cosine=args.min_cosine, min_top1=args.min_top1, int_exact=not args.int_tolerant,
                           exact=args.exact)

@@ -40,7 +40,62 @@ def quantize(model: nn.Module, recipe: Recipe | str, calib=None) -> nn.Module:
     handler = _HANDLERS.get(type(recipe))
     if handler is None:
         raise RecipeError(f"no quantizer is registered for recipe type {type(recipe).__name__}")
+    check_calibration(model, calib)
     return handler(model, recipe, calib)
+
+
+def _first_sample(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch[:1] if batch.dim() else batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_first_sample(b) for b in batch)
+    return batch
+
+
+def _shapes(batch) -> str:
+    if isinstance(batch, torch.Tensor):
+        return str(list(batch.shape))
+    if isinstance(batch, (tuple, list)):
+        return "(" + ", ".join(_shapes(b) for b in batch) + ")"
+    return type(batch).__name__
+
+
+def check_calibration(model: nn.Module, calib) -> None:
+    """Run the first sample of the first calibration batch through ``model`` before any work: data
+    of the wrong shape or type is a QuantizationError naming the input's shape and the layer it
+    does not fit, not a traceback from deep inside a calibration loop."""
+    try:
+        batches = calib_batches(calib)
+    except TypeError:
+        raise QuantizationError(f"calib must be a tensor or an iterable of input batches, got {type(calib).__name__}") from None
+    if not batches:
+        return
+    batch = batches[0]
+    if not isinstance(batch, (torch.Tensor, tuple, list)):
+        raise QuantizationError(f"calibration batch 0 is a {type(batch).__name__}, not a tensor or a tuple of tensors")
+    entered: list[str] = []
+    names = {m: name for name, m in model.named_modules()}
+
+    def enter(module, _inputs) -> None:
+        entered.append(names[module])
+
+    def leave(_module, _inputs, _output) -> None:  # returns None: the output stays as it is
+        entered.pop()
+
+    hooks = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    sample = _first_sample(batch)
+    try:
+        with torch.no_grad():
+            model(*sample) if isinstance(sample, (tuple, list)) else model(sample)
+    except Exception as exc:
+        layer = next((name for name in reversed(entered) if name), None)
+        where = f"layer {layer!r} ({type(model.get_submodule(layer)).__name__})" if layer else f"the model ({type(model).__name__})"
+        text = str(exc).strip().splitlines()
+        raise QuantizationError(f"calibration input of shape {_shapes(batch)} does not fit {where}: "
+                                f"{type(exc).__name__}: {text[0] if text else ''}") from None
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def is_skipped(name: str, recipe: Recipe) -> bool:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeq._io import atomic_path
-from edgeq.errors import EdgeqError, ModelFileError, QuantizationError
+from edgeq.errors import EdgeqError, ModelFileError, QuantizationError, first_line
 from edgeq.quant import set_submodule
 from edgeq.quant.hadamard import OnlineHadamard
 from edgeq.quant.packing import packed_length
@@ -174,7 +174,7 @@ def load_quantized(path: str | Path) -> nn.Module:
     try:
         load_model(model, str(path), strict=True)
     except RuntimeError as exc:
-        raise ModelFileError(f"{path}: tensors do not match the {meta['source']} structure ({str(exc).splitlines()[0]})") from None
+        raise ModelFileError(f"{path}: tensors do not match the {meta['source']} structure ({first_line(exc)})") from None
     model.edgeq_recipe = recipe_from_dict(json.loads(meta["recipe"]))
     return model.eval()
 
