@@ -164,7 +164,7 @@ CLI_CASES = [
     ("validate-unreachable-device", ["validate", "{tiny}", "{arm64_artifact}", "--device", "{closed}"], 11, "127.0.0.1"),
     ("validate-artifact-for-another-host", ["validate", "{tiny}", "{arm64_artifact}"], 11, "built for arm64"),
     ("validate-pt2-reference", ["validate", "{tiny}", "--reference", "{out}.pt2"], 4, "a .pt2 file is a pickle"),
-    ("validate-unknown-reference", ["validate", "{tiny}", "--reference", "{file}"], 11, "expected onnxruntime"),
+    ("validate-unknown-reference", ["validate", "{tiny}", "--reference", "{file}"], 4, "not a model edgeq can load"),
     ("validate-text-reference", ["validate", "{tiny}", "--reference", "{text}"], 4, "text.onnx"),
     ("validate-unknown-recipe-reference", ["validate", "{tiny}", "--reference", "digits:w9a9"], 5, "'w9a9'"),
     ("validate-random-npy", ["validate", "{tiny}", "--inputs", "{random_npy}"], 4, "random.npy"),

@@ -87,6 +87,6 @@ def test_corrupt_library_is_a_named_error(artifact_copy, damage):
 def test_validate_cli_on_a_corrupt_artifact_is_one_line(relu_artifact, artifact_copy, capsys):
     onnx_path, _ = relu_artifact
     _edit(artifact_copy, lambda d: d.pop("outputs"))
-    assert main(["validate", str(onnx_path), str(artifact_copy)]) == 2
+    assert main(["validate", str(onnx_path), str(artifact_copy)]) == ModelFileError.exit_code
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "relu.cpu.json: missing field 'outputs'" in err, err

@@ -52,5 +52,5 @@ def test_validate_with_an_unreachable_tracker_is_one_line(tmp_path, closed_port,
     code = main(["validate", str(tmp_path / "relu.onnx"), str(tmp_path / "relu.arm64.so"), "--device", url])
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0 and url in err, err
+    assert code == RuntimeExecError.exit_code and err.count("\n") == 0 and url in err, err
     assert elapsed < BOUND_S, elapsed

@@ -63,7 +63,7 @@ def test_data_outside_the_folder_is_refused(folders, capsys, location, why, in_c
         model_info(path)
     with pytest.raises(ModelFileError, match=message):
         load_onnx(path)
-    assert main(["inspect", str(path), "--json"]) == 2
+    assert main(["inspect", str(path), "--json"]) == ModelFileError.exit_code
     captured = capsys.readouterr()
     assert captured.out == "" and "tensor 'w'" in captured.err and str(outside) in captured.err
     with pytest.raises(ModelFileError, match=r"m\.onnx"):  # onnxruntime refuses it too, as a named error

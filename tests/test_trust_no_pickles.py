@@ -70,7 +70,7 @@ def test_validate_reference_pt2_never_runs_its_pickle(tmp_path, linear_files, ca
     evil = _evil_pt2(tmp_path / "evil.pt2", marker)
     code = main(["validate", str(onnx_path), "--reference", str(evil)])
     err = capsys.readouterr().err
-    assert code == 2 and "pickle" in err and "evil.pt2" in err, err
+    assert code == ModelFileError.exit_code and "pickle" in err and "evil.pt2" in err, err
     assert not marker.exists(), "the planted pickle ran"
 
 
