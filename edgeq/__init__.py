@@ -14,7 +14,8 @@ from edgeq.runtime.threads import default_tvm_threads
 default_tvm_threads()  # before TVM's thread pool starts: TVM alone would use half the cores on x86
 from edgeq.export import export  # noqa: E402
 from edgeq.quant import quantize  # noqa: E402
-from edgeq.recipes import PRESETS, Recipe, W8A8Recipe  # noqa: E402
+from edgeq.quant.w8a8 import W8A8Recipe  # noqa: E402
+from edgeq.recipes import PRESETS, Recipe  # noqa: E402
 
 __version__ = "0.1.0"
 

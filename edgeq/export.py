@@ -37,7 +37,7 @@ from edgeq._io import atomic_path
 from edgeq.errors import ExportError
 from edgeq.export_rules import export_twins
 from edgeq.opset import DOMAIN, attach_functions, translation_table
-from edgeq.quant.packing import unpack
+from edgeq.maths.packing import unpack
 from edgeq.quant.weight_only import WeightOnlyLinear
 
 DEFAULT_OPSET = 21

@@ -107,13 +107,13 @@ def reference_for(spec: str | Executor, model_path: Path) -> Reference:
     if spec == "onnxruntime":
         return Reference(OrtExecutor(model_path), f"onnxruntime ({model_path.name})", model_path)
     if spec.startswith("digits:"):
-        import edgeq
         from edgeq.models.digits_cnn import digits_data, load_digits_cnn
+        from edgeq.quant import quantize
 
         recipe = spec.split(":", 1)[1]
         model = load_digits_cnn()
         if recipe != "float":
-            model = edgeq.quantize(model, recipe, calib=digits_data().x_train[:CALIB_SAMPLES])
+            model = quantize(model, recipe, calib=digits_data().x_train[:CALIB_SAMPLES])
         return Reference(TorchExecutor(model), f"PyTorch (built-in CNN, {recipe})", model_path)
     path = Path(spec)
     if path.suffix == ".onnx":

@@ -18,7 +18,7 @@ from edgeq.errors import QuantizationError
 from edgeq.opset.hadamard import dense_hadamard, factorization, hadamard
 from edgeq.opset.lowbit_linear import lowbit_linear
 from edgeq.opset.lowrank_linear import lowrank_linear
-from edgeq.quant.packing import pack
+from edgeq.maths.packing import pack
 from edgeq.runtime.ort import ort_session
 
 TOL = 1e-5

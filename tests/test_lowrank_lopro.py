@@ -12,7 +12,7 @@ import edgeq
 from edgeq.errors import QuantizationError
 from edgeq.quant.gptq import gptq_quantize_weight
 from edgeq.quant.lrqmm import LRQMMRecipe
-from edgeq.quant.hadamard import hadamard_matrix
+from edgeq.maths.hadamard import hadamard_matrix
 from edgeq.quant.lopro import LoProLinear, LoProRecipe, block_hadamard, lopro_linear, rtn_linear
 
 

@@ -120,7 +120,7 @@ def _llama_cases(out: Path) -> dict[str, Path]:
 
 
 def _export_integer(qmodel, example, path):
-    from edgeq.quant.dyadic import export_integer
+    from edgeq.passes.integerize import export_integer
 
     return export_integer(qmodel, example, path)
 

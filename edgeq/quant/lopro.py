@@ -45,19 +45,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
-from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
+from edgeq.quant.base import (EXPORT_RULES_MODULE, calib_batches, quantizable_layers, register_export_rule,
+                              register_quantizer, set_submodule)
 from edgeq.quant.gptq import gptq_quantize_model
-from edgeq.quant.hadamard import hadamard_matrix, hadamard_transform
-from edgeq.quant.rtn import check_grid, clip_ratios, group_params, quantize_groups, quantize_with, search_group_params
-from edgeq.quant.r1svd import FACTOR_DTYPES, compress_factors, decode_factors, factor_bytes, r1svd
+from edgeq.maths.hadamard import hadamard_matrix, hadamard_transform
+from edgeq.maths.groups import check_grid, clip_ratios, group_params, quantize_groups, quantize_with, search_group_params
+from edgeq.quant.r1svd import FACTOR_DTYPES, compress_factors, decode_factors, factor_bytes, factors_for_export, r1svd
 from edgeq.quant.weight_only import WeightOnlyLinear
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 
 def block_hadamard(x: torch.Tensor, block_size: int, inverse: bool = False) -> torch.Tensor:
     """``x`` [..., k] times blockdiag(Hd, ...) (or its transpose) along the last axis; ``Hd`` is
-    ``edgeq.quant.hadamard``'s orthogonal matrix of order ``block_size`` (2^k times 12/20/28)."""
+    ``edgeq.maths.hadamard``'s orthogonal matrix of order ``block_size`` (2^k times 12/20/28)."""
     shape = x.shape
     blocks = x.reshape(*shape[:-1], shape[-1] // block_size, block_size)
     if inverse:
@@ -70,9 +72,9 @@ def gptq_solve(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: in
     """GPTQ in the given column order, quantizing only the first ``n_quant`` columns.
 
     The columns after them stay in float but still receive the error updates, so they absorb
-    what quantization lost. Each group's grid (``edgeq.quant.rtn.group_params``, asymmetric) is
+    what quantization lost. Each group's grid (``edgeq.maths.groups.group_params``, asymmetric) is
     fixed from its current values when the solve reaches its first column (``clip_steps`` > 1: the
-    least-squared-error clip ratio of ``edgeq.quant.rtn.clip_ratios``, which matters at 2 bits on
+    least-squared-error clip ratio of ``edgeq.maths.groups.clip_ratios``, which matters at 2 bits on
     Hadamard-rotated, Gaussian-like columns). Returns (integers
     [n, n_quant], float16 scales, zeros, updated trailing columns [n, k - n_quant]).
     """
@@ -230,6 +232,10 @@ class LoProRecipe(Recipe):
     power_iters: int = 2
     clip_steps: int = 20
 
+    @property
+    def needs_calibration(self) -> bool:
+        return self.quantizer == "gptq"
+
 
 def _lopro_layer(name: str, layer: nn.Linear, hessian: torch.Tensor | None, recipe: LoProRecipe) -> LoProLinear:
     try:
@@ -269,3 +275,35 @@ def quantize_lopro(model: nn.Module, recipe: LoProRecipe, calib=None) -> nn.Modu
 register_recipe_type(LoProRecipe)
 register_preset("w3-lopro", LoProRecipe(bits=3, skip=("lm_head",)))
 register_preset("w2-lopro", LoProRecipe(bits=2, skip=("lm_head",)))
+
+
+# --- export ---------------------------------------------------------------------------------
+
+class LoProExport(nn.Module):
+    """``LoProLinear``: Gather (the column permutation) -> edgeq.Hadamard on the low-bit columns ->
+    LowBitLinear, plus the salient columns' LowBitLinear and the low-rank branch on the unpermuted
+    input as two MatMuls (it reads x, not the rotated columns, so it is not fused into the core)."""
+    __module__ = EXPORT_RULES_MODULE
+
+    def __init__(self, layer: LoProLinear):
+        super().__init__()
+        self.layer = layer
+        u, v = factors_for_export(layer)
+        self.register_buffer("factor_in", u)
+        self.register_buffer("factor_out", v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, ks = self.layer, self.layer.salient_features
+        xp = torch.index_select(x, -1, m.perm)
+        rest = torch.ops.edgeq.hadamard(xp[..., ks:], None, m.block_size)
+        c = m.core
+        y = torch.ops.edgeq.lowbit_linear(rest, c.qweight, c.scales, c.zeros, c.bias, c.bits, c.group_size)
+        if m.salient is not None:
+            s = m.salient
+            y = y + torch.ops.edgeq.lowbit_linear(xp[..., :ks], s.qweight, s.scales, s.zeros, s.bias, s.bits, s.group_size)
+        if m.rank:
+            y = y + (x @ self.factor_in.to(x.dtype)) @ self.factor_out.to(x.dtype)
+        return y if m.bias is None else y + m.bias.to(x.dtype)
+
+
+register_export_rule(LoProLinear)(LoProExport)

@@ -19,9 +19,9 @@ from torch import nn
 
 from edgeq._io import atomic_path
 from edgeq.errors import ModelFileError, QuantizationError
-from edgeq.quant import set_submodule
+from edgeq.quant.base import set_submodule
 from edgeq.quant.hadamard import OnlineHadamard
-from edgeq.quant.packing import packed_length
+from edgeq.maths.packing import packed_length
 from edgeq.quant.weight_only import WeightOnlyConv2d, WeightOnlyLinear
 from edgeq.recipes import recipe_from_dict
 

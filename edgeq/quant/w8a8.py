@@ -11,6 +11,7 @@ zero_point = round(-min / scale).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,10 +20,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
-from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
+from edgeq.quant.base import as_is, calib_batches, quantizable_layers, register_export_rule, register_quantizer, set_submodule
 from edgeq.quant.fold import fold_batchnorm
 from edgeq.opset.qdq import dequantize_linear, quantize_linear
-from edgeq.recipes import W8A8Recipe
+from edgeq.recipes import Recipe, register_preset, register_recipe_type
+
+
+@dataclass(frozen=True)
+class W8A8Recipe(Recipe):
+    """Static W8A8: int8 per-output-channel symmetric weights, per-tensor affine uint8
+    activations calibrated on sample inputs (min/max, or a percentile to cut outliers).
+    BatchNorm is folded into the preceding conv first. Compute stays in float (QDQ)."""
+
+    METHOD = "w8a8"
+    act_percentile: float = 100.0
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
 
 
 def symmetric_per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,3 +146,9 @@ def quantize_w8a8(model: nn.Module, recipe: W8A8Recipe, calib) -> nn.Module:
         cls = QDQConv2d if isinstance(layer, nn.Conv2d) else QDQLinear
         set_submodule(qmodel, name, cls(layer, scale, zp))
     return qmodel.eval()
+
+
+register_recipe_type(W8A8Recipe)
+register_preset("w8a8", W8A8Recipe())
+for _layer in (QDQConv2d, QDQLinear, _ActQuant):  # their forward calls only translated QDQ ops
+    register_export_rule(_layer)(as_is)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeq.errors import QuantizationError
-from edgeq.quant.packing import SUPPORTED_BITS
+from edgeq.maths.packing import SUPPORTED_BITS, unpack
 
 MIN_SCALE = 2.0 ** -20  # keeps float16 scales normal-ish and nonzero for all-zero groups
 
@@ -133,6 +133,14 @@ def quantize_groups(weight: torch.Tensor, bits: int, group_size: int, symmetric:
 
 
 def dequantize_groups(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
-    out_features, in_features = q.shape
-    qg = q.float().reshape(out_features, in_features // group_size, group_size)
-    return ((qg - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)).reshape(out_features, in_features)
+    """``(q - zero) * scale`` per group, in float32: ``q`` [..., K] unpacked integers, ``scales`` and
+    ``zeros`` [..., K / group_size]. The one dequantize formula of every weight-only format."""
+    k = q.shape[-1]
+    qg = q.float().reshape(*q.shape[:-1], k // group_size, group_size)
+    return ((qg - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)).reshape(*q.shape[:-1], k)
+
+
+def dequantize_packed(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+                      group_size: int) -> torch.Tensor:
+    """:func:`dequantize_groups` of packed rows ``[..., P]`` (``edgeq.maths.packing``'s layout)."""
+    return dequantize_groups(unpack(packed, bits, packed.shape[-1] * 8 // bits), scales, zeros, group_size)
