@@ -12,7 +12,8 @@ def register(sub) -> None:
     p.add_argument("artifacts", nargs="*", help="compiled artifacts (edgeq compile) to run with TVM")
     p.add_argument("--device", default=None, help="rpc://HOST:PORT or tracker://HOST:PORT/KEY for artifacts not built for this host")
     p.add_argument("--reference", default="onnxruntime",
-                   help="onnxruntime (the model's graph), digits:RECIPE (the built-in CNN in PyTorch), X.onnx or X.pt2 (default: %(default)s)")
+                   help="onnxruntime (the model's graph), digits-cnn:RECIPE (the built-in CNN in PyTorch; digits:RECIPE "
+                        "is accepted too), X.onnx or X.pt2 (default: %(default)s)")
     p.add_argument("--inputs", default="random", help="X.npy, X.npz, digits (built-in test set) or random (default: %(default)s)")
     p.add_argument("--samples", type=int, default=None, help="use the first N samples of the inputs")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default: %(default)s)")

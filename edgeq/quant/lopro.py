@@ -47,13 +47,14 @@ from tqdm import tqdm
 
 import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
-from edgeq.quant.base import (EXPORT_RULES_MODULE, calib_batches, quantizable_layers, register_export_rule,
-                              register_quantizer, set_submodule)
+from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, calib_batches, quantizable_layers, register_export_rule,
+                              register_layer_format, register_quantizer, set_submodule)
 from edgeq.quant.gptq import gptq_quantize_model
 from edgeq.maths.hadamard import hadamard_matrix, hadamard_transform
 from edgeq.maths.groups import check_grid, clip_ratios, group_params, quantize_groups, quantize_with, search_group_params
-from edgeq.quant.r1svd import FACTOR_DTYPES, compress_factors, decode_factors, factor_bytes, factors_for_export, r1svd
-from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.quant.r1svd import (FACTOR_DTYPES, compress_factors, decode_factors, empty_factors, factor_bytes,
+                               factors_for_export, factors_spec, r1svd)
+from edgeq.quant.weight_only import WeightOnlyLinear, empty_weight_only, weight_only_spec
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 
@@ -307,3 +308,22 @@ class LoProExport(nn.Module):
 
 
 register_export_rule(LoProLinear)(LoProExport)
+
+
+# --- saved models ---------------------------------------------------------------------------
+
+def _lopro_spec(m: LoProLinear) -> dict:
+    return {"kind": "lopro", "in": m.in_features, "block_size": m.block_size, "core": weight_only_spec(m.core),
+            "salient": None if m.salient is None else weight_only_spec(m.salient), "factors": factors_spec(m),
+            "bias": m.bias is not None}
+
+
+def _empty_lopro(spec: dict) -> LoProLinear:
+    core = empty_weight_only(spec["core"])
+    salient = None if spec["salient"] is None else empty_weight_only(spec["salient"])
+    bias = torch.zeros(core.out_features) if spec["bias"] else None
+    return LoProLinear(torch.zeros(spec["in"], dtype=torch.int64), spec["block_size"], core, salient,
+                       empty_factors(spec["factors"]), bias)
+
+
+register_layer_format(LayerFormat("lopro", LoProLinear, _lopro_spec, _empty_lopro))

@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
-from edgeq.quant.base import EXPORT_RULES_MODULE, quantizable_layers, register_export_rule, register_quantizer, set_submodule
+from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, quantizable_layers, register_export_rule,
+                              register_layer_format, register_quantizer, set_submodule)
 from edgeq.maths.groups import quantize_groups
-from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRank, compress_factors, decode_factors, factor_bytes, factors_for_export,
-                               r1svd)
-from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRank, compress_factors, decode_factors, empty_factors, factor_bytes,
+                               factors_for_export, factors_spec, r1svd)
+from edgeq.quant.weight_only import WeightOnlyLinear, empty_weight_only, weight_only_spec
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 
@@ -172,3 +173,16 @@ class LowRankLinearExport(nn.Module):
 
 
 register_export_rule(LowRankCorrectedLinear)(LowRankLinearExport)
+
+
+# --- saved models ---------------------------------------------------------------------------
+
+def _lrqmm_spec(m: LowRankCorrectedLinear) -> dict:
+    return {"kind": "lrqmm", "core": weight_only_spec(m.core), "factors": factors_spec(m)}
+
+
+def _empty_lrqmm(spec: dict) -> LowRankCorrectedLinear:
+    return LowRankCorrectedLinear(empty_weight_only(spec["core"]), empty_factors(spec["factors"]))
+
+
+register_layer_format(LayerFormat("lrqmm", LowRankCorrectedLinear, _lrqmm_spec, _empty_lrqmm))

@@ -24,7 +24,7 @@ import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import dequantize_groups
 from edgeq.maths.packing import pack, packed_length, unpack
-from edgeq.quant.base import EXPORT_RULES_MODULE, register_export_rule
+from edgeq.quant.base import EXPORT_RULES_MODULE, LayerFormat, register_export_rule, register_layer_format
 
 
 @functools.cache
@@ -180,3 +180,29 @@ class LowBitConv2dExport(WeightOnlyTwin):
 
 register_export_rule(WeightOnlyLinear)(LowBitLinearExport)
 register_export_rule(WeightOnlyConv2d)(LowBitConv2dExport)
+
+
+def weight_only_spec(m: WeightOnlyLinear) -> dict:
+    """A saved model's record of a weight-only layer: its kind and shapes (buffers hold the rest)."""
+    spec = {"kind": "linear", "in": m.in_features, "out": m.out_features, "bits": m.bits, "group_size": m.group_size,
+            "bias": m.bias is not None, "scale_dtype": str(m.scales.dtype).removeprefix("torch.")}
+    if isinstance(m, WeightOnlyConv2d):
+        spec.update(kind="conv2d", in_channels=m.in_channels, kernel_size=list(m.kernel_size), stride=list(m.stride),
+                    padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
+    return spec
+
+
+def empty_weight_only(spec: dict) -> WeightOnlyLinear:
+    """A layer of :func:`weight_only_spec`'s shapes with zero buffers, for a saved state dict to fill."""
+    out_f, in_f, bits, g = spec["out"], spec["in"], spec["bits"], spec["group_size"]
+    dtype = getattr(torch, spec["scale_dtype"])
+    buffers = (torch.zeros(out_f, packed_length(in_f, bits), dtype=torch.uint8), torch.zeros(out_f, in_f // g, dtype=dtype),
+               torch.zeros(out_f, in_f // g, dtype=torch.uint8), torch.zeros(out_f) if spec["bias"] else None)
+    if spec["kind"] == "conv2d":
+        return WeightOnlyConv2d(spec["in_channels"], out_f, tuple(spec["kernel_size"]), spec["stride"], spec["padding"],
+                                spec["dilation"], spec["groups"], bits, g, *buffers)
+    return WeightOnlyLinear(in_f, out_f, bits, g, *buffers)
+
+
+register_layer_format(LayerFormat("linear", WeightOnlyLinear, weight_only_spec, empty_weight_only))
+register_layer_format(LayerFormat("conv2d", WeightOnlyConv2d, weight_only_spec, empty_weight_only))
