@@ -19,7 +19,7 @@ PACKAGE_DIRS = {"edgeq": "edgeq", "edgeq.passes": "passes", "edgeq.targets": "ta
 
 # The layer table, lowest first: a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaf", ("edgeq.errors", "edgeq._io", "edgeq._table", "edgeq.maths",
+    ("leaf", ("edgeq.errors", "edgeq._io", "edgeq._table", "edgeq._inputs", "edgeq.maths",
               "edgeq.runtime.ort")),  # onnxruntime sessions with stated options: export checks and pass verification use them too
     ("models", ("edgeq.models",)),
     ("opset", ("edgeq.opset",)),

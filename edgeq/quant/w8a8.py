@@ -20,9 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
+from edgeq.maths.groups import symmetric_per_channel
+from edgeq.opset.qdq import dequantize_linear, quantize_linear
 from edgeq.quant.base import as_is, calib_batches, quantizable_layers, register_export_rule, register_quantizer, set_submodule
 from edgeq.quant.fold import fold_batchnorm
-from edgeq.opset.qdq import dequantize_linear, quantize_linear
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 
@@ -38,16 +39,6 @@ class W8A8Recipe(Recipe):
     @property
     def needs_calibration(self) -> bool:
         return True
-
-
-def symmetric_per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 weight, float32 scale per output channel) with q in [-127, 127]."""
-    w = weight.detach().float()
-    amax = w.reshape(w.shape[0], -1).abs().amax(dim=1).clamp_min(1e-12)
-    scale = amax / 127.0
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    q = torch.round(w / scale.reshape(shape)).clamp(-127, 127).to(torch.int8)
-    return q, scale
 
 
 def affine_uint8_params(lo: float, hi: float) -> tuple[float, int]:
@@ -77,7 +68,7 @@ class _QDQLayer(nn.Module):
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, input_scale: float, input_zero_point: int):
         super().__init__()
-        q, scale = symmetric_per_channel_int8(layer.weight)
+        q, scale = symmetric_per_channel(layer.weight, 8)
         self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", torch.zeros_like(scale, dtype=torch.int8))
