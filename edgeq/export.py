@@ -36,8 +36,8 @@ from torch import nn
 from edgeq._io import atomic_path
 from edgeq.errors import ExportError
 from edgeq.export_rules import export_twins
-from edgeq.opset import DOMAIN, attach_functions, translation_table
 from edgeq.maths.packing import unpack
+from edgeq.opset import DOMAIN, attach_functions, translation_table
 from edgeq.quant.weight_only import WeightOnlyLinear
 
 DEFAULT_OPSET = 21

@@ -19,9 +19,9 @@ import torch
 from onnx.defs import OpSchema
 from onnxscript import values
 
-from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
-from edgeq.opset._function import FunctionBuilder
 from edgeq.maths.hadamard import hadamard_factors, hadamard_matrix
+from edgeq.opset._function import FunctionBuilder
+from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
 
 MAX_FACTOR = 64
 

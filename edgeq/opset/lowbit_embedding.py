@@ -15,8 +15,8 @@ from onnx.defs import OpSchema
 from onnxscript import ir, values
 from onnxscript import opset21 as op
 
-from edgeq.opset.registry import register_translation
 from edgeq.maths.groups import dequantize_packed
+from edgeq.opset.registry import register_translation
 
 
 @torch.library.custom_op("edgeq::lowbit_embedding", mutates_args=())

@@ -16,9 +16,9 @@ import torch
 from onnx.defs import OpSchema
 from onnxscript import values
 
-from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
-from edgeq.opset._function import FunctionBuilder, dequantize_groups, unpack_weights
 from edgeq.maths.groups import dequantize_packed
+from edgeq.opset._function import FunctionBuilder, dequantize_groups, unpack_weights
+from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
 
 FLOATS = ["tensor(float)", "tensor(float16)"]
 

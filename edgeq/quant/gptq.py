@@ -27,8 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
-from edgeq.quant.base import set_submodule
 from edgeq.maths.groups import GroupQuant, resolve_group_size, check_grid, clip_ratios, group_params, quantize_with, search_group_params
+from edgeq.quant.base import set_submodule
 from edgeq.quant.weight_only import flat_weight, from_float_layer
 
 

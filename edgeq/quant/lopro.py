@@ -47,11 +47,11 @@ from tqdm import tqdm
 
 import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
+from edgeq.maths.groups import check_grid, clip_ratios, group_params, quantize_groups, quantize_with, search_group_params
+from edgeq.maths.hadamard import hadamard_matrix, hadamard_transform
 from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, calib_batches, quantizable_layers, register_export_rule,
                               register_layer_format, register_quantizer, set_submodule)
 from edgeq.quant.gptq import gptq_quantize_model
-from edgeq.maths.hadamard import hadamard_matrix, hadamard_transform
-from edgeq.maths.groups import check_grid, clip_ratios, group_params, quantize_groups, quantize_with, search_group_params
 from edgeq.quant.r1svd import (FACTOR_DTYPES, compress_factors, decode_factors, empty_factors, factor_bytes,
                                factors_for_export, factors_spec, r1svd)
 from edgeq.quant.weight_only import WeightOnlyLinear, empty_weight_only, weight_only_spec

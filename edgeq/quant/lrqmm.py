@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
+from edgeq.maths.groups import quantize_groups
 from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, quantizable_layers, register_export_rule,
                               register_layer_format, register_quantizer, set_submodule)
-from edgeq.maths.groups import quantize_groups
 from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRank, compress_factors, decode_factors, empty_factors, factor_bytes,
                                factors_for_export, factors_spec, r1svd)
 from edgeq.quant.weight_only import WeightOnlyLinear, empty_weight_only, weight_only_spec
