@@ -201,7 +201,7 @@ def cnn_rows(threads: int, tmp: Path):
     batch 1 and the 450-image test set."""
     import edgeq
     from edgeq.models import digits_data, load_digits_cnn
-    from edgeq.quant.dyadic import export_integer
+    from edgeq.passes.integerize import export_integer
     from edgeq.runtime.executors import TvmExecutor
     from edgeq.runtime.ort import ort_session
 

@@ -20,7 +20,7 @@ import edgeq  # noqa: E402
 from edgeq._table import format_table  # noqa: E402
 from edgeq.models import digits_data, load_digits_cnn  # noqa: E402
 from edgeq.models.digits_cnn import accuracy  # noqa: E402
-from edgeq.quant.dyadic import export_integer  # noqa: E402
+from edgeq.passes.integerize import export_integer  # noqa: E402
 from edgeq.runtime import OrtExecutor, TvmExecutor  # noqa: E402
 from _results import append_results, markdown_table  # noqa: E402
 
@@ -53,7 +53,7 @@ def main() -> None:
     print(format_table(headers, rows, title=f"digits CNN, {len(x)} test images"))
     notes = (
         f"{len(x)} test images x 10 logits compared element by element with the PyTorch integer "
-        "reference (0 = bit-exact). Integer-only ONNX from `edgeq.quant.dyadic.export_integer` "
+        "reference (0 = bit-exact). Integer-only ONNX from `edgeq.passes.integerize.export_integer` "
         "(QDQ export + `integerize`); activations uint8 per tensor, weights symmetric per channel."
     )
     append_results("Integer-only digits CNN (HAWQ-V3 dyadic): accuracy and bit-exactness", markdown_table(headers, rows), notes)

@@ -36,7 +36,7 @@ from _results import append_results, markdown_table  # noqa: E402
 import edgeq  # noqa: E402
 from edgeq.models.smollm2 import load_smollm2  # noqa: E402
 from edgeq.models.wikitext import SEQ_LEN, calibration_windows, perplexity, wikitext_tokens  # noqa: E402
-from edgeq.quant import set_submodule  # noqa: E402
+from edgeq.quant.base import set_submodule  # noqa: E402
 from edgeq.quant.lopro import LoProLinear  # noqa: E402
 from edgeq.quant.lrqmm import LowRankCorrectedLinear  # noqa: E402
 from edgeq.quant.weight_only import WeightOnlyLinear  # noqa: E402

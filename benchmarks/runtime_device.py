@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edgeq  # noqa: E402
 from _results import append_results, markdown_table  # noqa: E402
 from edgeq.models import digits_data, load_digits_cnn  # noqa: E402
-from edgeq.quant.dyadic import export_integer  # noqa: E402
+from edgeq.passes.integerize import export_integer  # noqa: E402
 from edgeq.runtime import device as dev  # noqa: E402
 from edgeq.runtime.executors import OrtExecutor, TvmExecutor  # noqa: E402
 from edgeq.runtime.profile import latency  # noqa: E402

@@ -16,7 +16,8 @@ try:  # torch, onnx and TVM take seconds to load: Ctrl-C here must not end the C
     default_tvm_threads()  # before TVM's thread pool starts: TVM alone would use half the cores on x86
     from edgeq.export import export
     from edgeq.quant import quantize
-    from edgeq.recipes import PRESETS, Recipe, W8A8Recipe
+    from edgeq.quant.w8a8 import W8A8Recipe
+    from edgeq.recipes import PRESETS, Recipe
 except KeyboardInterrupt:
     from edgeq.cli import exit_if_interrupted_cli
 

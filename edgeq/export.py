@@ -35,8 +35,8 @@ from torch import nn
 from edgeq._io import atomic_dir, atomic_path, check_output_file
 from edgeq.errors import ExportError
 from edgeq.export_rules import export_twins
+from edgeq.maths.packing import unpack
 from edgeq.opset import DOMAIN, attach_functions, translation_table
-from edgeq.quant.packing import unpack
 from edgeq.quant.weight_only import WeightOnlyLinear
 
 DEFAULT_OPSET = 21

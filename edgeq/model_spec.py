@@ -52,10 +52,11 @@ class LoadedModel:
 def load_model(spec: str) -> LoadedModel:
     """The model ``spec`` names (see the module docstring); a ModelFileError naming the spec
     and what was expected when it names nothing loadable."""
-    from edgeq.quant.serialize import SOURCES
+    from edgeq.models import ALIASES, BUILTIN_MODELS, load_builtin
 
-    if spec in SOURCES:
-        return LoadedModel(SOURCES[spec]().eval(), _BUILTIN_KINDS.get(spec), "builtin", spec)
+    if spec in BUILTIN_MODELS or spec in ALIASES:
+        name = ALIASES.get(spec, spec)
+        return LoadedModel(load_builtin(name), _BUILTIN_KINDS.get(name), "builtin", spec)
     path = Path(spec)
     if path.is_dir():
         return _huggingface_folder(spec, path)

@@ -1,7 +1,8 @@
 """Recipes: frozen dataclasses that say how to quantize, and the named presets.
 
-A recipe names the method and its knobs; ``edgeq.quantize`` looks its type up in the quantizer
-registry (``edgeq.quant``), so a new method is one new dataclass and one handler. Presets are
+A recipe names the method and its knobs and says whether it ``needs_calibration``;
+``edgeq.quantize`` looks its type up in the quantizer registry (``edgeq.quant.base``), so a new
+method is one new module (its recipe, quantizer, layers and their export rules). Presets are
 short names for recipes (``w8a8``, ``w4g128-rtn``, ...), resolved by :func:`resolve_recipe`.
 """
 
@@ -28,21 +29,17 @@ class Recipe:
     def method(self) -> str:
         return type(self).METHOD  # type: ignore[attr-defined]
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the quantizer needs ``calib`` (sample inputs): callers pass calibration data by
+        this, never by method name. Data-free recipes say False (the default)."""
+        return False
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-
-@dataclass(frozen=True)
-class W8A8Recipe(Recipe):
-    """Static W8A8: int8 per-output-channel symmetric weights, per-tensor affine uint8
-    activations calibrated on sample inputs (min/max, or a percentile to cut outliers).
-    BatchNorm is folded into the preceding conv first. Compute stays in float (QDQ)."""
-
-    METHOD = "w8a8"
-    act_percentile: float = 100.0
 
 
 _RECIPE_TYPES: dict[str, type[Recipe]] = {}
@@ -139,7 +136,3 @@ def check_recipe_values(recipe: Recipe) -> None:
             raise RecipeError(f"recipe {method!r}: {f.name} = {value} is negative")
         if f.name.endswith("percentile") and not 0 < value <= 100:
             raise RecipeError(f"recipe {method!r}: {f.name} = {value} is not a percentile in (0, 100]")
-
-
-register_recipe_type(W8A8Recipe)
-register_preset("w8a8", W8A8Recipe())

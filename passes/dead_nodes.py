@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import onnx
 
+from edgeq.passes.manager import Pass, register_pass
+
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
     names: set[str] = set()
@@ -46,8 +48,6 @@ def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     _delete_where(graph.value_info, lambda v: v.name not in live)
     return model
 
-
-from edgeq.passes.manager import Pass, register_pass  # noqa: E402
 
 register_pass(Pass(
     name="dead_nodes", run=remove_dead_nodes, doc=__doc__.splitlines()[0],

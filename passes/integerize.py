@@ -26,6 +26,7 @@ in float, between its DequantizeLinear and QuantizeLinear.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -415,3 +416,18 @@ register_pass(Pass(
     waived_by={"keep_float": frozenset({"integer_only"})},
     tolerance=0.05,  # dyadic rounding of biases and rescales: a few output steps
 ))
+
+
+def export_integer(qmodel, example_inputs, path, opset: int = 21, **options: Any):
+    """Export a dyadic-quantized model (``edgeq.quantize(model, "w8a8-dyadic", ...)``) to an
+    integer-only ONNX file: its QDQ form through ``edgeq.export``, then :func:`integerize`
+    (``options``: its keywords). ``edgeq.export`` is imported at call time so that the passes load
+    without torch."""
+    from edgeq._io import atomic_path
+    from edgeq.export import export
+
+    with atomic_path(path, keep_suffix=True) as tmp:
+        export(qmodel.qdq_module(), example_inputs, tmp, opset=opset)
+        model = integerize(onnx.load(str(tmp)), **options)
+        onnx.save_model(model, str(tmp))
+    return path

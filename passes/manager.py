@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
+from edgeq._inputs import random_inputs
 from edgeq.errors import PassError
 
 
@@ -105,24 +106,10 @@ class PassReport:
 
 
 def seeded_inputs(model: onnx.ModelProto, seed: int = 0, dynamic_dim: int = 2) -> dict[str, np.ndarray]:
-    """Inputs for every graph input: symbolic dims set to ``dynamic_dim``; floats ~ N(0, 1),
-    integers in [0, 10) (token ids and indices stay in range for small vocabularies)."""
-    rng = np.random.default_rng(seed)
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        t = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else dynamic_dim for d in t.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[vi.name] = np.ones(shape, dtype)
-        else:
-            feeds[vi.name] = rng.integers(0, 10, shape).astype(dtype)
-    return feeds
+    """Inputs for every graph input (``edgeq._inputs.random_inputs``): symbolic dims set to
+    ``dynamic_dim``; floats ~ N(0, 1), integers in [0, 10) (token ids and indices stay in range for
+    small vocabularies)."""
+    return random_inputs(model, seed, int_high=10, default_dim=dynamic_dim)
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

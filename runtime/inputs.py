@@ -8,37 +8,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeq._inputs import onnx_inputs
+from edgeq._inputs import random_inputs as seeded_feeds
 from edgeq.errors import ModelFileError
 
 
-def onnx_inputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype, list[int | str]]]:
-    """(name, dtype, shape with dim names for dynamic dims) of the graph inputs that are not weights."""
-    weights = {i.name for i in model.graph.initializer}
-    out = []
-    for v in model.graph.input:
-        if v.name in weights:
-            continue
-        t = v.type.tensor_type
-        shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-        out.append((v.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), shape))
-    return out
-
-
 def random_inputs(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | None = None, int_high: int = 100) -> list[np.ndarray]:
-    """Seeded random inputs: standard normal floats, integers in [0, int_high); dynamic dims from
+    """Seeded random inputs in graph order (``edgeq._inputs.random_inputs``); dynamic dims from
     ``dims`` (by name) or 1."""
-    rng = np.random.default_rng(seed)
-    dims = dims or {}
-    arrays = []
-    for _, dtype, shape in onnx_inputs(model):
-        concrete = [d if isinstance(d, int) else int(dims.get(d, 1)) for d in shape]
-        if np.issubdtype(dtype, np.integer):
-            arrays.append(rng.integers(0, int_high, size=concrete).astype(dtype))
-        elif dtype == np.bool_:
-            arrays.append(rng.integers(0, 2, size=concrete).astype(bool))
-        else:
-            arrays.append(rng.standard_normal(concrete).astype(dtype))
-    return arrays
+    return list(seeded_feeds(model, seed=seed, dims=dims, int_high=int_high).values())
 
 
 def digits_inputs(samples: int | None = None) -> list[np.ndarray]:

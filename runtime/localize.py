@@ -86,14 +86,14 @@ def tvm_runner(inputs: Sequence[np.ndarray], target: str, device_url: str | None
     """Compile a graph with TVM for ``target`` and run it here, or on the device at ``device_url``."""
 
     def run(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-        import edgeq
         from edgeq.runtime.executors import TvmExecutor
         from edgeq.runtime.rpc import RpcExecutor
+        from edgeq.targets.compile import compile as compile_onnx
 
         with tempfile.TemporaryDirectory(prefix="edgeq-localize-") as tmp:
             path = Path(tmp) / "exposed.onnx"
             onnx.save(model, str(path))
-            artifact = edgeq.compile(path, target=target, out_dir=tmp)
+            artifact = compile_onnx(path, target=target, out_dir=tmp)
             ex = RpcExecutor(artifact.path, device_url) if device_url else TvmExecutor(artifact.path)
             try:
                 outs = ex.run(inputs)

@@ -208,10 +208,12 @@ def recipe_sweep(recipes: Sequence[str], out_dir: str | Path, batch: int = 1, wa
     import torch
     from tqdm import tqdm
 
-    import edgeq
     from edgeq.errors import EdgeqError
+    from edgeq.export import export
     from edgeq.models.digits_cnn import accuracy, digits_data, load_digits_cnn
+    from edgeq.quant import quantize
     from edgeq.runtime.executors import OrtExecutor
+    from edgeq.targets.compile import compile as compile_onnx
 
     data = digits_data()
     out = Path(out_dir)
@@ -223,9 +225,9 @@ def recipe_sweep(recipes: Sequence[str], out_dir: str | Path, batch: int = 1, wa
         model = load_digits_cnn()
         try:
             if recipe != "float":
-                model = edgeq.quantize(model, recipe, calib=data.x_train[:512])
-            onnx_path = edgeq.export(model, data.x_test[:1], out / f"digits_cnn.{recipe}.onnx")
-            artifact = edgeq.compile(onnx_path, target=target, out_dir=out)
+                model = quantize(model, recipe, calib=data.x_train[:512])
+            onnx_path = export(model, data.x_test[:1], out / f"digits_cnn.{recipe}.onnx")
+            artifact = compile_onnx(onnx_path, target=target, out_dir=out)
         except EdgeqError as exc:
             skipped[recipe] = str(exc)
             tqdm.write(f"{recipe}: skipped: {exc}")

@@ -99,21 +99,23 @@ class Reference:
 
 
 def reference_for(spec: str | Executor, model_path: Path) -> Reference:
-    """``onnxruntime`` (the model's own graph), ``digits:RECIPE`` (the built-in CNN quantized by
-    RECIPE, in PyTorch), ``PATH.onnx`` (another graph on onnxruntime), any model
+    """``onnxruntime`` (the model's own graph), ``digits-cnn:RECIPE`` (the built-in CNN quantized
+    by RECIPE, in PyTorch; ``digits:RECIPE`` is accepted too), ``PATH.onnx`` (another graph on onnxruntime), any model
     ``edgeq.model_spec.load_model`` accepts (in PyTorch; never a pickle), or an Executor."""
     if isinstance(spec, Executor):
         return Reference(spec, spec.name, model_path)
     if spec == "onnxruntime":
         return Reference(OrtExecutor(model_path), f"onnxruntime ({model_path.name})", model_path)
-    if spec.startswith("digits:"):
-        import edgeq
+    if spec.partition(":")[0] in ("digits-cnn", "digits") and ":" in spec:
         from edgeq.models.digits_cnn import digits_data, load_digits_cnn
+        from edgeq.quant import quantize
+        from edgeq.recipes import resolve_recipe
 
         recipe = spec.split(":", 1)[1]
         model = load_digits_cnn()
         if recipe != "float":
-            model = edgeq.quantize(model, recipe, calib=digits_data().x_train[:CALIB_SAMPLES])
+            calib = digits_data().x_train[:CALIB_SAMPLES] if resolve_recipe(recipe).needs_calibration else None
+            model = quantize(model, recipe, calib=calib)
         return Reference(TorchExecutor(model), f"PyTorch (built-in CNN, {recipe})", model_path)
     path = Path(spec)
     if path.suffix == ".onnx":

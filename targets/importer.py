@@ -48,7 +48,7 @@ def _extended_convert_map() -> Iterator[None]:
 
 
 # Modules that register converters (one lowering module per op); imported on first import_onnx.
-_LOWERINGS = ("symbolic_shapes", "lower_lowbit", "lower_lowrank", "lower_dequantize", "lower_qdq_conv", "lower_tied")
+_LOWERINGS = ("integer_ops", "symbolic_shapes", "lower_lowbit", "lower_lowrank", "lower_dequantize", "lower_qdq_conv", "lower_tied")
 
 
 def _load_lowerings() -> None:
@@ -110,4 +110,3 @@ def import_onnx(model: onnx.ModelProto, target: str = "cpu", **kwargs):
     model = prepare(model, target)
     with _extended_convert_map():
         return from_onnx(model, **kwargs)
-from edgeq.targets import integer_ops  # noqa: E402,F401  (integer-only converters register on import)

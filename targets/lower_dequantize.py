@@ -19,7 +19,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 from tvm.relax.frontend.onnx.onnx_frontend import get_type
 
-from edgeq.quant.packing import pack
+from edgeq.maths.packing import pack
 from edgeq.targets.importer import register_converter, value_users
 from edgeq.targets.lower_lowbit import PACKED_DOMAIN, PACKED_LINEAR
 

@@ -1,5 +1,5 @@
 """Lowering of packed low-bit linears: one TIR kernel that reads the packed uint8 weight, unpacks
-each value with shifts and masks (``edgeq.quant.packing``'s layout), dequantizes it with its
+each value with shifts and masks (``edgeq.maths.packing``'s layout), dequantizes it with its
 group's scale and zero point and multiplies, so the artifact holds the packed bytes, never a
 float32 copy of the weight.
 

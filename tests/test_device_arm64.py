@@ -95,7 +95,7 @@ def test_integer_only_cnn_on_device_is_bit_exact(device, digits, digits_model, t
     """The HAWQ-V3 integer-only CNN (w8a8-dyadic) compiled for arm64: its outputs on the device
     equal the PyTorch integer reference's on the whole test set (0 mismatches; the outputs are
     the dequantized output integers, one-to-one with them)."""
-    from edgeq.quant.dyadic import export_integer
+    from edgeq.passes.integerize import export_integer
 
     qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])
     int_path = export_integer(qmodel, digits.x_test[:1], tmp_path / "digits_int.onnx")

@@ -17,7 +17,7 @@ import torch
 import edgeq
 from edgeq.models.digits_cnn import accuracy
 from edgeq.passes.integer_check import float_ops_in_integer_region
-from edgeq.quant.dyadic import export_integer
+from edgeq.passes.integerize import export_integer
 from edgeq.runtime import OrtExecutor, TvmExecutor
 
 

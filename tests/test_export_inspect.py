@@ -13,9 +13,9 @@ from onnx import helper
 from edgeq.cli import main
 from edgeq.errors import ModelFileError
 from edgeq.export import lower_to_dequantize_linear
+from edgeq.maths.packing import pack
 from edgeq.model_info import model_info
 from edgeq.opset import DOMAIN, attach_functions
-from edgeq.quant.packing import pack
 
 
 def two_layer_model(path, n=16, k=64, group=32):

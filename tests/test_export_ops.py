@@ -13,12 +13,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edgeq.opset import DOMAIN, attach_functions, edgeq_ops
 from edgeq.errors import QuantizationError
+from edgeq.maths.packing import pack
+from edgeq.opset import DOMAIN, attach_functions, edgeq_ops
 from edgeq.opset.hadamard import dense_hadamard, factorization, hadamard
 from edgeq.opset.lowbit_linear import lowbit_linear
 from edgeq.opset.lowrank_linear import lowrank_linear
-from edgeq.quant.packing import pack
 from edgeq.runtime.ort import ort_session
 
 TOL = 1e-5

@@ -10,10 +10,10 @@ from torch import nn
 
 import edgeq
 from edgeq.errors import QuantizationError
+from edgeq.maths.hadamard import hadamard_matrix
 from edgeq.quant.gptq import gptq_quantize_weight
-from edgeq.quant.lrqmm import LRQMMRecipe
-from edgeq.quant.hadamard import hadamard_matrix
 from edgeq.quant.lopro import LoProLinear, LoProRecipe, block_hadamard, lopro_linear, rtn_linear
+from edgeq.quant.lrqmm import LRQMMRecipe
 
 
 @pytest.fixture(scope="module")

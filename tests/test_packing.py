@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeq.errors import QuantizationError
-from edgeq.quant.packing import pack, packed_length, unpack
+from edgeq.maths.packing import pack, packed_length, unpack
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeq.maths.packing import pack
 from edgeq.opset import attach_functions
-from edgeq.quant.packing import pack
 from edgeq.runtime.executors import TvmExecutor
 from edgeq.runtime.ort import ort_session
 from edgeq.targets import compile as compile_model

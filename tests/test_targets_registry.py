@@ -44,7 +44,7 @@ def elf_machines(artifact: Path) -> set[int]:
 @pytest.fixture(scope="module")
 def cnn_files(tmp_path_factory, digits, digits_model):
     """The built-in CNN exported float, W8A8 (QDQ) and integer-only (dyadic requantize)."""
-    from edgeq.quant.dyadic import export_integer
+    from edgeq.passes.integerize import export_integer
 
     out = tmp_path_factory.mktemp("cnn")
     example = torch.as_tensor(digits.x_test[:1])

@@ -14,9 +14,9 @@ CHECK = r"""
 import torch
 from edgeq.quant import weight_only
 from edgeq.quant.weight_only import WeightOnlyLinear
-from edgeq.targets.triton_lowbit import lowbit_linear
+from edgeq.quant.triton_lowbit import lowbit_linear
 
-assert weight_only._CUDA_MATMUL is lowbit_linear  # registered for CUDA inputs on import
+assert weight_only.cuda_matmul() is lowbit_linear  # what WeightOnlyLinear uses for CUDA inputs
 gen = torch.Generator().manual_seed(0)
 for bits, k, n, group, m, bias in [(4, 256, 80, 64, 5, True), (3, 128, 48, 32, 3, False),
                                    (2, 192, 40, 64, 17, True), (8, 64, 24, 64, 1, False)]:

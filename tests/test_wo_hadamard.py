@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from edgeq.errors import QuantizationError
-from edgeq.quant.hadamard import (
-    OnlineHadamard,
+from edgeq.maths.hadamard import (
     hadamard_factors,
     hadamard_matrix,
     hadamard_transform,
     random_hadamard_matrix,
     random_signs,
 )
+from edgeq.quant.hadamard import OnlineHadamard
 
 
 @pytest.mark.parametrize("n", [1, 2, 12, 20, 28, 64, 24, 40, 56, 144, 576, 1536])

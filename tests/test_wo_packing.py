@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeq.quant.rtn import quantize_groups
+from edgeq.maths.groups import quantize_groups
 from edgeq.quant.weight_only import WeightOnlyConv2d, WeightOnlyLinear, from_float_layer
 
 

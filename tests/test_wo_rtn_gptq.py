@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgeq.maths.groups import quantize_groups, resolve_group_size
 from edgeq.quant.gptq import HessianAccumulator, gptq_quantize_weight
-from edgeq.quant.rtn import quantize_groups, resolve_group_size
 
 
 def _weight(out=64, inp=256, seed=0):

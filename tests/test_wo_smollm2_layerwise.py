@@ -8,9 +8,9 @@ import torch
 
 import edgeq
 from edgeq.errors import QuantizationError
+from edgeq.maths.groups import quantize_groups
 from edgeq.models.wikitext import calibration_windows, wikitext_tokens, windows_of
 from edgeq.quant.gptq import HessianAccumulator, gptq_quantize_weight
-from edgeq.quant.rtn import quantize_groups
 from edgeq.quant.weight_only_recipes import GPTQRecipe, RTNRecipe
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 with a preset (or float), to an ONNX file.
 
     edgeq export smollm2-w4.safetensors --embedding-bits 4 -o smollm2.onnx
-    edgeq export digits --preset w8a8 -o digits.onnx
+    edgeq export digits-cnn --preset w8a8 -o digits.onnx
     edgeq export smollm2 --preset w4g128-rtn --embedding-bits 4 -o smollm2.onnx --external-data
 """
 
@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import time
 
-MODELS = ("digits", "smollm2")
+from edgeq.models import ALIASES, BUILTIN_MODELS
 
 
 def register(sub) -> None:
     from edgeq.commands._args import positive_int
 
     p = sub.add_parser("export", help="export a built-in model (quantized with a preset, or float) to ONNX")
-    p.add_argument("model", help=f"a .safetensors file from edgeq quantize, or a built-in model ({', '.join(MODELS)})")
+    aliases = ", ".join(f"{old} for {new}" for old, new in ALIASES.items())
+    p.add_argument("model", help=f"a .safetensors file from edgeq quantize, or a built-in model "
+                                 f"({', '.join(BUILTIN_MODELS)}; also accepted: {aliases})")
     p.add_argument("--preset", help="quantization preset or recipe JSON (default: float)")
     p.add_argument("--embedding-bits", type=int, choices=(2, 3, 4, 8),
                    help="LLMs: quantize the embedding table (RTN) and share it with a tied lm_head")
@@ -39,8 +41,10 @@ def load_model(name: str, preset: str | None, embedding_bits: int | None, group_
     import torch
 
     import edgeq
+    from edgeq.models import builtin_name
+    from edgeq.recipes import resolve_recipe
 
-    if name not in MODELS:
+    if name not in BUILTIN_MODELS and name not in ALIASES:
         from edgeq.errors import RecipeError
         from edgeq.quant.serialize import load_quantized, read_metadata
 
@@ -48,13 +52,14 @@ def load_model(name: str, preset: str | None, embedding_bits: int | None, group_
             raise RecipeError(f"{name} is already quantized: --preset applies to built-in models only")
         source = read_metadata(name)["source"]
         model = load_quantized(name)
-        _, example = load_model({"digits-cnn": "digits"}.get(source, source), None, None, group_size, load=False)
+        _, example = load_model(source, None, None, group_size, load=False)
         if embedding_bits:
             from edgeq.quant.embedding import quantize_embeddings
 
             quantize_embeddings(model, embedding_bits, group_size)
         return model, example
-    if name == "digits":
+    calibrate = bool(preset) and resolve_recipe(preset).needs_calibration
+    if builtin_name(name) == "digits-cnn":
         from edgeq.models import digits_data, load_digits_cnn
 
         data = digits_data()
@@ -62,7 +67,7 @@ def load_model(name: str, preset: str | None, embedding_bits: int | None, group_
             return None, data.x_test[:1]
         model = load_digits_cnn()
         if preset:
-            model = edgeq.quantize(model, preset, calib=data.x_train[:512])
+            model = edgeq.quantize(model, preset, calib=data.x_train[:512] if calibrate else None)
         return model, data.x_test[:1]
     from edgeq.models.smollm2 import load_smollm2
 
@@ -71,7 +76,7 @@ def load_model(name: str, preset: str | None, embedding_bits: int | None, group_
     model, tokenizer = load_smollm2()
     ids = tokenizer("The quick brown fox jumps over the lazy dog", return_tensors="pt").input_ids
     if preset:
-        model = edgeq.quantize(model, preset, calib=[ids])
+        model = edgeq.quantize(model, preset, calib=[ids] if calibrate else None)
     if embedding_bits:
         from edgeq.quant.embedding import quantize_embeddings
 

@@ -1,7 +1,10 @@
 """edgeq quantize: a built-in model and a weight-only preset to a .safetensors file (llama-quantize's shape).
 
     edgeq quantize smollm2 w4g128-gptq -o smollm2-w4.safetensors --calib 32
+    edgeq quantize smollm2 w3-lopro -o smollm2-w3-lopro.safetensors --calib 8
     edgeq quantize digits-cnn w8-rtn -o digits-w8.safetensors
+
+Calibration data is loaded and passed when the recipe says it needs it (``needs_calibration``).
 """
 
 from __future__ import annotations
@@ -10,32 +13,36 @@ import json
 import re
 import time
 
-MODELS = ("digits-cnn", "smollm2")
+from edgeq.models import BUILTIN_MODELS
 
 
 def register(sub) -> None:
     from edgeq.commands._args import positive_int
 
     p = sub.add_parser("quantize", help="weight-only quantize a built-in model and save it (safetensors + recipe)")
-    p.add_argument("model", choices=MODELS, help="built-in model")
+    p.add_argument("model", choices=tuple(BUILTIN_MODELS), help="built-in model")
     p.add_argument("preset", help="recipe preset (e.g. w4g128-rtn, w3g128-gptq, w4g128-hadamard-gptq) or recipe JSON")
     p.add_argument("-o", "--out", required=True, help="output .safetensors file")
     p.add_argument("--calib", type=positive_int, default=32,
-                   help="calibration samples for GPTQ: digits images, or SmolLM2 windows of 512 tokens (default: %(default)s)")
+                   help="calibration samples for recipes that calibrate (GPTQ, LoPRo): digits images, or SmolLM2 windows "
+                        "of 512 tokens (default: %(default)s)")
     p.add_argument("--text", default=None, help="WikiText-2 wiki.test.raw for SmolLM2 calibration (default: ../shared/data)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
-def _model_and_calib(name: str, count: int, text):
+def _model_and_calib(name: str, count: int, text, calibrate: bool):
+    """The built-in model and, when ``calibrate``, its calibration batches (else None)."""
     if name == "digits-cnn":
         from edgeq.models import digits_data, load_digits_cnn
 
-        return load_digits_cnn(), digits_data().x_train[:count]
+        return load_digits_cnn(), digits_data().x_train[:count] if calibrate else None
     from edgeq.models.smollm2 import load_smollm2
     from edgeq.models.wikitext import calibration_windows, wikitext_tokens
 
     model, tokenizer = load_smollm2()
+    if not calibrate:
+        return model, None
     calib = calibration_windows(wikitext_tokens(tokenizer, text), count)
     return model, list(calib.split(8))
 
@@ -43,30 +50,29 @@ def _model_and_calib(name: str, count: int, text):
 def run(args) -> int:
     import edgeq
     from edgeq._table import format_table
-    from edgeq.quant.serialize import save_quantized
-    from edgeq.quant.weight_only import WeightOnlyLinear
+    from edgeq.quant.serialize import quantized_layers, save_quantized
     from edgeq.recipes import resolve_recipe
 
     from edgeq._io import check_output_file
 
     recipe = resolve_recipe(args.preset)
     check_output_file(args.out)
-    model, calib = _model_and_calib(args.model, args.calib, args.text)
+    model, calib = _model_and_calib(args.model, args.calib, args.text, recipe.needs_calibration)
     start = time.perf_counter()
-    qmodel = edgeq.quantize(model, recipe, calib=calib if recipe.method == "gptq" else None)
+    qmodel = edgeq.quantize(model, recipe, calib=calib)
     seconds = time.perf_counter() - start
     path = save_quantized(qmodel, args.out, source=args.model)
 
     # one row per layer name with the block index folded (model.layers.*.mlp.up_proj x 30)
     rows: dict[str, dict] = {}
-    for name, m in qmodel.named_modules():
-        if isinstance(m, WeightOnlyLinear):
-            key = re.sub(r"\.\d+\.", ".*.", name, count=1)
-            r = rows.setdefault(key, {"layer": key, "count": 0, "bits": m.bits, "group_size": m.group_size,
-                                      "weights": 0, "bytes": 0})
-            r["count"] += 1
-            r["weights"] += m.in_features * m.out_features
-            r["bytes"] += m.weight_bytes()
+    for name, m in quantized_layers(qmodel).items():
+        key = re.sub(r"\.\d+\.", ".*.", name, count=1)
+        grid = getattr(m, "core", m)  # low-rank methods: the packed core's bits and group
+        r = rows.setdefault(key, {"layer": key, "count": 0, "bits": grid.bits, "group_size": grid.group_size,
+                                  "weights": 0, "bytes": 0})
+        r["count"] += 1
+        r["weights"] += m.in_features * m.out_features
+        r["bytes"] += m.weight_bytes()
     total_w = sum(r["weights"] for r in rows.values())
     total_b = sum(r["bytes"] for r in rows.values())
     result = {"model": args.model, "recipe": recipe.to_dict(), "out": str(path), "file_bytes": path.stat().st_size,

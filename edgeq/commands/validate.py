@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("artifacts", nargs="*", help="compiled artifacts (edgeq compile) to run with TVM")
     p.add_argument("--device", default=None, help="rpc://HOST:PORT or tracker://HOST:PORT/KEY for artifacts not built for this host")
     p.add_argument("--reference", default="onnxruntime",
-                   help="onnxruntime (the model's graph), digits:RECIPE (the built-in CNN in PyTorch), X.onnx, or a PyTorch "
+                   help="onnxruntime (the model's graph), digits-cnn:RECIPE (the built-in CNN in PyTorch; digits:RECIPE is accepted too), X.onnx, or a PyTorch "
                         "model: FILE.py:FUNCTION, package.module:FUNCTION, a Hugging Face folder (safetensors), X.gguf, "
                         "a .safetensors from `edgeq quantize` (never a pickle: .pt/.pt2/.bin are refused) "
                         "(default: %(default)s)")

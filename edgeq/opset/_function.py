@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeq.opset import DOMAIN
+from edgeq.opset.registry import DOMAIN
 
 
 class FunctionBuilder:
@@ -42,7 +42,7 @@ class FunctionBuilder:
 
 
 def unpack_weights(b: FunctionBuilder, packed: str, bits: int) -> str:
-    """uint8 ``[N, P]`` packed as in ``edgeq.quant.packing`` -> integer ``[N, K]`` (uint8 or uint32)."""
+    """uint8 ``[N, P]`` packed as in ``edgeq.maths.packing`` -> integer ``[N, K]`` (uint8 or uint32)."""
     if bits == 8:
         return packed
     if bits in (2, 4):

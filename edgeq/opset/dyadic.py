@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgeq.errors import QuantizationError
-from edgeq.opset import DOMAIN, OPSET_VERSION, EdgeqOp, register_op
+from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_SHIFT = 62  # keeps 2^(c-1) and x*b (|x| < 2^31, b < 2^31) inside int64

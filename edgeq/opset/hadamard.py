@@ -4,7 +4,7 @@ axis, applied to each contiguous block of ``size`` values.
     H_n = kron(H_f1, ..., H_fm) / sqrt(n),   n = 2^k * product of factors in {12, 20, 28}
     Y[..., block] = (X[..., block] * Signs[block]) @ H_n
 
-H_n is ``edgeq.quant.hadamard.hadamard_matrix(n)`` (Sylvester for powers of two, Paley I for 12
+H_n is ``edgeq.maths.hadamard.hadamard_matrix(n)`` (Sylvester for powers of two, Paley I for 12
 and 20, Paley II for 28; the 12/20/28 factors first), as used by ``OnlineHadamard``. The
 function body never builds H_n: it reshapes rows to [rows, n/f_i, f_i], MatMuls by each small
 factor (at most 64 x 64) and rotates the axes (Transpose), so the file holds a few KB of
@@ -19,16 +19,16 @@ import torch
 from onnx.defs import OpSchema
 from onnxscript import values
 
-from edgeq.opset import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
+from edgeq.maths.hadamard import hadamard_factors, hadamard_matrix
 from edgeq.opset._function import FunctionBuilder
-from edgeq.quant.hadamard import hadamard_factors, hadamard_matrix
+from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
 
 MAX_FACTOR = 64
 
 
 def factorization(n: int) -> list[int]:
     """Orders of the small factors whose Kronecker product (in order) is edgeq's H_n: the factors
-    of ``edgeq.quant.hadamard.hadamard_factors`` with the power of two split into pieces of at most
+    of ``edgeq.maths.hadamard.hadamard_factors`` with the power of two split into pieces of at most
     64 (a Kronecker product of Sylvester matrices is the larger Sylvester matrix)."""
     factors: list[int] = []
     for f in hadamard_factors(n):

@@ -16,9 +16,9 @@ import torch
 from onnx.defs import OpSchema
 from onnxscript import values
 
-from edgeq.opset import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
+from edgeq.maths.groups import dequantize_packed
 from edgeq.opset._function import FunctionBuilder, dequantize_groups, unpack_weights
-from edgeq.quant.packing import unpack
+from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
 
 FLOATS = ["tensor(float)", "tensor(float16)"]
 
@@ -61,11 +61,8 @@ def function(attrs: dict, opset: int) -> onnx.FunctionProto:
 
 
 def reference(x, qweight, scales, zeros, bias=None, *, bits: int, group_size: int) -> np.ndarray:
-    n = qweight.shape[0]
-    k = qweight.shape[1] * 8 // bits
-    q = unpack(torch.from_numpy(np.ascontiguousarray(qweight)), bits, k).numpy().astype(np.float32)
-    q = q.reshape(n, -1, group_size)
-    w = ((q - zeros.astype(np.float32)[..., None]) * scales.astype(np.float32)[..., None]).reshape(n, k)
+    w = dequantize_packed(*(torch.from_numpy(np.ascontiguousarray(t)) for t in (qweight, scales, zeros)), bits,
+                          group_size).numpy()
     y = x.astype(np.float32) @ w.T
     if bias is not None:
         y = y + bias.astype(np.float32)
@@ -80,10 +77,7 @@ def lowbit_linear(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     bias: torch.Tensor | None, bits: int, group_size: int,
 ) -> torch.Tensor:
-    n = qweight.shape[0]
-    k = qweight.shape[1] * 8 // bits
-    q = unpack(qweight, bits, k).float().reshape(n, -1, group_size)
-    w = ((q - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)).reshape(n, k).to(x.dtype)
+    w = dequantize_packed(qweight, scales, zeros, bits, group_size).to(x.dtype)
     return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 

@@ -16,7 +16,7 @@ import torch
 from onnx.defs import OpSchema
 from onnxscript import values
 
-from edgeq.opset import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
+from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
 from edgeq.opset._function import FunctionBuilder, dequantize_groups, unpack_weights
 from edgeq.opset.lowbit_linear import FLOATS, lowbit_linear
 from edgeq.opset.lowbit_linear import reference as lowbit_reference

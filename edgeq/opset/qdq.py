@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from onnxscript import opset21 as op
 
-from edgeq.opset import register_translation
+from edgeq.opset.registry import register_translation
 
 _RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int32: (-(2**31), 2**31 - 1)}
 

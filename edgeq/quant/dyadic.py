@@ -15,7 +15,7 @@ The quantizer returns a ``DyadicModel``: its ``forward`` is the PyTorch integer 
 computes these integers exactly, with the rounding contract of ``edgeq.opset.dyadic``), and
 ``qdq_module()`` is the same model in QuantizeLinear/DequantizeLinear form for ``edgeq.export``;
 ``edgeq.passes.integerize`` turns that export into an integer-only ONNX graph that computes the
-same integers (``export_integer`` does both steps).
+same integers (``edgeq.passes.integerize.export_integer`` does both steps).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import copy
 import fnmatch
 import operator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeq.errors import QuantizationError
+from edgeq.maths.groups import symmetric_per_channel
 from edgeq.opset.dyadic import INT32_MAX, INT32_MIN, accumulator_scale, bias_int32, rescale_multiplier
 from edgeq.opset.qdq import dequantize_linear, quantize_linear
-from edgeq.quant import calib_batches, register_quantizer
+from edgeq.quant.base import as_is, calib_batches, register_export_rule, register_quantizer
 from edgeq.quant.fold import fold_batchnorm
 from edgeq.quant.w8a8 import affine_uint8_params
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
@@ -53,6 +53,10 @@ class DyadicRecipe(Recipe):
     weight_bits: int = 8
     layer_bits: tuple[tuple[str, int], ...] = ()
     act_percentile: float = 100.0
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
 
     def bits_for(self, name: str) -> int:
         for pattern, bits in self.layer_bits:
@@ -72,29 +76,6 @@ class QParams:
 
     scale: float
     zero_point: int
-
-
-def symmetric_per_channel(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 tensor with |q| <= 2^(bits-1) - 1, float32 scale per output channel).
-
-    Below 8 bits each channel's clipping range is searched (a fraction of max |w| from 0.5 to 1)
-    for the smallest squared weight error: at 4 bits the largest weight sets too coarse a step.
-    """
-    if not 2 <= bits <= 8:
-        raise QuantizationError(f"dyadic weights take 2 to 8 bits, got {bits}")
-    qmax = 2 ** (bits - 1) - 1
-    w = weight.detach().float().reshape(weight.shape[0], -1)
-    amax = w.abs().amax(dim=1).clamp_min(1e-12)
-    ratios = torch.linspace(0.5, 1.0, 51) if bits < 8 else torch.ones(1)
-    best_err = torch.full_like(amax, float("inf"))
-    best_scale = amax / qmax
-    for r in ratios:
-        scale = (amax * r / qmax).float()
-        err = ((torch.round(w / scale[:, None]).clamp(-qmax, qmax) * scale[:, None] - w) ** 2).sum(dim=1)
-        better = err < best_err
-        best_err, best_scale = torch.where(better, err, best_err), torch.where(better, scale, best_scale)
-    q = torch.round(w / best_scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
-    return q.reshape(weight.shape), best_scale.float()
 
 
 def dyadic_requantize(x: torch.Tensor, multiplier, shift, zero_point: int, lo: int, hi: int) -> torch.Tensor:
@@ -479,20 +460,5 @@ def quantize_dyadic(model: nn.Module, recipe: DyadicRecipe, calib) -> DyadicMode
     return _build(plan, qparams, recipe)
 
 
-def export_integer(qmodel: DyadicModel, example_inputs, path, opset: int = 21, **options: Any):
-    """Export ``qmodel`` to an integer-only ONNX file: its QDQ form through ``edgeq.export``,
-    then ``edgeq.passes.integerize`` (imported here, at call time: the quantizer does not
-    depend on the passes)."""
-    import importlib
-
-    import onnx
-
-    from edgeq._io import atomic_path
-    from edgeq.export import export
-
-    integerize = importlib.import_module("edgeq.passes.integerize")
-    with atomic_path(path, keep_suffix=True) as tmp:
-        export(qmodel.qdq_module(), example_inputs, tmp, opset=opset)
-        model = integerize.integerize(onnx.load(str(tmp)), **options)
-        onnx.save_model(model, str(tmp))
-    return path
+for _layer in (ActFakeQuant, QDQWeightLayer):  # the QDQ form exports as is; ``integerize`` makes it integer-only
+    register_export_rule(_layer)(as_is)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeq.quant.packing import unpack
-from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.maths.groups import dequantize_packed
+from edgeq.quant.base import EXPORT_RULES_MODULE, register_export_rule
+from edgeq.quant.weight_only import WeightOnlyLinear, WeightOnlyTwin
 
 
 class WeightOnlyEmbedding(nn.Module):
@@ -27,20 +28,13 @@ class WeightOnlyEmbedding(nn.Module):
         self.register_buffer("zeros", table.zeros)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return lookup(self.qweight[ids], self.scales[ids], self.zeros[ids], self.bits, self.group_size)
+        return dequantize_packed(self.qweight[ids], self.scales[ids], self.zeros[ids], self.bits, self.group_size)
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}"
-
-
-def lookup(rows: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """Dequantize gathered packed rows ``[..., P]`` to float32 ``[..., K]``."""
-    k = rows.shape[-1] * 8 // bits
-    q = unpack(rows, bits, k).float().reshape(*rows.shape[:-1], -1, group_size)
-    return ((q - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)).reshape(*rows.shape[:-1], k)
 
 
 def rtn_table(weight: torch.Tensor, bits: int, group_size: int, bias: torch.Tensor | None = None) -> WeightOnlyLinear:
@@ -75,3 +69,15 @@ def quantize_embeddings(model: nn.Module, bits: int, group_size: int) -> WeightO
             model.set_output_embeddings(rtn_table(head.weight, bits, group_size, head.bias))
         model.config.tie_word_embeddings = False  # nothing left for transformers to re-tie
     return embedding
+
+
+class LowBitEmbeddingExport(WeightOnlyTwin):
+    """``WeightOnlyEmbedding`` as one ``edgeq::lowbit_embedding`` call: packed rows gathered, then unpacked."""
+    __module__ = EXPORT_RULES_MODULE
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        return torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+
+
+register_export_rule(WeightOnlyEmbedding)(LowBitEmbeddingExport)

@@ -27,8 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
-from edgeq.quant import set_submodule
-from edgeq.quant.rtn import GroupQuant, resolve_group_size, check_grid, clip_ratios, group_params, quantize_with, search_group_params
+from edgeq.maths.groups import (GroupQuant, check_grid, clip_ratios, group_params, quantize_with, resolve_group_size,
+                                search_group_params)
+from edgeq.quant.base import set_submodule
 from edgeq.quant.weight_only import flat_weight, from_float_layer
 
 
@@ -41,9 +42,29 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     check_grid(bits, group_size, in_features, layer)
     if hessian.shape != (in_features, in_features):
         raise QuantizationError(f"{layer}: Hessian has shape {tuple(hessian.shape)}, expected {(in_features, in_features)}")
+    gq, _ = gptq_solve(weight, hessian, bits, group_size, symmetric=symmetric, damp=damp, act_order=act_order,
+                       block_size=block_size, clip_steps=clip_steps, scale_dtype=scale_dtype, layer=layer)
+    return gq
+
+
+def gptq_solve(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, *, n_quant: int | None = None,
+               symmetric: bool = False, damp: float = 0.01, act_order: bool = False, block_size: int = 128,
+               clip_steps: int = 0, scale_dtype=torch.float16, layer: str = "weight") -> tuple[GroupQuant, torch.Tensor]:
+    """The one GPTQ solve: quantize the first ``n_quant`` columns of ``weight`` (all by default) in
+    GPTQ order, and return them with the float columns after them, which stay unquantized but take
+    the error updates (LoPRo's salient block absorbs what rounding lost that way).
+
+    The Hessian is inverted in its own dtype: float64 where the caller gives float64 (LoPRo's
+    rotated Hessians), else float32. ``act_order`` permutes every column, so it needs
+    ``n_quant`` to be all of them.
+    """
+    out_features, in_features = weight.shape
+    n_quant = in_features if n_quant is None else n_quant
+    if act_order and n_quant != in_features:
+        raise QuantizationError(f"{layer}: act_order reorders every column; it cannot leave {in_features - n_quant} in float")
     device = weight.device
     w = weight.detach().clone().float()
-    h = hessian.detach().clone().float().to(device)
+    h = hessian.detach().clone().to(device=device, dtype=torch.float64 if hessian.dtype == torch.float64 else torch.float32)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
@@ -51,16 +72,16 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     w = w[:, perm]
     h = h[perm][:, perm]
     h.diagonal().add_(damp * torch.mean(torch.diag(h)))
-    u = _inverse_cholesky_upper(h, layer)
+    u = _inverse_cholesky_upper(h, layer).float()
 
-    groups = in_features // group_size
+    groups = n_quant // group_size
     scales = torch.zeros(out_features, groups, device=device)
     zeros = torch.zeros(out_features, groups, device=device)
     fixed = [False] * groups
-    group_of = (perm // group_size).tolist()  # group of the column at each permuted position
+    group_of = (perm[:n_quant] // group_size).tolist()  # group of the column at each permuted position
     position = torch.empty_like(perm)
     position[perm] = torch.arange(in_features, device=device)  # permuted position of each original column
-    q_all = torch.zeros_like(w)
+    q_all = torch.zeros(out_features, n_quant, device=device)
     ratios = clip_ratios(clip_steps) if clip_steps > 1 else None
 
     # The column loop is thousands of tiny ops: one thread avoids OpenMP spin-waits, which made
@@ -72,16 +93,18 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
                       symmetric, ratios, scale_dtype)
     finally:
         torch.set_num_threads(threads)
-    q_orig = q_all[:, position]
-    return GroupQuant(q_orig.to(torch.uint8).cpu(), scales.to(scale_dtype).cpu(), zeros.to(torch.uint8).cpu(), bits, group_size)
+    q_orig = q_all[:, position[:n_quant]]
+    gq = GroupQuant(q_orig.to(torch.uint8).cpu(), scales.to(scale_dtype).cpu(), zeros.to(torch.uint8).cpu(), bits, group_size)
+    return gq, w[:, n_quant:]
 
 
 def _gptq_columns(w, u, q_all, scales, zeros, fixed, group_of, position, group_size, block_size, bits,
                   symmetric, ratios, scale_dtype):
-    """The column loop of GPTQ (in place on ``w``, ``q_all``, ``scales``, ``zeros``, ``fixed``)."""
-    in_features, device = w.shape[1], w.device
-    for i1 in range(0, in_features, block_size):
-        i2 = min(i1 + block_size, in_features)
+    """The column loop of GPTQ over the first ``q_all.shape[1]`` columns (in place on ``w``,
+    ``q_all``, ``scales``, ``zeros``, ``fixed``); later columns take the lazy updates only."""
+    n_quant, device = q_all.shape[1], w.device
+    for i1 in range(0, n_quant, block_size):
+        i2 = min(i1 + block_size, n_quant)
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]

@@ -45,64 +45,27 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
-from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
-from edgeq.quant.gptq import gptq_quantize_model
-from edgeq.quant.hadamard import hadamard_matrix, hadamard_transform
-from edgeq.quant.rtn import check_grid, clip_ratios, group_params, quantize_groups, quantize_with, search_group_params
-from edgeq.quant.r1svd import FACTOR_DTYPES, compress_factors, decode_factors, factor_bytes, r1svd
-from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.maths.groups import check_grid, quantize_groups
+from edgeq.maths.hadamard import hadamard_matrix, hadamard_transform
+from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, calib_batches, quantizable_layers, register_export_rule,
+                              register_layer_format, register_quantizer, set_submodule)
+from edgeq.quant.gptq import gptq_quantize_model, gptq_solve
+from edgeq.quant.r1svd import (FACTOR_DTYPES, compress_factors, decode_factors, empty_factors, factor_bytes,
+                               factors_for_export, factors_spec, r1svd)
+from edgeq.quant.weight_only import WeightOnlyLinear, empty_weight_only, weight_only_spec
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 
 def block_hadamard(x: torch.Tensor, block_size: int, inverse: bool = False) -> torch.Tensor:
     """``x`` [..., k] times blockdiag(Hd, ...) (or its transpose) along the last axis; ``Hd`` is
-    ``edgeq.quant.hadamard``'s orthogonal matrix of order ``block_size`` (2^k times 12/20/28)."""
+    ``edgeq.maths.hadamard``'s orthogonal matrix of order ``block_size`` (2^k times 12/20/28)."""
     shape = x.shape
     blocks = x.reshape(*shape[:-1], shape[-1] // block_size, block_size)
     if inverse:
         return (blocks @ hadamard_matrix(block_size, x.dtype).T).reshape(shape)
     return hadamard_transform(blocks).reshape(shape)
-
-
-def gptq_solve(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, n_quant: int,
-               damp: float = 0.01, block: int = 128, clip_steps: int = 0):
-    """GPTQ in the given column order, quantizing only the first ``n_quant`` columns.
-
-    The columns after them stay in float but still receive the error updates, so they absorb
-    what quantization lost. Each group's grid (``edgeq.quant.rtn.group_params``, asymmetric) is
-    fixed from its current values when the solve reaches its first column (``clip_steps`` > 1: the
-    least-squared-error clip ratio of ``edgeq.quant.rtn.clip_ratios``, which matters at 2 bits on
-    Hadamard-rotated, Gaussian-like columns). Returns (integers
-    [n, n_quant], float16 scales, zeros, updated trailing columns [n, k - n_quant]).
-    """
-    w = w.detach().float().clone()
-    n, k = w.shape
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    ratios = clip_ratios(clip_steps) if clip_steps > 1 else None
-    q_all = torch.zeros(n, n_quant)
-    scales = torch.zeros(n, n_quant // group_size)
-    zeros = torch.zeros(n, n_quant // group_size)
-    for b0 in range(0, n_quant, block):
-        b1 = min(b0 + block, n_quant)
-        for j in range(b0, b1):
-            g = j // group_size
-            if j % group_size == 0:
-                current = w[:, j:j + group_size]
-                scales[:, g], zeros[:, g] = (group_params(current, bits, symmetric=False) if ratios is None
-                                             else search_group_params(current, bits, False, ratios))
-            q = quantize_with(w[:, j:j + 1], scales[:, g], zeros[:, g], bits)[:, 0]
-            q_all[:, j] = q
-            e = (w[:, j] - (q - zeros[:, g]) * scales[:, g]) / u[j, j]
-            w[:, j:b1] -= e.unsqueeze(1) * u[j, j:b1].unsqueeze(0)
-            w[:, j] = e  # column j now holds its scaled error, for the lazy update of the rest
-        w[:, b1:] -= w[:, b0:b1] @ u[b0:b1, b1:]
-    return q_all, scales.half(), zeros, w[:, n_quant:]
 
 
 def rtn_linear(w: torch.Tensor, bits: int, group_size: int) -> WeightOnlyLinear:
@@ -203,9 +166,10 @@ def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: in
         basis[ks:, :k - ks] = torch.block_diag(*[hadamard_matrix(block_size)] * ((k - ks) // block_size))
         basis[torch.arange(ks), torch.arange(k - ks, k)] = 1.0
         h_rot = basis.T @ hp @ basis
-        q, scales, zeros, salient_w = gptq_solve(torch.cat([rest, salient_w], dim=1), h_rot, bits, group_size,
-                                                 n_quant=k - ks, clip_steps=clip_steps)
-        core = WeightOnlyLinear.from_integers(q.to(torch.uint8), scales, zeros.to(torch.uint8), bits)
+        # GPTQ in this order, the salient columns last and left in float to absorb the updates
+        gq, salient_w = gptq_solve(torch.cat([rest, salient_w], dim=1), h_rot.double(), bits, group_size,
+                                   n_quant=k - ks, clip_steps=clip_steps)
+        core = WeightOnlyLinear.from_integers(gq.q, gq.scales, gq.zeros, bits)
     elif quantizer == "rtn":
         core = rtn_linear(rest, bits, group_size)
     else:
@@ -229,6 +193,10 @@ class LoProRecipe(Recipe):
     quantizer: str = "gptq"
     power_iters: int = 2
     clip_steps: int = 20
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.quantizer == "gptq"
 
 
 def _lopro_layer(name: str, layer: nn.Linear, hessian: torch.Tensor | None, recipe: LoProRecipe) -> LoProLinear:
@@ -269,3 +237,54 @@ def quantize_lopro(model: nn.Module, recipe: LoProRecipe, calib=None) -> nn.Modu
 register_recipe_type(LoProRecipe)
 register_preset("w3-lopro", LoProRecipe(bits=3, skip=("lm_head",)))
 register_preset("w2-lopro", LoProRecipe(bits=2, skip=("lm_head",)))
+
+
+# --- export ---------------------------------------------------------------------------------
+
+class LoProExport(nn.Module):
+    """``LoProLinear``: Gather (the column permutation) -> edgeq.Hadamard on the low-bit columns ->
+    LowBitLinear, plus the salient columns' LowBitLinear and the low-rank branch on the unpermuted
+    input as two MatMuls (it reads x, not the rotated columns, so it is not fused into the core)."""
+    __module__ = EXPORT_RULES_MODULE
+
+    def __init__(self, layer: LoProLinear):
+        super().__init__()
+        self.layer = layer
+        u, v = factors_for_export(layer)
+        self.register_buffer("factor_in", u)
+        self.register_buffer("factor_out", v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, ks = self.layer, self.layer.salient_features
+        xp = torch.index_select(x, -1, m.perm)
+        rest = torch.ops.edgeq.hadamard(xp[..., ks:], None, m.block_size)
+        c = m.core
+        y = torch.ops.edgeq.lowbit_linear(rest, c.qweight, c.scales, c.zeros, c.bias, c.bits, c.group_size)
+        if m.salient is not None:
+            s = m.salient
+            y = y + torch.ops.edgeq.lowbit_linear(xp[..., :ks], s.qweight, s.scales, s.zeros, s.bias, s.bits, s.group_size)
+        if m.rank:
+            y = y + (x @ self.factor_in.to(x.dtype)) @ self.factor_out.to(x.dtype)
+        return y if m.bias is None else y + m.bias.to(x.dtype)
+
+
+register_export_rule(LoProLinear)(LoProExport)
+
+
+# --- saved models ---------------------------------------------------------------------------
+
+def _lopro_spec(m: LoProLinear) -> dict:
+    return {"kind": "lopro", "in": m.in_features, "block_size": m.block_size, "core": weight_only_spec(m.core),
+            "salient": None if m.salient is None else weight_only_spec(m.salient), "factors": factors_spec(m),
+            "bias": m.bias is not None}
+
+
+def _empty_lopro(spec: dict) -> LoProLinear:
+    core = empty_weight_only(spec["core"])
+    salient = None if spec["salient"] is None else empty_weight_only(spec["salient"])
+    bias = torch.zeros(core.out_features) if spec["bias"] else None
+    return LoProLinear(torch.zeros(spec["in"], dtype=torch.int64), spec["block_size"], core, salient,
+                       empty_factors(spec["factors"]), bias)
+
+
+register_layer_format(LayerFormat("lopro", LoProLinear, _lopro_spec, _empty_lopro))

@@ -26,11 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
-from edgeq.quant import quantizable_layers, register_quantizer, set_submodule
-from edgeq.quant.rtn import quantize_groups
-from edgeq.quant.r1svd import FACTOR_DTYPES, LowRank, compress_factors, decode_factors, factor_bytes, r1svd
-from edgeq.quant.weight_only import WeightOnlyLinear
+from edgeq.maths.groups import quantize_groups
+from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, quantizable_layers, register_export_rule,
+                              register_layer_format, register_quantizer, set_submodule)
+from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRank, compress_factors, decode_factors, empty_factors, factor_bytes,
+                               factors_for_export, factors_spec, r1svd)
+from edgeq.quant.weight_only import WeightOnlyLinear, empty_weight_only, weight_only_spec
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 
@@ -82,7 +85,7 @@ class LowRankCorrectedLinear(nn.Module):
 
 def lrqmm_linear(linear: nn.Linear, bits: int, group_size: int, rank: int, *, power_iters: int = 2,
                  factor_dtype: str = "float16", seed: int = 0, name: str = "weight") -> LowRankCorrectedLinear:
-    """RTN core (``edgeq.quant.rtn``, asymmetric) plus R1SVD factors of its residual."""
+    """RTN core (``edgeq.maths.groups``, asymmetric) plus R1SVD factors of its residual."""
     w = linear.weight.detach().float()
     gq = quantize_groups(w, bits, group_size, layer=name)
     core = WeightOnlyLinear.from_integers(gq.q, gq.scales, gq.zeros, bits, linear.bias)
@@ -148,3 +151,38 @@ register_recipe_type(LRQMMRecipe)
 register_preset("w4-lrqmm", LRQMMRecipe(bits=4, group_size=64, rank=16, skip=("lm_head",)))
 register_preset("w3-lrqmm", LRQMMRecipe(bits=3, group_size=64, rank=16, skip=("lm_head",)))
 register_preset("w2-lrqmm", LRQMMRecipe(bits=2, group_size=64, rank=32, skip=("lm_head",)))
+
+
+# --- export ---------------------------------------------------------------------------------
+
+class LowRankLinearExport(nn.Module):
+    """LRQMM's ``LowRankCorrectedLinear`` as one ``edgeq.LowRankLinear`` node."""
+    __module__ = EXPORT_RULES_MODULE
+
+    def __init__(self, layer: LowRankCorrectedLinear):
+        super().__init__()
+        self.layer = layer
+        u, v = factors_for_export(layer)
+        self.register_buffer("factor_in", u)
+        self.register_buffer("factor_out", v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.layer.core
+        return torch.ops.edgeq.lowrank_linear(x, c.qweight, c.scales, c.zeros, self.factor_in, self.factor_out,
+                                              c.bias, c.bits, c.group_size)
+
+
+register_export_rule(LowRankCorrectedLinear)(LowRankLinearExport)
+
+
+# --- saved models ---------------------------------------------------------------------------
+
+def _lrqmm_spec(m: LowRankCorrectedLinear) -> dict:
+    return {"kind": "lrqmm", "core": weight_only_spec(m.core), "factors": factors_spec(m)}
+
+
+def _empty_lrqmm(spec: dict) -> LowRankCorrectedLinear:
+    return LowRankCorrectedLinear(empty_weight_only(spec["core"]), empty_factors(spec["factors"]))
+
+
+register_layer_format(LayerFormat("lrqmm", LowRankCorrectedLinear, _lrqmm_spec, _empty_lrqmm))

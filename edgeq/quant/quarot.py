@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from edgeq.errors import QuantizationError
-from edgeq.quant.hadamard import OnlineHadamard, hadamard_matrix, random_hadamard_matrix
+from edgeq.maths.hadamard import hadamard_matrix, random_hadamard_matrix
+from edgeq.quant.hadamard import OnlineHadamard
 
 
 def is_llama(model: nn.Module) -> bool:

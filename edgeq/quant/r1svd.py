@@ -135,3 +135,28 @@ def decode_factors(buffers: dict[str, torch.Tensor]) -> LowRank:
 
 def factor_bytes(buffers: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in buffers.values() if t is not None)
+
+
+def factors_for_export(layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U [in, r], V [r, out]) with ``x @ U @ V`` the layer's low-rank branch: float16 factors stay
+    float16 (exact in the op's cast), others (bf16, int8 with scales) are decoded to float32."""
+    lr = decode_factors({"u": layer.u, "v": layer.v, "u_scale": layer.u_scale, "v_scale": layer.v_scale})
+    dtype = torch.float16 if layer.u.dtype == torch.float16 and layer.u_scale is None else torch.float32
+    return lr.v.T.contiguous().to(dtype), lr.u.T.contiguous().to(dtype)
+
+
+FACTOR_NAMES = ("u", "v", "u_scale", "v_scale")
+
+
+def factors_spec(layer) -> dict:
+    """Shapes and dtypes of a layer's factor buffers (None where absent), for a saved model."""
+    spec = {}
+    for name in FACTOR_NAMES:
+        t = getattr(layer, name)
+        spec[name] = None if t is None else {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+    return spec
+
+
+def empty_factors(spec: dict) -> dict[str, torch.Tensor]:
+    """Zero buffers of the shapes and dtypes :func:`factors_spec` recorded."""
+    return {name: torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for name, s in spec.items() if s is not None}

@@ -3,8 +3,9 @@
 The file holds the whole state dict (packed ``qweight``, ``scales``, ``zeros`` of every
 quantized layer, float tensors of the rest, Hadamard sign vectors) and, in its string metadata,
 the recipe JSON, the name of the built-in source model it was made from, and the structure
-needed to rebuild the module tree: each quantized layer's kind and shape, the online Hadamards,
-and whether the model was rotated (lm_head untied). Loading builds the source model, applies that
+needed to rebuild the module tree: each quantized layer's kind and shape (recorded and rebuilt
+by the ``LayerFormat`` its method module registers, ``edgeq.quant.base``), the online
+Hadamards, and whether the model was rotated (lm_head untied). Loading builds the source model, applies that
 structure with empty buffers and loads the state dict strictly, so outputs are identical.
 """
 
@@ -12,57 +13,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
-import torch
 from torch import nn
 
 from edgeq._io import atomic_path
 from edgeq.errors import EdgeqError, ModelFileError, QuantizationError, first_line
-from edgeq.quant import set_submodule
+from edgeq.models import BUILTIN_MODELS, load_builtin
+from edgeq.quant.base import layer_formats, set_submodule
 from edgeq.quant.hadamard import OnlineHadamard
-from edgeq.quant.packing import packed_length
-from edgeq.quant.weight_only import WeightOnlyConv2d, WeightOnlyLinear
 from edgeq.recipes import recipe_from_dict
 
 FORMAT = "edgeq-weight-only/1"
 
 
-def _load_smollm2() -> nn.Module:
-    from edgeq.models.smollm2 import load_smollm2
-
-    return load_smollm2()[0]
-
-
-def _load_digits_cnn() -> nn.Module:
-    from edgeq.models import load_digits_cnn
-
-    return load_digits_cnn()
-
-
-SOURCES: dict[str, Callable[[], nn.Module]] = {"smollm2": _load_smollm2, "digits-cnn": _load_digits_cnn}
-
-
-def _layer_spec(m: WeightOnlyLinear) -> dict:
-    spec = {"kind": "linear", "in": m.in_features, "out": m.out_features, "bits": m.bits, "group_size": m.group_size,
-            "bias": m.bias is not None, "scale_dtype": str(m.scales.dtype).removeprefix("torch.")}
-    if isinstance(m, WeightOnlyConv2d):
-        spec.update(kind="conv2d", in_channels=m.in_channels, kernel_size=list(m.kernel_size), stride=list(m.stride),
-                    padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
-    return spec
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The outermost modules of ``model`` whose type has a registered ``LayerFormat``, by name."""
+    formats = {f.layer_type: f for f in layer_formats().values()}
+    found: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if type(m) in formats and not any(name.startswith(outer + ".") for outer in found):
+            found[name] = m
+    return found
 
 
 def save_quantized(model: nn.Module, path: str | Path, source: str) -> Path:
     """Write ``model`` (from ``edgeq.quantize``) to ``path`` (.safetensors); ``source`` names the
-    built-in model it was quantized from (see ``SOURCES``)."""
+    built-in model it was quantized from (``edgeq.models.BUILTIN_MODELS``)."""
     from safetensors.torch import save_model
 
-    if source not in SOURCES:
-        raise QuantizationError(f"unknown source model {source!r}; known: {', '.join(SOURCES)}")
+    if source not in BUILTIN_MODELS:
+        raise QuantizationError(f"unknown source model {source!r}; known: {', '.join(BUILTIN_MODELS)}")
     recipe = getattr(model, "edgeq_recipe", None)
     if recipe is None:
         raise QuantizationError(f"{type(model).__name__} was not made by edgeq.quantize (no recipe attached)")
-    layers = {n: _layer_spec(m) for n, m in model.named_modules() if isinstance(m, WeightOnlyLinear)}
+    formats = {f.layer_type: f for f in layer_formats().values()}
+    layers = {n: formats[type(m)].spec(m) for n, m in quantized_layers(model).items()}
     hadamards = {n: {"size": m.size, "block_size": m.block_size} for n, m in model.named_modules()
                  if isinstance(m, OnlineHadamard)}
     rotated = getattr(getattr(model, "config", None), "edgeq_rotation", None)
@@ -113,8 +98,8 @@ def _structure(path: Path, meta: dict) -> tuple[dict, dict, dict | None]:
         except ValueError:
             raise bad(repr(key), "not JSON") from None
 
-    if meta.get("source") not in SOURCES:
-        raise bad("'source'", f"{meta.get('source')!r} is not a built-in model ({', '.join(SOURCES)})")
+    if meta.get("source") not in BUILTIN_MODELS:
+        raise bad("'source'", f"{meta.get('source')!r} is not a built-in model ({', '.join(BUILTIN_MODELS)})")
     try:
         recipe_from_dict(parsed("recipe"))
     except (EdgeqError, TypeError, ValueError, AttributeError) as exc:  # RecipeError, the recipe's own checks
@@ -122,7 +107,13 @@ def _structure(path: Path, meta: dict) -> tuple[dict, dict, dict | None]:
     layers, hadamards, rotation = parsed("layers"), parsed("hadamards"), parsed("rotation")
     if not isinstance(layers, dict):
         raise bad("'layers'", "expected an object of layer name -> layer")
+    formats = layer_formats()
     for name, spec in layers.items():
+        if not isinstance(spec, dict) or spec.get("kind") not in formats:
+            got = spec.get("kind") if isinstance(spec, dict) else type(spec).__name__
+            raise bad(f"layer {name!r} field 'kind'", f"{got!r} is not a layer kind a loaded method defines ({', '.join(formats)})")
+        if spec["kind"] not in ("linear", "conv2d"):
+            continue  # the method's LayerFormat.empty checks its own fields
         fields = dict(_LAYER_FIELDS, **(_CONV_FIELDS if isinstance(spec, dict) and spec.get("kind") == "conv2d" else {}))
         if not isinstance(spec, dict) or set(spec) != set(fields):
             got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
@@ -136,8 +127,6 @@ def _structure(path: Path, meta: dict) -> tuple[dict, dict, dict | None]:
                 ok = ok and value > 0
             if not ok:
                 raise bad(f"layer {name!r} field {field!r}", f"ill-typed value {value!r}")
-        if spec["kind"] not in ("linear", "conv2d"):
-            raise bad(f"layer {name!r} field 'kind'", f"{spec['kind']!r} is not linear or conv2d")
         if spec["scale_dtype"] not in _SCALE_DTYPES:
             raise bad(f"layer {name!r} field 'scale_dtype'", f"{spec['scale_dtype']!r} is not one of {', '.join(_SCALE_DTYPES)}")
         if spec["in"] % spec["group_size"]:
@@ -157,18 +146,19 @@ def load_quantized(path: str | Path) -> nn.Module:
 
     meta = read_metadata(path)
     layers, hadamards, rotation = _structure(Path(path), meta)
-    model = SOURCES[meta["source"]]().eval()
+    model = load_builtin(meta["source"]).eval()
     if rotation:
         from edgeq.quant.quarot import untie_lm_head
 
         untie_lm_head(model)
         model.config.edgeq_rotation = rotation
+    formats = layer_formats()
     try:
         for name, spec in hadamards.items():
             linear = model.get_submodule(name.rpartition(".")[0])  # "...down_proj.0" -> the float down_proj
             set_submodule(model, name.rpartition(".")[0], nn.Sequential(OnlineHadamard(spec["size"], spec["block_size"]), linear))
         for name, spec in layers.items():
-            set_submodule(model, name, _empty_layer(spec))
+            set_submodule(model, name, formats[spec["kind"]].empty(spec))
     except (AttributeError, KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{path}: its layers do not fit the {meta['source']} structure ({exc})") from None
     try:
@@ -177,14 +167,3 @@ def load_quantized(path: str | Path) -> nn.Module:
         raise ModelFileError(f"{path}: tensors do not match the {meta['source']} structure ({first_line(exc)})") from None
     model.edgeq_recipe = recipe_from_dict(json.loads(meta["recipe"]))
     return model.eval()
-
-
-def _empty_layer(spec: dict) -> WeightOnlyLinear:
-    out_f, in_f, bits, g = spec["out"], spec["in"], spec["bits"], spec["group_size"]
-    dtype = getattr(torch, spec["scale_dtype"])
-    buffers = (torch.zeros(out_f, packed_length(in_f, bits), dtype=torch.uint8), torch.zeros(out_f, in_f // g, dtype=dtype),
-               torch.zeros(out_f, in_f // g, dtype=torch.uint8), torch.zeros(out_f) if spec["bias"] else None)
-    if spec["kind"] == "conv2d":
-        return WeightOnlyConv2d(spec["in_channels"], out_f, tuple(spec["kernel_size"]), spec["stride"], spec["padding"],
-                                spec["dilation"], spec["groups"], bits, g, *buffers)
-    return WeightOnlyLinear(in_f, out_f, bits, g, *buffers)

@@ -11,6 +11,7 @@ zero_point = round(-min / scale).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,20 +20,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
-from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
-from edgeq.quant.fold import fold_batchnorm
+from edgeq.maths.groups import symmetric_per_channel
 from edgeq.opset.qdq import dequantize_linear, quantize_linear
-from edgeq.recipes import W8A8Recipe
+from edgeq.quant.base import as_is, calib_batches, quantizable_layers, register_export_rule, register_quantizer, set_submodule
+from edgeq.quant.fold import fold_batchnorm
+from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 
-def symmetric_per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 weight, float32 scale per output channel) with q in [-127, 127]."""
-    w = weight.detach().float()
-    amax = w.reshape(w.shape[0], -1).abs().amax(dim=1).clamp_min(1e-12)
-    scale = amax / 127.0
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    q = torch.round(w / scale.reshape(shape)).clamp(-127, 127).to(torch.int8)
-    return q, scale
+@dataclass(frozen=True)
+class W8A8Recipe(Recipe):
+    """Static W8A8: int8 per-output-channel symmetric weights, per-tensor affine uint8
+    activations calibrated on sample inputs (min/max, or a percentile to cut outliers).
+    BatchNorm is folded into the preceding conv first. Compute stays in float (QDQ)."""
+
+    METHOD = "w8a8"
+    act_percentile: float = 100.0
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
 
 
 def affine_uint8_params(lo: float, hi: float) -> tuple[float, int]:
@@ -62,7 +68,7 @@ class _QDQLayer(nn.Module):
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, input_scale: float, input_zero_point: int):
         super().__init__()
-        q, scale = symmetric_per_channel_int8(layer.weight)
+        q, scale = symmetric_per_channel(layer.weight, 8)
         self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", torch.zeros_like(scale, dtype=torch.int8))
@@ -131,3 +137,9 @@ def quantize_w8a8(model: nn.Module, recipe: W8A8Recipe, calib) -> nn.Module:
         cls = QDQConv2d if isinstance(layer, nn.Conv2d) else QDQLinear
         set_submodule(qmodel, name, cls(layer, scale, zp))
     return qmodel.eval()
+
+
+register_recipe_type(W8A8Recipe)
+register_preset("w8a8", W8A8Recipe())
+for _layer in (QDQConv2d, QDQLinear, _ActQuant):  # their forward calls only translated QDQ ops
+    register_export_rule(_layer)(as_is)

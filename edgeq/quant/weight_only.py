@@ -4,7 +4,7 @@ points. It computes in plain PyTorch and is the reference that export and TVM ar
     W[n, k] = (q[n, k] - zeros[n, k // group_size]) * scales[n, k // group_size]
     y = x @ W.T + bias
 
-``q`` is unsigned in ``[0, 2**bits)`` and packed along k (``edgeq.quant.packing``); ``zeros`` are
+``q`` is unsigned in ``[0, 2**bits)`` and packed along k (``edgeq.maths.packing``); ``zeros`` are
 unsigned integers (``2**(bits-1)`` for symmetric recipes); ``scales`` are stored in
 ``scale_dtype`` (float16 by default) and quantizers round them to that dtype *before* choosing
 ``q``, so that the stored scale is the one the integers were fitted to. Per-channel
@@ -13,23 +13,30 @@ quantization is ``group_size == in_features``.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
-from edgeq.quant.packing import pack, packed_length, unpack
+from edgeq.maths.groups import dequantize_groups
+from edgeq.maths.packing import pack, packed_length, unpack
+from edgeq.quant.base import EXPORT_RULES_MODULE, LayerFormat, register_export_rule, register_layer_format
 
 
-# A fused dequantize-matmul for CUDA inputs, ``fn(layer, x) -> y``; the back end registers one
-# (``edgeq.targets.triton_lowbit``) so that this module never imports it.
-_CUDA_MATMUL = None
+@functools.cache
+def cuda_matmul():
+    """The fused dequantize-matmul ``fn(layer, x) -> y`` for CUDA inputs: the Triton kernel
+    (``edgeq.quant.triton_lowbit``) where Triton is installed, else None (dequantize, then matmul).
+    Looked up on the first CUDA input, so importing edgeq neither loads Triton nor probes CUDA."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from edgeq.quant.triton_lowbit import lowbit_linear
 
-
-def register_cuda_matmul(fn) -> None:
-    """Use ``fn(layer, x)`` for ``WeightOnlyLinear.forward`` on CUDA tensors."""
-    global _CUDA_MATMUL
-    _CUDA_MATMUL = fn
+    return lowbit_linear
 
 
 class WeightOnlyLinear(nn.Module):
@@ -70,13 +77,11 @@ class WeightOnlyLinear(nn.Module):
         return unpack(self.qweight, self.bits, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
-        q = self.integer_weight().float().reshape(self.out_features, -1, self.group_size)
-        w = (q - self.zeros.float().unsqueeze(-1)) * self.scales.float().unsqueeze(-1)
-        return w.reshape(self.out_features, self.in_features)
+        return dequantize_groups(self.integer_weight(), self.scales, self.zeros, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and _CUDA_MATMUL is not None:
-            return _CUDA_MATMUL(self, x)
+        if x.is_cuda and cuda_matmul() is not None:
+            return cuda_matmul()(self, x)
         return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def to_float(self) -> nn.Linear:
@@ -138,3 +143,66 @@ def from_float_layer(layer: nn.Module, q: torch.Tensor, scales: torch.Tensor, ze
         return WeightOnlyConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                                 layer.dilation, layer.groups, bits, group_size, packed, scales, zeros, bias)
     return WeightOnlyLinear(in_features, out_features, bits, group_size, packed, scales, zeros, bias)
+
+
+class WeightOnlyTwin(nn.Module):
+    """A packed weight-only layer's twin: it holds the layer, so its op reads the layer's own
+    ``qweight``, ``scales``, ``zeros`` (and ``bias``), ``bits`` and ``group_size``. One subclass per
+    layer type: the exporter records the twin's class name in the graph's metadata."""
+    __module__ = EXPORT_RULES_MODULE
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+
+class LowBitLinearExport(WeightOnlyTwin):
+    """``WeightOnlyLinear`` as one ``edgeq::lowbit_linear`` call."""
+    __module__ = EXPORT_RULES_MODULE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        return torch.ops.edgeq.lowbit_linear(x, m.qweight, m.scales, m.zeros, m.bias, m.bits, m.group_size)
+
+
+class LowBitConv2dExport(WeightOnlyTwin):
+    """``WeightOnlyConv2d``: the packed weight dequantized by standard ops (``edgeq::dequantize_packed``)
+    feeding a float Conv; the file keeps the weight packed."""
+    __module__ = EXPORT_RULES_MODULE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        w = torch.ops.edgeq.dequantize_packed(m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        w = w.reshape(m.out_channels, m.in_channels // m.groups, *m.kernel_size).to(x.dtype)
+        bias = None if m.bias is None else m.bias.to(x.dtype)
+        return torch.nn.functional.conv2d(x, w, bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+register_export_rule(WeightOnlyLinear)(LowBitLinearExport)
+register_export_rule(WeightOnlyConv2d)(LowBitConv2dExport)
+
+
+def weight_only_spec(m: WeightOnlyLinear) -> dict:
+    """A saved model's record of a weight-only layer: its kind and shapes (buffers hold the rest)."""
+    spec = {"kind": "linear", "in": m.in_features, "out": m.out_features, "bits": m.bits, "group_size": m.group_size,
+            "bias": m.bias is not None, "scale_dtype": str(m.scales.dtype).removeprefix("torch.")}
+    if isinstance(m, WeightOnlyConv2d):
+        spec.update(kind="conv2d", in_channels=m.in_channels, kernel_size=list(m.kernel_size), stride=list(m.stride),
+                    padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
+    return spec
+
+
+def empty_weight_only(spec: dict) -> WeightOnlyLinear:
+    """A layer of :func:`weight_only_spec`'s shapes with zero buffers, for a saved state dict to fill."""
+    out_f, in_f, bits, g = spec["out"], spec["in"], spec["bits"], spec["group_size"]
+    dtype = getattr(torch, spec["scale_dtype"])
+    buffers = (torch.zeros(out_f, packed_length(in_f, bits), dtype=torch.uint8), torch.zeros(out_f, in_f // g, dtype=dtype),
+               torch.zeros(out_f, in_f // g, dtype=torch.uint8), torch.zeros(out_f) if spec["bias"] else None)
+    if spec["kind"] == "conv2d":
+        return WeightOnlyConv2d(spec["in_channels"], out_f, tuple(spec["kernel_size"]), spec["stride"], spec["padding"],
+                                spec["dilation"], spec["groups"], bits, g, *buffers)
+    return WeightOnlyLinear(in_f, out_f, bits, g, *buffers)
+
+
+register_layer_format(LayerFormat("linear", WeightOnlyLinear, weight_only_spec, empty_weight_only))
+register_layer_format(LayerFormat("conv2d", WeightOnlyConv2d, weight_only_spec, empty_weight_only))

@@ -20,10 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
-from edgeq.quant import calib_batches, quantizable_layers, register_quantizer, set_submodule
+from edgeq.maths.groups import check_grid, quantize_groups, resolve_group_size
+from edgeq.quant.base import calib_batches, quantizable_layers, register_quantizer, set_submodule
 from edgeq.quant.gptq import gptq_quantize_model
 from edgeq.quant.quarot import rotate_llama
-from edgeq.quant.rtn import check_grid, quantize_groups, resolve_group_size
 from edgeq.quant.weight_only import flat_weight, from_float_layer
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
@@ -66,6 +66,10 @@ class GPTQRecipe(WeightOnlyRecipe):
     damp: float = 0.01
     act_order: bool = True
     block_size: int = 128
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
 
 
 @register_quantizer(RTNRecipe)

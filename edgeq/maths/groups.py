@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeq.errors import QuantizationError
-from edgeq.quant.packing import SUPPORTED_BITS
+from edgeq.maths.packing import SUPPORTED_BITS, unpack
 
 MIN_SCALE = 2.0 ** -20  # keeps float16 scales normal-ish and nonzero for all-zero groups
 
@@ -133,6 +133,38 @@ def quantize_groups(weight: torch.Tensor, bits: int, group_size: int, symmetric:
 
 
 def dequantize_groups(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
-    out_features, in_features = q.shape
-    qg = q.float().reshape(out_features, in_features // group_size, group_size)
-    return ((qg - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)).reshape(out_features, in_features)
+    """``(q - zero) * scale`` per group, in float32: ``q`` [..., K] unpacked integers, ``scales`` and
+    ``zeros`` [..., K / group_size]. The one dequantize formula of every weight-only format."""
+    k = q.shape[-1]
+    qg = q.float().reshape(*q.shape[:-1], k // group_size, group_size)
+    return ((qg - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)).reshape(*q.shape[:-1], k)
+
+
+def dequantize_packed(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+                      group_size: int) -> torch.Tensor:
+    """:func:`dequantize_groups` of packed rows ``[..., P]`` (``edgeq.maths.packing``'s layout)."""
+    return dequantize_groups(unpack(packed, bits, packed.shape[-1] * 8 // bits), scales, zeros, group_size)
+
+
+def symmetric_per_channel(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 tensor with |q| <= 2^(bits-1) - 1, float32 scale per output channel): the one
+    symmetric per-channel quantizer (W8A8's int8 weights, the dyadic recipes' 2-8 bit weights).
+
+    Below 8 bits each channel's clipping range is searched (a fraction of max |w| from 0.5 to 1)
+    for the smallest squared weight error: at 4 bits the largest weight sets too coarse a step.
+    """
+    if not 2 <= bits <= 8:
+        raise QuantizationError(f"symmetric per-channel weights take 2 to 8 bits, got {bits}")
+    qmax = 2 ** (bits - 1) - 1
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    amax = w.abs().amax(dim=1).clamp_min(1e-12)
+    ratios = torch.linspace(0.5, 1.0, 51) if bits < 8 else torch.ones(1)
+    best_err = torch.full_like(amax, float("inf"))
+    best_scale = amax / qmax
+    for r in ratios:
+        scale = (amax * r / qmax).float()
+        err = ((torch.round(w / scale[:, None]).clamp(-qmax, qmax) * scale[:, None] - w) ** 2).sum(dim=1)
+        better = err < best_err
+        best_err, best_scale = torch.where(better, err, best_err), torch.where(better, scale, best_scale)
+    q = torch.round(w / best_scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    return q.reshape(weight.shape), best_scale.float()

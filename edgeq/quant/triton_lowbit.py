@@ -2,11 +2,12 @@
 
 ``lowbit_linear(layer, x)`` computes ``WeightOnlyLinear``'s forward from its packed buffers: each
 program owns a ``BLOCK_M × BLOCK_N`` tile of the output and walks K, unpacking the weight bytes
-in registers (``edgeq.quant.packing``'s layout), dequantizing with the group's scale and zero
+in registers (``edgeq.maths.packing``'s layout), dequantizing with the group's scale and zero
 point, and accumulating ``X · Wᵀ`` in float32. The float weight never exists in memory.
 
-Importing this module registers the kernel with ``edgeq.quant.weight_only`` for CUDA inputs.
-On CPU it runs under ``TRITON_INTERPRET=1`` (set before import), which is how it is tested.
+``WeightOnlyLinear`` imports this module on its first CUDA input when Triton is installed
+(``edgeq.quant.weight_only.cuda_matmul``). On CPU it runs under ``TRITON_INTERPRET=1`` (set
+before import), which is how it is tested.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgeq.quant.weight_only import WeightOnlyLinear, register_cuda_matmul
+from edgeq.quant.weight_only import WeightOnlyLinear
 
 
 @triton.jit
@@ -84,5 +85,3 @@ def lowbit_linear(layer: WeightOnlyLinear, x: torch.Tensor, block_m: int = 16, b
     )
     return y.to(x.dtype).reshape(*lead, n)
 
-
-register_cuda_matmul(lowbit_linear)
