@@ -19,11 +19,11 @@ PACKAGE_DIRS = {"edgeq": "edgeq", "edgeq.passes": "passes", "edgeq.targets": "ta
 
 # The layer table, lowest first: a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaf", ("edgeq.errors", "edgeq._io", "edgeq._table", "edgeq._inputs", "edgeq.maths",
+    ("leaf", ("edgeq.errors", "edgeq._io", "edgeq._table", "edgeq._inputs", "edgeq.maths", "edgeq.external_data",
               "edgeq.runtime.ort")),  # onnxruntime sessions with stated options: export checks and pass verification use them too
     ("models", ("edgeq.models",)),
     ("opset", ("edgeq.opset",)),
-    ("quant", ("edgeq.recipes", "edgeq.quant")),
+    ("quant", ("edgeq.recipes", "edgeq.quant", "edgeq.model_spec")),  # model_spec reads quantized files
     ("export", ("edgeq.export", "edgeq.export_rules", "edgeq.model_info")),
     ("passes", ("edgeq.passes",)),
     ("targets", ("edgeq.targets",)),
