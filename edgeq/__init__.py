@@ -43,4 +43,16 @@ def validate(reference, artifacts, inputs, tolerance=None):
     return _validate(TorchExecutor(reference), executors, list(inputs), tolerance or Tolerance())
 
 
-__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "quantize", "validate"]
+def generate(source, prompt, **options):
+    """Generate text from ``source`` (``"smollm2"``, a Hugging Face folder or model with
+    ``tokenizer=``, a KV-cache ONNX file or a generation artifact folder) on an ``executor``
+    (torch, onnxruntime, tvm): greedy by default, sampled with ``temperature`` / ``top_k`` /
+    ``top_p`` / ``seed``. Returns a ``GenerationResult`` (text, token ids, TTFT, prefill and decode
+    tokens/s), or with ``stream=True`` a ``Generation`` that yields the text as it is produced.
+    ``edgeq.generation.load_generator`` keeps a loaded model for several prompts."""
+    from edgeq.generation import generate as _generate
+
+    return _generate(source, prompt, **options)
+
+
+__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "generate", "quantize", "validate"]

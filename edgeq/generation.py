@@ -1,0 +1,285 @@
+"""``edgeq.generate`` and ``edgeq generate``: text from a model or a generation artifact on any
+executor.
+
+A source is one of
+* the built-in ``smollm2`` or a Hugging Face model folder: quantized with a preset, exported as a
+  KV-cache ONNX file and, for TVM, compiled; the results are cached in an output folder (with the
+  tokenizer files) so the next call starts at once;
+* an artifact folder: a KV-cache ``.onnx`` file (onnxruntime) or a compiled generation artifact
+  (TVM) with ``tokenizer.json`` / ``tokenizer_config.json`` / ``generation_config.json`` beside it;
+* a KV-cache ``.onnx`` file or a compiled artifact's ``.so`` (the tokenizer files in its folder).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import ModelFileError, RecipeError
+from edgeq.runtime.generation import (
+    CausalLMSession,
+    Generation,
+    GenerationResult,
+    OrtCausalLMSession,
+    SamplingConfig,
+    TorchCausalLMSession,
+)
+from edgeq.runtime.tokenizer import (
+    generation_config_of,
+    load_tokenizer,
+    prompt_ids,
+    read_generation_config,
+    save_tokenizer_files,
+)
+
+EXECUTORS = ("torch", "onnxruntime", "tvm")
+DEFAULT_PRESET = "w4g128-rtn"
+DEFAULT_OUT = "edgeq-generate"
+ONNX_NAME = "model.onnx"
+
+
+@dataclass
+class Generator:
+    """A session and its tokenizer: ``generator.stream(prompt)`` yields text as it is produced,
+    ``generator(prompt)`` returns the whole ``GenerationResult``."""
+
+    session: CausalLMSession
+    tokenizer: Any
+    executor: str
+    artifact: Path | None = None  # the file the session runs (None for a torch model)
+
+    def start(self, prompt: str | list[int], *, chat: bool = False, system: str | None = None,
+              max_new_tokens: int = 128, temperature: float = 0.0, top_k: int | None = None,
+              top_p: float | None = None, seed: int | None = None) -> Generation:
+        """A ``Generation``: iterate it for text pieces; its ``result`` is set at the end."""
+        ids = prompt if isinstance(prompt, list) else prompt_ids(self.tokenizer, prompt, chat=chat, system=system)
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return Generation(self.session, self.tokenizer, ids, max_new_tokens=max_new_tokens, sampling=sampling)
+
+    def stream(self, prompt, **options):
+        return iter(self.start(prompt, **options))
+
+    def __call__(self, prompt, **options) -> GenerationResult:
+        return self.start(prompt, **options).run()
+
+
+def generate(source, prompt: str | list[int], *, tokenizer=None, executor: str = "onnxruntime",
+             preset: str | None = DEFAULT_PRESET, out_dir: str | Path | None = None, threads: int | None = None,
+             device: str | None = None, chat: bool = False, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             stream: bool = False):
+    """Generate text from ``source`` (see ``load_generator``) for ``prompt``: greedy by default,
+    sampled with ``temperature`` > 0 (``top_k``, ``top_p``, ``seed``). Returns a
+    ``GenerationResult`` (text, token ids, timings), or with ``stream=True`` a ``Generation`` to
+    iterate for text pieces as they are produced."""
+    generator = load_generator(source, executor=executor, tokenizer=tokenizer, preset=preset, out_dir=out_dir,
+                               threads=threads, device=device)
+    run = generator.start(prompt, chat=chat, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, seed=seed)
+    return run if stream else run.run()
+
+
+def load_generator(source, executor: str = "onnxruntime", tokenizer=None, preset: str | None = DEFAULT_PRESET,
+                   out_dir: str | Path | None = None, threads: int | None = None, device: str | None = None,
+                   embedding_bits: int | None = 4, target: str = "cpu", progress=None) -> Generator:
+    """A ``Generator`` for ``source``: a session object (with ``tokenizer``), a Hugging Face
+    ``nn.Module`` (with ``tokenizer``), ``"smollm2"``, a Hugging Face folder, an artifact folder,
+    a KV-cache ``.onnx`` file or a compiled artifact. Models are quantized with ``preset``
+    (``None`` or ``"float"``: not at all; ``embedding_bits`` for the tied embedding/lm_head),
+    exported and compiled into ``out_dir`` (default ``edgeq-generate/<name>-<preset>``), where the
+    next call finds them."""
+    if executor not in EXECUTORS:
+        raise RecipeError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if device and executor != "tvm":
+        raise RecipeError("--device runs a TVM artifact on a device: use it with --executor tvm")
+    say = progress or (lambda message: None)
+    if isinstance(source, CausalLMSession) and not _is_module(source):
+        if tokenizer is None:
+            raise RecipeError("a session needs its tokenizer: pass tokenizer=")
+        return Generator(source, tokenizer, type(source).__name__)
+    if _is_module(source):
+        if tokenizer is None:
+            raise RecipeError("a model needs its tokenizer: pass tokenizer=")
+        return _from_model(source, tokenizer, executor, preset, embedding_bits, Path(out_dir or DEFAULT_OUT) / "model",
+                           threads, device, target, say)
+    name = str(source)
+    path = Path(name)
+    if name == "smollm2" and not path.exists():
+        return _from_builtin_or_folder(name, executor, preset, embedding_bits, out_dir, threads, device, target, say)
+    if path.is_dir() and (path / "config.json").exists():
+        return _from_builtin_or_folder(path, executor, preset, embedding_bits, out_dir, threads, device, target, say)
+    return _from_artifact(path, executor, threads, device)
+
+
+def _is_module(obj) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
+def _preset_name(preset: str | None) -> str | None:
+    return None if preset in (None, "", "float") else preset
+
+
+def _cache_dir(name: str, preset: str | None, embedding_bits: int | None, out_dir) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    tag = preset or "float"
+    if preset and embedding_bits:
+        tag += f"-e{embedding_bits}"
+    return Path(DEFAULT_OUT) / f"{name}-{tag}"
+
+
+def _from_builtin_or_folder(source, executor, preset, embedding_bits, out_dir, threads, device, target, say):
+    """Load (and quantize) the model only when the cached artifact for this executor is missing."""
+    preset = _preset_name(preset)
+    name = "smollm2" if source == "smollm2" else Path(source).name
+    folder = _cache_dir(name, preset, embedding_bits, out_dir)
+    onnx_path = folder / ONNX_NAME
+    cached = {"onnxruntime": onnx_path.exists(), "tvm": _tvm_artifact_in(folder, target) is not None,
+              "torch": False}[executor]
+    if cached and (folder / "tokenizer.json").exists():
+        return _from_artifact(onnx_path if executor == "onnxruntime" else _tvm_artifact_in(folder, target),
+                              executor, threads, device)
+    say(f"loading {name}")
+    model, tokenizer = _load_model(source)
+    return _from_model(model, tokenizer, executor, preset, embedding_bits, folder, threads, device, target, say)
+
+
+def _load_model(source):
+    """(model, tokenizer) of the built-in SmolLM2 or a Hugging Face folder, float32, eval mode."""
+    if source == "smollm2":
+        from edgeq.models.smollm2 import load_smollm2
+
+        return load_smollm2()
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    except Exception as exc:
+        raise ModelFileError(f"{source}: cannot load it as a causal LM ({str(exc).strip().splitlines()[0]})") from None
+    return model.eval(), load_tokenizer(source)
+
+
+def _quantize(model, preset, embedding_bits, say):
+    import edgeq
+
+    if preset is None:
+        return model
+    say(f"quantizing ({preset})")
+    model = edgeq.quantize(model, preset)
+    if embedding_bits:
+        from edgeq.quant.embedding import quantize_embeddings
+
+        quantize_embeddings(model, embedding_bits, 128 if model.config.hidden_size % 128 == 0 else 32)
+    return model
+
+
+def _from_model(model, tokenizer, executor, preset, embedding_bits, folder: Path, threads, device, target, say):
+    preset = _preset_name(preset)
+    if executor != "torch" or preset is not None:
+        model = _quantize(model, preset, embedding_bits, say)
+    if executor == "torch":
+        return Generator(TorchCausalLMSession(model, threads=threads), tokenizer, "torch")
+    onnx_path = export_generation_onnx(model, tokenizer, folder, say)
+    if executor == "onnxruntime":
+        return _from_artifact(onnx_path, executor, threads, device)
+    return _from_artifact(compile_generation_artifact(onnx_path, folder, target, say), executor, threads, device)
+
+
+def export_generation_onnx(model, tokenizer, folder: str | Path, progress=None) -> Path:
+    """``folder/model.onnx`` (the KV-cache export) with the tokenizer files beside it."""
+    import torch
+
+    import edgeq
+
+    folder = Path(folder)
+    (progress or (lambda m: None))(f"exporting the KV-cache ONNX file to {folder}")
+    save_tokenizer_files(tokenizer, folder, generation_config_of(model, tokenizer))
+    return edgeq.export(model, torch.zeros(1, 2, dtype=torch.int64), folder / ONNX_NAME, kv_cache=True)
+
+
+def compile_generation_artifact(onnx_path: str | Path, folder: str | Path, target: str = "cpu", progress=None) -> Path:
+    """The TVM generation artifact of a KV-cache ONNX file, in ``folder/tvm-<target>`` with the
+    tokenizer files copied in."""
+    import shutil
+
+    import edgeq
+
+    folder = Path(folder)
+    out = folder / f"tvm-{target}"
+    (progress or (lambda m: None))(f"compiling for {target} into {out}")
+    artifact = edgeq.compile(onnx_path, target=target, out_dir=out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (Path(onnx_path).parent / name).exists():
+            shutil.copyfile(Path(onnx_path).parent / name, out / name)
+    return Path(artifact.path)
+
+
+def _tvm_artifact_in(folder: Path, target: str = "cpu") -> Path | None:
+    for candidate in (folder / f"tvm-{target}", folder):
+        found = _generation_artifacts(candidate)
+        if found:
+            return found[0]
+    return None
+
+
+def _generation_artifacts(folder: Path) -> list[Path]:
+    """Compiled libraries in ``folder`` whose ``.json`` has a ``generation`` entry."""
+    found = []
+    for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if meta.name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            continue
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("generation"):
+            library = Path(data.get("path", "")).name or ""
+            candidates = [meta.parent / library] if library else []
+            candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]
+            found += [c for c in candidates if c.is_file()][:1]
+    return found
+
+
+def _from_artifact(path: Path, executor: str, threads, device) -> Generator:
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model, artifact or folder (or built-in model name: smollm2)")
+    if path.is_dir():
+        onnx_files = [p for p in sorted(path.glob("*.onnx"))]
+        tvm_files = _generation_artifacts(path)
+        if executor == "tvm" or (not onnx_files and tvm_files):
+            if not tvm_files:
+                raise ModelFileError(f"{path}: no compiled generation artifact here (a .so with a 'generation' entry "
+                                     "in its .json)")
+            path, executor = tvm_files[0], "tvm"
+        elif onnx_files:
+            if executor == "torch":
+                raise RecipeError(f"{path} is an artifact folder: run it with --executor onnxruntime or tvm")
+            path, executor = onnx_files[0], "onnxruntime"
+        else:
+            raise ModelFileError(f"{path}: no KV-cache .onnx file, compiled generation artifact or model config.json here")
+    elif path.suffix == ".onnx":
+        if executor == "tvm":
+            raise RecipeError(f"{path} is an ONNX file: compile it first (edgeq compile) or use --executor onnxruntime")
+        executor = "onnxruntime"
+    else:
+        executor = "tvm"
+    tokenizer = load_tokenizer(path.parent)
+    if executor == "onnxruntime":
+        session = OrtCausalLMSession(path, threads=threads)
+    else:
+        from edgeq.runtime.tvm_generation import TvmCausalLMSession
+
+        session = TvmCausalLMSession(path, threads=threads, device=device)
+    if not getattr(session, "eos_token_ids", None):
+        eos = read_generation_config(path.parent).get("eos_token_id")
+        if eos is not None:
+            session.eos_token_ids = eos if isinstance(eos, list) else [eos]
+    return Generator(session, tokenizer, executor, artifact=path)
