@@ -133,19 +133,35 @@ def _cache_dir(name: str, preset: str | None, embedding_bits: int | None, out_di
 
 
 def _from_builtin_or_folder(source, executor, preset, embedding_bits, out_dir, threads, device, target, say):
-    """Load (and quantize) the model only when the cached artifact for this executor is missing."""
+    if executor == "torch":
+        say(f"loading {source}")
+        model, tokenizer = _load_model(source)
+        return _from_model(model, tokenizer, executor, preset, embedding_bits, None, threads, device, target, say)
+    path = build_generation_artifact(source, executor, preset, embedding_bits, out_dir, target, say)
+    return _from_artifact(path, executor, threads, device)
+
+
+def build_generation_artifact(source, executor: str = "onnxruntime", preset: str | None = DEFAULT_PRESET,
+                              embedding_bits: int | None = 4, out_dir: str | Path | None = None, target: str = "cpu",
+                              progress=None) -> Path:
+    """The KV-cache ONNX file (``executor="onnxruntime"``) or the compiled TVM generation artifact
+    of ``"smollm2"`` or a Hugging Face folder, quantized with ``preset``; built once into
+    ``out_dir`` (default ``edgeq-generate/<name>-<preset>``) with the tokenizer files, and found
+    there by the next call without loading the model."""
+    say = progress or (lambda message: None)
     preset = _preset_name(preset)
-    name = "smollm2" if source == "smollm2" else Path(source).name
+    name = "smollm2" if str(source) == "smollm2" else Path(source).name
     folder = _cache_dir(name, preset, embedding_bits, out_dir)
     onnx_path = folder / ONNX_NAME
-    cached = {"onnxruntime": onnx_path.exists(), "tvm": _tvm_artifact_in(folder, target) is not None,
-              "torch": False}[executor]
-    if cached and (folder / "tokenizer.json").exists():
-        return _from_artifact(onnx_path if executor == "onnxruntime" else _tvm_artifact_in(folder, target),
-                              executor, threads, device)
-    say(f"loading {name}")
-    model, tokenizer = _load_model(source)
-    return _from_model(model, tokenizer, executor, preset, embedding_bits, folder, threads, device, target, say)
+    if executor == "tvm" and _tvm_artifact_in(folder, target) is not None:
+        return _tvm_artifact_in(folder, target)
+    if not (onnx_path.exists() and (folder / "tokenizer.json").exists()):
+        say(f"loading {name}")
+        model, tokenizer = _load_model(source)
+        onnx_path = export_generation_onnx(_quantize(model, preset, embedding_bits, say), tokenizer, folder, say)
+    if executor == "onnxruntime":
+        return onnx_path
+    return compile_generation_artifact(onnx_path, folder, target, say)
 
 
 def _load_model(source):
@@ -176,14 +192,15 @@ def _quantize(model, preset, embedding_bits, say):
     if embedding_bits:
         from edgeq.quant.embedding import quantize_embeddings
 
-        quantize_embeddings(model, embedding_bits, 128 if model.config.hidden_size % 128 == 0 else 32)
+        hidden = model.get_input_embeddings().weight.shape[1]
+        quantize_embeddings(model, embedding_bits, next(g for g in (128, 64, 32, 16, 8) if hidden % g == 0))
     return model
 
 
-def _from_model(model, tokenizer, executor, preset, embedding_bits, folder: Path, threads, device, target, say):
+def _from_model(model, tokenizer, executor, preset, embedding_bits, folder: Path | None, threads, device, target,
+                say):
     preset = _preset_name(preset)
-    if executor != "torch" or preset is not None:
-        model = _quantize(model, preset, embedding_bits, say)
+    model = _quantize(model, preset, embedding_bits, say)
     if executor == "torch":
         return Generator(TorchCausalLMSession(model, threads=threads), tokenizer, "torch")
     onnx_path = export_generation_onnx(model, tokenizer, folder, say)
