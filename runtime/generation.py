@@ -60,12 +60,14 @@ def _token_ids(input_ids) -> np.ndarray:
 class TorchCausalLMSession:
     """A Hugging Face causal LM (``LlamaForCausalLM`` and the like, float or quantized by edgeq)
     with a ``DynamicCache``. ``max_context`` defaults to the config's ``max_position_embeddings``
-    (the positions the model was trained for)."""
+    (the positions the model was trained for). ``unpack_once``: run a copy whose weight-only
+    linears hold their dequantized weights (``to_float``: the same outputs, without unpacking
+    every weight at every token)."""
 
-    def __init__(self, model, max_context: int | None = -1, threads: int | None = None):
+    def __init__(self, model, max_context: int | None = -1, threads: int | None = None, unpack_once: bool = True):
         import torch
 
-        self.model = model.eval()
+        self.model = (_unpacked_copy(model) if unpack_once else model).eval()
         if max_context == -1:
             max_context = getattr(model.config, "max_position_embeddings", None)
         self.max_context = max_context
@@ -107,6 +109,24 @@ class TorchCausalLMSession:
 
     def decode(self, token_id: int) -> np.ndarray:
         return self._step(np.array([token_id], dtype=np.int64))
+
+
+def _unpacked_copy(model):
+    """``model`` itself if it has no ``WeightOnlyLinear``, else a copy where each is an
+    ``nn.Linear`` of its dequantized weight."""
+    import copy
+
+    from edgeq.quant.weight_only import WeightOnlyLinear
+
+    names = [name for name, m in model.named_modules() if type(m) is WeightOnlyLinear]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, getattr(owner, child).to_float())
+    return model
 
 
 def read_generation_metadata(onnx_path: str | Path) -> dict:
