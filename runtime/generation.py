@@ -12,7 +12,6 @@ sampling from a seeded numpy Generator, streaming text as it goes and timing pre
 from __future__ import annotations
 
 import inspect
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +20,6 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from edgeq.errors import ContextLengthError, ModelFileError, RecipeError, RuntimeExecError
-
-GENERATION_METADATA_KEY = "edgeq.generation"
-
 
 @runtime_checkable
 class CausalLMSession(Protocol):
@@ -130,20 +126,20 @@ def _unpacked_copy(model):
 
 
 def read_generation_metadata(onnx_path: str | Path) -> dict:
-    """The ``edgeq.generation`` entry of a KV-cache ONNX file's metadata (without loading its
-    weights)."""
-    import onnx
+    """The ``edgeq.generation`` entry of a KV-cache ONNX file (read without its weights)."""
+    from edgeq.export_kv import METADATA_KEY, read_generation_metadata as read_entry
 
     path = Path(onnx_path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        meta = read_entry(str(path))
     except Exception as exc:
         raise ModelFileError(f"{path}: not a readable ONNX file ({str(exc).strip().splitlines()[0]})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if GENERATION_METADATA_KEY not in props:
-        raise ModelFileError(f"{path}: not a KV-cache generation model (no '{GENERATION_METADATA_KEY}' metadata; "
-                             "export it with a KV cache)")
-    return json.loads(props[GENERATION_METADATA_KEY])
+    if meta is None:
+        raise ModelFileError(f"{path}: not a KV-cache generation model (no '{METADATA_KEY}' metadata; export it "
+                             "with kv_cache=True / edgeq export --kv-cache)")
+    return meta
 
 
 class OrtCausalLMSession:
