@@ -2,7 +2,7 @@
 executor.
 
 A source is one of
-* the built-in ``smollm2`` or a Hugging Face model folder: quantized with a preset, exported as a
+* the built-in ``smollm2``, a Hugging Face model folder or a ``.gguf`` file: quantized with a preset, exported as a
   KV-cache ONNX file and, for TVM, compiled; the results are cached in an output folder (with the
   tokenizer files) so the next call starts at once;
 * an artifact folder: a KV-cache ``.onnx`` file (onnxruntime) or a compiled generation artifact
@@ -108,7 +108,7 @@ def load_generator(source, executor: str = "onnxruntime", tokenizer=None, preset
     path = Path(name)
     if name == "smollm2" and not path.exists():
         return _from_builtin_or_folder(name, executor, preset, embedding_bits, out_dir, threads, device, target, say)
-    if path.is_dir() and (path / "config.json").exists():
+    if (path.is_dir() and (path / "config.json").exists()) or (path.is_file() and path.suffix == ".gguf"):
         return _from_builtin_or_folder(path, executor, preset, embedding_bits, out_dir, threads, device, target, say)
     return _from_artifact(path, executor, threads, device)
 
@@ -150,7 +150,7 @@ def build_generation_artifact(source, executor: str = "onnxruntime", preset: str
     there by the next call without loading the model."""
     say = progress or (lambda message: None)
     preset = _preset_name(preset)
-    name = "smollm2" if str(source) == "smollm2" else Path(source).name
+    name = "smollm2" if str(source) == "smollm2" else Path(source).stem
     folder = _cache_dir(name, preset, embedding_bits, out_dir)
     onnx_path = folder / ONNX_NAME
     if executor == "tvm" and _tvm_artifact_in(folder, target) is not None:
@@ -165,7 +165,7 @@ def build_generation_artifact(source, executor: str = "onnxruntime", preset: str
 
 
 def _load_model(source):
-    """(model, tokenizer) of the built-in SmolLM2 or a Hugging Face folder, float32, eval mode."""
+    """(model, tokenizer) of the built-in SmolLM2, a Hugging Face folder or a GGUF file; float32, eval mode."""
     if source == "smollm2":
         from edgeq.models.smollm2 import load_smollm2
 
@@ -175,8 +175,12 @@ def _load_model(source):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    path = Path(source)
+    where = {"pretrained_model_name_or_path": str(path)}
+    if path.suffix == ".gguf":  # transformers dequantizes the GGUF's weights and reads its vocabulary
+        where = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
     except Exception as exc:
         raise ModelFileError(f"{source}: cannot load it as a causal LM ({str(exc).strip().splitlines()[0]})") from None
     return model.eval(), load_tokenizer(source)

@@ -14,7 +14,7 @@ import sys
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a model or a generation artifact (KV cache)")
-    p.add_argument("model", help="smollm2, a Hugging Face model folder, an artifact folder, a KV-cache .onnx file "
+    p.add_argument("model", help="smollm2, a Hugging Face model folder, a .gguf file, an artifact folder, a KV-cache .onnx file "
                                  "or a compiled generation artifact")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template (one user turn)")
