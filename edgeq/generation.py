@@ -66,7 +66,7 @@ class Generator:
 
 
 def generate(source, prompt: str | list[int], *, tokenizer=None, executor: str = "onnxruntime",
-             preset: str | None = DEFAULT_PRESET, out_dir: str | Path | None = None, threads: int | None = None,
+             preset: str | None = None, out_dir: str | Path | None = None, threads: int | None = None,
              device: str | None = None, chat: bool = False, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stream: bool = False):
@@ -81,13 +81,14 @@ def generate(source, prompt: str | list[int], *, tokenizer=None, executor: str =
     return run if stream else run.run()
 
 
-def load_generator(source, executor: str = "onnxruntime", tokenizer=None, preset: str | None = DEFAULT_PRESET,
+def load_generator(source, executor: str = "onnxruntime", tokenizer=None, preset: str | None = None,
                    out_dir: str | Path | None = None, threads: int | None = None, device: str | None = None,
                    embedding_bits: int | None = 4, target: str = "cpu", progress=None) -> Generator:
     """A ``Generator`` for ``source``: a session object (with ``tokenizer``), a Hugging Face
     ``nn.Module`` (with ``tokenizer``), ``"smollm2"``, a Hugging Face folder, an artifact folder,
     a KV-cache ``.onnx`` file or a compiled artifact. Models are quantized with ``preset``
-    (``None`` or ``"float"``: not at all; ``embedding_bits`` for the tied embedding/lm_head),
+    (default ``w4g128-rtn`` for a model named by path or ``smollm2``, none for an ``nn.Module``;
+    ``"float"``: not at all; ``embedding_bits`` for the tied embedding/lm_head),
     exported and compiled into ``out_dir`` (default ``edgeq-generate/<name>-<preset>``), where the
     next call finds them."""
     if executor not in EXECUTORS:
@@ -106,6 +107,7 @@ def load_generator(source, executor: str = "onnxruntime", tokenizer=None, preset
                            threads, device, target, say)
     name = str(source)
     path = Path(name)
+    preset = DEFAULT_PRESET if preset is None else preset
     if name == "smollm2" and not path.exists():
         return _from_builtin_or_folder(name, executor, preset, embedding_bits, out_dir, threads, device, target, say)
     if (path.is_dir() and (path / "config.json").exists()) or (path.is_file() and path.suffix == ".gguf"):

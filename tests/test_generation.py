@@ -184,6 +184,14 @@ def test_artifact_folder_is_all_generation_needs(w4_onnx, tokenizer):
     assert result.stats.ttft_s > 0 and result.stats.prefill_tok_s > 0
 
 
+def test_python_api_streams_and_runs_a_module(w4_model, w4_onnx, tokenizer):
+    generation = edgeq.generate(w4_onnx, PROMPT, max_new_tokens=10, stream=True)
+    text = "".join(generation)
+    assert text == generation.result.text and generation.result.stats.new_tokens <= 10
+    result = edgeq.generate(w4_model, PROMPT, tokenizer=tokenizer, executor="torch", max_new_tokens=10)
+    assert result.token_ids == generation.result.token_ids  # the module as it is: no second quantization
+
+
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     return tiny_llama_folder(tmp_path_factory.mktemp("hf") / "tiny-llama", MAX_CONTEXT)

@@ -41,10 +41,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgeq.generation import DEFAULT_PRESET, load_generator
+    from edgeq.generation import load_generator
 
     progress = None if args.json else (lambda message: print(f"edgeq generate: {message}", file=sys.stderr))
-    generator = load_generator(args.model, executor=args.executor, preset=args.preset or DEFAULT_PRESET,
+    generator = load_generator(args.model, executor=args.executor, preset=args.preset,
                                out_dir=args.out, threads=args.threads, device=args.device,
                                embedding_bits=args.embedding_bits or None, target=args.target, progress=progress)
     generation = generator.start(args.prompt, chat=args.chat, system=args.system, max_new_tokens=args.max_new_tokens,
