@@ -144,3 +144,19 @@ def test_greedy_generation_on_the_arm64_device(llamas, tmp_path_factory, name):
         check_generation(model, path, session)
     finally:
         session.close()
+
+
+def test_compile_cli_writes_a_generation_artifact(llamas, tmp_path, capsys):
+    import json
+
+    from edgeq.cli import main
+
+    _, path, _ = llamas["w4"]
+    assert main(["compile", str(path), "--target", "cpu", "--max-context", "16", "-o", str(tmp_path), "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["generation"]["max_context"] == 16 and result["generation"]["prefill_chunk"] == 16
+    session = TvmCausalLMSession(result["artifact"])
+    session.prefill(PROMPT.numpy()[0])
+    assert session.max_context == 16 and session.position == PROMPT.shape[1]
+    assert main(["compile", str(path), "--target", "cpu", "--max-context", "0", "-o", str(tmp_path)]) == 2
+    assert "positive number of tokens" in capsys.readouterr().err
