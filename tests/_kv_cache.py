@@ -64,3 +64,43 @@ def ort_logits_by_steps(session, ids: np.ndarray, lengths: list[int], meta: dict
         assert all(p.shape == shape[:2] + (step.stop,) + shape[3:] for p in past)
         out.append(logits[0])
     return np.concatenate(out)
+
+
+class OrtSession:
+    """The session protocol on onnxruntime, for the tests (``edgeq.runtime.generation`` has the
+    product's): the cache is the host arrays each step returns."""
+
+    def __init__(self, path, meta: dict):
+        from edgeq.runtime.ort import ort_session
+
+        self.session, self.meta, self.max_context = ort_session(path), meta, meta["max_context"]
+        self.reset()
+
+    def reset(self) -> None:
+        shape = (1, self.meta["num_kv_heads"], 0, self.meta["head_dim"])
+        self.past = [np.zeros(shape, np.float32) for _ in range(2 * self.meta["num_layers"])]
+        self.position = 0
+
+    def prefill(self, input_ids) -> np.ndarray:
+        ids = np.asarray(input_ids, np.int64).reshape(1, -1)
+        n, pos = ids.shape[1], self.position
+        names = [f"past_key_values.{i}.{k}" for i in range(self.meta["num_layers"]) for k in ("key", "value")]
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, pos + n), np.int64),
+                "position_ids": np.arange(pos, pos + n, dtype=np.int64)[None], **dict(zip(names, self.past))}
+        logits, *self.past = self.session.run(None, feed)
+        self.position += n
+        return logits[0, -1]
+
+    def decode(self, token_id: int) -> np.ndarray:
+        return self.prefill([token_id])
+
+
+def greedy(session, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], np.ndarray]:
+    """Greedy generation on a session: (the new token ids, the logits of every step [new_tokens, vocab])."""
+    session.reset()
+    logits = [session.prefill(prompt)]
+    tokens = [int(logits[-1].argmax())]
+    while len(tokens) < new_tokens:
+        logits.append(session.decode(tokens[-1]))
+        tokens.append(int(logits[-1].argmax()))
+    return tokens, np.stack(logits)
