@@ -15,7 +15,7 @@ import torch
 import edgeq
 from edgeq.cli import main
 from edgeq.errors import ContextLengthError, RecipeError
-from edgeq.generation import export_generation_onnx, load_generator
+from edgeq.generation import compile_generation_artifact, export_generation_onnx, load_generator
 from edgeq.quant.embedding import quantize_embeddings
 from edgeq.runtime.generation import (
     Generation,
@@ -51,6 +51,13 @@ def w4_onnx(tmp_path_factory, w4_model, tokenizer):
     return export_generation_onnx(w4_model, tokenizer, tmp_path_factory.mktemp("w4") / "artifact")
 
 
+@pytest.fixture(scope="module")
+def w4_tvm(w4_onnx):
+    """The TVM generation artifact of the KV-cache file, compiled for this host, in its own folder
+    with the tokenizer files."""
+    return compile_generation_artifact(w4_onnx, w4_onnx.parent, "cpu")
+
+
 def _greedy(session, tokenizer, ids, n=NEW_TOKENS):
     return Generation(session, tokenizer, ids, max_new_tokens=n, eos_token_ids=[]).run()
 
@@ -72,6 +79,31 @@ def test_onnxruntime_kv_file_gives_the_torch_ids(w4_model, w4_onnx, tokenizer):
     ort_result = _greedy(ort_session, tokenizer, ids)
     assert ort_result.token_ids == torch_result.token_ids
     assert ort_session.position == len(ids) + NEW_TOKENS - 1  # the last token is picked, not fed back
+
+
+def test_tvm_artifact_gives_the_torch_ids(w4_model, w4_tvm, tokenizer):
+    from edgeq.runtime.tvm_generation import TvmCausalLMSession
+
+    ids = tokenizer(PROMPT).input_ids
+    torch_ids = _greedy(TorchCausalLMSession(w4_model), tokenizer, ids).token_ids
+    session = TvmCausalLMSession(w4_tvm)
+    assert _greedy(session, tokenizer, ids).token_ids == torch_ids
+    assert _greedy(session, tokenizer, [5], n=8).token_ids == _greedy(TorchCausalLMSession(w4_model), tokenizer, [5],
+                                                                      n=8).token_ids
+    assert session.max_context == MAX_CONTEXT
+    with pytest.raises(ContextLengthError, match=f"maximum context of {MAX_CONTEXT}"):
+        Generation(session, tokenizer, list(range(MAX_CONTEXT - 2)), max_new_tokens=8, eos_token_ids=[]).run()
+    assert session.position == MAX_CONTEXT
+
+
+def test_tvm_artifact_folder_runs_alone(w4_tvm, w4_onnx, capsys):
+    folder = w4_tvm.parent
+    assert folder != w4_onnx.parent and not list(folder.glob("*.onnx"))
+    assert main(["generate", str(folder), "--prompt", PROMPT, "--max-new-tokens", "12", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["executor"] == "tvm"
+    assert main(["generate", str(w4_onnx.parent), "--prompt", PROMPT, "--max-new-tokens", "12", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == result["token_ids"]
 
 
 def test_per_step_logits_agree(w4_model, w4_onnx, tokenizer):
