@@ -92,16 +92,19 @@ def prompt_ids(hf: Path, count: int) -> list[int]:
     return ids
 
 
-def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool) -> dict[str, Path]:
-    from edgeq.generation import build_generation_artifact
+def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool, max_context: int) -> dict[str, Path]:
+    """edgeq's TVM artifacts (each preset, cache sized to the run like the peers') and the W4 g128
+    KV-cache ONNX file, built once into the cache."""
+    from edgeq.generation import BuildOptions, build_generation_artifact
 
     paths = {}
     for tag, preset in EDGEQ_PRESETS.items():
-        folder = cache / f"edgeq-smollm2-{tag}-e4"
+        options = BuildOptions(preset=preset, embedding_bits=4, max_context=max_context,
+                               out_dir=cache / f"edgeq-smollm2-{tag}-e4")
         if want_tvm:
-            paths[f"tvm-{tag}"] = build_generation_artifact(hf, "tvm", preset, 4, folder, progress=print)
+            paths[f"tvm-{tag}"] = build_generation_artifact(hf, "tvm", options, progress=print)
         if tag == "w4g128":
-            paths[f"onnx-{tag}"] = build_generation_artifact(hf, "onnxruntime", preset, 4, folder, progress=print)
+            paths[f"onnx-{tag}"] = build_generation_artifact(hf, "onnxruntime", options, progress=print)
     return paths
 
 
@@ -259,7 +262,7 @@ def main() -> int:
     gguf = find_smollm2_gguf()
     hf = hf_folder(cache)
     ids = prompt_ids(hf, args.prompt_tokens)
-    artifacts = edgeq_artifacts(cache, hf, want_tvm="edgeq-tvm" not in skip)
+    artifacts = edgeq_artifacts(cache, hf, "edgeq-tvm" not in skip, args.prompt_tokens + args.new_tokens)
     rows = {}  # name -> (spec, size bytes, note)
     for tag in EDGEQ_PRESETS:
         if f"tvm-{tag}" in artifacts:
@@ -316,7 +319,8 @@ def main() -> int:
              f"{cpu_flags()}. The machine is shared with other jobs and noisy: differences under ~15% are not "
              "significant. Peak MiB is the process's maximum RSS (Python rows include the interpreter and torch, "
              "imported by edgeq). TTFT is prefill plus the first token's pick; llama.cpp's is prompt / its prefill "
-             "rate. Ratios are to the best non-edgeq row.")
+             "rate. Ratios are to the best non-edgeq row. edgeq's TVM cache is compiled for prompt + new tokens, as "
+             "onnxruntime-genai's max_length and llama-bench's context are sized to the run.")
     if not args.no_append:
         append_results("Generation speed: SmolLM2-135M, KV cache, edgeq vs llama.cpp, onnxruntime-genai, PyTorch",
                        table, notes)

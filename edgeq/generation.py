@@ -27,6 +27,7 @@ from edgeq.runtime.generation import (
     TorchCausalLMSession,
 )
 from edgeq.runtime.tokenizer import (
+    TOKENIZER_FILES,
     generation_config_of,
     load_tokenizer,
     prompt_ids,
@@ -65,6 +66,31 @@ class Generator:
         return self.start(prompt, **options).run()
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a model becomes a generation artifact: the quantization ``preset`` (None: float) with
+    the tied embedding/lm_head at ``embedding_bits`` (None: float), the TVM ``target`` and the
+    compiled cache's ``max_context`` (None: the model's), all cached in ``out_dir`` (None:
+    ``edgeq-generate/<name>-<preset>-e<bits>``)."""
+
+    preset: str | None = DEFAULT_PRESET
+    embedding_bits: int | None = 4
+    target: str = "cpu"
+    max_context: int | None = None
+    out_dir: str | Path | None = None
+
+    def folder(self, name: str) -> Path:
+        if self.out_dir is not None:
+            return Path(self.out_dir)
+        tag = self.preset or "float"
+        if self.preset and self.embedding_bits:
+            tag += f"-e{self.embedding_bits}"
+        return Path(DEFAULT_OUT) / f"{name}-{tag}"
+
+    def tvm_folder(self, folder: Path) -> Path:
+        return folder / (f"tvm-{self.target}" + (f"-ctx{self.max_context}" if self.max_context else ""))
+
+
 def generate(source, prompt: str | list[int], *, tokenizer=None, executor: str = "onnxruntime",
              preset: str | None = None, out_dir: str | Path | None = None, threads: int | None = None,
              device: str | None = None, chat: bool = False, max_new_tokens: int = 128, temperature: float = 0.0,
@@ -83,14 +109,14 @@ def generate(source, prompt: str | list[int], *, tokenizer=None, executor: str =
 
 def load_generator(source, executor: str = "onnxruntime", tokenizer=None, preset: str | None = None,
                    out_dir: str | Path | None = None, threads: int | None = None, device: str | None = None,
-                   embedding_bits: int | None = 4, target: str = "cpu", progress=None) -> Generator:
+                   embedding_bits: int | None = 4, target: str = "cpu", max_context: int | None = None,
+                   progress=None) -> Generator:
     """A ``Generator`` for ``source``: a session object (with ``tokenizer``), a Hugging Face
-    ``nn.Module`` (with ``tokenizer``), ``"smollm2"``, a Hugging Face folder, an artifact folder,
-    a KV-cache ``.onnx`` file or a compiled artifact. Models are quantized with ``preset``
-    (default ``w4g128-rtn`` for a model named by path or ``smollm2``, none for an ``nn.Module``;
-    ``"float"``: not at all; ``embedding_bits`` for the tied embedding/lm_head),
-    exported and compiled into ``out_dir`` (default ``edgeq-generate/<name>-<preset>``), where the
-    next call finds them."""
+    ``nn.Module`` (with ``tokenizer``), ``"smollm2"``, a Hugging Face folder, a ``.gguf`` file,
+    an artifact folder, a KV-cache ``.onnx`` file or a compiled artifact. Models are quantized
+    with ``preset`` (default ``w4g128-rtn`` for a model named by path or ``smollm2``, none for an
+    ``nn.Module``; ``"float"``: not at all), exported and, for TVM, compiled for ``target`` (see
+    ``BuildOptions``); ``device`` (``rpc://host:port``) runs a TVM artifact there."""
     if executor not in EXECUTORS:
         raise RecipeError(f"unknown executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
     if device and executor != "tvm":
@@ -100,19 +126,22 @@ def load_generator(source, executor: str = "onnxruntime", tokenizer=None, preset
         if tokenizer is None:
             raise RecipeError("a session needs its tokenizer: pass tokenizer=")
         return Generator(source, tokenizer, type(source).__name__)
+    options = BuildOptions(_preset_name(preset if preset is not None or _is_module(source) else DEFAULT_PRESET),
+                           embedding_bits, target, max_context, out_dir)
     if _is_module(source):
         if tokenizer is None:
             raise RecipeError("a model needs its tokenizer: pass tokenizer=")
-        return _from_model(source, tokenizer, executor, preset, embedding_bits, Path(out_dir or DEFAULT_OUT) / "model",
-                           threads, device, target, say)
-    name = str(source)
-    path = Path(name)
-    preset = DEFAULT_PRESET if preset is None else preset
-    if name == "smollm2" and not path.exists():
-        return _from_builtin_or_folder(name, executor, preset, embedding_bits, out_dir, threads, device, target, say)
-    if (path.is_dir() and (path / "config.json").exists()) or (path.is_file() and path.suffix == ".gguf"):
-        return _from_builtin_or_folder(path, executor, preset, embedding_bits, out_dir, threads, device, target, say)
-    return _from_artifact(path, executor, threads, device)
+        return _from_model(source, tokenizer, executor, options, options.folder("model"), threads, device, say)
+    path = Path(str(source))
+    is_model = (str(source) == "smollm2" and not path.exists()) or (path.is_dir() and (path / "config.json").exists()) \
+        or (path.is_file() and path.suffix == ".gguf")
+    if not is_model:
+        return _from_artifact(path, executor, threads, device)
+    if executor == "torch":
+        say(f"loading {source}")
+        model, tokenizer = _load_model(source)
+        return _from_model(model, tokenizer, executor, options, None, threads, device, say)
+    return _from_artifact(build_generation_artifact(source, executor, options, say), executor, threads, device)
 
 
 def _is_module(obj) -> bool:
@@ -125,45 +154,25 @@ def _preset_name(preset: str | None) -> str | None:
     return None if preset in (None, "", "float") else preset
 
 
-def _cache_dir(name: str, preset: str | None, embedding_bits: int | None, out_dir) -> Path:
-    if out_dir is not None:
-        return Path(out_dir)
-    tag = preset or "float"
-    if preset and embedding_bits:
-        tag += f"-e{embedding_bits}"
-    return Path(DEFAULT_OUT) / f"{name}-{tag}"
-
-
-def _from_builtin_or_folder(source, executor, preset, embedding_bits, out_dir, threads, device, target, say):
-    if executor == "torch":
-        say(f"loading {source}")
-        model, tokenizer = _load_model(source)
-        return _from_model(model, tokenizer, executor, preset, embedding_bits, None, threads, device, target, say)
-    path = build_generation_artifact(source, executor, preset, embedding_bits, out_dir, target, say)
-    return _from_artifact(path, executor, threads, device)
-
-
-def build_generation_artifact(source, executor: str = "onnxruntime", preset: str | None = DEFAULT_PRESET,
-                              embedding_bits: int | None = 4, out_dir: str | Path | None = None, target: str = "cpu",
+def build_generation_artifact(source, executor: str = "onnxruntime", options: BuildOptions = BuildOptions(),
                               progress=None) -> Path:
     """The KV-cache ONNX file (``executor="onnxruntime"``) or the compiled TVM generation artifact
-    of ``"smollm2"`` or a Hugging Face folder, quantized with ``preset``; built once into
-    ``out_dir`` (default ``edgeq-generate/<name>-<preset>``) with the tokenizer files, and found
-    there by the next call without loading the model."""
+    of ``"smollm2"``, a Hugging Face folder or a GGUF file, built once into ``options``' folder
+    with the tokenizer files and found there by the next call without loading the model."""
     say = progress or (lambda message: None)
-    preset = _preset_name(preset)
     name = "smollm2" if str(source) == "smollm2" else Path(source).stem
-    folder = _cache_dir(name, preset, embedding_bits, out_dir)
+    folder = options.folder(name)
     onnx_path = folder / ONNX_NAME
-    if executor == "tvm" and _tvm_artifact_in(folder, target) is not None:
-        return _tvm_artifact_in(folder, target)
+    if executor == "tvm" and _generation_artifacts(options.tvm_folder(folder)):
+        return _generation_artifacts(options.tvm_folder(folder))[0]
     if not (onnx_path.exists() and (folder / "tokenizer.json").exists()):
         say(f"loading {name}")
         model, tokenizer = _load_model(source)
-        onnx_path = export_generation_onnx(_quantize(model, preset, embedding_bits, say), tokenizer, folder, say)
+        model = _quantize(model, options.preset, options.embedding_bits, say)
+        onnx_path = export_generation_onnx(model, tokenizer, folder, say)
     if executor == "onnxruntime":
         return onnx_path
-    return compile_generation_artifact(onnx_path, folder, target, say)
+    return compile_generation_artifact(onnx_path, options.tvm_folder(folder), options.target, options.max_context, say)
 
 
 def _load_model(source):
@@ -203,16 +212,15 @@ def _quantize(model, preset, embedding_bits, say):
     return model
 
 
-def _from_model(model, tokenizer, executor, preset, embedding_bits, folder: Path | None, threads, device, target,
-                say):
-    preset = _preset_name(preset)
-    model = _quantize(model, preset, embedding_bits, say)
+def _from_model(model, tokenizer, executor, options: BuildOptions, folder: Path | None, threads, device, say):
+    model = _quantize(model, options.preset, options.embedding_bits, say)
     if executor == "torch":
         return Generator(TorchCausalLMSession(model, threads=threads), tokenizer, "torch")
     onnx_path = export_generation_onnx(model, tokenizer, folder, say)
-    if executor == "onnxruntime":
-        return _from_artifact(onnx_path, executor, threads, device)
-    return _from_artifact(compile_generation_artifact(onnx_path, folder, target, say), executor, threads, device)
+    if executor == "tvm":
+        onnx_path = compile_generation_artifact(onnx_path, options.tvm_folder(folder), options.target,
+                                                options.max_context, say)
+    return _from_artifact(onnx_path, executor, threads, device)
 
 
 def export_generation_onnx(model, tokenizer, folder: str | Path, progress=None) -> Path:
@@ -227,36 +235,28 @@ def export_generation_onnx(model, tokenizer, folder: str | Path, progress=None) 
     return edgeq.export(model, torch.zeros(1, 2, dtype=torch.int64), folder / ONNX_NAME, kv_cache=True)
 
 
-def compile_generation_artifact(onnx_path: str | Path, folder: str | Path, target: str = "cpu", progress=None) -> Path:
-    """The TVM generation artifact of a KV-cache ONNX file, in ``folder/tvm-<target>`` with the
-    tokenizer files copied in."""
+def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: str = "cpu",
+                                max_context: int | None = None, progress=None) -> Path:
+    """The TVM generation artifact of a KV-cache ONNX file, compiled into ``out`` with the
+    tokenizer files copied in (the folder is then all a device needs)."""
     import shutil
 
     import edgeq
 
-    folder = Path(folder)
-    out = folder / f"tvm-{target}"
+    out = Path(out)
     (progress or (lambda m: None))(f"compiling for {target} into {out}")
-    artifact = edgeq.compile(onnx_path, target=target, out_dir=out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    artifact = edgeq.compile(onnx_path, target=target, out_dir=out, max_context=max_context)
+    for name in TOKENIZER_FILES:
         if (Path(onnx_path).parent / name).exists():
             shutil.copyfile(Path(onnx_path).parent / name, out / name)
     return Path(artifact.path)
-
-
-def _tvm_artifact_in(folder: Path, target: str = "cpu") -> Path | None:
-    for candidate in (folder / f"tvm-{target}", folder):
-        found = _generation_artifacts(candidate)
-        if found:
-            return found[0]
-    return None
 
 
 def _generation_artifacts(folder: Path) -> list[Path]:
     """Compiled libraries in ``folder`` whose ``.json`` has a ``generation`` entry."""
     found = []
     for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if meta.name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if meta.name in TOKENIZER_FILES:
             continue
         try:
             data = json.loads(meta.read_text())
@@ -276,7 +276,8 @@ def _from_artifact(path: Path, executor: str, threads, device) -> Generator:
         raise ModelFileError(f"{path}: no such model, artifact or folder (or built-in model name: smollm2)")
     if path.is_dir():
         onnx_files = [p for p in sorted(path.glob("*.onnx"))]
-        tvm_files = _generation_artifacts(path)
+        tvm_files = _generation_artifacts(path) or [a for sub in sorted(path.glob("tvm-*"))
+                                                    for a in _generation_artifacts(sub)]
         if executor == "tvm" or (not onnx_files and tvm_files):
             if not tvm_files:
                 raise ModelFileError(f"{path}: no compiled generation artifact here (a .so with a 'generation' entry "

@@ -55,7 +55,7 @@ def w4_onnx(tmp_path_factory, w4_model, tokenizer):
 def w4_tvm(w4_onnx):
     """The TVM generation artifact of the KV-cache file, compiled for this host, in its own folder
     with the tokenizer files."""
-    return compile_generation_artifact(w4_onnx, w4_onnx.parent, "cpu")
+    return compile_generation_artifact(w4_onnx, w4_onnx.parent / "tvm-cpu", "cpu")
 
 
 def _greedy(session, tokenizer, ids, n=NEW_TOKENS):
@@ -104,6 +104,9 @@ def test_tvm_artifact_folder_runs_alone(w4_tvm, w4_onnx, capsys):
     assert result["executor"] == "tvm"
     assert main(["generate", str(w4_onnx.parent), "--prompt", PROMPT, "--max-new-tokens", "12", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["token_ids"] == result["token_ids"]
+    assert main(["generate", str(w4_onnx.parent), "--executor", "tvm", "--prompt", PROMPT, "--max-new-tokens", "12",
+                 "--json"]) == 0  # the export folder, its compiled artifact in tvm-cpu/
+    assert json.loads(capsys.readouterr().out)["artifact"] == str(w4_tvm)
 
 
 def test_per_step_logits_agree(w4_model, w4_onnx, tokenizer):

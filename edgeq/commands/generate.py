@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--embedding-bits", type=int, choices=(0, 4, 8), default=4,
                    help="models only: bits of the tied embedding/lm_head table, 0 for float (default: %(default)s)")
     p.add_argument("--target", default="cpu", help="models with --executor tvm: compile target (default: %(default)s)")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="models with --executor tvm: tokens the compiled cache holds (default: the model's)")
     p.add_argument("-o", "--out", default=None,
                    help="models only: folder caching the quantized export and compiled artifact "
                         "(default: edgeq-generate/NAME-PRESET)")
@@ -46,7 +48,8 @@ def run(args) -> int:
     progress = None if args.json else (lambda message: print(f"edgeq generate: {message}", file=sys.stderr))
     generator = load_generator(args.model, executor=args.executor, preset=args.preset,
                                out_dir=args.out, threads=args.threads, device=args.device,
-                               embedding_bits=args.embedding_bits or None, target=args.target, progress=progress)
+                               embedding_bits=args.embedding_bits or None, target=args.target,
+                               max_context=args.max_context, progress=progress)
     generation = generator.start(args.prompt, chat=args.chat, system=args.system, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.json:
