@@ -253,3 +253,20 @@ def test_cli_names_the_context_error(hf_folder, tmp_path, capsys):
     code = main(["generate", str(hf_folder), "--prompt", long_prompt, "--executor", "torch", "--preset", "float"])
     assert code == 2
     assert "maximum context of 64" in capsys.readouterr().err
+
+
+@pytest.mark.device
+def test_cli_generates_on_the_arm64_device(hf_folder, tmp_path, capsys):
+    """The model folder quantized, exported, compiled for arm64 and run over RPC with the cache on
+    the emulated device: the same ids as PyTorch."""
+    from test_device_arm64 import _running_device
+
+    device = _running_device()
+    common = [str(hf_folder), "--prompt", PROMPT, "--max-new-tokens", "8", "--preset", "w4g64-rtn", "--json"]
+    assert main(["generate", *common, "--executor", "torch"]) == 0
+    expected = json.loads(capsys.readouterr().out)["token_ids"]
+    assert main(["generate", *common, "--executor", "tvm", "--target", "arm64", "--device", device.url,
+                 "-o", str(tmp_path / "arm64")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["executor"] == "tvm" and result["token_ids"] == expected
+    assert (tmp_path / "arm64" / "tvm-arm64" / "tokenizer.json").exists()

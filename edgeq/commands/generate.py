@@ -50,6 +50,15 @@ def run(args) -> int:
                                out_dir=args.out, threads=args.threads, device=args.device,
                                embedding_bits=args.embedding_bits or None, target=args.target,
                                max_context=args.max_context, progress=progress)
+    try:
+        return _generate(args, generator)
+    finally:
+        close = getattr(generator.session, "close", None)  # a device serves one session at a time
+        if close:
+            close()
+
+
+def _generate(args, generator) -> int:
     generation = generator.start(args.prompt, chat=args.chat, system=args.system, max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.json:
