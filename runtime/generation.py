@@ -5,7 +5,7 @@ tokens appended to the cache) and ``decode`` (one token); both return the logits
 position. ``TorchCausalLMSession`` runs a Hugging Face causal LM (float or edgeq-quantized) with
 its own ``DynamicCache``; ``OrtCausalLMSession`` runs edgeq's KV-cache ONNX file on onnxruntime;
 the TVM generation artifact's session (``edgeq.runtime.tvm_generation``) follows the same
-protocol. ``generate`` drives any of them: greedy by default, or temperature / top-k / top-p
+protocol. ``Generation`` drives any of them: greedy by default, or temperature / top-k / top-p
 sampling from a seeded numpy Generator, streaming text as it goes and timing prefill and decode.
 """
 
@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from edgeq.errors import ContextLengthError, ModelFileError, RecipeError, RuntimeExecError
+
 
 @runtime_checkable
 class CausalLMSession(Protocol):
@@ -49,8 +50,7 @@ def check_context(session, new_tokens: int) -> None:
 
 
 def _token_ids(input_ids) -> np.ndarray:
-    ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
-    return ids
+    return np.asarray(input_ids, dtype=np.int64).reshape(-1)
 
 
 class TorchCausalLMSession:
@@ -96,7 +96,8 @@ class TorchCausalLMSession:
                 out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                  use_cache=True, logits_to_keep=1, **{self._cache_arg: self.cache})
         finally:
-            torch.set_num_threads(threads)
+            if self.threads:
+                torch.set_num_threads(threads)
         self.position = start + len(ids)
         return out.logits[0, -1].float().numpy()
 
@@ -336,6 +337,7 @@ class Generation:
         stats.ttft_s = first - start
         stats.prefill_tok_s = len(self.prompt_ids) / stats.ttft_s
         generated: list[int] = []
+        paused = 0.0  # time the consumer held the stream: not the generation's
         while True:
             if token in self.eos_token_ids:
                 stats.finish_reason = "eos"
@@ -343,20 +345,22 @@ class Generation:
             generated.append(token)
             piece = detok.add(token)
             if piece:
+                suspended = time.perf_counter()
                 yield piece
+                paused += time.perf_counter() - suspended
             if len(generated) == self.max_new_tokens:
                 break
             token = pick_token(self.session.decode(token), self.sampling, rng)
-        end = time.perf_counter()
-        tail = detok.flush()
-        if tail:
-            yield tail
+        end = time.perf_counter() - paused
         stats.new_tokens = len(generated)
         stats.total_s = end - start
         steps = len(generated) - 1 + (stats.finish_reason == "eos")  # decode calls made
         stats.decode_tok_s = steps / (end - first) if steps > 0 and end > first else None
         text = self.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         self.result = GenerationResult(text=text, token_ids=generated, prompt_ids=self.prompt_ids, stats=stats)
+        tail = detok.flush()
+        if tail:
+            yield tail
 
     def run(self, on_text: Callable[[str], None] | None = None) -> GenerationResult:
         for piece in self:
