@@ -289,6 +289,7 @@ def main() -> int:
     rows = {k: v for k, v in rows.items() if k.split(" ")[0] not in skip and k not in skip}
 
     measured: dict[str, list[dict]] = {name: [] for name in rows}
+    load_before = os.getloadavg()[0]
     for round_ in range(args.rounds):
         for name, (spec, _, _) in rows.items():
             full = {"name": name.replace(" ", "-"), "ids": ids, "new": args.new_tokens, "threads": args.threads, **spec}
@@ -301,6 +302,7 @@ def main() -> int:
         values = [r[key] for r in measured[name] if r.get(key) is not None]
         return statistics.median(values) if values else None
 
+    load_after = os.getloadavg()[0]
     summary = {name: {key: median(name, key) for key in ("ttft_s", "prefill_tok_s", "decode_tok_s", "peak_mib",
                                                          "new_tokens")} for name in rows}
     peers = [n for n in rows if not n.startswith("edgeq")]
@@ -319,8 +321,9 @@ def main() -> int:
     print(table)
     notes = (f"SmolLM2-135M-Instruct, prompt {args.prompt_tokens} tokens, {args.new_tokens} new, {args.threads} threads, "
              f"median of {args.rounds} rounds (rows take turns; each a fresh process after a warm-up). CPU flags: "
-             f"{cpu_flags()}. The machine is shared with other jobs and noisy: differences under ~15% are not "
-             "significant. Peak MiB is the process's maximum RSS (Python rows include the interpreter and torch, "
+             f"{cpu_flags()}. The machine is shared with other jobs and noisy (1-minute load average {load_before:.1f} "
+             f"before, {load_after:.1f} after, on {os.cpu_count()} CPUs): differences under ~15% are not significant, "
+             "and spinning thread pools (TVM's, onnxruntime's) suffer most when the CPUs are oversubscribed. Peak MiB is the process's maximum RSS (Python rows include the interpreter and torch, "
              "imported by edgeq). TTFT is prefill plus the first token's pick; llama.cpp's is prompt / its prefill "
              "rate. Ratios are to the best non-edgeq row. edgeq's TVM cache is compiled for prompt + new tokens, as "
              "onnxruntime-genai's max_length and llama-bench's context are sized to the run.")
