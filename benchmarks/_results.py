@@ -45,3 +45,20 @@ def markdown_table(headers, rows) -> str:
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+              "avx512_bf16", "amx_tile", "asimd", "asimddp", "i8mm", "sve")
+
+
+def cpu_flags() -> str:
+    """The SIMD features this CPU exposes (kernels dispatch on them: speeds and float results
+    differ between hosts of the same kind)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith(("flags", "Features")):
+                present = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in SIMD_FLAGS if f in present) or "none of " + " ".join(SIMD_FLAGS)
+    except OSError:
+        pass
+    return "unknown"

@@ -28,13 +28,15 @@ __version__ = "0.1.0"
 
 
 def compile(onnx_path, target: str = "cpu", out_dir=".", name: str | None = None, specialize: dict | None = None,
-            tuning_db=None):
+            tuning_db=None, max_context: int | None = None, prefill_chunk: int | None = None):
     """Compile an ONNX file with TVM for a named target (see ``edgeq.targets``);
     symbolic input dimensions stay symbolic unless ``specialize`` fixes them by name,
-    e.g. ``{"seq": 128}``; ``tuning_db`` is a folder written by ``edgeq tune``."""
+    e.g. ``{"seq": 128}``; ``tuning_db`` is a folder written by ``edgeq tune``. A KV-cache file
+    gives a generation artifact (``prefill``/``decode``) whose cache holds ``max_context`` tokens."""
     from edgeq.targets import compile as _compile
 
-    return _compile(onnx_path, target=target, out_dir=out_dir, name=name, specialize=specialize, tuning_db=tuning_db)
+    return _compile(onnx_path, target=target, out_dir=out_dir, name=name, specialize=specialize, tuning_db=tuning_db,
+                    max_context=max_context, prefill_chunk=prefill_chunk)
 
 
 def validate(reference, artifacts, inputs, tolerance=None):
@@ -51,4 +53,16 @@ def validate(reference, artifacts, inputs, tolerance=None):
     return _validate(TorchExecutor(reference), executors, list(inputs), tolerance or Tolerance())
 
 
-__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "quantize", "validate"]
+def generate(source, prompt, **options):
+    """Generate text from ``source`` (``"smollm2"``, a Hugging Face folder or model with
+    ``tokenizer=``, a KV-cache ONNX file or a generation artifact folder) on an ``executor``
+    (torch, onnxruntime, tvm): greedy by default, sampled with ``temperature`` / ``top_k`` /
+    ``top_p`` / ``seed``. Returns a ``GenerationResult`` (text, token ids, TTFT, prefill and decode
+    tokens/s), or with ``stream=True`` a ``Generation`` that yields the text as it is produced.
+    ``edgeq.generation.load_generator`` keeps a loaded model for several prompts."""
+    from edgeq.generation import generate as _generate
+
+    return _generate(source, prompt, **options)
+
+
+__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "generate", "quantize", "validate"]

@@ -32,6 +32,7 @@ import onnx
 import torch
 from torch import nn
 
+from edgeq import export_kv
 from edgeq._io import atomic_dir, atomic_path, check_output_file
 from edgeq.errors import ExportError
 from edgeq.export_rules import export_twins
@@ -49,7 +50,7 @@ EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 def export(
     model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None,
     path: str | Path,
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
@@ -58,6 +59,8 @@ def export(
     dynamic_dims: Sequence[Mapping[int, str]] | None = None,
     weight_format: str = "auto",
     external_data: bool | str | None = None,
+    kv_cache: bool = False,
+    max_context: int | None = None,
 ) -> Path:
     """Export ``model`` to ``path`` and return the path.
 
@@ -66,11 +69,26 @@ def export(
     given ``input_ids`` exports as ``input_ids [batch, seq] -> logits`` without KV cache.
     ``external_data``: True or a file name relative to ``path``'s folder puts the weights there;
     None does so only for models too large for one protobuf.
+    ``kv_cache``: a causal LM exports with its KV cache as inputs and outputs, one file for prefill
+    and decode (``edgeq.export_kv`` gives the signature; ``example_inputs`` is then unused);
+    ``max_context`` is recorded in its generation metadata (default: the model's
+    ``max_position_embeddings``).
     """
     path = Path(path)
     _check_options(model, opset, weight_format, path, external_data)
-    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    if _is_causal_lm(model, args):
+    if example_inputs is None and not kv_cache:
+        raise ExportError("example_inputs are needed (only kv_cache=True builds its own)")
+    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs or ())
+    generation = None
+    if kv_cache:
+        if not export_kv.is_causal_lm(model):
+            raise ExportError(f"kv_cache=True needs a HuggingFace causal LM; {type(model).__name__} is not one")
+        geometry = export_kv.cache_shape(model.eval())
+        generation = export_kv.generation_metadata(model, *geometry, max_context)
+        model = export_kv.CausalLMWithCache(model, geometry[0])
+        args, dynamic_shapes = export_kv.example_and_shapes(model.lm, *geometry)
+        input_names, output_names = export_kv.input_names(geometry[0]), export_kv.output_names(geometry[0])
+    elif _is_causal_lm(model, args):
         model = _CausalLMLogits(model)
         input_names, output_names = input_names or ["input_ids"], output_names or ["logits"]
         dynamic_dims = dynamic_dims or [{0: "batch", 1: "seq"}]
@@ -78,7 +96,8 @@ def export(
     output_names = list(output_names or ["output"])
     if dynamic_dims is None and dynamic_batch:
         dynamic_dims = [{0: "batch"} for _ in args]
-    args, dynamic_shapes = _dynamic_shapes(args, dynamic_dims)
+    if generation is None:
+        args, dynamic_shapes = _dynamic_shapes(args, dynamic_dims)
     model = model.eval()
     try:
         with export_twins(model), _quiet_exporter(), torch.no_grad():
@@ -98,6 +117,8 @@ def export(
         lower_to_dequantize_linear(proto, opset)
     attach_functions(proto)
     _drop_trace_metadata(proto)
+    if generation is not None:
+        export_kv.finish_proto(proto, generation)
     if external_data is None:
         external_data = _initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     if external_data:

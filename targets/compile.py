@@ -38,6 +38,7 @@ class Artifact:
     device_code: str | None = None  # GPU targets: the PTX for the named architecture, when built
     specialized: dict | None = None  # input dimensions fixed at compile time, by name
     tuned_kernels: int | None = None  # kernels whose schedule came from a tuning database (edgeq tune)
+    generation: dict | None = None  # KV-cache LMs: prefill/decode functions, cache geometry, max context
 
     @property
     def meta_path(self) -> Path:
@@ -266,8 +267,24 @@ def _import(onnx_path, model, spec, specialize):
     return mod, model
 
 
+def _import_generation(onnx_path, model, spec, metadata, specialize, max_context, prefill_chunk):
+    from edgeq.targets.generation import generation_module, generation_settings
+
+    if specialize:
+        raise CompileError(f"{onnx_path}: a KV-cache file keeps seq and past symbolic; bound them with max_context, not specialize")
+    settings = generation_settings(metadata, max_context, prefill_chunk, onnx_path)
+    try:
+        return generation_module(model, settings, spec.name), settings
+    except EdgeqError as exc:
+        raise type(exc)(f"{onnx_path}: {exc}") from None
+    except Exception as exc:
+        raise CompileError(f"{onnx_path}: TVM's import of the KV-cache model failed: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[0]}") from None
+
+
 def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None,
-            specialize: dict[str, int] | None = None, tuning_db: str | Path | None = None) -> Artifact:
+            specialize: dict[str, int] | None = None, tuning_db: str | Path | None = None,
+            max_context: int | None = None, prefill_chunk: int | None = None) -> Artifact:
     """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact.
 
     Symbolic input dimensions stay symbolic (the shape arithmetic of torch's export is followed
@@ -276,7 +293,12 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     its metadata says so.
     ``tuning_db``: a database written by ``edgeq tune`` for this model and target; kernels found
     there use their tuned schedules.
+    A KV-cache file (``edgeq.export(..., kv_cache=True)``) gives a generation artifact with
+    ``prefill`` and ``decode`` functions (``edgeq.targets.generation``): ``max_context`` bounds its
+    cache (default: the file's), ``prefill_chunk`` the tokens one prefill call takes.
     """
+    from edgeq.export_kv import read_generation_metadata
+
     spec = get_target(target)
     check_output_dir(out_dir)
     model = load_onnx(onnx_path)
@@ -284,7 +306,13 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     name = name or Path(onnx_path).stem
     out = Path(out_dir) / f"{name}.{spec.name}.{spec.artifact}"
     start = time.perf_counter()
-    mod, model = _import(onnx_path, model, spec, specialize)
+    generation = read_generation_metadata(model)
+    if generation is None and (max_context is not None or prefill_chunk is not None):
+        raise CompileError(f"{onnx_path}: max_context / prefill_chunk apply to KV-cache files (edgeq export --kv-cache)")
+    if generation is not None:
+        mod, generation = _import_generation(onnx_path, model, spec, generation, specialize, max_context, prefill_chunk)
+    else:
+        mod, model = _import(onnx_path, model, spec, specialize)
     # After the import (a model that cannot be lowered says so whatever the host has installed),
     # before the build (the slow part).
     compiler = spec.require_compiler()
@@ -308,7 +336,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
         inputs=_value_infos(model.graph.input), outputs=_value_infos(model.graph.output),
         tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=packed_bytes,
         specialized=dict(specialize) if specialize else None, tuned_kernels=tuned if tuning_db is not None else None,
-        device_code=str(device_code) if device_code else None,
+        device_code=str(device_code) if device_code else None, generation=generation,
     )
     meta = {k: v for k, v in asdict(artifact).items() if k != "path"}
     atomic_write_text(artifact.meta_path, json.dumps(meta, indent=2, default=str))

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from edgeq.cli import main
 from edgeq.errors import ExportError
+from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
 from edgeq.runtime.ort import ort_session
+
+from _kv_cache import ort_logits_by_steps
 
 
 def test_export_then_inspect(tmp_path, capsys, digits, digits_model):
@@ -47,3 +51,32 @@ def test_export_a_saved_quantized_model(tmp_path, capsys, digits, digits_model):
     got = ort_session(out).run(None, {"input": digits.x_test[:32].numpy()})[0]
     ref = load_quantized(saved)(digits.x_test[:32]).detach().numpy()
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_export_kv_cache_refuses_a_model_that_is_not_an_lm(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "digits", "--kv-cache", "-o", str(out)]) == 2
+    assert "needs a HuggingFace causal LM" in capsys.readouterr().err
+    assert main(["export", "digits", "--max-context", "64", "-o", str(out)]) == 2
+    assert "--max-context needs --kv-cache" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_export_smollm2_with_kv_cache(tmp_path, capsys, smollm2):
+    """SmolLM2-135M W4 with a 4-bit tied table: prefill then decode on onnxruntime gives the
+    full-sequence forward's logits (the same quantization as ``load_model`` applies)."""
+    from edgeq.commands.export import load_model
+    from edgeq.export_kv import read_generation_metadata
+
+    out = tmp_path / "smollm2-kv.onnx"
+    assert main(["export", "smollm2", "--preset", "w4g128-rtn", "--embedding-bits", "4", "--group-size", "64", "--kv-cache",
+                 "--max-context", "512", "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["generation"] == read_generation_metadata(out)
+    assert result["generation"]["num_layers"] == 30 and result["generation"]["max_context"] == 512
+    model, ids = load_model("smollm2", "w4g128-rtn", 4, 64)
+    got = ort_logits_by_steps(ort_session(out), ids.numpy(), [ids.shape[1] - 3, 1, 1, 1], result["generation"])
+    ref32, ref64 = causal_lm_logits(model, ids)[0], float64_logits(model, ids)[0]
+    check = judge(got, ref32, ref64)
+    assert check.ok, check.to_dict()

@@ -1,4 +1,8 @@
-"""edgeq compile: an ONNX file to TVM artifacts for one or more named targets."""
+"""edgeq compile: an ONNX file to TVM artifacts for one or more named targets.
+
+    edgeq compile model.onnx --target cpu,arm64 -o out
+    edgeq compile smollm2-kv.onnx --target arm64 --max-context 1024 -o out   # generation artifact
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ def register(sub) -> None:
                    help="fix a symbolic input dimension (e.g. seq=128): the artifact then takes only that size; "
                         "by default symbolic dimensions stay symbolic")
     p.add_argument("--tuning-db", metavar="DB_DIR", help="a database from `edgeq tune`: its kernels use their tuned schedules")
+    p.add_argument("--max-context", type=int, metavar="N",
+                   help="KV-cache files (edgeq export --kv-cache): tokens the cache holds (default: the file's)")
+    p.add_argument("--prefill-chunk", type=int, metavar="N",
+                   help="KV-cache files: most tokens one prefill call takes; longer prompts take several (default: 256)")
     p.add_argument("-o", "--out", default=".", help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -54,10 +62,12 @@ def run(args) -> int:
     results = []
     for target in targets:
         art = compile_model(args.model, target=target, out_dir=args.out, specialize=sizes or None,
-                            tuning_db=args.tuning_db)
+                            tuning_db=args.tuning_db, max_context=args.max_context, prefill_chunk=args.prefill_chunk)
         results.append({"target": art.target, "artifact": str(art.path), "bytes": art.size_bytes,
                         "weight_bytes": art.weight_bytes, "onnx_weight_bytes": art.onnx_weight_bytes,
                         "compile_seconds": round(art.compile_seconds, 3)})
+        if art.generation:
+            results[-1]["generation"] = art.generation
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -65,6 +75,9 @@ def run(args) -> int:
                  f"{r['weight_bytes'] / 1024:.1f} KiB ({r['weight_bytes'] / max(r['onnx_weight_bytes'], 1):.2f}× ONNX)",
                  f"{r['compile_seconds']:.2f} s"] for r in results]
         print(format_table(["target", "artifact", "size", "weights", "compile time"], rows))
+        if any("generation" in r for r in results):
+            g = next(r["generation"] for r in results if "generation" in r)
+            print(f"generation artifact: prefill/decode, cache of {g['max_context']} tokens, prefill in calls of {g['prefill_chunk']}")
         if sizes:
             fixed = ", ".join(f"{d}={n}" for d, n in sizes.items())
             print(f"specialized {fixed}: these artifacts take only that size")

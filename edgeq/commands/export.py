@@ -4,6 +4,7 @@ with a preset (or float), to an ONNX file.
     edgeq export smollm2-w4.safetensors --embedding-bits 4 -o smollm2.onnx
     edgeq export digits-cnn --preset w8a8 -o digits.onnx
     edgeq export smollm2 --preset w4g128-rtn --embedding-bits 4 -o smollm2.onnx --external-data
+    edgeq export smollm2 --preset w4g128-rtn --embedding-bits 4 --kv-cache -o smollm2-kv.onnx
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def register(sub) -> None:
                    help="auto: standard int4/uint8 DequantizeLinear+MatMul where ONNX has the dtype; edgeq: LowBitLinear")
     p.add_argument("--external-data", nargs="?", const=True, default=None, metavar="NAME",
                    help="store weights in a data file beside the model (a name relative to its folder)")
+    p.add_argument("--kv-cache", action="store_true",
+                   help="LLMs: export with the KV cache as inputs/outputs (one file for prefill and decode)")
+    p.add_argument("--max-context", type=int, metavar="N",
+                   help="with --kv-cache: the context limit recorded for generation (default: the model's)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -105,15 +110,22 @@ def run(args) -> int:
         from edgeq.recipes import resolve_recipe
 
         resolve_recipe(args.preset)
+    if args.max_context is not None and (not args.kv_cache or args.max_context < 1):
+        raise ExportError("--max-context needs --kv-cache and a positive number of tokens")
     model, example = load_model(args.model, args.preset, args.embedding_bits, args.group_size)
     start = time.perf_counter()
     path = edgeq.export(model, example, args.out, opset=args.opset or DEFAULT_OPSET,
-                        weight_format=args.weight_format, external_data=args.external_data)
+                        weight_format=args.weight_format, external_data=args.external_data,
+                        kv_cache=args.kv_cache, max_context=args.max_context)
     seconds = time.perf_counter() - start
     info = model_info(path)
     result = {"model": args.model, "preset": args.preset, "path": str(path), "bytes": info.file_bytes,
               "bits_per_weight": round(info.bits_per_weight, 4), "edgeq_ops": info.edgeq_ops,
               "export_seconds": round(seconds, 2)}
+    if args.kv_cache:
+        from edgeq.export_kv import read_generation_metadata
+
+        result["generation"] = read_generation_metadata(path)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -1,0 +1,65 @@
+"""A KV-cache ONNX file (``edgeq.export(..., kv_cache=True)``) as one Relax module with two
+entry points over one set of weights:
+
+* ``prefill(input_ids [1, seq], attention_mask [1, past + seq], position_ids [1, seq], *past)``
+  with ``seq`` symbolic up to ``prefill_chunk``;
+* ``decode`` the same with ``seq = 1`` (bound before lowering, so its kernels are GEMVs).
+
+Both return ``(logits, *present)``. The cache is the model's own ``past``/``present`` tensors:
+a session keeps the returned ``present`` arrays in the runtime's memory (on the device over
+RPC) and passes them back as ``past``; nothing but the logits goes to the host. ``past`` is
+bounded by ``max_context`` (``tir_var_upper_bound``), so Relax plans every intermediate buffer
+statically for the largest step. The two functions read the same ``Constant`` objects, which the
+VM stores once; the packed weights go through edgeq's lowerings like any other artifact.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from edgeq.errors import CompileError
+
+FUNCTIONS = {"prefill": "prefill", "decode": "decode"}
+DEFAULT_PREFILL_CHUNK = 256
+
+
+def generation_settings(metadata: dict, max_context: int | None, prefill_chunk: int | None, path) -> dict:
+    """The artifact's ``generation`` entry: the file's metadata with the compiled context limit
+    (``max_context``, else the file's), the longest prefill call, the functions' names and batch 1."""
+    limit = max_context if max_context is not None else metadata.get("max_context")
+    if limit is None:
+        raise CompileError(f"{path}: the file records no maximum context: give max_context / --max-context N")
+    if int(limit) < 1:
+        raise CompileError(f"{path}: max_context must be a positive number of tokens, got {limit}")
+    chunk = min(int(limit), prefill_chunk or DEFAULT_PREFILL_CHUNK)
+    if chunk < 1:
+        raise CompileError(f"{path}: prefill_chunk must be a positive number of tokens, got {prefill_chunk}")
+    return {**metadata, "max_context": int(limit), "prefill_chunk": chunk, "batch": 1, "functions": dict(FUNCTIONS)}
+
+
+def generation_module(model: onnx.ModelProto, settings: dict, target: str):
+    """The Relax module with ``prefill`` and ``decode`` (see the module docstring)."""
+    from tvm import relax
+
+    from edgeq.targets.importer import import_onnx
+    from edgeq.targets.specialize import specialize
+
+    mod = import_onnx(specialize(model, {"batch": 1}), target=target)
+    main = mod["main"]
+    bound = {"past": settings["max_context"]}
+    prefill = main.with_attr("global_symbol", FUNCTIONS["prefill"]).with_attr(
+        "tir_var_upper_bound", {**bound, "seq": settings["prefill_chunk"]})
+    one_token = relax.transform.BindSymbolicVars({"seq": 1})
+    decode = one_token(_module_of(relax.utils.copy_with_new_vars(main)))["main"]
+    decode = decode.with_attr("global_symbol", FUNCTIONS["decode"]).with_attr("tir_var_upper_bound", bound)
+    out = mod.clone()
+    del out["main"]
+    out[FUNCTIONS["prefill"]] = prefill
+    out[FUNCTIONS["decode"]] = decode
+    return out
+
+
+def _module_of(func):
+    import tvm
+
+    return tvm.IRModule({"main": func})

@@ -1,0 +1,162 @@
+"""The TVM generation artifact (``edgeq.compile`` of a KV-cache file): ``prefill`` and ``decode``
+over one copy of the packed weights, the cache kept in the runtime between calls
+(``edgeq.runtime.tvm_generation.TvmCausalLMSession``).
+
+On a tiny Llama (float and W4 with a 4-bit tied table), greedy generation of 32 tokens gives the
+same token ids on TVM, onnxruntime with the KV-cache file and PyTorch's own ``generate``, and every
+step's logits equal the PyTorch model's full-sequence forward within the float floor rule
+(``edgeq.runtime.float_floor``, bar 1e-4 of the logits' scale); on the host and on the emulated
+arm64 device (which the device tests skip without, unless EDGEQ_REQUIRE_DEVICE=arm64).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import edgeq
+from edgeq.errors import CompileError, ContextLengthError
+from edgeq.export_kv import read_generation_metadata
+from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
+from edgeq.runtime.tvm_generation import TvmCausalLMSession
+from edgeq.targets.registry import get_target
+
+from _kv_cache import VOCAB, OrtSession, greedy, quantized, tiny_causal_lm
+
+NEW_TOKENS = 32
+MAX_CONTEXT = 48
+PROMPT = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.fixture(scope="module")
+def llamas(tmp_path_factory):
+    """name -> (model, KV-cache ONNX path, host artifact); prefill_chunk 4 so the prompt takes two calls."""
+    out = tmp_path_factory.mktemp("gen")
+    built = {}
+    for name, model in [("float", tiny_causal_lm()), ("w4", quantized(tiny_causal_lm()))]:
+        path = edgeq.export(model, None, out / f"{name}.onnx", kv_cache=True)
+        art = edgeq.compile(path, target="cpu", out_dir=out, max_context=MAX_CONTEXT, prefill_chunk=4)
+        built[name] = model, path, art
+    return built
+
+
+def torch_generate(model) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                             pad_token_id=0)
+    return out[0, PROMPT.shape[1]:].tolist()
+
+
+def check_generation(model, path, session):
+    tokens, logits = greedy(session, PROMPT.numpy()[0], NEW_TOKENS)
+    ort_tokens, _ = greedy(OrtSession(path, read_generation_metadata(path)), PROMPT.numpy()[0], NEW_TOKENS)
+    assert tokens == ort_tokens == torch_generate(model)
+    full = torch.cat([PROMPT, torch.tensor([tokens[:-1]])], dim=1)  # step t's logits are position P - 1 + t
+    first = PROMPT.shape[1] - 1
+    ref32, ref64 = causal_lm_logits(model, full)[0, first:], float64_logits(model, full)[0, first:]
+    check = judge(logits, ref32, ref64)
+    assert check.ok, check.to_dict()
+    assert session.position == PROMPT.shape[1] + NEW_TOKENS - 1
+
+
+@pytest.mark.parametrize("name", ["float", "w4"])
+def test_greedy_generation_on_the_host(llamas, name):
+    model, path, art = llamas[name]
+    check_generation(model, path, TvmCausalLMSession(art.path))
+
+
+def test_artifact_metadata_and_one_copy_of_the_weights(llamas):
+    _, path, art = llamas["w4"]
+    meta = read_generation_metadata(path)
+    assert art.generation == {**meta, "max_context": MAX_CONTEXT, "prefill_chunk": 4, "batch": 1,
+                              "functions": {"prefill": "prefill", "decode": "decode"}}
+    # the two functions share the packed weights: the artifact holds them once, as packed as the file
+    assert art.weight_bytes <= 1.2 * art.onnx_weight_bytes, (art.weight_bytes, art.onnx_weight_bytes)
+
+
+def test_one_token_prompt_and_the_maximum_context(llamas):
+    model, _, art = llamas["w4"]
+    session = TvmCausalLMSession(art.path)
+    ids = torch.randint(0, VOCAB, (1, MAX_CONTEXT), generator=torch.Generator().manual_seed(6))
+    got = [session.prefill(ids[0, :1].numpy())]  # past = 0, seq = 1
+    got += [session.decode(int(t)) for t in ids[0, 1:]]
+    assert session.position == MAX_CONTEXT
+    ref32 = causal_lm_logits(model, ids)[0]
+    assert np.abs(np.stack(got) - ref32).max() <= 1e-4 * np.abs(ref32).max()
+    with pytest.raises(ContextLengthError, match=f"maximum context of {MAX_CONTEXT}"):
+        session.decode(0)
+    assert session.position == MAX_CONTEXT  # nothing ran
+    session.reset()
+    with pytest.raises(ContextLengthError):
+        session.prefill(ids[0].numpy().tolist() + [0])
+    assert session.position == 0
+    np.testing.assert_array_equal(session.prefill(ids[0, :1].numpy()), got[0])  # reset really emptied the cache
+
+
+def test_compile_options_need_a_kv_cache_file(tmp_path, llamas):
+    model, _, _ = llamas["float"]
+    plain = edgeq.export(model, PROMPT, tmp_path / "plain.onnx")
+    with pytest.raises(CompileError, match="apply to KV-cache files"):
+        edgeq.compile(plain, target="cpu", out_dir=tmp_path, max_context=16)
+    _, path, _ = llamas["float"]
+    with pytest.raises(CompileError, match="not specialize"):
+        edgeq.compile(path, target="cpu", out_dir=tmp_path, specialize={"seq": 1})
+    assert not list(tmp_path.glob("*.so"))
+
+
+@pytest.mark.parametrize("target", ["arm64", "armv7"])
+def test_cross_compiles(llamas, tmp_path, target):
+    from test_targets_registry import E_MACHINE, elf_machines
+
+    spec = get_target(target)
+    if spec.cross_compiler and not _have(spec.cross_compiler):
+        message = f"{spec.cross_compiler} not installed (Debian package {spec.compiler_package})"
+        if os.environ.get("EDGEQ_REQUIRE_CROSS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    _, path, _ = llamas["w4"]
+    art = edgeq.compile(path, target=target, out_dir=tmp_path, max_context=MAX_CONTEXT)
+    assert elf_machines(art.path) == {E_MACHINE[spec.machine]}
+    assert art.generation["functions"] == {"prefill": "prefill", "decode": "decode"}
+    assert art.meta_path.exists()
+
+
+def _have(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("name", ["float", "w4"])
+def test_greedy_generation_on_the_arm64_device(llamas, tmp_path_factory, name):
+    from test_device_arm64 import _running_device
+
+    device = _running_device()
+    model, path, _ = llamas[name]
+    art = edgeq.compile(path, target="arm64", out_dir=tmp_path_factory.mktemp(f"arm64-{name}"),
+                        max_context=MAX_CONTEXT, prefill_chunk=4)
+    session = TvmCausalLMSession(art.path, device=device.url)
+    try:
+        check_generation(model, path, session)
+    finally:
+        session.close()
+
+
+def test_compile_cli_writes_a_generation_artifact(llamas, tmp_path, capsys):
+    import json
+
+    from edgeq.cli import main
+
+    _, path, _ = llamas["w4"]
+    assert main(["compile", str(path), "--target", "cpu", "--max-context", "16", "-o", str(tmp_path), "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["generation"]["max_context"] == 16 and result["generation"]["prefill_chunk"] == 16
+    session = TvmCausalLMSession(result["artifact"])
+    session.prefill(PROMPT.numpy()[0])
+    assert session.max_context == 16 and session.position == PROMPT.shape[1]
+    assert main(["compile", str(path), "--target", "cpu", "--max-context", "0", "-o", str(tmp_path)]) == 2
+    assert "positive number of tokens" in capsys.readouterr().err
