@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections import defaultdict
 from typing import Iterator
 
@@ -108,5 +109,8 @@ def import_onnx(model: onnx.ModelProto, target: str = "cpu", **kwargs):
     from tvm.relax.frontend.onnx import from_onnx
 
     model = prepare(model, target)
-    with _extended_convert_map():
+    with _extended_convert_map(), warnings.catch_warnings():
+        # TVM renames every dotted input (past_key_values.0.key) with one warning each; the
+        # artifact's metadata keeps the ONNX names, so the renaming is nothing a user must act on
+        warnings.filterwarnings("ignore", message="Renaming name ", category=UserWarning)
         return from_onnx(model, **kwargs)

@@ -170,6 +170,15 @@ CLI_CASES = [
     ("validate-random-npy", ["validate", "{tiny}", "--inputs", "{random_npy}"], 4, "random.npy"),
     ("validate-wrong-shape-npy", ["validate", "{tiny}", "--inputs", "{wrong_shape}"], 11, "tiny.onnx"),
     ("validate-bad-dim", ["validate", "{tiny}", "--dim", "=3"], 11, "--dim '=3'"),
+    # generate (each refused before a model is loaded, quantized, exported or compiled)
+    ("generate-zero-new-tokens", ["generate", "smollm2", "--prompt", "hi", "--max-new-tokens", "0"], USAGE, "argument --max-new-tokens"),
+    ("generate-top-p-over-one", ["generate", "smollm2", "--prompt", "hi", "--top-p", "2"], USAGE, "argument --top-p"),
+    ("generate-negative-temperature", ["generate", "smollm2", "--prompt", "hi", "--temperature", "-1"], USAGE, "argument --temperature"),
+    ("generate-missing-model", ["generate", "{out}.gguf", "--prompt", "hi"], 4, "no such model"),
+    ("generate-empty-folder", ["generate", "{folder}", "--prompt", "hi"], 4, "no KV-cache .onnx file"),
+    ("generate-bad-device-url", ["generate", "smollm2", "--prompt", "hi", "--executor", "tvm", "--device", "rpc:/x"], 11, "expected rpc://host:port"),
+    ("generate-unknown-preset", ["generate", "smollm2", "--prompt", "hi", "--preset", "w9g1-rtn"], 5, "'w9g1-rtn'"),
+    ("generate-unknown-target", ["generate", "smollm2", "--prompt", "hi", "--executor", "tvm", "--target", "z80"], 10, "z80"),
     # profile
     ("profile-repeat-zero", ["profile", "{tiny}", "--repeat", "0", "--out", "{out}"], USAGE, "argument --repeat"),  # was IndexError
     ("profile-repeat-negative", ["profile", "{tiny}", "--repeat", "-3", "--out", "{out}"], USAGE, "argument --repeat"),

@@ -55,9 +55,9 @@ def test_export_a_saved_quantized_model(tmp_path, capsys, digits, digits_model):
 
 def test_export_kv_cache_refuses_a_model_that_is_not_an_lm(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert main(["export", "digits", "--kv-cache", "-o", str(out)]) == 2
+    assert main(["export", "digits", "--kv-cache", "-o", str(out)]) == ExportError.exit_code
     assert "needs a HuggingFace causal LM" in capsys.readouterr().err
-    assert main(["export", "digits", "--max-context", "64", "-o", str(out)]) == 2
+    assert main(["export", "digits", "--max-context", "64", "-o", str(out)]) == ExportError.exit_code
     assert "--max-context needs --kv-cache" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 

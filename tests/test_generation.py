@@ -251,7 +251,7 @@ def test_cli_on_a_model_folder_then_on_its_cache(hf_folder, tmp_path, capsys):
 def test_cli_names_the_context_error(hf_folder, tmp_path, capsys):
     long_prompt = " ".join(["time"] * (MAX_CONTEXT + 8))
     code = main(["generate", str(hf_folder), "--prompt", long_prompt, "--executor", "torch", "--preset", "float"])
-    assert code == 2
+    assert code == ContextLengthError.exit_code
     assert "maximum context of 64" in capsys.readouterr().err
 
 
