@@ -90,12 +90,12 @@ def _factory(spec: str, target: str, name: str) -> LoadedModel:
         module_name = f"_edgeq_factory_{abs(hash(str(file.resolve())))}"
         loader = importlib.util.spec_from_file_location(module_name, file)
         module = importlib.util.module_from_spec(loader)
-        sys.modules[module_name] = module  # dataclasses and pickling-free helpers look it up here
+        sys.modules[module_name] = module  # classes defined in the file (dataclasses) look their module up here
         try:
             loader.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
-            raise ModelFileError(f"{spec}: importing {file} failed: {type(exc).__name__}: {exc}") from None
+            raise ModelFileError(f"{spec}: importing {file} failed: {_first_line(exc)}") from None
     else:
         try:
             module = importlib.import_module(target)
@@ -107,7 +107,7 @@ def _factory(spec: str, target: str, name: str) -> LoadedModel:
     try:
         model = factory()
     except Exception as exc:
-        raise ModelFileError(f"{spec}: {name}() failed: {type(exc).__name__}: {exc}") from None
+        raise ModelFileError(f"{spec}: {name}() failed: {_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ModelFileError(f"{spec}: {name}() returned {type(model).__name__}, not a torch.nn.Module")
     return LoadedModel(model.eval(), _kind_of_module(model), "factory", spec, Path(target) if target.endswith(".py") else None)
@@ -126,7 +126,7 @@ def _huggingface_folder(spec: str, folder: Path) -> LoadedModel:
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
-        raise ModelFileError(f"{spec}: config.json: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+        raise ModelFileError(f"{spec}: config.json: {_first_line(exc)}") from None
     kind = _kind_of_config(config)
     auto = {"causal-lm": transformers.AutoModelForCausalLM}.get(kind)
     architectures = getattr(config, "architectures", None) or []
@@ -136,8 +136,7 @@ def _huggingface_folder(spec: str, folder: Path) -> LoadedModel:
     try:
         model = auto.from_pretrained(str(folder), use_safetensors=True, trust_remote_code=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelFileError(f"{spec}: transformers could not load it: {type(exc).__name__}: {first}") from None
+        raise ModelFileError(f"{spec}: transformers could not load it: {_first_line(exc)}") from None
     return LoadedModel(model.eval(), kind, "huggingface", spec, folder)
 
 
@@ -153,8 +152,7 @@ def _gguf(spec: str, path: Path) -> LoadedModel:
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelFileError(f"{spec}: not a GGUF model transformers can load: {type(exc).__name__}: {first}") from None
+        raise ModelFileError(f"{spec}: not a GGUF model transformers can load: {_first_line(exc)}") from None
     return LoadedModel(model.eval(), "causal-lm", "gguf", spec, path)
 
 
@@ -163,6 +161,11 @@ def _quantized(spec: str, path: Path) -> LoadedModel:
 
     source = read_metadata(path)["source"]
     return LoadedModel(load_quantized(path), _BUILTIN_KINDS.get(source), "edgeq-quantized", spec, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _kind_of_config(config, class_name: str | None = None) -> str | None:

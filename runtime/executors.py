@@ -90,40 +90,47 @@ class TvmExecutor(Executor):
         return _flatten_tvm(out)
 
 
-_ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
+# ELF e_machine by the names targets use (registry ``machine``) and platform.machine() gives
+ELF_MACHINES = {"x86-64": 62, "x86_64": 62, "aarch64": 183, "arm": 40, "armv7l": 40, "hexagon": 164}
+# ELF class -> (struct format of the header fields used, of a program header's offset and size)
+_ELF_LAYOUT = {1: ("<HH4xIIIIHHHHHH", "<4xI8xI"), 2: ("<HH4xQQQIHHHHHH", "<8xQ16xQ")}
 
 
-def check_shared_library(path: Path) -> None:
-    """A ModelFileError unless ``path`` is a whole 64-bit ELF shared library for this machine.
+def check_shared_library(path: Path, machine: str | None = None) -> None:
+    """A ModelFileError unless ``path`` is a whole little-endian ELF shared library for
+    ``machine`` (a target's ``machine`` name; default: this host).
 
     dlopen maps the segments the ELF headers promise: a truncated file then dies with SIGBUS
-    inside the loader, which no ``except`` catches. So the headers are checked against the
-    file's size before TVM loads it."""
+    inside the loader (here, or in the device's server), which no ``except`` catches. So the
+    headers are checked against the file's size before TVM loads or uploads it."""
     import platform
     import struct
+
+    machine = machine or platform.machine()
+
+    def refuse(why: str) -> ModelFileError:
+        return ModelFileError(f"{path}: not a loadable TVM artifact ({why})")
 
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(64)
-        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-            raise ModelFileError(f"{path}: not a loadable TVM artifact (not a 64-bit little-endian ELF library)")
-        e_type, e_machine = struct.unpack_from("<HH", head, 16)
-        phoff, shoff = struct.unpack_from("<QQ", head, 32)
-        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 54)
-        want = _ELF_MACHINES.get(platform.machine())
+        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in _ELF_LAYOUT or head[5] != 1:
+            raise refuse("not a little-endian ELF library")
+        header, segment = _ELF_LAYOUT[head[4]]
+        if len(head) < 16 + struct.calcsize(header):
+            raise refuse("truncated ELF header")
+        e_type, e_machine, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _ = struct.unpack_from(header, head, 16)
+        want = ELF_MACHINES.get(machine)
         if e_type != 3 or (want is not None and e_machine != want):
-            raise ModelFileError(f"{path}: not a loadable TVM artifact (ELF type {e_type}, machine {e_machine}: "
-                                 f"not a shared library for this {platform.machine()} host)")
-        if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size or phentsize < 56:
-            raise ModelFileError(f"{path}: not a loadable TVM artifact (truncated: its headers lie past the end)")
+            raise refuse(f"ELF type {e_type}, machine {e_machine}: not a shared library for {machine}")
+        if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size or phentsize < struct.calcsize(segment):
+            raise refuse("truncated: its headers lie past the end")
         f.seek(phoff)
         table = f.read(phnum * phentsize)
     for i in range(phnum):
-        offset, = struct.unpack_from("<Q", table, i * phentsize + 8)
-        filesz, = struct.unpack_from("<Q", table, i * phentsize + 32)
+        offset, filesz = struct.unpack_from(segment, table, i * phentsize)
         if offset + filesz > size:
-            raise ModelFileError(f"{path}: not a loadable TVM artifact (truncated: segment {i} ends at byte "
-                                 f"{offset + filesz}, the file has {size})")
+            raise refuse(f"truncated: segment {i} ends at byte {offset + filesz}, the file has {size}")
 
 
 def _flatten_tvm(out) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from edgeq.errors import RuntimeExecError
-from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm
+from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm, check_shared_library
 
 CONNECT_TIMEOUT_S = 60.0  # a reachable device or tracker may be busy with another session
 REACH_TIMEOUT_S = 5.0  # an unreachable one fails within this
@@ -116,8 +116,12 @@ class RpcExecutor(Executor):
         from tvm import relax
 
         from edgeq.targets.compile import Artifact
+        from edgeq.targets.registry import get_target
 
         self.artifact = Artifact.load(artifact_path)
+        spec = get_target(self.artifact.target)
+        if spec.artifact == "so":  # a truncated library would crash the device's server
+            check_shared_library(self.artifact.path, spec.machine)
         self.url = parse_device_url(url)
         self.name = f"tvm-rpc:{self.artifact.target}"
         self.entry = entry

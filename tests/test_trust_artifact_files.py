@@ -90,3 +90,57 @@ def test_validate_cli_on_a_corrupt_artifact_is_one_line(relu_artifact, artifact_
     assert main(["validate", str(onnx_path), str(artifact_copy)]) == ModelFileError.exit_code
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "relu.cpu.json: missing field 'outputs'" in err, err
+
+
+def _elf(bits: int, machine: int, segment_end: int) -> bytes:
+    """A little-endian ELF shared-library header with one program header whose segment ends at
+    ``segment_end`` (past the end of these bytes: a truncated file)."""
+    import struct
+
+    if bits == 64:
+        head = struct.pack("<HHIQQQIHHHHHH", 3, machine, 1, 0, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+        phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, segment_end, segment_end, 4096)
+    else:
+        head = struct.pack("<HHIIIIIHHHHHH", 3, machine, 1, 0, 52, 0, 0, 52, 32, 1, 40, 0, 0)
+        phdr = struct.pack("<IIIIIIII", 1, 0, 0, 0, segment_end, segment_end, 5, 4096)
+    return b"\x7fELF" + bytes([1 if bits == 32 else 2, 1, 1]) + bytes(9) + head + phdr
+
+
+@pytest.mark.parametrize("target, bits, machine", [("arm64", 64, 183), ("armv7", 32, 40)])
+def test_truncated_device_library_is_refused_before_upload(tmp_path, target, bits, machine):
+    """Checked here, before any connection (the URL has no server): a truncated library would
+    crash the device's server when it maps it."""
+    from edgeq.runtime.rpc import RpcExecutor
+
+    lib = tmp_path / f"relu.{target}.so"
+    lib.write_bytes(_elf(bits, machine, segment_end=1 << 20))
+    tensor = {"name": "x", "dtype": "float32", "shape": [4]}
+    lib.with_suffix(".json").write_text(json.dumps({"target": target, "compile_seconds": 0.0, "size_bytes": lib.stat().st_size,
+                                                    "inputs": [tensor], "outputs": [tensor]}))
+    with pytest.raises(ModelFileError, match=rf"relu\.{target}\.so: not a loadable TVM artifact \(truncated: segment 0 ends"):
+        RpcExecutor(lib, "rpc://127.0.0.1:1")
+    lib.write_bytes(_elf(bits, 62, segment_end=0))  # whole, but x86-64 code
+    with pytest.raises(ModelFileError, match=rf"machine 62: not a shared library for (aarch64|arm)"):
+        RpcExecutor(lib, "rpc://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("target", ["arm64", "armv7"])
+def test_real_cross_artifacts_pass_the_library_check(relu_artifact, tmp_path, target):
+    import os
+
+    from edgeq.errors import TargetError
+    from edgeq.runtime.executors import check_shared_library
+    from edgeq.targets import get_target
+
+    spec = get_target(target)
+    try:
+        spec.require_compiler()
+    except TargetError as exc:
+        if os.environ.get("EDGEQ_REQUIRE_CROSS"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    onnx_path, _ = relu_artifact
+    art = edgeq.compile(onnx_path, target=target, out_dir=tmp_path)
+    check_shared_library(art.path, spec.machine)
+    with pytest.raises(ModelFileError, match="not a shared library for x86-64"):
+        check_shared_library(art.path, "x86-64")

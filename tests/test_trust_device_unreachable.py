@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 
 import onnx
@@ -42,8 +43,9 @@ def test_validate_with_an_unreachable_tracker_is_one_line(tmp_path, closed_port,
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "relu.onnx")
-    # An arm64 artifact is only uploaded, never loaded here: its bytes do not matter before the connection.
-    (tmp_path / "relu.arm64.so").write_bytes(b"\x7fELF")
+    # An arm64 library is only uploaded, never loaded here: an ELF header is all it needs before the connection.
+    header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 3, 183, 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+    (tmp_path / "relu.arm64.so").write_bytes(header)
     tensor = {"name": "x", "dtype": "float32", "shape": [4]}
     meta = {"target": "arm64", "compile_seconds": 0.0, "size_bytes": 4, "inputs": [tensor], "outputs": [{**tensor, "name": "y"}]}
     (tmp_path / "relu.arm64.json").write_text(json.dumps(meta))

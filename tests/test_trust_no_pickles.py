@@ -199,3 +199,22 @@ def test_tampered_quantized_metadata_is_a_named_error(tmp_path, quantized_digits
     bad = _with_metadata(quantized_digits, tmp_path / "bad.safetensors", **tamper(_layers(quantized_digits)))
     with pytest.raises(ModelFileError, match=rf"bad\.safetensors: .*{message}"):
         load_model(str(bad))
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda t: t.BertModel(t.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64)), "encoder"),
+    (lambda t: t.BertForSequenceClassification(t.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                                             num_attention_heads=2, intermediate_size=64)), "classifier"),
+    (lambda t: t.ViTModel(t.ViTConfig(image_size=8, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, intermediate_size=64)), "vision"),
+])
+def test_kind_comes_from_the_config(tmp_path, make, kind):
+    import transformers
+
+    model = make(transformers)
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_model(str(tmp_path / "m"))
+    assert (loaded.kind, type(loaded.module).__name__) == (kind, type(model).__name__)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.module.state_dict()[name], tensor), name
