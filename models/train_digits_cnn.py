@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from edgeq._io import atomic_path
 from edgeq.models.digits_cnn import WEIGHTS, DigitsCNN, accuracy, digits_data
 
 EPOCHS = 40
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = train()
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(args.out))
+    with atomic_path(args.out) as tmp:
+        save_file(state, str(tmp))
     data = digits_data()
     with torch.no_grad():
         acc = accuracy(model(data.x_test), data.y_test)
