@@ -146,7 +146,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``path`` for writers that stage several files (a
     model and its external data); removed on exit, whatever happens. The caller moves the
     finished files out of it."""
-    path = check_output_file(path)
+    path = Path(path)
+    _check_folder_writable(path.parent, f"output {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))

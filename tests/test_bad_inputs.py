@@ -63,6 +63,9 @@ def files(tmp_path_factory) -> dict[str, str]:
     (d / "text.onnx").write_text("this is not a model\n")
     (d / "folder.onnx").mkdir()
     (d / "file").write_text("a plain file, not a folder\n")
+    (d / "baddb").mkdir()  # a tuning database whose files are garbage
+    (d / "baddb" / "database_workload.json").write_text("garbage{\n")
+    (d / "baddb" / "database_tuning_record.json").write_text("[1, 2\n")
     no_data = onnx.ModelProto()
     no_data.CopyFrom(tiny)
     no_data.graph.initializer[0].ClearField("raw_data")  # shape [4, 3] declared, no data
@@ -140,6 +143,7 @@ CLI_CASES = [
     ("compile-out-under-a-file", ["compile", "{tiny}", "--target", "cpu", "-o", "{file}/sub"], 14, "is a file, not a folder"),
     ("compile-out-unwritable", ["compile", "{tiny}", "--target", "cpu", "-o", "{unwritable}"], 14, "not writable"),
     ("compile-specialize-zero", ["compile", "{tiny}", "--target", "cpu", "--specialize", "batch=0", "-o", "{out}"], 9, "--specialize 'batch=0'"),
+    ("compile-corrupt-tuning-db", ["compile", "{tiny}", "--target", "cpu", "--tuning-db", "{baddb}", "-o", "{out}"], 9, "unreadable tuning database"),
     ("compile-not-a-tuning-db", ["compile", "{tiny}", "--target", "cpu", "--tuning-db", "{folder}", "-o", "{out}"], 9, "not a tuning database"),
     # optimize
     ("optimize-out-is-a-folder", ["optimize", "{tiny}", "{folder}"], 14, "is a directory"),
@@ -215,6 +219,7 @@ CLI_CASES = [
     ("export-impossible-percentile", ["export", "digits", "--preset", '{{"method": "w8a8", "act_percentile": 500}}', "-o", "{out}"], 5, "act_percentile = 500"),
     ("export-negative-percentile", ["export", "digits", "--preset", '{{"method": "w8a8", "act_percentile": -1}}', "-o", "{out}"], 5, "act_percentile = -1"),  # was RuntimeError
     ("export-empty-safetensors", ["export", "{empty}", "-o", "{out}"], 4, "empty.onnx"),
+    ("export-folder-as-model", ["export", "{folder}", "-o", "{out}"], 4, "folder.onnx"),
     ("export-random-safetensors", ["export", "{random}", "-o", "{out}"], 4, "random.onnx"),
     # demo
     ("demo-unknown-recipe", ["demo", "--recipe", "w9a9", "--out", "{out}"], 5, "'w9a9'"),  # left the folder
