@@ -84,6 +84,8 @@ def check_calibration(model: nn.Module, calib) -> None:
 
     hooks = [h for m in names for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     sample = _first_sample(batch)
+    modes = {m: m.training for m in names}  # run in eval mode: BatchNorm in training mode refuses one sample
+    model.eval()
     try:
         with torch.no_grad():
             model(*sample) if isinstance(sample, (tuple, list)) else model(sample)
@@ -96,6 +98,8 @@ def check_calibration(model: nn.Module, calib) -> None:
     finally:
         for h in hooks:
             h.remove()
+        for m, training in modes.items():
+            m.training = training
 
 
 def is_skipped(name: str, recipe: Recipe) -> bool:
