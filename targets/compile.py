@@ -208,11 +208,11 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     """
     spec = get_target(target)
     compiler = spec.require_compiler()
-    check_output_dir(out_dir)
     model = load_onnx(onnx_path)
     packed_bytes = onnx_weight_bytes(model)
     name = name or Path(onnx_path).stem
     out = Path(out_dir) / f"{name}.{spec.name}.{spec.artifact}"
+    check_output_dir(out_dir)  # before the build, the slow part
     start = time.perf_counter()
     mod, model = _import(onnx_path, model, spec, specialize)
     try:
