@@ -104,13 +104,6 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def make_output_dir(path: str | os.PathLike) -> Path:
-    """``check_output_dir``, then create the folder (and parents)."""
-    path = check_output_dir(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _publish_mode(tmp_path: Path) -> None:
     """mkstemp makes 0600 files; an output gets the mode a plain open() would give it."""
     umask = os.umask(0)
@@ -146,7 +139,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``path`` for writers that stage several files (a
     model and its external data); removed on exit, whatever happens. The caller moves the
     finished files out of it."""
-    path = check_output_file(path)
+    path = Path(path)
+    _check_folder_writable(path.parent, f"output {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
@@ -159,8 +153,3 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)

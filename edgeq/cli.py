@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
+        if is_cli_process():  # objects a library was building when Ctrl-C landed (TVM's TempDirectory)
+            sys.unraisablehook = lambda unraisable: None  # complain from their finalizers at exit
         return INTERRUPTED
     except EdgeqError as exc:
         if debug:

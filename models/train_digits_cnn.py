@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from edgeq._io import atomic_path
 from edgeq.models.digits_cnn import WEIGHTS, DigitsCNN, accuracy, digits_data
 
 EPOCHS = 40
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         print("this host has no AVX2: the weights will differ from the shipped file", file=sys.stderr)
     model = train()
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(args.out))
+    with atomic_path(args.out) as tmp:
+        save_file(state, str(tmp))
     data = digits_data()
     with torch.no_grad():
         acc = accuracy(model(data.x_test), data.y_test)

@@ -322,22 +322,27 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
         raise
     except Exception as exc:
         raise CompileError(f"{onnx_path}: TVM build for {spec.name} failed: {type(exc).__name__}: {first_line(exc)}") from None
+    # the library and its .json are renamed into place together, after both are complete: no
+    # library without metadata, and no new library described by an older compile's metadata
     with atomic_path(out, keep_suffix=True) as tmp:
-        if compiler:
-            from tvm.support import cc
+        try:
+            if compiler:
+                from tvm.support import cc
 
-            executable.export_library(str(tmp), fcompile=cc.cross_compiler(compiler))
-        else:
-            executable.export_library(str(tmp))
-    device_code = gpu_device_code(executable, spec, out) if spec.is_gpu else None
-    seconds = time.perf_counter() - start
-    artifact = Artifact(
-        path=out, target=spec.name, compile_seconds=seconds, size_bytes=out.stat().st_size,
-        inputs=_value_infos(model.graph.input), outputs=_value_infos(model.graph.output),
-        tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=packed_bytes,
-        specialized=dict(specialize) if specialize else None, tuned_kernels=tuned if tuning_db is not None else None,
-        device_code=str(device_code) if device_code else None, generation=generation,
-    )
-    meta = {k: v for k, v in asdict(artifact).items() if k != "path"}
-    atomic_write_text(artifact.meta_path, json.dumps(meta, indent=2, default=str))
+                executable.export_library(str(tmp), fcompile=cc.cross_compiler(compiler))
+            else:
+                executable.export_library(str(tmp))
+        except Exception as exc:
+            raise CompileError(f"{onnx_path}: linking the {spec.name} artifact failed: {type(exc).__name__}: {first_line(exc)}") from None
+        device_code = gpu_device_code(executable, spec, out) if spec.is_gpu else None
+        seconds = time.perf_counter() - start
+        artifact = Artifact(
+            path=out, target=spec.name, compile_seconds=seconds, size_bytes=tmp.stat().st_size,
+            inputs=_value_infos(model.graph.input), outputs=_value_infos(model.graph.output),
+            tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=packed_bytes,
+            specialized=dict(specialize) if specialize else None, tuned_kernels=tuned if tuning_db is not None else None,
+            device_code=str(device_code) if device_code else None, generation=generation,
+        )
+        meta = {k: v for k, v in asdict(artifact).items() if k != "path"}
+        atomic_write_text(artifact.meta_path, json.dumps(meta, indent=2, default=str))
     return artifact

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeq._io import atomic_write_text
+from edgeq._io import atomic_dir, atomic_write_text, check_output_dir
 from edgeq.errors import CompileError
 
 TRIALS_PER_KERNEL = 16
@@ -91,8 +92,6 @@ def _work(func) -> int:
 def tune(onnx_path, db_dir, target: str = "cpu", budget_s: float = 60.0, specialize: dict[str, int] | None = None,
          trials_per_kernel: int = TRIALS_PER_KERNEL, progress: bool = True) -> TuneResult:
     """Search schedules for ``onnx_path``'s kernels for about ``budget_s`` seconds into ``db_dir``."""
-    from tvm.s_tir import meta_schedule as ms
-
     from edgeq.targets.compile import default_pipeline, import_model
     from edgeq.targets.registry import get_target
 
@@ -101,23 +100,42 @@ def tune(onnx_path, db_dir, target: str = "cpu", budget_s: float = 60.0, special
     spec = get_target(target)
     if spec.is_gpu:
         raise CompileError(f"edgeq tune: target {spec.name!r} is a GPU target; tuning covers CPU targets")
+    check_output_dir(db_dir)
     start = time.perf_counter()
     mod = import_model(onnx_path, spec, specialize)
     lowered, _ = default_pipeline(mod, spec, defaults=False)
     kernels = distinct_kernels(lowered)
     result = TuneResult(Path(db_dir), [name for name, _ in kernels])
-    result.db_dir.mkdir(parents=True, exist_ok=True)
+    # tuned in a hidden copy of the database beside db_dir, moved in when done: an interrupted
+    # run leaves db_dir as it was (the copy is removed, or by the next run if it was SIGKILLed)
+    with atomic_dir(result.db_dir) as stage:
+        if result.db_dir.is_dir():
+            shutil.copytree(result.db_dir, stage, dirs_exist_ok=True)
+        _tune_kernels(kernels, spec, stage, start, budget_s, trials_per_kernel, progress, result)
+        result.db_dir.mkdir(parents=True, exist_ok=True)
+        for staged in sorted(p for p in stage.rglob("*") if p.is_file()):
+            target_path = result.db_dir / staged.relative_to(stage)
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target_path)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _tune_kernels(kernels, spec, db_dir: Path, start: float, budget_s: float, trials_per_kernel: int, progress: bool,
+                  result: TuneResult) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
     tvm_target = tuning_target(spec.tvm())
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(kernels), desc="tune", unit="kernel")
-    kept = _kept_default(result.db_dir)
+    kept = _kept_default(db_dir)
     for name, func in kernels:
         if time.perf_counter() - start >= budget_s:
             break
-        database = ms.tune_tir(workload(func), tvm_target, str(result.db_dir), max_trials_global=trials_per_kernel,
+        database = ms.tune_tir(workload(func), tvm_target, str(db_dir), max_trials_global=trials_per_kernel,
                                num_trials_per_iter=min(trials_per_kernel, 8), cost_model="random",
                                task_scheduler="round-robin",
                                builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S))
@@ -132,9 +150,7 @@ def tune(onnx_path, db_dir, target: str = "cpu", budget_s: float = 60.0, special
             bar.update(1)
     if bar is not None:
         bar.close()
-    atomic_write_text(result.db_dir / KEPT_DEFAULT, json.dumps(sorted(kept)))
-    result.seconds = time.perf_counter() - start
-    return result
+    atomic_write_text(db_dir / KEPT_DEFAULT, json.dumps(sorted(kept)))
 
 
 def default_seconds(func, target) -> float | None:

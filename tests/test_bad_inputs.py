@@ -12,8 +12,8 @@ built-in digits CNN, so the whole battery takes seconds, not minutes.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,9 @@ def files(tmp_path_factory) -> dict[str, str]:
     (d / "text.onnx").write_text("this is not a model\n")
     (d / "folder.onnx").mkdir()
     (d / "file").write_text("a plain file, not a folder\n")
+    (d / "baddb").mkdir()  # a tuning database whose files are garbage
+    (d / "baddb" / "database_workload.json").write_text("garbage{\n")
+    (d / "baddb" / "database_tuning_record.json").write_text("[1, 2\n")
     no_data = onnx.ModelProto()
     no_data.CopyFrom(tiny)
     no_data.graph.initializer[0].ClearField("raw_data")  # shape [4, 3] declared, no data
@@ -70,14 +73,17 @@ def files(tmp_path_factory) -> dict[str, str]:
     np.save(d / "wrong_shape.npy", np.zeros((2, 7), np.float32))
     (d / "random.npy").write_bytes(b"\x93NUMPY garbage")
     (d / "random.npz").write_bytes(b"PK\x03\x04 garbage")
-    # an arm64 artifact's metadata (the library is never loaded: the device is unreachable first)
-    art = edgeq.compile(d / "tiny.onnx", target="cpu", out_dir=d / "art")
-    meta = json.loads(art.meta_path.read_text())
-    shutil.copy(art.path, d / "tiny.arm64.so")
-    (d / "tiny.arm64.json").write_text(json.dumps({**meta, "target": "arm64"}))
+    # an arm64 artifact: the library is only uploaded to a device, never loaded here, so an
+    # aarch64 ELF shared-library header is all it needs before the (refused) connection
+    header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 3, 183, 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+    (d / "tiny.arm64.so").write_bytes(header)
+    tensor = {"name": "input", "dtype": "float32", "shape": ["batch", 4]}
+    meta = {"target": "arm64", "compile_seconds": 0.0, "size_bytes": len(header), "inputs": [tensor],
+            "outputs": [{**tensor, "name": "output", "shape": ["batch", 3]}]}
+    (d / "tiny.arm64.json").write_text(json.dumps(meta))
     names = {p.stem if p.suffix in (".onnx", ".npy", ".npz") else p.name: str(p) for p in d.iterdir()}
     names.update(random_npy=str(d / "random.npy"), random_npz=str(d / "random.npz"), random=str(d / "random.onnx"),
-                 cpu_artifact=str(art.path), arm64_artifact=str(d / "tiny.arm64.so"), unwritable="/proc/edgeq-out",
+                 arm64_artifact=str(d / "tiny.arm64.so"), unwritable="/proc/edgeq-out",
                  closed=f"rpc://127.0.0.1:{closed_port()}")
     return names
 
@@ -140,6 +146,7 @@ CLI_CASES = [
     ("compile-out-under-a-file", ["compile", "{tiny}", "--target", "cpu", "-o", "{file}/sub"], 14, "is a file, not a folder"),
     ("compile-out-unwritable", ["compile", "{tiny}", "--target", "cpu", "-o", "{unwritable}"], 14, "not writable"),
     ("compile-specialize-zero", ["compile", "{tiny}", "--target", "cpu", "--specialize", "batch=0", "-o", "{out}"], 9, "--specialize 'batch=0'"),
+    ("compile-corrupt-tuning-db", ["compile", "{tiny}", "--target", "cpu", "--tuning-db", "{baddb}", "-o", "{out}"], 9, "unreadable tuning database"),
     ("compile-not-a-tuning-db", ["compile", "{tiny}", "--target", "cpu", "--tuning-db", "{folder}", "-o", "{out}"], 9, "not a tuning database"),
     # optimize
     ("optimize-out-is-a-folder", ["optimize", "{tiny}", "{folder}"], 14, "is a directory"),
@@ -151,7 +158,7 @@ CLI_CASES = [
     ("optimize-truncated-model", ["optimize", "{truncated}", "{out}"], 4, "truncated.onnx"),
     ("optimize-random-inputs", ["optimize", "{tiny}", "{out}", "--inputs", "{random_npz}"], 4, "random.npz"),
     ("optimize-negative-seed", ["optimize", "{tiny}", "{out}", "--seed", "-1"], USAGE, "argument --seed"),
-    # validate
+    # validate (--reference files other than ONNX: tests/test_trust_no_pickles.py)
     ("validate-zero-samples", ["validate", "{tiny}", "--samples", "0"], USAGE, "argument --samples"),
     ("validate-negative-max-rel", ["validate", "{tiny}", "--max-rel", "-1"], USAGE, "argument --max-rel"),
     ("validate-nan-max-rel", ["validate", "{tiny}", "--max-rel", "nan"], USAGE, "argument --max-rel"),
@@ -224,6 +231,7 @@ CLI_CASES = [
     ("export-impossible-percentile", ["export", "digits", "--preset", '{{"method": "w8a8", "act_percentile": 500}}', "-o", "{out}"], 5, "act_percentile = 500"),
     ("export-negative-percentile", ["export", "digits", "--preset", '{{"method": "w8a8", "act_percentile": -1}}', "-o", "{out}"], 5, "act_percentile = -1"),  # was RuntimeError
     ("export-empty-safetensors", ["export", "{empty}", "-o", "{out}"], 4, "empty.onnx"),
+    ("export-folder-as-model", ["export", "{folder}", "-o", "{out}"], 4, "folder.onnx"),
     ("export-random-safetensors", ["export", "{random}", "-o", "{out}"], 4, "random.onnx"),
     # demo
     ("demo-unknown-recipe", ["demo", "--recipe", "w9a9", "--out", "{out}"], 5, "'w9a9'"),  # left the folder

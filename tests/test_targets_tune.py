@@ -23,6 +23,9 @@ def test_tuned_artifact_matches_untuned(tmp_path):
     result = tune(path, tmp_path / "db", budget_s=10, trials_per_kernel=4, progress=False)
     assert result.tuned and set(result.tuned) <= set(result.kernels)
     assert set(result.kept_default) <= set(result.tuned)
+    # tuned in a hidden copy beside the database, moved in whole: no temporary is left
+    assert (tmp_path / "db" / "database_tuning_record.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".edgeq-tmp-" in p.name]
     tuned = edgeq.compile(path, out_dir=tmp_path, name="tuned", tuning_db=tmp_path / "db")
     untuned = edgeq.compile(path, out_dir=tmp_path, name="untuned")
     # a kernel whose tuned schedule lost to the default keeps the default

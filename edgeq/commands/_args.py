@@ -69,7 +69,7 @@ def port(text: str) -> int:
     return value
 
 
-def target_names(values: list[str]) -> list[str]:
+def parse_targets(values: list[str]) -> list[str]:
     """``--target a,b --target c`` -> ``["a", "b", "c"]``, each resolved in the registry first, so
     an unknown or empty name fails before any target is built."""
     from edgeq.errors import TargetError

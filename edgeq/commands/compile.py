@@ -43,7 +43,7 @@ def parse_specialize(items) -> dict[str, int]:
 def run(args) -> int:
     from edgeq._io import check_output_dir
     from edgeq._table import format_table
-    from edgeq.commands._args import target_names
+    from edgeq.commands._args import parse_targets
     from edgeq.targets import compile as compile_model
     from edgeq.targets.compile import load_onnx
     from edgeq.targets.tune import check_database
@@ -51,7 +51,7 @@ def run(args) -> int:
 
     # every argument is checked before the first target is built: nothing is left half done
     sizes = parse_specialize(args.specialize)
-    targets = target_names(args.target)
+    targets = parse_targets(args.target)
     for target in targets:
         get_target(target).require_compiler()
     check_output_dir(args.out)
