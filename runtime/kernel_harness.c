@@ -77,7 +77,7 @@ static long syscall6(long n, long a, long b, long c, long d, long e, long f) {
 
 static long sys_read(int fd, void* buf, size_t n) { return syscall6(SYS_read, fd, (long)buf, (long)n, 0, 0, 0); }
 static long sys_write(int fd, const void* buf, size_t n) { return syscall6(SYS_write, fd, (long)buf, (long)n, 0, 0, 0); }
-static void sys_exit(int code) {
+__attribute__((noreturn)) static void sys_exit(int code) {
   syscall6(SYS_exit_group, code, 0, 0, 0, 0, 0);
   for (;;) {
   }
@@ -149,6 +149,89 @@ float roundf(float x) {
   return (v.u & 0x80000000u) ? -t : t;
 }
 
+float floorf(float x) {
+  float t = nearbyintf(x);
+  return t > x ? t - 1.0f : t;
+}
+
+/* The float math the kernels call (rotary embeddings: sinf, cosf; norms: sqrtf), computed in
+ * double and rounded once, so within half an ulp plus double's error of the exact value, as a
+ * C library's are. */
+static double nearest_int(double x) { /* |x| < 2^51 */
+  volatile double big = 6755399441055744.0; /* 1.5 * 2^52 */
+  return (x + big) - big;
+}
+
+static void sincos_reduced(double r, double* s, double* c) {
+  /* |r| <= pi/4: Taylor series to r^17 / r^16 (error < 1e-17); the coefficients are constant
+   * expressions (no division at run time: Hexagon has no double divide instruction) */
+  double z = r * r;
+  *s = r + r * z * (-1.0 / 6 + z * (1.0 / 120 + z * (-1.0 / 5040 + z * (1.0 / 362880 + z * (-1.0 / 39916800 +
+       z * (1.0 / 6227020800.0 + z * (-1.0 / 1307674368000.0 + z * (1.0 / 355687428096000.0))))))));
+  *c = 1.0 + z * (-1.0 / 2 + z * (1.0 / 24 + z * (-1.0 / 720 + z * (1.0 / 40320 + z * (-1.0 / 3628800 +
+       z * (1.0 / 479001600.0 + z * (-1.0 / 87178291200.0 + z * (1.0 / 20922789888000.0))))))));
+}
+
+static void sincos_double(float xf, double* s, double* c) {
+  double x = xf;
+  double k = nearest_int(x * 0.63661977236758134308); /* 2/pi */
+  /* pi/2 in three parts, each product with k exact for |k| < 2^20 */
+  double r = ((x - k * 1.5707963267341256) - k * 6.0771005065061922e-11) - k * 2.0222662487959506e-21;
+  double sr, cr;
+  sincos_reduced(r, &sr, &cr);
+  switch (((long long)k) & 3) {
+    case 0: *s = sr; *c = cr; break;
+    case 1: *s = cr; *c = -sr; break;
+    case 2: *s = -sr; *c = -cr; break;
+    default: *s = -cr; *c = sr; break;
+  }
+}
+
+static float not_a_number(void) {
+  union { uint32_t u; float f; } v = {0x7fc00000u};
+  return v.f;
+}
+
+float sinf(float x) {
+  double s, c;
+  if (x != x || x - x != 0.0f) return not_a_number(); /* NaN, +-inf */
+  sincos_double(x, &s, &c);
+  return (float)s;
+}
+float cosf(float x) {
+  double s, c;
+  if (x != x || x - x != 0.0f) return not_a_number();
+  sincos_double(x, &s, &c);
+  return (float)c;
+}
+
+/* sqrt rounded to nearest: an estimate refined in double (no division), then moved to the float
+ * whose rounding interval holds the exact root (midpoints squared are exact in double). */
+float __hexagon_sqrtf(float x) {
+  union { float f; uint32_t u; } v = {x};
+  if (x == 0.0f || x != x || v.u == 0x7f800000u) return x;
+  if (v.u >> 31) return not_a_number();
+  union { double d; uint64_t u; } y = {.u = 0x5fe6eb50c7b537a9ull - (((union { double d; uint64_t u; }){.d = x}).u >> 1)};
+  double xd = x, r = y.d;
+  for (int i = 0; i < 5; i++) r = r * (1.5 - 0.5 * xd * r * r); /* r -> 1/sqrt(x) */
+  float s = (float)(xd * r);
+  for (int i = 0; i < 4; i++) {
+    union { float f; uint32_t u; } up = {s}, down = {s};
+    up.u += 1;
+    down.u -= 1;
+    double hi = ((double)s + (double)up.f) * 0.5, lo = ((double)s + (double)down.f) * 0.5;
+    if (hi * hi <= xd) {
+      s = up.f;
+    } else if (lo * lo > xd) {
+      s = down.f;
+    } else {
+      break;
+    }
+  }
+  return s;
+}
+float sqrtf(float x) { return __hexagon_sqrtf(x); }
+
 /* 64-bit integer division for the Hexagon ABI (compiler-rt's names); a shift-subtract loop
  * (the C operators here would call these very functions). */
 static uint64_t udivmod64(uint64_t n, uint64_t d, uint64_t* rem) {
@@ -212,7 +295,7 @@ static int open_library(int argc, char** argv) {
 
 static long sys_read(int fd, void* buf, size_t n) { return read(fd, buf, n); }
 static long sys_write(int fd, const void* buf, size_t n) { return write(fd, buf, n); }
-static void sys_exit(int code) { _exit(code); }
+__attribute__((noreturn)) static void sys_exit(int code) { _exit(code); }
 static void* map_pages(size_t n) {
   void* p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? NULL : p;
