@@ -56,6 +56,7 @@ class DeviceSpec:
     runs: str = "rpc"  # "rpc": a TVM RPC server; "harness": edgeq's kernel harness, host-driven
     targets: tuple[str, ...] = ()  # the edgeq targets whose artifacts it runs
     root_packages: tuple[str, ...] = ()  # Debian packages of its root ("harness" devices)
+    root_marker: str = ""  # a file its root has once built ("harness" devices)
 
 
 DEVICES: dict[str, DeviceSpec] = {
@@ -86,6 +87,7 @@ DEVICES: dict[str, DeviceSpec] = {
         runs="harness",
         targets=("armv7",),
         root_packages=("libc6", "libgcc-s1"),
+        root_marker="lib/arm-linux-gnueabihf/libc.so.6",
     ),
     "hexagon-sim": DeviceSpec(
         name="hexagon-sim",
@@ -95,7 +97,7 @@ DEVICES: dict[str, DeviceSpec] = {
         wheel_platform="",
         apt_packages={"qemu-hexagon-static": "qemu-user-static", "clang-14": "clang-14", "ld.lld-14": "lld-14"},
         runs="harness",
-        targets=("hexagon-v68", "hexagon-v73"),
+        targets=("hexagon-v68", "hexagon-v73", "hexagon-v68-hvx-int"),
     ),
 }
 
@@ -220,22 +222,48 @@ def ensure_rootfs(spec: DeviceSpec, root: Path) -> Path:
     if spec.runs == "rpc":
         packages, marker = [f"{py}-minimal", f"lib{py}-stdlib", "libstdc++6"], Path("usr") / "bin" / py
     else:
-        packages, marker = list(spec.root_packages), Path("etc") / "ld.so.conf"
+        packages, marker = list(spec.root_packages), Path(spec.root_marker)
     if (root / marker).exists():
         return root
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     _log(f"building an {spec.debian_arch} Debian root with {', '.join(packages)} ({_host_suite()})")
     mode = "root" if os.geteuid() == 0 else "unshare"
-    _run([
-        "mmdebstrap", f"--mode={mode}", "--variant=extract", f"--arch={spec.debian_arch}", "--quiet",
-        f"--include={','.join(packages)}", _host_suite(), str(tmp),
-    ], "mmdebstrap")
+    try:
+        _run([
+            "mmdebstrap", f"--mode={mode}", "--variant=extract", f"--arch={spec.debian_arch}", "--quiet",
+            f"--include={','.join(packages)}", _host_suite(), str(tmp),
+        ], "mmdebstrap")
+    except DeviceError as exc:
+        if spec.runs == "rpc" or os.geteuid() != 0:
+            raise
+        # mmdebstrap fails on any index it cannot fetch (a mirror mid-sync); a harness root is a
+        # few packages without maintainer scripts: fetch and unpack them with apt and dpkg
+        _log(f"mmdebstrap failed ({str(exc).splitlines()[-1]}); unpacking the packages with apt-get download")
+        _unpack_packages(spec, packages, tmp)
     if not (tmp / marker).exists():
         raise DeviceError(f"mmdebstrap built {tmp} without /{marker}")
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return root
+
+
+def _unpack_packages(spec: DeviceSpec, packages: list[str], root: Path) -> None:
+    """``packages`` of ``spec.debian_arch`` unpacked into ``root`` (dpkg -x; no scripts run)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["dpkg", "--add-architecture", spec.debian_arch], "dpkg --add-architecture", env)
+    subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    shutil.rmtree(root, ignore_errors=True)
+    debs = root.with_name(root.name + ".debs")
+    shutil.rmtree(debs, ignore_errors=True)
+    debs.mkdir(parents=True)
+    proc = subprocess.run(["apt-get", "download", *[f"{p}:{spec.debian_arch}" for p in packages]], cwd=debs,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    if proc.returncode != 0:
+        raise DeviceError(f"apt-get download of {' '.join(packages)} ({spec.debian_arch}) failed:\n{proc.stdout.strip()[-500:]}")
+    for deb in sorted(debs.glob("*.deb")):
+        _run(["dpkg", "-x", str(deb), str(root)], f"dpkg -x {deb.name}", env)
+    shutil.rmtree(debs, ignore_errors=True)
 
 
 def ensure_runtime_wheels(spec: DeviceSpec, site: Path) -> Path:
@@ -457,6 +485,11 @@ def harness_devices() -> list[str]:
     return sorted(name for name, spec in DEVICES.items() if spec.runs == "harness")
 
 
+def is_harness_device(device: str) -> bool:
+    """Whether ``device`` (an executor's --device) names a harness device, not an RPC URL."""
+    return device in DEVICES and DEVICES[device].runs == "harness"
+
+
 def harness_device_for(target: str) -> str | None:
     """The harness device that runs ``target``'s artifacts, if one does."""
     return next((name for name in harness_devices() if target in DEVICES[name].targets), None)
@@ -482,7 +515,7 @@ def harness_command(name: str, artifact, kernel_object: bytes | None, kernels: l
         program = kernel_harness.hexagon_program(kernel_object, kernels, min(mcpu, "hexagonv68"))
         return [qemu, "-cpu", kernel_harness.HEXAGON_QEMU_CPU, str(program)], env
     root = device_dir(name) / "rootfs"
-    if not (root / "etc" / "ld.so.conf").exists():
+    if not (root / spec.root_marker).exists():
         raise DeviceError(f"the {name} device's Debian root is missing; run `edgeq device start {name}`")
     program = kernel_harness.armv7_program()
     return [qemu, "-L", str(root), str(program), str(Path(artifact.path).resolve())], env

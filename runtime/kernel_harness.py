@@ -193,7 +193,7 @@ def hexagon_program(kernel_object: bytes, names: Sequence[str], mcpu: str) -> Pa
     clang = _tool("clang-14", "clang-14")
     lld = _tool("ld.lld-14", "lld-14")
     source = HARNESS_SOURCE.read_bytes()
-    key = _digest(source, kernel_object, mcpu.encode(), b"hexagon")
+    key = _digest(source, kernel_object, mcpu.encode(), " ".join(HEXAGON_CFLAGS).encode())
     program = _cache_root() / "hexagon" / key / "harness"
     if program.exists():
         return program
@@ -215,12 +215,14 @@ def armv7_program() -> Path:
     """The hosted armv7 harness (it dlopens the artifact), cached by its source."""
     gcc = _tool("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf")
     source = HARNESS_SOURCE.read_bytes()
-    program = _cache_root() / "armv7" / _digest(source, b"armv7") / "harness"
+    # -rdynamic: the artifact's library resolves TVMFFIErrorSetRaisedFromCStrParts in the harness
+    flags = ["-O2", "-std=gnu11", "-Wall", "-rdynamic"]
+    program = _cache_root() / "armv7" / _digest(source, " ".join(flags).encode()) / "harness"
     if program.exists():
         return program
     program.parent.mkdir(parents=True, exist_ok=True)
     tmp = program.with_name(f"harness.{os.getpid()}.partial")
-    _run_tool([gcc, "-O2", "-std=gnu11", "-Wall", "-o", str(tmp), str(HARNESS_SOURCE), "-ldl"], "compiling the armv7 harness")
+    _run_tool([gcc, *flags, "-o", str(tmp), str(HARNESS_SOURCE), "-ldl"], "compiling the armv7 harness")
     os.replace(tmp, program)
     return program
 
