@@ -258,7 +258,8 @@ class KernelHarness:
         self.where = where
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._stderr: list[bytes] = []
-        threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True).start()
+        self._stderr_reader = threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True)
+        self._stderr_reader.start()
         ready = self._read(4, "starting")
         if struct.unpack("<I", ready)[0] != READY:
             raise HarnessError(f"{where}: the harness answered {ready!r} instead of its ready word")
@@ -267,9 +268,15 @@ class KernelHarness:
         data = self.proc.stdout.read(n) if n else b""
         if len(data) != n:
             self.proc.wait(timeout=10)
+            self._stderr_reader.join(timeout=5)
             tail = b"".join(self._stderr).decode(errors="replace").strip().splitlines()[-5:]
+            hint = ""
+            if any("decode_packet" in line for line in tail):
+                hint = ("\nQEMU cannot decode an instruction of this artifact: QEMU 7.2 executes Hexagon v67 "
+                        "code and HVX integer instructions, not v68's HVX float (qf32/IEEE) ones; compile for "
+                        "hexagon-v68-hvx-int to check float kernels under emulation (docs/DEVICES.md)")
             raise HarnessError(f"{self.where}: the harness died while {what} (exit {self.proc.returncode})"
-                               + (":\n" + "\n".join(tail) if tail else ""))
+                               + (":\n" + "\n".join(tail) if tail else "") + hint)
         return data
 
     def call(self, name: str, args: Sequence) -> tuple[dict[int, bytes], float]:
@@ -352,6 +359,7 @@ class HarnessExecutor(Executor):
         self.entry = entry
         self.calls: list[KernelCall] = []
         self.checks: list[KernelCheck] = []
+        self._error: HarnessError | None = None
         where = f"{self.artifact.path.name} on {device}"
         elf, relocatable, kernel_object = self._read_artifact()
         names = kernel_names(elf)
@@ -394,7 +402,11 @@ class HarnessExecutor(Executor):
             values = [a.numpy() if hasattr(a, "numpy") else a for a in args]
             sent = [(v, (a.dtype.type_code, a.dtype.bits, a.dtype.lanes)) if isinstance(v, np.ndarray) else v
                     for a, v in zip(args, values)]
-            changed, seconds = self.harness.call(name, sent)
+            try:
+                changed, seconds = self.harness.call(name, sent)
+            except HarnessError as exc:
+                self._error = exc  # raised by run() as it is: the VM would wrap it
+                raise
             self.calls.append(KernelCall(name, seconds))
             if self._host is not None:
                 self._check(name, args, values, changed)
@@ -424,11 +436,12 @@ class HarnessExecutor(Executor):
     def run(self, inputs: Inputs) -> list[np.ndarray]:
         tvm = self._tvm
         args = [tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs]
+        self._error = None
         try:
             out = self.vm[self.entry](*args)
-        except HarnessError:
-            raise
         except Exception as exc:
+            if self._error is not None:
+                raise self._error from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise HarnessError(f"{self.artifact.path.name} on {self.name}: {first}") from None
         return _flatten_tvm(out)
