@@ -25,6 +25,7 @@ class TargetSpec:
     machine: str | None = None  # ELF e_machine name the artifact must carry, checked in tests
     features: tuple[str, ...] = field(default_factory=tuple)
     gpu_arch: str | None = None  # e.g. "sm_90": GPU targets schedule with dlight before the build
+    link_sources: tuple[str, ...] = ()  # C files (in targets/) the cross compiler links into the artifact
 
     @property
     def is_gpu(self) -> bool:
@@ -165,6 +166,7 @@ register_target(TargetSpec(
     cross_compiler="arm-linux-gnueabihf-g++",
     compiler_package="g++-arm-linux-gnueabihf",
     machine="arm",
+    link_sources=("armv7_float_abi.c",),  # libgcc's int64<->float helpers with the hard-float convention
 ))
 
 for _version in ("v68", "v73"):

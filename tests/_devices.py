@@ -31,3 +31,21 @@ def require_harness_device(name: str) -> None:
         skip_or_fail(name, f"the {name} device needs the Debian packages {' '.join(missing)} (edgeq device start {name})")
     if spec.root_marker and not (device_dir(name) / "rootfs" / spec.root_marker).exists():
         skip_or_fail(name, f"the {name} device's Debian root is not built (edgeq device start {name})")
+
+
+def tiny_llama_w4():
+    """A 1-layer LLaMA (random init, seed 0) with W4 g64 linears and a 4-bit tied embedding:
+    every kernel kind of an edgeq LLM artifact at small shapes."""
+    import torch
+
+    import edgeq
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgeq.quant.embedding import quantize_embeddings
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    qmodel = edgeq.quantize(LlamaForCausalLM(cfg).eval(), "w4g64-rtn")
+    quantize_embeddings(qmodel, 4, 64)
+    return qmodel

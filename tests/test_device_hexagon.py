@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import edgeq
-from _devices import require_harness_device
+from _devices import require_harness_device, tiny_llama_w4
 from edgeq.cli import main
 from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
 from edgeq.runtime.kernel_harness import HarnessError, HarnessExecutor
@@ -54,19 +54,6 @@ def integer_cnn(digits, digits_model, tmp_path_factory):
     path = export_integer(qmodel, digits.x_test[:1], out / "digits_int.onnx")
     builds = [edgeq.compile(path, target=t, out_dir=out) for t in ("cpu", "hexagon-v68", "hexagon-v73")]
     return (qmodel, path, *builds)
-
-
-def tiny_llama_w4():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from edgeq.quant.embedding import quantize_embeddings
-
-    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    qmodel = edgeq.quantize(LlamaForCausalLM(cfg).eval(), "w4g64-rtn")
-    quantize_embeddings(qmodel, 4, 64)
-    return qmodel
 
 
 @pytest.fixture(scope="module")
