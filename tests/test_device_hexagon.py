@@ -136,3 +136,41 @@ def test_artifact_for_another_target_is_refused(integer_cnn):
     _, _, host, _, _ = integer_cnn
     with pytest.raises(HarnessError, match="runs hexagon-v68"):
         HarnessExecutor(host.path, DEVICE)
+
+
+@pytest.mark.slow
+def test_smollm2_first_block_on_hexagon(smollm2, tmp_path):
+    """SmolLM2-135M cut to its first decoder block (real weights, W4 g64, 4-bit tied embedding),
+    every kernel under qemu-hexagon: integer tensors bit for bit and float kernels within 1e-6
+    of the host's; the logits match onnxruntime (MatMulNBits, float activations) at 5e-5 with
+    every top-1 token equal."""
+    from transformers import LlamaForCausalLM
+
+    from edgeq.quant.embedding import quantize_embeddings
+    from edgeq.runtime.executors import OrtExecutor
+    from edgeq.runtime.validate import compare
+
+    model, tokenizer = smollm2
+    config = type(model.config).from_dict({**model.config.to_dict(), "num_hidden_layers": 1})
+    block = LlamaForCausalLM(config).eval()
+    block.load_state_dict(model.state_dict(), strict=False)
+    qmodel = edgeq.quantize(block, "w4g64-rtn")
+    quantize_embeddings(qmodel, 4, 64)
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        path = edgeq.export(qmodel, ids, tmp_path / "smollm2_block0.onnx")
+    host = edgeq.compile(path, target="cpu", out_dir=tmp_path)
+    hexagon = edgeq.compile(path, target="hexagon-v68-hvx-int", out_dir=tmp_path)
+    x = ids[:, :4].numpy()
+    ex = HarnessExecutor(hexagon.path, DEVICE, check_against=host.path)
+    try:
+        (logits,) = ex.run([x])
+    finally:
+        ex.close()
+    for c in ex.checks:
+        if np.issubdtype(np.dtype(c.dtype), np.integer) or c.dtype == "bool":
+            assert c.mismatches == 0, c
+        else:
+            assert c.max_rel <= FLOAT_KERNEL_BAR, c
+    numerics = compare("harness:hexagon-v68-hvx-int", OrtExecutor(path).run([x])[0], logits)
+    assert numerics.max_rel <= 5e-5 and numerics.top1_agreement == 1.0, numerics
