@@ -39,6 +39,9 @@ def run(args) -> int:
                                     key=args.key, tracker=args.tracker, allow_remote=args.allow_remote)
         if args.json:
             print(json.dumps({**asdict(state), "url": state.url}))
+        elif state.runs == "harness":
+            print(f"{state.name} device ready: --device {state.url} runs artifacts through edgeq's kernel harness "
+                  f"({time.perf_counter() - begin:.1f} s)")
         else:
             print(f"{state.name} device running at {state.url} (pid {state.pid}, {time.perf_counter() - begin:.1f} s)")
         return 0
@@ -48,6 +51,8 @@ def run(args) -> int:
     state = device.device_status(args.name)
     if args.json:
         print(json.dumps({**asdict(state), "url": state.url, "running": True} if state else {"name": args.name, "running": False}))
+    elif state and state.runs == "harness":
+        print(f"{state.name} device ready (kernel harness; --device {state.url})")
     elif state:
         print(f"{state.name} device running at {state.url} (pid {state.pid}, key {state.key or '-'}, tracker {state.tracker or '-'})")
     else:
