@@ -372,7 +372,11 @@ class HarnessExecutor(Executor):
 
         for kernel in names:
             tvm_ffi.register_global_func(kernel, self._forwarder(kernel), override=True)
-        self.vm = relax.VirtualMachine(executable, tvm.cpu())  # resolves the kernels now
+        try:
+            self.vm = relax.VirtualMachine(executable, tvm.cpu())  # takes the kernels from the registry now
+        finally:  # the VM holds its own references: the names are free for the next artifact
+            for kernel in names:
+                tvm_ffi.registry.remove_global_func(kernel)
 
     def _read_artifact(self):
         path = self.artifact.path
