@@ -27,7 +27,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -254,8 +254,10 @@ class KernelCheck:
 class KernelHarness:
     """The harness process: one kernel call at a time over its stdin/stdout."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str] | None, where: str):
+    def __init__(self, cmd: list[str], env: dict[str, str] | None, where: str, call_timeout_s: float = CALL_TIMEOUT_S):
         self.where = where
+        self.call_timeout_s = call_timeout_s
+        self.timed_out = False
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self._stderr: list[bytes] = []
         self._stderr_reader = threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True)
@@ -275,6 +277,8 @@ class KernelHarness:
                 hint = ("\nQEMU cannot decode an instruction of this artifact: QEMU 7.2 executes Hexagon v67 "
                         "code and HVX integer instructions, not v68's HVX float (qf32/IEEE) ones; compile for "
                         "hexagon-v68-hvx-int to check float kernels under emulation (docs/DEVICES.md)")
+            if self.timed_out:
+                hint += f"\nthe kernel did not finish within {self.call_timeout_s:.0f} s: the harness was stopped"
             raise HarnessError(f"{self.where}: the harness died while {what} (exit {self.proc.returncode})"
                                + (":\n" + "\n".join(tail) if tail else "") + hint)
         return data
@@ -302,6 +306,18 @@ class KernelHarness:
                 raise HarnessError(f"{self.where}: kernel {name}: cannot pass an argument of type {type(a).__name__}")
         encoded = name.encode()
         head += struct.pack("<I", len(encoded)) + encoded + struct.pack("<IQ", len(args), arena)
+        watchdog = threading.Timer(self.call_timeout_s, self._stop_frozen)
+        watchdog.start()
+        try:
+            return self._exchange(name, head, body)
+        finally:
+            watchdog.cancel()
+
+    def _stop_frozen(self) -> None:
+        self.timed_out = True
+        self.proc.kill()
+
+    def _exchange(self, name: str, head: bytes, body: list) -> tuple[dict[int, bytes], float]:
         try:
             self.proc.stdin.write(head)
             for part in body:
@@ -340,10 +356,11 @@ class HarnessExecutor(Executor):
 
     ``check_against``: a host build (``edgeq.compile(..., target="cpu")``) of the same model;
     every kernel call is then also run by the host's kernel of the same name on the same inputs,
-    and ``checks`` holds the comparison of each call."""
+    and ``checks`` holds the comparison of each call. A kernel call that takes over
+    ``call_timeout_s`` stops the harness and raises HarnessError."""
 
     def __init__(self, artifact_path: str | Path, device: str, check_against: str | Path | None = None,
-                 entry: str = "main"):
+                 entry: str = "main", call_timeout_s: float = CALL_TIMEOUT_S):
         import tvm
         from tvm import relax
 
@@ -361,11 +378,11 @@ class HarnessExecutor(Executor):
         self.checks: list[KernelCheck] = []
         self._error: HarnessError | None = None
         where = f"{self.artifact.path.name} on {device}"
-        elf, relocatable, kernel_object = self._read_artifact()
-        names = kernel_names(elf)
-        executable = vm_executable(library_bin(*self._library_elf(elf, relocatable)), str(self.artifact.path))
+        kernels_elf, library_elf, relocatable, kernel_object = self._read_artifact()
+        names = kernel_names(kernels_elf)
+        executable = vm_executable(library_bin(library_elf, relocatable), str(self.artifact.path))
         cmd, env = harness_command(device, self.artifact, kernel_object, names)
-        self.harness = KernelHarness(cmd, env, where)
+        self.harness = KernelHarness(cmd, env, where, call_timeout_s)
         self._host = tvm.runtime.load_module(str(check_against)) if check_against else None
         self._tvm = tvm
         import tvm_ffi
@@ -378,21 +395,21 @@ class HarnessExecutor(Executor):
             for kernel in names:
                 tvm_ffi.registry.remove_global_func(kernel)
 
-    def _read_artifact(self):
+    def _read_artifact(self) -> tuple[Elf, Elf, bool, bytes | None]:
+        """(the ELF file with the kernels, the one with the VM executable, whether that one is a
+        relocatable object, the kernel object's bytes for linking (Hexagon) or None)."""
         path = self.artifact.path
-        if path.suffix == ".tar":
-            with tarfile.open(path) as tar:
-                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-            self._devc = next((Elf(b, f"{path}:{n}") for n, b in members.items() if n.startswith("devc")), None)
-            kernels = [b for n, b in members.items() if n.endswith(".o") and not n.startswith("devc")]
-            if len(kernels) != 1 or self._devc is None:
-                raise HarnessError(f"{path}: expected one kernel object and devc.o, found {', '.join(sorted(members))}")
-            return Elf(kernels[0], f"{path}:lib0.o"), True, kernels[0]
-        self._devc = None
-        return Elf(path.read_bytes(), str(path)), False, None
-
-    def _library_elf(self, elf: Elf, relocatable: bool) -> tuple[Elf, bool]:
-        return (self._devc, True) if self._devc is not None else (elf, relocatable)
+        if path.suffix != ".tar":
+            elf = Elf(path.read_bytes(), str(path))
+            return elf, elf, False, None
+        with tarfile.open(path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        devc = [n for n in members if n.startswith("devc")]
+        kernels = [n for n in members if n.endswith(".o") and not n.startswith("devc")]
+        if len(kernels) != 1 or len(devc) != 1:
+            raise HarnessError(f"{path}: expected one kernel object and devc.o, found {', '.join(sorted(members))}")
+        return (Elf(members[kernels[0]], f"{path}:{kernels[0]}"), Elf(members[devc[0]], f"{path}:{devc[0]}"), True,
+                members[kernels[0]])
 
     def _host_kernel(self, name: str):
         for mod in (self._host, *self._host.imports):

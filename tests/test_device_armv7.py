@@ -122,3 +122,20 @@ def test_smollm2_w4_on_armv7_matches_onnxruntime(smollm2, tmp_path_factory, caps
     (numerics,) = result["outputs"]
     assert numerics["executor"] == "harness:armv7" and numerics["elements"] == 4 * 49152
     assert numerics["max_rel"] <= 5e-5 and numerics["top1_agreement"] == 1.0, numerics
+
+
+def test_frozen_harness_times_out(integer_cnn):
+    import os
+    import signal
+    import time
+
+    from edgeq.runtime.kernel_harness import HarnessError
+
+    _, _, _, armv7 = integer_cnn
+    ex = HarnessExecutor(armv7.path, DEVICE, call_timeout_s=5)
+    os.kill(ex.harness.proc.pid, signal.SIGSTOP)
+    start = time.monotonic()
+    with pytest.raises(HarnessError, match="did not finish within 5 s"):
+        ex.run([np.zeros((1, 1, 8, 8), np.float32)])
+    assert time.monotonic() - start < 30
+    ex.close()
