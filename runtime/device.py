@@ -1,5 +1,11 @@
-"""An emulated ARM64 device on this machine: qemu-user runs an arm64 Debian root's Python with
-the aarch64 TVM runtime, which serves TVM RPC on 127.0.0.1.
+"""Emulated devices on this machine.
+
+- ``arm64``: qemu-user runs an arm64 Debian root's Python with the aarch64 TVM runtime, which
+  serves TVM RPC on 127.0.0.1.
+- ``armv7`` and ``hexagon-sim``: targets with no TVM runtime to be had (no armv7 or Hexagon
+  wheels; see docs/DEVICES.md). They run edgeq's kernel harness under qemu-user, the host's
+  TVM VM driving the artifact's kernel calls (``edgeq.runtime.kernel_harness``); "starting"
+  them prepares the emulator, the compilers and (armv7) the armhf root. There is no server.
 
 ``start_device("arm64")`` prepares everything on first use and caches it under the user's cache
 folder (``$XDG_CACHE_HOME/edgeq`` or ``~/.cache/edgeq``):
@@ -47,6 +53,10 @@ class DeviceSpec:
     debian_arch: str
     wheel_platform: str
     apt_packages: dict[str, str]  # program -> Debian package that provides it
+    runs: str = "rpc"  # "rpc": a TVM RPC server; "harness": edgeq's kernel harness, host-driven
+    targets: tuple[str, ...] = ()  # the edgeq targets whose artifacts it runs
+    root_packages: tuple[str, ...] = ()  # Debian packages of its root ("harness" devices)
+    root_marker: str = ""  # a file its root has once built ("harness" devices)
 
 
 DEVICES: dict[str, DeviceSpec] = {
@@ -61,6 +71,33 @@ DEVICES: dict[str, DeviceSpec] = {
             "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",
             "mmdebstrap": "mmdebstrap",
         },
+        targets=("arm64", "arm64-dotprod"),
+    ),
+    "armv7": DeviceSpec(
+        name="armv7",
+        target="armv7",
+        qemu="qemu-arm-static",
+        debian_arch="armhf",
+        wheel_platform="",
+        apt_packages={
+            "qemu-arm-static": "qemu-user-static",
+            "arm-linux-gnueabihf-gcc": "gcc-arm-linux-gnueabihf",
+            "mmdebstrap": "mmdebstrap",
+        },
+        runs="harness",
+        targets=("armv7",),
+        root_packages=("libc6", "libgcc-s1"),
+        root_marker="lib/arm-linux-gnueabihf/libc.so.6",
+    ),
+    "hexagon-sim": DeviceSpec(
+        name="hexagon-sim",
+        target="hexagon-v68",
+        qemu="qemu-hexagon-static",
+        debian_arch="",
+        wheel_platform="",
+        apt_packages={"qemu-hexagon-static": "qemu-user-static", "clang-14": "clang-14", "ld.lld-14": "lld-14"},
+        runs="harness",
+        targets=("hexagon-v68", "hexagon-v73", "hexagon-v68-hvx-int"),
     ),
 }
 
@@ -115,10 +152,12 @@ class DeviceState:
     key: str
     tracker: str | None
     started: float
+    runs: str = "rpc"
 
     @property
     def url(self) -> str:
-        return f"rpc://{self.host}:{self.port}"
+        """Where executors find it: ``rpc://host:port``, or a harness device's name."""
+        return f"rpc://{self.host}:{self.port}" if self.runs == "rpc" else self.name
 
 
 def cache_dir() -> Path:
@@ -177,24 +216,54 @@ def _host_suite() -> str:
 
 
 def ensure_rootfs(spec: DeviceSpec, root: Path) -> Path:
-    """An arm64 Debian root with the host's Python version; built once, atomically."""
-    python = root / "usr" / "bin" / f"python{_python_version()}"
-    if python.exists():
+    """The device's Debian root, built once, atomically: the host's Python version with
+    libstdc++ (a TVM RPC device), or ``spec.root_packages`` (a harness device)."""
+    py = f"python{_python_version()}"
+    if spec.runs == "rpc":
+        packages, marker = [f"{py}-minimal", f"lib{py}-stdlib", "libstdc++6"], Path("usr") / "bin" / py
+    else:
+        packages, marker = list(spec.root_packages), Path(spec.root_marker)
+    if (root / marker).exists():
         return root
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    py = f"python{_python_version()}"
-    _log(f"building an {spec.debian_arch} Debian root with {py} ({_host_suite()})")
+    _log(f"building an {spec.debian_arch} Debian root with {', '.join(packages)} ({_host_suite()})")
     mode = "root" if os.geteuid() == 0 else "unshare"
-    _run([
-        "mmdebstrap", f"--mode={mode}", "--variant=extract", f"--arch={spec.debian_arch}", "--quiet",
-        f"--include={py}-minimal,lib{py}-stdlib,libstdc++6", _host_suite(), str(tmp),
-    ], "mmdebstrap")
-    if not (tmp / "usr" / "bin" / py).exists():
-        raise DeviceError(f"mmdebstrap built {tmp} without /usr/bin/{py}")
+    try:
+        _run([
+            "mmdebstrap", f"--mode={mode}", "--variant=extract", f"--arch={spec.debian_arch}", "--quiet",
+            f"--include={','.join(packages)}", _host_suite(), str(tmp),
+        ], "mmdebstrap")
+    except DeviceError as exc:
+        if spec.runs == "rpc" or os.geteuid() != 0:
+            raise
+        # mmdebstrap fails on any index it cannot fetch (a mirror mid-sync); a harness root is a
+        # few packages without maintainer scripts: fetch and unpack them with apt and dpkg
+        _log(f"mmdebstrap failed ({str(exc).splitlines()[-1]}); unpacking the packages with apt-get download")
+        _unpack_packages(spec, packages, tmp)
+    if not (tmp / marker).exists():
+        raise DeviceError(f"mmdebstrap built {tmp} without /{marker}")
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return root
+
+
+def _unpack_packages(spec: DeviceSpec, packages: list[str], root: Path) -> None:
+    """``packages`` of ``spec.debian_arch`` unpacked into ``root`` (dpkg -x; no scripts run)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["dpkg", "--add-architecture", spec.debian_arch], "dpkg --add-architecture", env)
+    subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    shutil.rmtree(root, ignore_errors=True)
+    debs = root.with_name(root.name + ".debs")
+    shutil.rmtree(debs, ignore_errors=True)
+    debs.mkdir(parents=True)
+    proc = subprocess.run(["apt-get", "download", *[f"{p}:{spec.debian_arch}" for p in packages]], cwd=debs,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    if proc.returncode != 0:
+        raise DeviceError(f"apt-get download of {' '.join(packages)} ({spec.debian_arch}) failed:\n{proc.stdout.strip()[-500:]}")
+    for deb in sorted(debs.glob("*.deb")):
+        _run(["dpkg", "-x", str(deb), str(root)], f"dpkg -x {deb.name}", env)
+    shutil.rmtree(debs, ignore_errors=True)
 
 
 def ensure_runtime_wheels(spec: DeviceSpec, site: Path) -> Path:
@@ -224,6 +293,11 @@ def prepare_device(name: str) -> Path:
     spec = device_spec(name)
     folder = device_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
+    if spec.runs == "harness":
+        _timed("host packages", ensure_host_packages, spec)
+        if spec.debian_arch:
+            _timed("Debian root", ensure_rootfs, spec, folder / "rootfs")
+        return folder
     # The wheels (pip) do not depend on the packages and the root (apt): fetch both at once.
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         wheels = pool.submit(_timed, "runtime wheels", ensure_runtime_wheels, spec, folder / "site")
@@ -287,8 +361,13 @@ def _recorded_state(name: str) -> DeviceState | None:
     try:
         data = json.loads(path.read_text())
         state = DeviceState(**data)
-        ok = (isinstance(state.pid, int) and not isinstance(state.pid, bool) and state.pid > 1
-              and isinstance(state.port, int) and 0 < state.port < 65536 and isinstance(state.host, str))
+        if state.runs == "harness":  # nothing runs between calls: ready while its tools are here
+            if all(shutil.which(prog) for prog in device_spec(name).apt_packages):
+                return state
+            ok = False
+        else:
+            ok = (isinstance(state.pid, int) and not isinstance(state.pid, bool) and state.pid > 1
+                  and isinstance(state.port, int) and 0 < state.port < 65536 and isinstance(state.host, str))
     except (OSError, ValueError, TypeError):
         ok = False
     if not ok:
@@ -329,8 +408,8 @@ def device_status(name: str) -> DeviceState | None:
     ``state.json`` is trusted only when its pid is alive, is this device's server for the
     recorded port, and the port answers; a stale or foreign state is removed."""
     state = _recorded_state(name)
-    if state is None:
-        return None
+    if state is None or state.runs == "harness":  # a harness device has no server to check
+        return state
     if not _alive(state.pid) or not _is_device_server(state, name):
         _state_path(name).unlink(missing_ok=True)
         return None
@@ -379,6 +458,10 @@ def start_device(
         raise DeviceError(f"the {name} device's server (pid {recorded.pid}) does not answer on port {recorded.port}; "
                           f"run `edgeq device stop {name}`, then start it again")
     folder = prepare_device(name)
+    if device_spec(name).runs == "harness":
+        state = DeviceState(name=name, pid=0, host="", port=0, key="", tracker=None, started=time.time(), runs="harness")
+        _state_path(name).write_text(json.dumps(asdict(state)))
+        return state
     proc, port = launch_server(name, host, port, key=key, tracker=tracker, log_path=folder / "server.log")
     state = DeviceState(name=name, pid=proc.pid, host=host, port=port, key=key, tracker=tracker, started=time.time())
     _state_path(name).write_text(json.dumps(asdict(state)))
@@ -447,7 +530,49 @@ def stop_device(name: str = "arm64") -> bool:
     answering included); a stale state naming another process is just removed."""
     state = _recorded_state(name)
     _state_path(name).unlink(missing_ok=True)
+    if state is not None and state.runs == "harness":  # no process to stop
+        return True
     if state is None or not _alive(state.pid) or not _is_device_server(state, name):
         return False
     kill_server(state.pid)
     return True
+
+
+def harness_devices() -> list[str]:
+    return sorted(name for name, spec in DEVICES.items() if spec.runs == "harness")
+
+
+def is_harness_device(device: str) -> bool:
+    """Whether ``device`` (an executor's --device) names a harness device, not an RPC URL."""
+    return device in DEVICES and DEVICES[device].runs == "harness"
+
+
+def harness_device_for(target: str) -> str | None:
+    """The harness device that runs ``target``'s artifacts, if one does."""
+    return next((name for name in harness_devices() if target in DEVICES[name].targets), None)
+
+
+def harness_command(name: str, artifact, kernel_object: bytes | None, kernels: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The command (and environment) that runs edgeq's kernel harness for ``artifact`` on the
+    prepared device ``name``; builds the harness program on first use."""
+    from edgeq.runtime import kernel_harness
+
+    spec = device_spec(name)
+    if spec.runs != "harness":
+        raise DeviceError(f"the {name} device serves TVM RPC; use rpc:// with it")
+    missing = sorted({pkg for prog, pkg in spec.apt_packages.items() if shutil.which(prog) is None})
+    if missing:
+        raise DeviceError(f"the {name} device is not prepared (missing {' '.join(missing)}); run `edgeq device start {name}`")
+    qemu = shutil.which(spec.qemu) or spec.qemu
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    if spec.debian_arch == "":  # Hexagon: a static, freestanding program
+        mcpu = (artifact.tvm_target or {}).get("mcpu", "hexagonv68")
+        # clang-14 knows Hexagon up to v69: the harness's own C needs nothing newer, and the
+        # kernels keep the artifact's own code
+        program = kernel_harness.hexagon_program(kernel_object, kernels, min(mcpu, "hexagonv68"))
+        return [qemu, "-cpu", kernel_harness.HEXAGON_QEMU_CPU, str(program)], env
+    root = device_dir(name) / "rootfs"
+    if not (root / spec.root_marker).exists():
+        raise DeviceError(f"the {name} device's Debian root is missing; run `edgeq device start {name}`")
+    program = kernel_harness.armv7_program()
+    return [qemu, "-L", str(root), str(program), str(Path(artifact.path).resolve())], env

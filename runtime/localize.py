@@ -87,6 +87,8 @@ def tvm_runner(inputs: Sequence[np.ndarray], target: str, device_url: str | None
 
     def run(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         from edgeq.runtime.executors import TvmExecutor
+        from edgeq.runtime.device import is_harness_device
+        from edgeq.runtime.kernel_harness import HarnessExecutor
         from edgeq.runtime.rpc import RpcExecutor
         from edgeq.targets.compile import compile as compile_onnx
 
@@ -94,7 +96,10 @@ def tvm_runner(inputs: Sequence[np.ndarray], target: str, device_url: str | None
             path = Path(tmp) / "exposed.onnx"
             onnx.save(model, str(path))
             artifact = compile_onnx(path, target=target, out_dir=tmp)
-            ex = RpcExecutor(artifact.path, device_url) if device_url else TvmExecutor(artifact.path)
+            if device_url and is_harness_device(device_url):
+                ex = HarnessExecutor(artifact.path, device_url)
+            else:
+                ex = RpcExecutor(artifact.path, device_url) if device_url else TvmExecutor(artifact.path)
             try:
                 outs = ex.run(inputs)
             finally:

@@ -235,9 +235,12 @@ def recipe_sweep(recipes: Sequence[str], out_dir: str | Path, batch: int = 1, wa
         with torch.no_grad():
             top1 = accuracy(model(data.x_test), data.y_test)
         if device:
+            from edgeq.runtime.device import is_harness_device
+            from edgeq.runtime.kernel_harness import HarnessExecutor
             from edgeq.runtime.rpc import RpcExecutor
 
-            tvm_ex: Executor = RpcExecutor(artifact.path, device)
+            tvm_ex: Executor = (HarnessExecutor(artifact.path, device) if is_harness_device(device)
+                                else RpcExecutor(artifact.path, device))
         else:
             tvm_ex = TvmExecutor(artifact.path)
         lat = {ex.name: latency(ex, x, warmup, repeat) for ex in (OrtExecutor(onnx_path, threads=1), tvm_ex)}

@@ -135,6 +135,8 @@ class Suspect:
 
 def suspects_for(model_path: Path, artifacts: Sequence[str | Path], device: str | None,
                  inputs: Sequence[np.ndarray], include_onnx: bool) -> list[Suspect]:
+    from edgeq.runtime.device import harness_device_for, is_harness_device
+    from edgeq.runtime.kernel_harness import HarnessExecutor
     from edgeq.runtime.rpc import RpcExecutor
     from edgeq.targets.compile import Artifact
 
@@ -145,14 +147,17 @@ def suspects_for(model_path: Path, artifacts: Sequence[str | Path], device: str 
         art = Artifact.load(path)
         if art.target == "cpu":
             out.append(Suspect(functools.partial(TvmExecutor, art.path), model_path, tvm_runner(inputs, "cpu")))
+        elif device and is_harness_device(device):
+            out.append(Suspect(functools.partial(HarnessExecutor, art.path, device), model_path,
+                               tvm_runner(inputs, art.target, device)))
         elif device:
             out.append(Suspect(functools.partial(RpcExecutor, art.path, device), model_path,
                                tvm_runner(inputs, art.target, device)))
         else:
-            raise RuntimeExecError(
-                f"{art.path} is built for {art.target}, not this host: pass --device rpc://HOST:PORT "
-                f"(start an emulated one with `edgeq device start {art.target}`)"
-            )
+            harness = harness_device_for(art.target)
+            hint = (f"--device {harness} (prepare it with `edgeq device start {harness}`)" if harness else
+                    f"--device rpc://HOST:PORT (start an emulated one with `edgeq device start {art.target}`)")
+            raise RuntimeExecError(f"{art.path} is built for {art.target}, not this host: pass {hint}")
     return out
 
 

@@ -329,7 +329,8 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
             if compiler:
                 from tvm.support import cc
 
-                executable.export_library(str(tmp), fcompile=cc.cross_compiler(compiler))
+                sources = [str(Path(__file__).with_name(name)) for name in spec.link_sources]
+                executable.export_library(str(tmp), fcompile=cc.cross_compiler(compiler, add_files=sources or None))
             else:
                 executable.export_library(str(tmp))
         except Exception as exc:

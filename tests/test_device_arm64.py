@@ -1,7 +1,7 @@
 """The built-in CNN compiled for arm64 on the emulated device (qemu-user + TVM RPC).
 
 Needs a running device (`edgeq device start arm64`); the tests skip without one, and fail
-instead when EDGEQ_REQUIRE_DEVICE=arm64 (CI prepares the device and sets it).
+instead when EDGEQ_REQUIRE_DEVICE lists arm64 (CI prepares the device and sets it).
 
 Tolerances: the arm64 artifact computes the same QDQ graph in float as the host's; against
 PyTorch it may move an activation across a rounding boundary (one quantization step), so top-1
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import edgeq
+from _devices import skip_or_fail
 from edgeq.cli import main
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime import device as dev
@@ -36,10 +37,7 @@ pytestmark = pytest.mark.device
 def _running_device() -> dev.DeviceState:
     state = dev.device_status("arm64")
     if state is None:
-        message = "the arm64 device is not running (edgeq device start arm64)"
-        if os.environ.get("EDGEQ_REQUIRE_DEVICE") == "arm64":
-            pytest.fail(message + " but EDGEQ_REQUIRE_DEVICE=arm64")
-        pytest.skip(message)
+        skip_or_fail("arm64", "the arm64 device is not running (edgeq device start arm64)")
     return state
 
 

@@ -1,4 +1,5 @@
-"""edgeq device: start, stop and inspect an emulated device that serves TVM RPC."""
+"""edgeq device: start, stop and inspect an emulated device: arm64 serves TVM RPC; armv7 and
+hexagon-sim run edgeq's kernel harness (prepared here, nothing left running)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import time
 def register(sub) -> None:
     from edgeq.commands._args import port
 
-    p = sub.add_parser("device", help="an emulated device (qemu-user + TVM RPC) on this machine")
+    p = sub.add_parser("device", help="an emulated device (qemu-user: arm64 over TVM RPC, armv7 and hexagon-sim "
+                                      "through edgeq's kernel harness) on this machine")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     start = dsub.add_parser("start", help="prepare (first use) and start the device's RPC server")
-    start.add_argument("name", nargs="?", default="arm64", help="device (default: %(default)s)")
+    start.add_argument("name", nargs="?", default="arm64", help="arm64, armv7 or hexagon-sim (default: %(default)s)")
     start.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     start.add_argument("--port", type=port, default=None, help="first port to try (default: 9190)")
     start.add_argument("--key", default="", help="device key (for a tracker)")
@@ -39,6 +41,9 @@ def run(args) -> int:
                                     key=args.key, tracker=args.tracker, allow_remote=args.allow_remote)
         if args.json:
             print(json.dumps({**asdict(state), "url": state.url}))
+        elif state.runs == "harness":
+            print(f"{state.name} device ready: --device {state.url} runs artifacts through edgeq's kernel harness "
+                  f"({time.perf_counter() - begin:.1f} s)")
         else:
             print(f"{state.name} device running at {state.url} (pid {state.pid}, {time.perf_counter() - begin:.1f} s)")
         return 0
@@ -48,6 +53,8 @@ def run(args) -> int:
     state = device.device_status(args.name)
     if args.json:
         print(json.dumps({**asdict(state), "url": state.url, "running": True} if state else {"name": args.name, "running": False}))
+    elif state and state.runs == "harness":
+        print(f"{state.name} device ready (kernel harness; --device {state.url})")
     elif state:
         print(f"{state.name} device running at {state.url} (pid {state.pid}, key {state.key or '-'}, tracker {state.tracker or '-'})")
     else:

@@ -13,7 +13,8 @@ def register(sub) -> None:
     p = sub.add_parser("profile", help="latency and per-operator time on each executor; recipe trade-off plots")
     p.add_argument("model", nargs="?", help="ONNX file (runs on onnxruntime)")
     p.add_argument("artifacts", nargs="*", help="compiled artifacts to time with TVM (here, or on --device)")
-    p.add_argument("--device", default=None, help="rpc://HOST:PORT or tracker://HOST:PORT/KEY for artifacts not built for this host")
+    p.add_argument("--device", default=None, help="rpc://HOST:PORT or tracker://HOST:PORT/KEY (TVM RPC), or armv7 / hexagon-sim "
+                   "(edgeq's kernel harness under qemu) for artifacts not built for this host")
     p.add_argument("--recipes", default=None, help="comma-separated recipes (float for none): sweep the built-in CNN instead")
     p.add_argument("--target", default="cpu", help="target for --recipes (default: %(default)s)")
     p.add_argument("--inputs", default="random", help="X.npy, X.npz, digits or random (default: %(default)s)")

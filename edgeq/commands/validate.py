@@ -12,7 +12,8 @@ def register(sub) -> None:
     p = sub.add_parser("validate", help="compare executors (onnxruntime, TVM here or on a device) with the reference")
     p.add_argument("model", help="the ONNX file (runs on onnxruntime; artifacts were compiled from it)")
     p.add_argument("artifacts", nargs="*", help="compiled artifacts (edgeq compile) to run with TVM")
-    p.add_argument("--device", default=None, help="rpc://HOST:PORT or tracker://HOST:PORT/KEY for artifacts not built for this host")
+    p.add_argument("--device", default=None, help="rpc://HOST:PORT or tracker://HOST:PORT/KEY (TVM RPC), or armv7 / hexagon-sim "
+                   "(edgeq's kernel harness under qemu) for artifacts not built for this host")
     p.add_argument("--reference", default="onnxruntime",
                    help="onnxruntime (the model's graph), digits-cnn:RECIPE (the built-in CNN in PyTorch; digits:RECIPE is accepted too), X.onnx, or a PyTorch "
                         "model: FILE.py:FUNCTION, package.module:FUNCTION, a Hugging Face folder (safetensors), X.gguf, "

@@ -1,0 +1,51 @@
+"""Which emulated devices a test run must have, and the skip-or-fail rule for the others.
+
+EDGEQ_REQUIRE_DEVICE names the devices CI prepares (comma-separated: ``arm64,armv7,hexagon-sim``);
+a test needing one of them fails instead of skipping when it is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def required_devices() -> set[str]:
+    return {d.strip() for d in os.environ.get("EDGEQ_REQUIRE_DEVICE", "").split(",") if d.strip()}
+
+
+def skip_or_fail(device: str, message: str) -> None:
+    if device in required_devices():
+        pytest.fail(f"{message} but EDGEQ_REQUIRE_DEVICE lists {device}")
+    pytest.skip(message)
+
+
+def require_harness_device(name: str) -> None:
+    """A harness device (armv7, hexagon-sim) is usable when its tools and root are here."""
+    from edgeq.runtime.device import device_dir, device_spec
+
+    spec = device_spec(name)
+    missing = sorted({pkg for prog, pkg in spec.apt_packages.items() if shutil.which(prog) is None})
+    if missing:
+        skip_or_fail(name, f"the {name} device needs the Debian packages {' '.join(missing)} (edgeq device start {name})")
+    if spec.root_marker and not (device_dir(name) / "rootfs" / spec.root_marker).exists():
+        skip_or_fail(name, f"the {name} device's Debian root is not built (edgeq device start {name})")
+
+
+def tiny_llama_w4():
+    """A 1-layer LLaMA (random init, seed 0) with W4 g64 linears and a 4-bit tied embedding:
+    every kernel kind of an edgeq LLM artifact at small shapes."""
+    import torch
+
+    import edgeq
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgeq.quant.embedding import quantize_embeddings
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    qmodel = edgeq.quantize(LlamaForCausalLM(cfg).eval(), "w4g64-rtn")
+    quantize_embeddings(qmodel, 4, 64)
+    return qmodel
