@@ -17,6 +17,7 @@ import onnx
 
 from edgeq._io import atomic_path, atomic_write_text
 from edgeq.errors import CompileError, EdgeqError, ModelFileError
+from edgeq.targets.int8_lowbit import ACT_BITS
 from edgeq.targets.registry import get_target
 
 
@@ -34,6 +35,8 @@ class Artifact:
     device_code: str | None = None  # GPU targets: the PTX for the named architecture, when built
     specialized: dict | None = None  # input dimensions fixed at compile time, by name
     tuned_kernels: int | None = None  # kernels whose schedule came from a tuning database (edgeq tune)
+    act_bits: int = 32  # 8: packed linears quantize their activations to int8 (integer dot products)
+    int8_kernels: int | None = None  # with act_bits=8: the packed linears that got an integer kernel
 
     @property
     def meta_path(self) -> Path:
@@ -104,11 +107,12 @@ def constant_bytes(mod) -> int:
     return sum(sizes.values())
 
 
-def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None):
+def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None, act_bits: int = 32):
     """Relax's default pipeline (with a vectorizable exp for softmax and sigmoid on CPU), then
     edgeq's kernels: the packed low-bit kernels, tuned
     schedules from ``tuning_db`` where it has them, and (``defaults``) the default CPU
-    schedules for the rest. Returns (lowered module, number of kernels taken from the database)."""
+    schedules for the rest. ``act_bits=8``: the packed linears' int8-activation kernels where the
+    target has a byte dot product. Returns (lowered module, number of kernels taken from the database)."""
     from tvm import relax
 
     from edgeq.targets import fast_exp, schedule_cpu, schedule_lowbit
@@ -119,7 +123,7 @@ def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None):
         custom = fast_exp.legalize_map(target)
         if custom:  # legalized here, before the default pipeline's own LegalizeOps (left nothing to do)
             mod = relax.transform.LegalizeOps(custom)(mod)
-        lowered = schedule_lowbit.schedule_module(relax.get_default_pipeline(target)(mod), target)
+        lowered = schedule_lowbit.schedule_module(relax.get_default_pipeline(target)(mod), target, act_bits)
         if tuning_db is not None:
             from edgeq.targets.tune import apply_database
 
@@ -129,13 +133,16 @@ def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None):
     return lowered, applied
 
 
-def build(mod, spec, tuning_db=None):
-    """Lower and build a Relax module for ``spec``; returns (executable, weight bytes, tuned kernels)."""
+def build(mod, spec, tuning_db=None, act_bits: int = 32):
+    """Lower and build a Relax module for ``spec``; returns (executable, weight bytes, tuned
+    kernels, int8-activation kernels)."""
     import tvm
 
-    lowered, applied = default_pipeline(mod, spec, tuning_db=tuning_db)
+    from edgeq.targets.int8_lowbit import count_int8_kernels
+
+    lowered, applied = default_pipeline(mod, spec, tuning_db=tuning_db, act_bits=act_bits)
     weight_bytes = constant_bytes(lowered)
-    return tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), weight_bytes, applied
+    return tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), weight_bytes, applied, count_int8_kernels(lowered)
 
 
 def gpu_device_code(executable, spec, out: Path) -> Path | None:
@@ -193,7 +200,8 @@ def _import(onnx_path, model, spec, specialize):
 
 
 def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None,
-            specialize: dict[str, int] | None = None, tuning_db: str | Path | None = None) -> Artifact:
+            specialize: dict[str, int] | None = None, tuning_db: str | Path | None = None,
+            act_bits: int = 32) -> Artifact:
     """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact.
 
     Symbolic input dimensions stay symbolic (the shape arithmetic of torch's export is followed
@@ -202,7 +210,13 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     its metadata says so.
     ``tuning_db``: a database written by ``edgeq tune`` for this model and target; kernels found
     there use their tuned schedules.
+    ``act_bits=8``: the packed low-bit linears quantize their activations to int8 per row and
+    weight group and multiply in integers (``edgeq.targets.int8_lowbit``), where the target has a
+    byte dot product; the default 32 keeps float activations (the exact reference).
     """
+    if act_bits not in ACT_BITS:
+        raise CompileError(f"act_bits={act_bits!r}: expected one of {', '.join(map(str, ACT_BITS))} "
+                           "(8: int8 activations in the packed linears, 32: float)")
     spec = get_target(target)
     compiler = spec.require_compiler()
     model = load_onnx(onnx_path)
@@ -212,7 +226,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     start = time.perf_counter()
     mod, model = _import(onnx_path, model, spec, specialize)
     try:
-        executable, weight_bytes, tuned = build(mod, spec, tuning_db)
+        executable, weight_bytes, tuned, int8_kernels = build(mod, spec, tuning_db, act_bits)
     except EdgeqError:
         raise
     except Exception as exc:
@@ -232,6 +246,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
         tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=packed_bytes,
         specialized=dict(specialize) if specialize else None, tuned_kernels=tuned if tuning_db is not None else None,
         device_code=str(device_code) if device_code else None,
+        act_bits=act_bits, int8_kernels=int8_kernels if act_bits == 8 else None,
     )
     meta = {k: v for k, v in asdict(artifact).items() if k != "path"}
     atomic_write_text(artifact.meta_path, json.dumps(meta, indent=2, default=str))

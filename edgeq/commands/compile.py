@@ -14,6 +14,9 @@ def register(sub) -> None:
                    help="fix a symbolic input dimension (e.g. seq=128): the artifact then takes only that size; "
                         "by default symbolic dimensions stay symbolic")
     p.add_argument("--tuning-db", metavar="DB_DIR", help="a database from `edgeq tune`: its kernels use their tuned schedules")
+    p.add_argument("--act-bits", type=int, choices=(8, 32), default=32,
+                   help="8: the packed low-bit linears quantize activations to int8 and use the CPU's integer dot "
+                        "products (vpdpbusd, sdot) where the target has them; 32 (default): float activations")
     p.add_argument("-o", "--out", default=".", help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -42,10 +45,11 @@ def run(args) -> int:
     targets = [t.strip() for arg in args.target for t in arg.split(",") if t.strip()]
     for target in targets:
         art = compile_model(args.model, target=target, out_dir=args.out, specialize=sizes or None,
-                            tuning_db=args.tuning_db)
+                            tuning_db=args.tuning_db, act_bits=args.act_bits)
         results.append({"target": art.target, "artifact": str(art.path), "bytes": art.size_bytes,
                         "weight_bytes": art.weight_bytes, "onnx_weight_bytes": art.onnx_weight_bytes,
-                        "compile_seconds": round(art.compile_seconds, 3)})
+                        "compile_seconds": round(art.compile_seconds, 3), "act_bits": art.act_bits,
+                        "int8_kernels": art.int8_kernels})
     if args.json:
         print(json.dumps(results, indent=2))
     else:
