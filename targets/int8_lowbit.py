@@ -120,11 +120,64 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     steps, lanes = nbytes // width, width // 4
     rows = x_shape[0]  # symbolic (any number of tokens) or fixed
     signed = signed_weights(isa, bits)
-    rows_per_task = next(t for t in ROWS_PER_TASK if n_dim % t == 0)
+    pairs = isa == "i8mm" and n_dim % 2 == 0
+    rows_per_task = 2 if pairs else next(t for t in ROWS_PER_TASK if n_dim % t == 0)
     offset = 128.0 if signed else 0.0
     f32v, i32v = f"float32x{lanes}", f"int32x{lanes}"
     dot = lambda acc, w, x: _dot(isa, width, acc, w, x)  # noqa: E731
-    wbytes = lambda qweight, j, start, h: _weight_bytes(qweight, j, start, width, h, bits, signed)  # noqa: E731
+    wbytes = lambda qweight, j, start, h, count: _weight_bytes(qweight, j, start, count, h, bits, signed)  # noqa: E731
+
+    @T.macro(hygienic=True)
+    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i):
+        """Output row i, weight rows j0 .. j0 + rows_per_task: one dot product per weight row and group."""
+        accf = T.alloc_buffer((rows_per_task, lanes), "float32")
+        corr = T.alloc_buffer((rows_per_task,), "float32")
+        acc = T.alloc_buffer((rows_per_task, lanes), "int32")
+        for jj in T.unroll(rows_per_task):
+            accf[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
+            corr[jj] = T.float32(0)
+        for g in range(groups):
+            for jj in T.unroll(rows_per_task):
+                acc[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                for s in T.unroll(steps):
+                    for h in T.unroll(per_byte):
+                        acc[jj, T.ramp(0, 1, lanes)] = dot(acc[jj, T.ramp(0, 1, lanes)],
+                                                           wbytes(qweight, j0 + jj, g * nbytes + s * width, h, width),
+                                                           xq[i, g, h, T.ramp(s * width, 1, width)])
+                dg = T.Cast("float32", scales[j0 + jj, g]) * xd[i, g]
+                accf[jj, T.ramp(0, 1, lanes)] = (accf[jj, T.ramp(0, 1, lanes)]
+                                                 + T.Cast(f32v, acc[jj, T.ramp(0, 1, lanes)]) * T.Broadcast(dg, lanes))
+                corr[jj] = corr[jj] + dg * (T.Cast("float32", zeros[j0 + jj, g]) - T.float32(offset)) * T.Cast("float32", xsum[i, g])
+        for jj in T.unroll(rows_per_task):
+            for l in range(lanes):
+                corr[jj] = corr[jj] - accf[jj, l]
+            y[i, j0 + jj] = bias_of(j0 + jj) - corr[jj]
+
+    @T.macro(hygienic=True)
+    def pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i0):
+        """Output rows i0, i0 + 1 × weight rows j0, j0 + 1 by ``smmla``: int32 lanes
+        (j0, i0), (j0, i0 + 1), (j0 + 1, i0), (j0 + 1, i0 + 1), each summing 8 bytes per step."""
+        accf = T.alloc_buffer((4,), "float32")
+        corr = T.alloc_buffer((4,), "float32")
+        acc = T.alloc_buffer((4,), "int32")
+        for l in T.unroll(4):
+            accf[l] = T.float32(0)
+            corr[l] = T.float32(0)
+        for g in range(groups):
+            acc[T.ramp(0, 1, 4)] = T.Broadcast(T.int32(0), 4)
+            for s in T.unroll(nbytes // 8):
+                for h in T.unroll(per_byte):
+                    acc[T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
+                        "int32x4", "llvm.aarch64.neon.smmla.v4i32.v16i8", acc[T.ramp(0, 1, 4)],
+                        T.reinterpret("int8x16", T.vectorcombine("uint8x16" if not signed else "int8x16", wbytes(qweight, j0, g * nbytes + s * 8, h, 8),
+                                                                 wbytes(qweight, j0 + 1, g * nbytes + s * 8, h, 8))),
+                        T.vectorcombine("int8x16", xq[i0, g, h, T.ramp(s * 8, 1, 8)], xq[i0 + 1, g, h, T.ramp(s * 8, 1, 8)]))
+            for l in T.unroll(4):
+                dg = T.Cast("float32", scales[j0 + l // 2, g]) * xd[i0 + l % 2, g]
+                accf[l] = accf[l] + T.Cast("float32", acc[l]) * dg
+                corr[l] = corr[l] + dg * (T.Cast("float32", zeros[j0 + l // 2, g]) - T.float32(offset)) * T.Cast("float32", xsum[i0 + l % 2, g])
+        for l in T.unroll(4):
+            y[i0 + l % 2, j0 + l // 2] = bias_of(j0 + l // 2) + (accf[l] - corr[l])
 
     @T.macro(hygienic=True)
     def body(x, qweight, scales, zeros, y, bias_of):
@@ -149,30 +202,14 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                     total[0] = total[0] + T.Cast("int32", q)
                 xsum[i, g] = total[0]
         for jo in T.parallel(n_dim // rows_per_task):
-            for i in range(rows):
-                accf = T.alloc_buffer((rows_per_task, lanes), "float32")
-                corr = T.alloc_buffer((rows_per_task,), "float32")
-                acc = T.alloc_buffer((rows_per_task, lanes), "int32")
-                for jj in T.unroll(rows_per_task):
-                    accf[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
-                    corr[jj] = T.float32(0)
-                for g in range(groups):
-                    for jj in T.unroll(rows_per_task):
-                        acc[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
-                        for s in T.unroll(steps):
-                            for h in T.unroll(per_byte):
-                                acc[jj, T.ramp(0, 1, lanes)] = dot(
-                                    acc[jj, T.ramp(0, 1, lanes)],
-                                    wbytes(qweight, jo * rows_per_task + jj, g * nbytes + s * width, h),
-                                    xq[i, g, h, T.ramp(s * width, 1, width)])
-                        dg = T.Cast("float32", scales[jo * rows_per_task + jj, g]) * xd[i, g]
-                        accf[jj, T.ramp(0, 1, lanes)] = (accf[jj, T.ramp(0, 1, lanes)]
-                                                         + T.Cast(f32v, acc[jj, T.ramp(0, 1, lanes)]) * T.Broadcast(dg, lanes))
-                        corr[jj] = corr[jj] + dg * (T.Cast("float32", zeros[jo * rows_per_task + jj, g]) - T.float32(offset)) * T.Cast("float32", xsum[i, g])
-                for jj in T.unroll(rows_per_task):
-                    for l in range(lanes):
-                        corr[jj] = corr[jj] - accf[jj, l]
-                    y[i, jo * rows_per_task + jj] = bias_of(jo * rows_per_task + jj) - corr[jj]
+            if pairs:  # i8mm: pairs of rows through smmla, an odd last row through sdot
+                for ip in range(rows // 2):
+                    pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * 2, ip * 2)
+                for i in T.serial(rows // 2 * 2, rows):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i)
+            else:
+                for i in range(rows):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i)
 
     if b_shape is None:
         @T.prim_func(private=True)
