@@ -253,3 +253,35 @@ def test_matches_onnxruntime_accuracy_level_4(w4_model, tmp_path):
     int8_error = np.abs(level4 - reference).max()
     assert int8_error > 1e-4 * scale  # onnxruntime did quantize its activations
     assert np.abs(ours - level4).max() <= 0.1 * int8_error
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("target", ["arm64-dotprod", "arm64-i8mm"])
+def test_arm64_kernels_bit_exact_on_the_device(tmp_path, target):
+    """sdot (and smmla for pairs of rows, sdot for the odd last one) on the emulated arm64 device:
+    the integer parts bit for bit, as on x86 (exact inputs, 3 rows)."""
+    from edgeq.runtime import device as dev
+    from edgeq.runtime.rpc import RpcExecutor
+
+    state = dev.device_status("arm64")
+    if state is None:
+        message = "the arm64 device is not running (edgeq device start arm64)"
+        if os.environ.get("EDGEQ_REQUIRE_DEVICE") == "arm64":
+            pytest.fail(message + " but EDGEQ_REQUIRE_DEVICE=arm64")
+        pytest.skip(message)
+    if shutil.which(get_target(target).cross_compiler) is None:
+        pytest.skip(f"{get_target(target).cross_compiler} not installed")
+    rng = np.random.default_rng(11)
+    m, k, n, group = 3, 256, 16, 64
+    x, q, scales, zeros = _exact_inputs(rng, m, k, n, 4, group)
+    path = tmp_path / "exact.onnx"
+    onnx.save(dq_matmul_model(q, scales, zeros.astype(np.int64), group), path)
+    art = compile_model(path, target=target, out_dir=tmp_path, act_bits=8)
+    assert art.int8_kernels == 1
+    executor = RpcExecutor(art.path, state.url)
+    try:
+        got = executor.run([x])[0]
+    finally:
+        executor.close()
+    expected = x.astype(np.int64) @ (q - np.repeat(zeros, group, 1)).astype(np.int64).T
+    assert np.array_equal(got, expected.astype(np.float32))
