@@ -24,6 +24,7 @@ import tvm
 ACT_BITS = (8, 32)  # 32: float activations (the default)
 # weight rows per thread task, best first: four independent dot-product chains and load streams
 ROWS_PER_TASK = (4, 2, 1)
+GROUP_CHUNK = 16  # groups whose rescales are computed ahead of the dot products (stack buffers < 1 KiB)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
 
 
@@ -123,35 +124,48 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     pairs = isa == "i8mm" and n_dim % 2 == 0
     rows_per_task = 2 if pairs else next(t for t in ROWS_PER_TASK if n_dim % t == 0)
     offset = 128.0 if signed else 0.0
+    chunk = next(c for c in range(min(groups, GROUP_CHUNK), 0, -1) if groups % c == 0)
     f32v, i32v = f"float32x{lanes}", f"int32x{lanes}"
     dot = lambda acc, w, x: _dot(isa, width, acc, w, x)  # noqa: E731
     wbytes = lambda qweight, j, start, h, count: _weight_bytes(qweight, j, start, count, h, bits, signed)  # noqa: E731
 
     @T.macro(hygienic=True)
     def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i):
-        """Output row i, weight rows j0 .. j0 + rows_per_task: one dot product per weight row and group."""
+        """Output row i, weight rows j0 .. j0 + rows_per_task: one dot product per weight row and
+        group. The group rescales (and zero-point terms) of a chunk of groups are computed first,
+        contiguous in g, so that the dot-product loop only broadcasts them."""
         accf = T.alloc_buffer((rows_per_task, lanes), "float32")
-        corr = T.alloc_buffer((rows_per_task,), "float32")
+        corr = T.alloc_buffer((rows_per_task, chunk), "float32")
+        dgs = T.alloc_buffer((rows_per_task, chunk), "float32")
         acc = T.alloc_buffer((rows_per_task, lanes), "int32")
         for jj in T.unroll(rows_per_task):
             accf[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
-            corr[jj] = T.float32(0)
-        for g in range(groups):
+            for c in range(chunk):
+                corr[jj, c] = T.float32(0)
+        for go in range(groups // chunk):
             for jj in T.unroll(rows_per_task):
-                acc[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
-                for s in T.unroll(steps):
-                    for h in T.unroll(per_byte):
-                        acc[jj, T.ramp(0, 1, lanes)] = dot(acc[jj, T.ramp(0, 1, lanes)],
-                                                           wbytes(qweight, j0 + jj, g * nbytes + s * width, h, width),
-                                                           xq[i, g, h, T.ramp(s * width, 1, width)])
-                dg = T.Cast("float32", scales[j0 + jj, g]) * xd[i, g]
-                accf[jj, T.ramp(0, 1, lanes)] = (accf[jj, T.ramp(0, 1, lanes)]
-                                                 + T.Cast(f32v, acc[jj, T.ramp(0, 1, lanes)]) * T.Broadcast(dg, lanes))
-                corr[jj] = corr[jj] + dg * (T.Cast("float32", zeros[j0 + jj, g]) - T.float32(offset)) * T.Cast("float32", xsum[i, g])
+                for c in range(chunk):
+                    dgs[jj, c] = T.Cast("float32", scales[j0 + jj, go * chunk + c]) * xd[i, go * chunk + c]
+                    corr[jj, c] = corr[jj, c] + dgs[jj, c] * (T.Cast("float32", zeros[j0 + jj, go * chunk + c]) - T.float32(offset)) * T.Cast("float32", xsum[i, go * chunk + c])
+            for c in range(chunk):
+                for jj in T.unroll(rows_per_task):
+                    acc[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                    for s in T.unroll(steps):
+                        for h in T.unroll(per_byte):
+                            acc[jj, T.ramp(0, 1, lanes)] = dot(
+                                acc[jj, T.ramp(0, 1, lanes)],
+                                wbytes(qweight, j0 + jj, (go * chunk + c) * nbytes + s * width, h, width),
+                                xq[i, go * chunk + c, h, T.ramp(s * width, 1, width)])
+                    accf[jj, T.ramp(0, 1, lanes)] = (accf[jj, T.ramp(0, 1, lanes)]
+                                                     + T.Cast(f32v, acc[jj, T.ramp(0, 1, lanes)]) * T.Broadcast(dgs[jj, c], lanes))
         for jj in T.unroll(rows_per_task):
+            total = T.alloc_buffer((1,), "float32")
+            total[0] = bias_of(j0 + jj)
             for l in range(lanes):
-                corr[jj] = corr[jj] - accf[jj, l]
-            y[i, j0 + jj] = bias_of(j0 + jj) - corr[jj]
+                total[0] = total[0] + accf[jj, l]
+            for c in range(chunk):
+                total[0] = total[0] - corr[jj, c]
+            y[i, j0 + jj] = total[0]
 
     @T.macro(hygienic=True)
     def pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i0):
