@@ -24,6 +24,7 @@ import tvm
 ACT_BITS = (8, 32)  # 32: float activations (the default)
 # weight rows per thread task, best first: four independent dot-product chains and load streams
 ROWS_PER_TASK = (4, 2, 1)
+PREFETCH_ROWS = 16
 GROUP_CHUNK = 16  # groups whose rescales are computed ahead of the dot products (stack buffers < 1 KiB)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
 
@@ -124,10 +125,17 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     pairs = isa == "i8mm" and n_dim % 2 == 0
     rows_per_task = 2 if pairs else next(t for t in ROWS_PER_TASK if n_dim % t == 0)
     offset = 128.0 if signed else 0.0
+    prefetch_rows = PREFETCH_ROWS
     chunk = next(c for c in range(min(groups, GROUP_CHUNK), 0, -1) if groups % c == 0)
     f32v, i32v = f"float32x{lanes}", f"int32x{lanes}"
     dot = lambda acc, w, x: _dot(isa, width, acc, w, x)  # noqa: E731
     wbytes = lambda qweight, j, start, h, count: _weight_bytes(qweight, j, start, count, h, bits, signed)  # noqa: E731
+
+    @T.macro(hygienic=True)
+    def prefetch(qweight, j, byte):
+        if prefetch_rows > 0:  # the same bytes of the row prefetch_rows further: weights stream from DRAM
+            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(qweight[T.min(j + prefetch_rows, n_dim - 1), byte]),
+                                          T.int32(0), T.int32(3), T.int32(1)))
 
     @T.macro(hygienic=True)
     def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i):
@@ -149,6 +157,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                     corr[jj, c] = corr[jj, c] + dgs[jj, c] * (T.Cast("float32", zeros[j0 + jj, go * chunk + c]) - T.float32(offset)) * T.Cast("float32", xsum[i, go * chunk + c])
             for c in range(chunk):
                 for jj in T.unroll(rows_per_task):
+                    prefetch(qweight, j0 + jj, (go * chunk + c) * nbytes)
                     acc[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
                     for s in T.unroll(steps):
                         for h in T.unroll(per_byte):

@@ -285,3 +285,14 @@ def test_arm64_kernels_bit_exact_on_the_device(tmp_path, target):
         executor.close()
     expected = x.astype(np.int64) @ (q - np.repeat(zeros, group, 1)).astype(np.int64).T
     assert np.array_equal(got, expected.astype(np.float32))
+
+
+def test_cli_act_bits(w4_model, tmp_path, capsys):
+    import json
+
+    from edgeq.cli import main
+
+    assert main(["compile", str(w4_model[0]), "--target", "cpu", "--act-bits", "8", "--json", "-o", str(tmp_path)]) == 0
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["act_bits"] == 8
+    assert result["int8_kernels"] == (1 if dot_isa(get_target("cpu").tvm()) else 0)
