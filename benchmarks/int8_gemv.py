@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,22 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_results, markdown_table  # noqa: E402
-from compiled_speed import timed_in_turns  # noqa: E402
+
+def timed_in_turns(fns: dict, warmup: int = 5, runs: int = 60, rounds: int = 4, pause_s: float = 0.05) -> dict:
+    """Median ms of each peer, in ``rounds`` turns of ``runs / rounds`` calls after ``warmup``
+    calls. Each turn starts after ``pause_s`` of sleep: onnxruntime's pool threads spin after a
+    call and, on a busy 2-core machine, stall the next peer's thread pool for a scheduler tick."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(pause_s)
+            for _ in range(warmup):
+                fn()
+            for _ in range(max(1, runs // rounds)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 # (label, K, N, group, bits): SmolLM2-135M q/o 576→576, k/v 576→192, gate/up 576→1536, down 1536→576,
 # lm_head 576→49152 (tied with the embedding); g64 where 128 does not divide K
@@ -146,7 +162,7 @@ def main() -> None:
     print(table)
     notes = (f"{args.threads} threads (TVM_NUM_THREADS, onnxruntime intra-op), CPU flags: {cpu_flags()}; edgeq's int8 "
              f"kernel here uses {isa or 'nothing (float kernel kept)'}. Ratios >1 mean edgeq is faster. Peers timed "
-             "in turns (4 rounds of 15 calls after 5 warm-up calls each, median), each call from Python (TVM VM "
+             "in turns (4 rounds of 15 calls after 50 ms of sleep and 5 warm-up calls each, median), each call from Python (TVM VM "
              "call / onnxruntime session.run: a few µs of overhead on both). Load average: the machine is shared "
              "with other engineers' jobs (2 cores); compare ratios within a row only. Max error vs the float "
              "reference, of the output's scale: " + "; ".join(error_rows) + ".")
