@@ -24,6 +24,7 @@ import tvm
 ACT_BITS = (8, 32)  # 32: float activations (the default)
 # weight rows per thread task, best first: four independent dot-product chains and load streams
 ROWS_PER_TASK = (4, 2, 1)
+TILE_ROWS = 2  # activation rows per register tile (prefill): each unpacked weight vector serves them all
 PREFETCH_ROWS = 16
 GROUP_CHUNK = 16  # groups whose rescales are computed ahead of the dot products (stack buffers < 1 KiB)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
@@ -138,43 +139,50 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                                           T.int32(0), T.int32(3), T.int32(1)))
 
     @T.macro(hygienic=True)
-    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i):
-        """Output row i, weight rows j0 .. j0 + rows_per_task: one dot product per weight row and
-        group. The group rescales (and zero-point terms) of a chunk of groups are computed first,
+    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i0, rt):
+        """Output rows i0 .. i0 + rt, weight rows j0 .. j0 + rows_per_task: one dot product per
+        weight row, activation row and group; each weight vector is unpacked once for the rt rows.
+        The group scales (and zero-point terms) of a chunk of groups are gathered first,
         contiguous in g, so that the dot-product loop only broadcasts them."""
-        accf = T.alloc_buffer((rows_per_task, lanes), "float32")
-        corr = T.alloc_buffer((rows_per_task, chunk), "float32")
-        dgs = T.alloc_buffer((rows_per_task, chunk), "float32")
-        acc = T.alloc_buffer((rows_per_task, lanes), "int32")
-        for jj in T.unroll(rows_per_task):
-            accf[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
+        accf = T.alloc_buffer((rows_per_task, rt, lanes), "float32")
+        corr = T.alloc_buffer((rows_per_task, rt, chunk), "float32")
+        ws = T.alloc_buffer((rows_per_task, chunk), "float32")
+        acc = T.alloc_buffer((rows_per_task, rt, lanes), "int32")
+        for jj, ii in T.grid(rows_per_task, rt):
+            accf[jj, ii, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
             for c in range(chunk):
-                corr[jj, c] = T.float32(0)
+                corr[jj, ii, c] = T.float32(0)
         for go in range(groups // chunk):
             for jj in T.unroll(rows_per_task):
                 for c in range(chunk):
-                    dgs[jj, c] = T.Cast("float32", scales[j0 + jj, go * chunk + c]) * xd[i, go * chunk + c]
-                    corr[jj, c] = corr[jj, c] + dgs[jj, c] * (T.Cast("float32", zeros[j0 + jj, go * chunk + c]) - T.float32(offset)) * T.Cast("float32", xsum[i, go * chunk + c])
+                    ws[jj, c] = T.Cast("float32", scales[j0 + jj, go * chunk + c])
+                for ii in T.unroll(rt):
+                    for c in range(chunk):
+                        corr[jj, ii, c] = corr[jj, ii, c] + ws[jj, c] * xd[i0 + ii, go * chunk + c] * (T.Cast("float32", zeros[j0 + jj, go * chunk + c]) - T.float32(offset)) * T.Cast("float32", xsum[i0 + ii, go * chunk + c])
             for c in range(chunk):
                 for jj in T.unroll(rows_per_task):
                     prefetch(qweight, j0 + jj, (go * chunk + c) * nbytes)
-                    acc[jj, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                    for ii in T.unroll(rt):
+                        acc[jj, ii, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
                     for s in T.unroll(steps):
                         for h in T.unroll(per_byte):
-                            acc[jj, T.ramp(0, 1, lanes)] = dot(
-                                acc[jj, T.ramp(0, 1, lanes)],
-                                wbytes(qweight, j0 + jj, (go * chunk + c) * nbytes + s * width, h, width),
-                                xq[i, go * chunk + c, h, T.ramp(s * width, 1, width)])
-                    accf[jj, T.ramp(0, 1, lanes)] = (accf[jj, T.ramp(0, 1, lanes)]
-                                                     + T.Cast(f32v, acc[jj, T.ramp(0, 1, lanes)]) * T.Broadcast(dgs[jj, c], lanes))
-        for jj in T.unroll(rows_per_task):
+                            for ii in T.unroll(rt):
+                                acc[jj, ii, T.ramp(0, 1, lanes)] = dot(
+                                    acc[jj, ii, T.ramp(0, 1, lanes)],
+                                    wbytes(qweight, j0 + jj, (go * chunk + c) * nbytes + s * width, h, width),
+                                    xq[i0 + ii, go * chunk + c, h, T.ramp(s * width, 1, width)])
+                    for ii in T.unroll(rt):
+                        accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
+                                                             + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
+                                                             * T.Broadcast(ws[jj, c] * xd[i0 + ii, go * chunk + c], lanes))
+        for jj, ii in T.grid(rows_per_task, rt):
             total = T.alloc_buffer((1,), "float32")
             total[0] = bias_of(j0 + jj)
             for l in range(lanes):
-                total[0] = total[0] + accf[jj, l]
+                total[0] = total[0] + accf[jj, ii, l]
             for c in range(chunk):
-                total[0] = total[0] - corr[jj, c]
-            y[i, j0 + jj] = total[0]
+                total[0] = total[0] - corr[jj, ii, c]
+            y[i0 + ii, j0 + jj] = total[0]
 
     @T.macro(hygienic=True)
     def pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i0):
@@ -229,10 +237,12 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                 for ip in range(rows // 2):
                     pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * 2, ip * 2)
                 for i in T.serial(rows // 2 * 2, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i)
-            else:
-                for i in range(rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i)
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i, 1)
+            else:  # tiles of TILE_ROWS activation rows, then the rest one by one
+                for it in range(rows // TILE_ROWS):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS)
+                for i in T.serial(rows // TILE_ROWS * TILE_ROWS, rows):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i, 1)
 
     if b_shape is None:
         @T.prim_func(private=True)
