@@ -8,7 +8,8 @@ allows: |x - d·xq| <= d/2 per element, so |y - y_float| <= sum_g d_g/2 · sum_{
 onnxruntime's MatMulNBits at accuracy level 4 quantizes activations the same way (per row, per
 block of K, symmetric int8): on the same weights the two differ only where a product x·(1/d)
 rounds differently (edgeq multiplies by 127/max|x|, onnxruntime by 1/(max|x|/127)); at most one
-activation step in a few elements, far below the int8 error itself.
+activation step in a few elements, far below the int8 error itself (measured: 2e-7 of the
+output scale, against 6e-3 for either vs the float reference).
 """
 
 from __future__ import annotations
