@@ -28,15 +28,16 @@ __version__ = "0.1.0"
 
 
 def compile(onnx_path, target: str = "cpu", out_dir=".", name: str | None = None, specialize: dict | None = None,
-            tuning_db=None, max_context: int | None = None, prefill_chunk: int | None = None):
+            tuning_db=None, max_context: int | None = None, prefill_chunk: int | None = None, act_bits: int = 32):
     """Compile an ONNX file with TVM for a named target (see ``edgeq.targets``);
     symbolic input dimensions stay symbolic unless ``specialize`` fixes them by name,
     e.g. ``{"seq": 128}``; ``tuning_db`` is a folder written by ``edgeq tune``. A KV-cache file
-    gives a generation artifact (``prefill``/``decode``) whose cache holds ``max_context`` tokens."""
+    gives a generation artifact (``prefill``/``decode``) whose cache holds ``max_context`` tokens.
+    ``act_bits=8`` quantizes the packed linears' activations to int8 (integer dot products)."""
     from edgeq.targets import compile as _compile
 
     return _compile(onnx_path, target=target, out_dir=out_dir, name=name, specialize=specialize, tuning_db=tuning_db,
-                    max_context=max_context, prefill_chunk=prefill_chunk)
+                    max_context=max_context, prefill_chunk=prefill_chunk, act_bits=act_bits)
 
 
 def validate(reference, artifacts, inputs, tolerance=None):

@@ -21,6 +21,7 @@ import onnx
 from edgeq._io import atomic_path, atomic_write_text, check_output_dir
 from edgeq.errors import CompileError, EdgeqError, ModelFileError, first_line
 from edgeq.external_data import external_data_files
+from edgeq.targets.int8_lowbit import ACT_BITS
 from edgeq.targets.registry import get_target
 
 
@@ -39,6 +40,8 @@ class Artifact:
     specialized: dict | None = None  # input dimensions fixed at compile time, by name
     tuned_kernels: int | None = None  # kernels whose schedule came from a tuning database (edgeq tune)
     generation: dict | None = None  # KV-cache LMs: prefill/decode functions, cache geometry, max context
+    act_bits: int = 32  # 8: packed linears quantize their activations to int8 (integer dot products)
+    int8_kernels: int | None = None  # with act_bits=8: the packed linears that got an integer kernel
 
     @property
     def meta_path(self) -> Path:
@@ -179,11 +182,12 @@ def constant_bytes(mod) -> int:
     return sum(sizes.values())
 
 
-def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None):
+def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None, act_bits: int = 32):
     """Relax's default pipeline (with a vectorizable exp for softmax and sigmoid on CPU), then
     edgeq's kernels: the packed low-bit kernels, tuned
     schedules from ``tuning_db`` where it has them, and (``defaults``) the default CPU
-    schedules for the rest. Returns (lowered module, number of kernels taken from the database)."""
+    schedules for the rest. ``act_bits=8``: the packed linears' int8-activation kernels where the
+    target has a byte dot product. Returns (lowered module, number of kernels taken from the database)."""
     from tvm import relax
 
     from edgeq.targets import fast_exp, schedule_cpu, schedule_lowbit
@@ -194,7 +198,7 @@ def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None):
         custom = fast_exp.legalize_map(target)
         if custom:  # legalized here, before the default pipeline's own LegalizeOps (left nothing to do)
             mod = relax.transform.LegalizeOps(custom)(mod)
-        lowered = schedule_lowbit.schedule_module(relax.get_default_pipeline(target)(mod), target)
+        lowered = schedule_lowbit.schedule_module(relax.get_default_pipeline(target)(mod), target, act_bits)
         if tuning_db is not None:
             from edgeq.targets.tune import apply_database
 
@@ -204,13 +208,16 @@ def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None):
     return lowered, applied
 
 
-def build(mod, spec, tuning_db=None):
-    """Lower and build a Relax module for ``spec``; returns (executable, weight bytes, tuned kernels)."""
+def build(mod, spec, tuning_db=None, act_bits: int = 32):
+    """Lower and build a Relax module for ``spec``; returns (executable, weight bytes, tuned
+    kernels, int8-activation kernels)."""
     import tvm
 
-    lowered, applied = default_pipeline(mod, spec, tuning_db=tuning_db)
+    from edgeq.targets.int8_lowbit import count_int8_kernels
+
+    lowered, applied = default_pipeline(mod, spec, tuning_db=tuning_db, act_bits=act_bits)
     weight_bytes = constant_bytes(lowered)
-    return tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), weight_bytes, applied
+    return tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), weight_bytes, applied, count_int8_kernels(lowered)
 
 
 def gpu_device_code(executable, spec, out: Path) -> Path | None:
@@ -279,12 +286,12 @@ def _import_generation(onnx_path, model, spec, metadata, specialize, max_context
         raise type(exc)(f"{onnx_path}: {exc}") from None
     except Exception as exc:
         raise CompileError(f"{onnx_path}: TVM's import of the KV-cache model failed: {type(exc).__name__}: "
-                           f"{str(exc).strip().splitlines()[0]}") from None
+                           f"{first_line(exc)}") from None
 
 
 def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".", name: str | None = None,
             specialize: dict[str, int] | None = None, tuning_db: str | Path | None = None,
-            max_context: int | None = None, prefill_chunk: int | None = None) -> Artifact:
+            max_context: int | None = None, prefill_chunk: int | None = None, act_bits: int = 32) -> Artifact:
     """Compile ``onnx_path`` for ``target`` into ``out_dir``; returns the Artifact.
 
     Symbolic input dimensions stay symbolic (the shape arithmetic of torch's export is followed
@@ -296,7 +303,13 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     A KV-cache file (``edgeq.export(..., kv_cache=True)``) gives a generation artifact with
     ``prefill`` and ``decode`` functions (``edgeq.targets.generation``): ``max_context`` bounds its
     cache (default: the file's), ``prefill_chunk`` the tokens one prefill call takes.
+    ``act_bits=8``: the packed low-bit linears quantize their activations to int8 per row and
+    weight group and multiply in integers (``edgeq.targets.int8_lowbit``), where the target has a
+    byte dot product; the default 32 keeps float activations (the exact reference).
     """
+    if act_bits not in ACT_BITS:
+        raise CompileError(f"act_bits={act_bits!r}: expected one of {', '.join(map(str, ACT_BITS))} "
+                           "(8: int8 activations in the packed linears, 32: float)")
     from edgeq.export_kv import read_generation_metadata
 
     spec = get_target(target)
@@ -317,7 +330,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     # before the build (the slow part).
     compiler = spec.require_compiler()
     try:
-        executable, weight_bytes, tuned = build(mod, spec, tuning_db)
+        executable, weight_bytes, tuned, int8_kernels = build(mod, spec, tuning_db, act_bits)
     except EdgeqError:
         raise
     except Exception as exc:
@@ -343,6 +356,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
             tvm_target=spec.tvm_target, weight_bytes=weight_bytes, onnx_weight_bytes=packed_bytes,
             specialized=dict(specialize) if specialize else None, tuned_kernels=tuned if tuning_db is not None else None,
             device_code=str(device_code) if device_code else None, generation=generation,
+            act_bits=act_bits, int8_kernels=int8_kernels if act_bits == 8 else None,
         )
         meta = {k: v for k, v in asdict(artifact).items() if k != "path"}
         atomic_write_text(artifact.meta_path, json.dumps(meta, indent=2, default=str))

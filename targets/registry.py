@@ -85,7 +85,8 @@ def host_cpu_target() -> TargetSpec:
     llvm_cpu = codegen.llvm_get_system_cpu()
     if arch == "x86_64":
         target: dict[str, Any] = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": _x86_level(flags)}
-        extras = [f for f in ("avx512vnni", "avxvnni") if f in flags]
+        # /proc/cpuinfo spells them avx512_vnni / avx_vnni; LLVM's attributes are avx512vnni / avxvnni
+        extras = [llvm for flag, llvm in (("avx512_vnni", "avx512vnni"), ("avx_vnni", "avxvnni")) if flag in flags]
         if extras:
             target["mattr"] = [f"+{f}" for f in extras]
         machine = "x86-64"
@@ -105,7 +106,7 @@ def host_cpu_target() -> TargetSpec:
     )
 
 
-_REPORTED = {"avx2", "fma", "avx512f", "avx512bw", "avx512vnni", "avxvnni", "asimd", "asimddp", "i8mm"}
+_REPORTED = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "i8mm"}
 
 
 def _cpu_flags() -> set[str]:
@@ -157,6 +158,24 @@ register_target(TargetSpec(
     cross_compiler="aarch64-linux-gnu-g++",
     compiler_package="g++-aarch64-linux-gnu",
     machine="aarch64",
+))
+
+register_target(TargetSpec(
+    name="arm64-i8mm",
+    description="aarch64 with NEON, dotprod and the int8 matrix multiply (smmla): Armv8.6, Cortex-A710/X2, Neoverse V1/N2 and later",
+    tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]},
+    cross_compiler="aarch64-linux-gnu-g++",
+    compiler_package="g++-aarch64-linux-gnu",
+    machine="aarch64",
+))
+
+register_target(TargetSpec(
+    name="x86_64-vnni",
+    description="x86-64 with AVX-512 and AVX-512 VNNI (x86-64-v4 + vpdpbusd: Ice Lake, Sapphire Rapids, Zen 4 and later)",
+    tvm_target={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]},
+    cross_compiler="x86_64-linux-gnu-g++",
+    compiler_package="g++-x86-64-linux-gnu",
+    machine="x86-64",
 ))
 
 register_target(TargetSpec(

@@ -20,15 +20,21 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, te
 
+from edgeq.targets import int8_lowbit
+
 BLOCK = "packed_linear"
 PARALLEL_MIN_MACS = 1 << 16  # below this (~5 µs on one core) waking threads costs more than it saves
 LANES = 16  # packed bytes per vector step: 16 bytes = 32 four-bit values = 4 AVX2 / 8 NEON float vectors
 
 
-def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
-    """Replace and schedule every packed-linear PrimFunc of ``mod`` (CPU targets only)."""
+def schedule_module(mod: tvm.IRModule, target, act_bits: int = 32) -> tvm.IRModule:
+    """Replace and schedule every packed-linear PrimFunc of ``mod`` (CPU targets only).
+
+    ``act_bits=8``: int8-activation integer kernels (``int8_lowbit``) where the target has a byte
+    dot-product instruction and the weights' bits and group fit it; float kernels elsewhere."""
     if "cpu" not in target.keys:
         return mod
+    isa = int8_lowbit.dot_isa(target) if act_bits == 8 else None
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
@@ -39,6 +45,10 @@ def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
             continue
         attrs = sch.get(block).annotations
         bits, group = int(attrs["edgeq_bits"]), int(attrs["edgeq_group"])
+        width = int8_lowbit.vector_bytes(isa, bits, group) if isa else 0
+        if width and len(func.params) in (5, 6) and all(_is_buffer(p) for p in func.params):
+            mod[gv] = int8_lowbit.int8_kernel(func, bits, group, isa, width)
+            continue
         lanes = lane_count(bits, group)
         if lanes and len(func.params) in (5, 6) and all(_is_buffer(p) for p in func.params):
             rows = func.params[0].shape[0]

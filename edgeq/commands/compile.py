@@ -22,6 +22,9 @@ def register(sub) -> None:
                    help="KV-cache files (edgeq export --kv-cache): tokens the cache holds (default: the file's)")
     p.add_argument("--prefill-chunk", type=int, metavar="N",
                    help="KV-cache files: most tokens one prefill call takes; longer prompts take several (default: 256)")
+    p.add_argument("--act-bits", type=int, choices=(8, 32), default=32,
+                   help="8: the packed low-bit linears quantize activations to int8 and use the CPU's integer dot "
+                        "products (vpdpbusd, sdot) where the target has them; 32 (default): float activations")
     p.add_argument("-o", "--out", default=".", help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -62,10 +65,12 @@ def run(args) -> int:
     results = []
     for target in targets:
         art = compile_model(args.model, target=target, out_dir=args.out, specialize=sizes or None,
-                            tuning_db=args.tuning_db, max_context=args.max_context, prefill_chunk=args.prefill_chunk)
+                            tuning_db=args.tuning_db, max_context=args.max_context, prefill_chunk=args.prefill_chunk,
+                            act_bits=args.act_bits)
         results.append({"target": art.target, "artifact": str(art.path), "bytes": art.size_bytes,
                         "weight_bytes": art.weight_bytes, "onnx_weight_bytes": art.onnx_weight_bytes,
-                        "compile_seconds": round(art.compile_seconds, 3)})
+                        "compile_seconds": round(art.compile_seconds, 3), "act_bits": art.act_bits,
+                        "int8_kernels": art.int8_kernels})
         if art.generation:
             results[-1]["generation"] = art.generation
     if args.json:
