@@ -257,8 +257,13 @@ def _unpack_packages(spec: DeviceSpec, packages: list[str], root: Path) -> None:
     debs = root.with_name(root.name + ".debs")
     shutil.rmtree(debs, ignore_errors=True)
     debs.mkdir(parents=True)
-    proc = subprocess.run(["apt-get", "download", *[f"{p}:{spec.debian_arch}" for p in packages]], cwd=debs,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        proc = subprocess.run(["apt-get", "download", *[f"{p}:{spec.debian_arch}" for p in packages]], cwd=debs,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    finally:  # leave the host's dpkg as it was: a foreign architecture's indexes would be fetched by every update
+        subprocess.run(["dpkg", "--remove-architecture", spec.debian_arch], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env=env)
+        subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         raise DeviceError(f"apt-get download of {' '.join(packages)} ({spec.debian_arch}) failed:\n{proc.stdout.strip()[-500:]}")
     for deb in sorted(debs.glob("*.deb")):
