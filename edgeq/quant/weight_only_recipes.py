@@ -105,7 +105,7 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
 
 register_recipe_type(RTNRecipe)
 register_recipe_type(GPTQRecipe)
-for _bits, _group in ((4, 128), (3, 128), (2, 64), (4, 64), (3, 64), (2, 32)):
+for _bits, _group in ((b, g) for b in (4, 3, 2) for g in (128, 64, 32)):
     for _hadamard in (False, True):
         _tag = "hadamard-" if _hadamard else ""
         register_preset(f"w{_bits}g{_group}-{_tag}rtn", RTNRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
