@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import check_grid, quantize_groups, resolve_group_size
-from edgeq.quant.base import calib_batches, quantizable_layers, register_quantizer, set_submodule
+from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer, set_submodule
 from edgeq.quant.gptq import gptq_quantize_model
 from edgeq.quant.quarot import rotate_llama
 from edgeq.quant.weight_only import flat_weight, from_float_layer
@@ -80,6 +80,7 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
         raise QuantizationError(f"recipe 'gptq' needs calibration data for its Hessians: pass calib=<sample inputs>")
     start = time.perf_counter()
     qmodel = copy.deepcopy(model).eval()
+    hf_conv1d_as_linear(qmodel, recipe)
     layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
     for name, layer in layers.items():
         in_features = flat_weight(layer).shape[1]
