@@ -17,7 +17,7 @@ try:  # torch, onnx and TVM take seconds to load: Ctrl-C here must not end the C
     from edgeq.export import export
     from edgeq.quant import quantize
     from edgeq.quant.w8a8 import W8A8Recipe
-    from edgeq.recipes import PRESETS, Recipe
+    from edgeq.recipes import PRESETS, Recipe, list_presets
 except KeyboardInterrupt:
     from edgeq.cli import exit_if_interrupted_cli
 
@@ -66,4 +66,4 @@ def generate(source, prompt, **options):
     return _generate(source, prompt, **options)
 
 
-__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "generate", "quantize", "validate"]
+__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "generate", "list_presets", "quantize", "validate"]

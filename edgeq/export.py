@@ -89,7 +89,7 @@ def export(
         args, dynamic_shapes = export_kv.example_and_shapes(model.lm, *geometry)
         input_names, output_names = export_kv.input_names(geometry[0]), export_kv.output_names(geometry[0])
     elif _is_causal_lm(model, args):
-        model = _CausalLMLogits(model)
+        model = as_exported(model, args)
         input_names, output_names = input_names or ["input_ids"], output_names or ["logits"]
         dynamic_dims = dynamic_dims or [{0: "batch", 1: "seq"}]
     input_names = list(input_names or (["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]))
@@ -214,6 +214,13 @@ class _CausalLMLogits(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def as_exported(model: nn.Module, args: tuple) -> nn.Module:
+    """The module whose outputs the export traces for ``args``: a HuggingFace causal LM given
+    ``input_ids`` gives its logits (not a ``CausalLMOutputWithPast``). ``validate`` runs the
+    PyTorch reference through it too, so both compare the same outputs."""
+    return _CausalLMLogits(model) if _is_causal_lm(model, args) else model
 
 
 def _is_causal_lm(model: nn.Module, args: tuple) -> bool:

@@ -55,6 +55,15 @@ def register_preset(name: str, recipe: Recipe) -> None:
     PRESETS[name] = recipe
 
 
+def list_presets() -> list[dict[str, Any]]:
+    """One row per preset, by name: its method, weight bits, group size (None: per output
+    channel) and whether it needs calibration data (``edgeq quantize --list``)."""
+    return [{"name": name, "method": recipe.method,
+             "bits": getattr(recipe, "bits", getattr(recipe, "weight_bits", getattr(recipe, "WEIGHT_BITS", None))),
+             "group_size": getattr(recipe, "group_size", None), "needs_calibration": recipe.needs_calibration}
+            for name, recipe in sorted(PRESETS.items())]
+
+
 def resolve_recipe(recipe: Recipe | str) -> Recipe:
     """A recipe object, a preset name, or a JSON recipe (as written by ``Recipe.to_json``)."""
     if isinstance(recipe, Recipe):

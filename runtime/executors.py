@@ -34,8 +34,11 @@ class TorchExecutor(Executor):
         self.model = model.eval()
 
     def run(self, inputs: Inputs) -> list[np.ndarray]:
+        from edgeq.export import as_exported
+
+        args = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs)
         with torch.no_grad():
-            out = self.model(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
+            out = as_exported(self.model, args)(*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return [o.detach().cpu().numpy() for o in outs]
 

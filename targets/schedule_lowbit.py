@@ -271,6 +271,7 @@ def _schedule_rfactor(sch, block) -> bool:
         sch.parallel(sch.fuse(i, j))
         sch.compute_at(block, sch.get_loops(out)[0])
         return True
+    extents = [int(sch.get(loop).extent) for loop in loops[2:]]  # groups, bytes or k[, values per byte]
     out = sch.get_sblock("packed_linear_out")
     i, j, _ = sch.get_loops(out)
     fused = sch.fuse(i, j)
@@ -279,12 +280,19 @@ def _schedule_rfactor(sch, block) -> bool:
     rf = sch.rfactor(kv, 0)  # partial sums per lane: rf[kv, i, j, g]
     sch.compute_at(block, fused)
     sch.compute_at(rf, fused)
-    lane, group, outer, *within = sch.get_loops(rf)[1:]  # compute_at keeps the rf block's order
-    sch.reorder(group, outer, *within, lane)
-    if within:
+    # compute_at keeps the rf block's order (lane, group, outer, within) but drops unit loops:
+    # one group per row (per-channel) has no group loop, 8 bits no within-byte loop
+    lane, *rest = sch.get_loops(rf)[1:]
+    kept = iter(rest)
+    group, outer, *within = [next(kept) if extent > 1 else None
+                             for extent in (extents[0], extents[1] // LANES, *extents[2:])]
+    reduction = [loop for loop in (outer, *within) if loop is not None]
+    sch.reorder(*[loop for loop in (group, *reduction) if loop is not None], lane)
+    if within and within[0] is not None:
         sch.unroll(within[0])
     sch.vectorize(lane)
     sch.set_scope(rf, 0, "local")
     sch.set_scope(block, 0, "local")
-    sch.decompose_reduction(rf, outer)  # zero the lanes once per group, outside the K loop
+    # zero the lanes once per group, outside the K loop
+    sch.decompose_reduction(rf, reduction[0] if reduction else lane)
     return True

@@ -206,6 +206,8 @@ CLI_CASES = [
     ("tune-empty-model", ["tune", "{empty}", "-o", "{out}"], 4, "empty.onnx"),
     ("tune-out-is-a-file", ["tune", "{tiny}", "-o", "{file}"], 14, "is a file"),
     # quantize
+    ("quantize-no-model", ["quantize", "-o", "{out}"], USAGE, "a model and a preset are required"),
+    ("quantize-no-out", ["quantize", "digits-cnn", "w4g32-rtn"], USAGE, "-o/--out"),
     ("quantize-group-size-zero", ["quantize", "digits-cnn", '{{"method": "rtn", "bits": 4, "group_size": 0}}', "-o", "{out}"], 5, "group_size = 0"),  # was ZeroDivisionError
     ("quantize-negative-group", ["quantize", "digits-cnn", '{{"method": "rtn", "group_size": -8}}', "-o", "{out}"], 5, "group_size = -8"),
     ("quantize-bits-99", ["quantize", "digits-cnn", '{{"method": "rtn", "bits": 99}}', "-o", "{out}"], 5, "bits = 99"),

@@ -20,15 +20,18 @@ def register(sub) -> None:
     from edgeq.commands._args import positive_int
 
     p = sub.add_parser("quantize", help="weight-only quantize a built-in model and save it (safetensors + recipe)")
-    p.add_argument("model", choices=tuple(BUILTIN_MODELS), help="built-in model")
-    p.add_argument("preset", help="recipe preset (e.g. w4g128-rtn, w3g128-gptq, w4g128-hadamard-gptq) or recipe JSON")
-    p.add_argument("-o", "--out", required=True, help="output .safetensors file")
+    p.add_argument("model", nargs="?", choices=tuple(BUILTIN_MODELS), help="built-in model")
+    p.add_argument("preset", nargs="?",
+                   help="recipe preset (e.g. w4g128-rtn, w3g128-gptq, w4g128-hadamard-gptq; --list shows all) or recipe JSON")
+    p.add_argument("-o", "--out", help="output .safetensors file (required unless --list)")
+    p.add_argument("--list", action="store_true",
+                   help="list the presets (method, bits, group, calibration) and exit; with --json as JSON")
     p.add_argument("--calib", type=positive_int, default=32,
                    help="calibration samples for recipes that calibrate (GPTQ, LoPRo): digits images, or SmolLM2 windows "
                         "of 512 tokens (default: %(default)s)")
     p.add_argument("--text", default=None, help="WikiText-2 wiki.test.raw for SmolLM2 calibration (default: ../shared/data)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, quantize_parser=p)
 
 
 def _model_and_calib(name: str, count: int, text, calibrate: bool):
@@ -55,6 +58,10 @@ def run(args) -> int:
 
     from edgeq._io import check_output_file
 
+    if args.list:
+        return _list_presets(args.json)
+    if args.model is None or args.preset is None or args.out is None:
+        args.quantize_parser.error("a model and a preset are required, and -o/--out (or --list to see the presets)")
     recipe = resolve_recipe(args.preset)
     check_output_file(args.out)
     model, calib = _model_and_calib(args.model, args.calib, args.text, recipe.needs_calibration)
@@ -88,4 +95,18 @@ def run(args) -> int:
     print(format_table(["layer", "count", "bits", "group", "bits/weight", "bytes"], table,
                        title=f"{args.model} {args.preset}: quantized in {seconds:.1f} s"))
     print(f"\nwrote {path} ({result['file_bytes'] / 2**20:.2f} MiB)")
+    return 0
+
+
+def _list_presets(as_json: bool) -> int:
+    import edgeq
+    from edgeq._table import format_table
+
+    rows = edgeq.list_presets()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_table(["preset", "method", "bits", "group", "calibration"],
+                       [[r["name"], r["method"], r["bits"], r["group_size"] or "channel",
+                         "needs data" if r["needs_calibration"] else "none"] for r in rows]))
     return 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeq.errors import QuantizationError
-from edgeq.maths.packing import SUPPORTED_BITS, unpack
+from edgeq.maths.packing import PACK_UNIT_VALUES, SUPPORTED_BITS, unpack
 
 MIN_SCALE = 2.0 ** -20  # keeps float16 scales normal-ish and nonzero for all-zero groups
 
@@ -47,6 +47,11 @@ def check_grid(bits: int, group_size: int, in_features: int, layer: str = "weigh
     if group_size <= 0 or in_features % group_size:
         raise QuantizationError(
             f"{layer}: group size {group_size} does not divide its {in_features} input features"
+        )
+    if group_size % PACK_UNIT_VALUES[bits]:  # each group's packed bytes are its own (the kernels index them so)
+        raise QuantizationError(
+            f"{layer}: {bits}-bit values in groups of {group_size} do not fill whole bytes (its {in_features} input "
+            f"features; groups must be a multiple of {PACK_UNIT_VALUES[bits]}): keep it in float with skip=[{layer!r}]"
         )
 
 

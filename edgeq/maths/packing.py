@@ -22,6 +22,7 @@ from edgeq.errors import QuantizationError
 SUPPORTED_BITS = (2, 3, 4, 8)
 # (values, bytes) in one pack unit
 _UNIT = {8: (1, 1), 4: (2, 1), 2: (4, 1), 3: (8, 3)}
+PACK_UNIT_VALUES = {bits: values for bits, (values, _) in _UNIT.items()}  # a packed row holds a multiple of these
 
 
 def packed_length(k: int, bits: int) -> int:

@@ -177,6 +177,26 @@ def quantizable_layers(model: nn.Module, recipe: Recipe, kinds=(nn.Linear, nn.Co
     return layers
 
 
+def hf_conv1d_as_linear(model: nn.Module, recipe: Recipe) -> None:
+    """Replace, in place, every Hugging Face ``Conv1D`` (GPT-2's Linear, weight stored [in, out]:
+    ``y = x @ W + b``) not skipped by ``recipe`` with the equivalent ``nn.Linear`` (weight Wᵀ), so
+    the methods that quantize Linears quantize it too."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # without transformers there is no such layer
+        return
+    for name, m in list(model.named_modules()):
+        if isinstance(m, Conv1D) and not is_skipped(name, recipe):
+            in_features, out_features = m.weight.shape
+            linear = nn.Linear(in_features, out_features, bias=m.bias is not None,
+                               device=m.weight.device, dtype=m.weight.dtype)
+            with torch.no_grad():
+                linear.weight.copy_(m.weight.t())
+                if m.bias is not None:
+                    linear.bias.copy_(m.bias)
+            set_submodule(model, name, linear)
+
+
 def calib_batches(calib) -> list:
     """Normalise ``calib`` (a tensor, a tuple of inputs, or an iterable of either) to a list of batches."""
     if calib is None:

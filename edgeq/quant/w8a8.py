@@ -34,6 +34,7 @@ class W8A8Recipe(Recipe):
     BatchNorm is folded into the preceding conv first. Compute stays in float (QDQ)."""
 
     METHOD = "w8a8"
+    WEIGHT_BITS = 8  # fixed: not a knob (edgeq.list_presets shows it)
     act_percentile: float = 100.0
 
     @property

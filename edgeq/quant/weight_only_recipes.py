@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import check_grid, quantize_groups, resolve_group_size
-from edgeq.quant.base import calib_batches, quantizable_layers, register_quantizer, set_submodule
+from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer, set_submodule
 from edgeq.quant.gptq import gptq_quantize_model
 from edgeq.quant.quarot import rotate_llama
 from edgeq.quant.weight_only import flat_weight, from_float_layer
@@ -80,6 +80,7 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
         raise QuantizationError(f"recipe 'gptq' needs calibration data for its Hessians: pass calib=<sample inputs>")
     start = time.perf_counter()
     qmodel = copy.deepcopy(model).eval()
+    hf_conv1d_as_linear(qmodel, recipe)
     layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
     for name, layer in layers.items():
         in_features = flat_weight(layer).shape[1]
@@ -105,7 +106,7 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
 
 register_recipe_type(RTNRecipe)
 register_recipe_type(GPTQRecipe)
-for _bits, _group in ((4, 128), (3, 128), (2, 64), (4, 64), (3, 64), (2, 32)):
+for _bits, _group in ((b, g) for b in (4, 3, 2) for g in (128, 64, 32)):
     for _hadamard in (False, True):
         _tag = "hadamard-" if _hadamard else ""
         register_preset(f"w{_bits}g{_group}-{_tag}rtn", RTNRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
