@@ -1,8 +1,8 @@
 """``edgeq.export``: a quantized (or float) PyTorch model to an ONNX file, on torch's dynamo exporter.
 
 QDQ layers leave as standard QuantizeLinear/DequantizeLinear around float Conv/MatMul. Weight-only
-layers leave through their export rules (``edgeq.export_rules``) as ``edgeq.LowBitLinear`` nodes
-with flat function bodies; ``weight_format`` then says which of them become standard ONNX:
+layers leave through the export rules their modules register (swapped in by ``edgeq.export_rules``)
+as ``edgeq.LowBitLinear`` nodes with flat function bodies; ``weight_format`` then says which of them become standard ONNX:
 
 * ``"auto"`` (default): 4- and 8-bit layers (and 2-bit at opset >= 25) as uint4/uint8/uint2
   initializers with blocked DequantizeLinear + MatMul, which stock onnxruntime fuses into its fast

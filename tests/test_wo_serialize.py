@@ -55,3 +55,29 @@ def test_loading_a_file_that_is_not_a_quantized_model(tmp_path):
         load_quantized(bad)
     with pytest.raises(ModelFileError, match="not found"):
         load_quantized(tmp_path / "missing.safetensors")
+
+
+LOPRO_GPTQ = json.dumps({"method": "lopro", "bits": 3, "group_size": 16, "rank": 2, "block_size": 16,
+                         "salient_blocks": 0, "quantizer": "gptq", "clip_steps": 0, "skip": ["stem.*", "block_*", "down.*"]})
+
+
+def test_cli_quantize_passes_calibration_by_the_recipe_and_saves_lopro(tmp_path, capsys, digits, digits_model):
+    """LoPRo's GPTQ flavour needs calibration: the CLI passes it because the recipe says so (it used
+    to pass it to method "gptq" only), and the saved LoPRo layer loads back bit for bit."""
+    out = tmp_path / "lopro.safetensors"
+    assert main(["quantize", "digits-cnn", LOPRO_GPTQ, "-o", str(out), "--calib", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe"]["method"] == "lopro"
+    loaded = load_quantized(out)
+    expected = edgeq.quantize(digits_model, LOPRO_GPTQ, calib=digits.x_train[:64])
+    assert type(loaded.head).__name__ == "LoProLinear"
+    with torch.no_grad():
+        assert torch.equal(loaded(digits.x_test), expected(digits.x_test))
+
+
+def test_lrqmm_layers_save_and_load(tmp_path, digits, digits_model):
+    qmodel = edgeq.quantize(digits_model, '{"method": "lrqmm", "bits": 4, "group_size": 32, "rank": 4, '
+                                          '"factor_dtype": "int8", "skip": ["stem.*", "block_*", "down.*"]}')
+    loaded = load_quantized(save_quantized(qmodel, tmp_path / "lrqmm.safetensors", source="digits-cnn"))
+    assert type(loaded.head).__name__ == "LowRankCorrectedLinear"
+    with torch.no_grad():
+        assert torch.equal(loaded(digits.x_test), qmodel(digits.x_test))

@@ -52,8 +52,8 @@ from edgeq.maths.hadamard import hadamard_matrix, hadamard_transform
 from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, calib_batches, quantizable_layers, register_export_rule,
                               register_layer_format, register_quantizer, set_submodule)
 from edgeq.quant.gptq import gptq_quantize_model, gptq_solve
-from edgeq.quant.r1svd import (FACTOR_DTYPES, compress_factors, decode_factors, empty_factors, factor_bytes,
-                               factors_for_export, factors_spec, r1svd)
+from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRankTwin, compress_factors, decode_factors, empty_factors,
+                               factor_bytes, factors_spec, r1svd)
 from edgeq.quant.weight_only import WeightOnlyLinear, empty_weight_only, weight_only_spec
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
@@ -241,18 +241,11 @@ register_preset("w2-lopro", LoProRecipe(bits=2, skip=("lm_head",)))
 
 # --- export ---------------------------------------------------------------------------------
 
-class LoProExport(nn.Module):
+class LoProExport(LowRankTwin):
     """``LoProLinear``: Gather (the column permutation) -> edgeq.Hadamard on the low-bit columns ->
     LowBitLinear, plus the salient columns' LowBitLinear and the low-rank branch on the unpermuted
     input as two MatMuls (it reads x, not the rotated columns, so it is not fused into the core)."""
     __module__ = EXPORT_RULES_MODULE
-
-    def __init__(self, layer: LoProLinear):
-        super().__init__()
-        self.layer = layer
-        u, v = factors_for_export(layer)
-        self.register_buffer("factor_in", u)
-        self.register_buffer("factor_out", v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, ks = self.layer, self.layer.salient_features

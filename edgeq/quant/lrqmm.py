@@ -31,8 +31,8 @@ from edgeq.errors import QuantizationError
 from edgeq.maths.groups import quantize_groups
 from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, quantizable_layers, register_export_rule,
                               register_layer_format, register_quantizer, set_submodule)
-from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRank, compress_factors, decode_factors, empty_factors, factor_bytes,
-                               factors_for_export, factors_spec, r1svd)
+from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRank, LowRankTwin, compress_factors, decode_factors, empty_factors,
+                               factor_bytes, factors_spec, r1svd)
 from edgeq.quant.weight_only import WeightOnlyLinear, empty_weight_only, weight_only_spec
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
@@ -155,16 +155,9 @@ register_preset("w2-lrqmm", LRQMMRecipe(bits=2, group_size=64, rank=32, skip=("l
 
 # --- export ---------------------------------------------------------------------------------
 
-class LowRankLinearExport(nn.Module):
+class LowRankLinearExport(LowRankTwin):
     """LRQMM's ``LowRankCorrectedLinear`` as one ``edgeq.LowRankLinear`` node."""
     __module__ = EXPORT_RULES_MODULE
-
-    def __init__(self, layer: LowRankCorrectedLinear):
-        super().__init__()
-        self.layer = layer
-        u, v = factors_for_export(layer)
-        self.register_buffer("factor_in", u)
-        self.register_buffer("factor_out", v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.layer.core

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 from edgeq.errors import QuantizationError
 
@@ -137,12 +138,19 @@ def factor_bytes(buffers: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in buffers.values() if t is not None)
 
 
-def factors_for_export(layer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U [in, r], V [r, out]) with ``x @ U @ V`` the layer's low-rank branch: float16 factors stay
-    float16 (exact in the op's cast), others (bf16, int8 with scales) are decoded to float32."""
-    lr = decode_factors({"u": layer.u, "v": layer.v, "u_scale": layer.u_scale, "v_scale": layer.v_scale})
-    dtype = torch.float16 if layer.u.dtype == torch.float16 and layer.u_scale is None else torch.float32
-    return lr.v.T.contiguous().to(dtype), lr.u.T.contiguous().to(dtype)
+class LowRankTwin(nn.Module):
+    """Base of the export twins of layers with a low-rank branch (``u``, ``v`` and their scales):
+    holds the layer and buffers ``factor_in`` [in, r], ``factor_out`` [r, out] with
+    ``x @ factor_in @ factor_out`` the branch. float16 factors stay float16 (exact in the op's
+    cast); others (bf16, int8 with scales) are decoded to float32."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        lr = decode_factors({"u": layer.u, "v": layer.v, "u_scale": layer.u_scale, "v_scale": layer.v_scale})
+        dtype = torch.float16 if layer.u.dtype == torch.float16 and layer.u_scale is None else torch.float32
+        self.register_buffer("factor_in", lr.v.T.contiguous().to(dtype))
+        self.register_buffer("factor_out", lr.u.T.contiguous().to(dtype))
 
 
 FACTOR_NAMES = ("u", "v", "u_scale", "v_scale")
