@@ -71,6 +71,7 @@ def test_greedy_generation_on_the_host(llamas, name):
 def test_artifact_metadata_and_one_copy_of_the_weights(llamas):
     _, path, art = llamas["w4"]
     meta = read_generation_metadata(path)
+    assert art.outputs[0] == {"name": "logits", "dtype": "float32", "shape": [1, 1, VOCAB]}  # the last position only
     assert art.generation == {**meta, "max_context": MAX_CONTEXT, "prefill_chunk": 4, "batch": 1,
                               "functions": {"prefill": "prefill", "decode": "decode"}}
     # the two functions share the packed weights: the artifact holds them once, as packed as the file
