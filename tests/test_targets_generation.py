@@ -108,7 +108,7 @@ def test_compile_options_need_a_kv_cache_file(tmp_path, llamas):
     assert not list(tmp_path.glob("*.so"))
 
 
-@pytest.mark.parametrize("target", ["arm64", "armv7"])
+@pytest.mark.parametrize("target", ["x86_64", "arm64", "armv7"])
 def test_cross_compiles(llamas, tmp_path, target):
     from test_targets_registry import E_MACHINE, elf_machines
 
