@@ -203,7 +203,7 @@ def run_torch(hf: Path, ids: list[int], new: int, threads: int) -> dict:
 def run_llama_cpp(gguf: Path, prompt: int, new: int, threads: int) -> dict:
     binary = llama_bench()
     done = subprocess.run([str(binary), "-m", str(gguf), "-t", str(threads), "-p", str(prompt), "-n", str(new),
-                           "-r", "3", "-o", "json"], capture_output=True, text=True)
+                           "-r", "2", "-o", "json"], capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"llama-bench failed: {done.stderr.strip()[-500:]}")
     rows = json.loads(done.stdout)
@@ -283,7 +283,7 @@ def main() -> int:
                                      "its builder, -p int4 -e cpu")
     if "llama.cpp" not in skip:
         llama_bench()
-        rows["llama.cpp"] = ({"path": str(gguf)}, gguf.stat().st_size, "llama-bench -r 3, Q4_1 GGUF")
+        rows["llama.cpp"] = ({"path": str(gguf)}, gguf.stat().st_size, "llama-bench -r 2, Q4_1 GGUF")
     if "pytorch" not in skip:
         rows["pytorch"] = ({"path": str(hf)}, folder_bytes(hf, ("*.safetensors",)), "generate(), float32")
     rows = {k: v for k, v in rows.items() if k.split(" ")[0] not in skip and k not in skip}

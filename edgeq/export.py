@@ -78,7 +78,9 @@ def export(
     _check_options(model, opset, weight_format, path, external_data)
     if example_inputs is None and not kv_cache:
         raise ExportError("example_inputs are needed (only kv_cache=True builds its own)")
-    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs or ())
+    if example_inputs is None:
+        example_inputs = ()
+    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     generation = None
     if kv_cache:
         if not export_kv.is_causal_lm(model):

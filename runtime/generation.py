@@ -12,6 +12,7 @@ sampling from a seeded numpy Generator, streaming text as it goes and timing pre
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from edgeq.errors import ContextLengthError, ModelFileError, RecipeError, RuntimeExecError
+
+GENERATION_METADATA_KEY = "edgeq.generation"  # the KV-cache file's metadata entry (edgeq.export_kv writes it)
 
 
 @runtime_checkable
@@ -127,20 +130,21 @@ def _unpacked_copy(model):
 
 
 def read_generation_metadata(onnx_path: str | Path) -> dict:
-    """The ``edgeq.generation`` entry of a KV-cache ONNX file (read without its weights)."""
-    from edgeq.export_kv import METADATA_KEY, read_generation_metadata as read_entry
+    """The ``edgeq.generation`` entry of a KV-cache ONNX file (read without its weights; the
+    runtime reads the file's contract, it does not import the exporter)."""
+    import onnx
 
     path = Path(onnx_path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
     try:
-        meta = read_entry(str(path))
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as exc:
         raise ModelFileError(f"{path}: not a readable ONNX file ({str(exc).strip().splitlines()[0]})") from None
-    if meta is None:
-        raise ModelFileError(f"{path}: not a KV-cache generation model (no '{METADATA_KEY}' metadata; export it "
-                             "with kv_cache=True / edgeq export --kv-cache)")
-    return meta
+    if GENERATION_METADATA_KEY not in props:
+        raise ModelFileError(f"{path}: not a KV-cache generation model (no '{GENERATION_METADATA_KEY}' metadata; "
+                             "export it with kv_cache=True / edgeq export --kv-cache)")
+    return json.loads(props[GENERATION_METADATA_KEY])
 
 
 class OrtCausalLMSession:

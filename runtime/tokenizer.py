@@ -12,6 +12,8 @@ from pathlib import Path
 from edgeq.errors import ModelFileError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature", "top_k", "top_p",
+                   "max_length", "max_new_tokens", "repetition_penalty")
 
 
 def load_tokenizer(source: str | Path, gguf_file: str | None = None):
@@ -42,7 +44,7 @@ def generation_config_of(model=None, tokenizer=None) -> dict:
     config = {}
     gen = getattr(model, "generation_config", None)
     if gen is not None:
-        config = {k: v for k, v in gen.to_diff_dict().items() if not k.startswith("_") and k != "transformers_version"}
+        config = {k: v for k, v in gen.to_diff_dict().items() if k in GENERATION_KEYS}
     if tokenizer is not None:
         if config.get("eos_token_id") is None and tokenizer.eos_token_id is not None:
             config["eos_token_id"] = int(tokenizer.eos_token_id)

@@ -281,7 +281,8 @@ def _import_generation(onnx_path, model, spec, metadata, specialize, max_context
         raise CompileError(f"{onnx_path}: a KV-cache file keeps seq and past symbolic; bound them with max_context, not specialize")
     settings = generation_settings(metadata, max_context, prefill_chunk, onnx_path)
     try:
-        return generation_module(model, settings, spec.name), settings
+        mod, model = generation_module(model, settings, spec.name)
+        return mod, model, settings
     except EdgeqError as exc:
         raise type(exc)(f"{onnx_path}: {exc}") from None
     except Exception as exc:
@@ -323,7 +324,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     if generation is None and (max_context is not None or prefill_chunk is not None):
         raise CompileError(f"{onnx_path}: max_context / prefill_chunk apply to KV-cache files (edgeq export --kv-cache)")
     if generation is not None:
-        mod, generation = _import_generation(onnx_path, model, spec, generation, specialize, max_context, prefill_chunk)
+        mod, model, generation = _import_generation(onnx_path, model, spec, generation, specialize, max_context, prefill_chunk)
     else:
         mod, model = _import(onnx_path, model, spec, specialize)
     # After the import (a model that cannot be lowered says so whatever the host has installed),

@@ -5,7 +5,9 @@ entry points over one set of weights:
   with ``seq`` symbolic up to ``prefill_chunk``;
 * ``decode`` the same with ``seq = 1`` (bound before lowering, so its kernels are GEMVs).
 
-Both return ``(logits, *present)``. The cache is the model's own ``past``/``present`` tensors:
+Both return ``(logits [1, 1, vocab], *present)``: only the last position's logits, which is all
+a generation step uses, so the ``lm_head`` runs on one row per prefill call (``last_position_only``)
+and only one row travels back from a device. The cache is the model's own ``past``/``present`` tensors:
 a session keeps the returned ``present`` arrays in the runtime's memory (on the device over
 RPC) and passes them back as ``past``; nothing but the logits goes to the host. ``past`` is
 bounded by ``max_context`` (``tir_var_upper_bound``), so Relax plans every intermediate buffer
@@ -15,7 +17,9 @@ VM stores once; the packed weights go through edgeq's lowerings like any other a
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from edgeq.errors import CompileError
 
@@ -38,13 +42,20 @@ def generation_settings(metadata: dict, max_context: int | None, prefill_chunk: 
 
 
 def generation_module(model: onnx.ModelProto, settings: dict, target: str):
-    """The Relax module with ``prefill`` and ``decode`` (see the module docstring)."""
+    """(the Relax module with ``prefill`` and ``decode``, the batch-1 last-position ONNX model it
+    was imported from; see the module docstring)."""
     from tvm import relax
 
     from edgeq.targets.importer import import_onnx
     from edgeq.targets.specialize import specialize
 
-    mod = import_onnx(specialize(model, {"batch": 1}), target=target)
+    model = last_position_only(specialize(model, {"batch": 1}))
+    for value in model.graph.output:  # the specialization leaves the outputs' batch named
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param == "batch":
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    mod = import_onnx(model, target=target)
     main = mod["main"]
     bound = {"past": settings["max_context"]}
     prefill = main.with_attr("global_symbol", FUNCTIONS["prefill"]).with_attr(
@@ -56,7 +67,38 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     del out["main"]
     out[FUNCTIONS["prefill"]] = prefill
     out[FUNCTIONS["decode"]] = decode
-    return out
+    return out, model
+
+
+# ops whose first input is the activations and that act row by row (an lm_head)
+_ROW_WISE_HEADS = ("MatMul", "LowBitLinear")
+
+
+def last_position_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``logits`` of the last position only: a ``Slice`` of the hidden states before the
+    ``lm_head`` when a matmul produces the logits (the head then runs on one row), else of the
+    logits themselves."""
+    graph = model.graph
+    head = next((n for n in graph.node if "logits" in n.output), None)
+    if head is None:
+        raise CompileError("the KV-cache file has no node producing 'logits'")
+    consts = [numpy_helper.from_array(np.array(v, np.int64), f"edgeq.last_position.{k}")
+              for k, v in (("starts", [-1]), ("ends", [np.iinfo(np.int64).max]), ("axes", [1]))]
+    graph.initializer.extend(consts)
+    names = [c.name for c in consts]
+    if head.op_type in _ROW_WISE_HEADS:
+        last = f"{head.input[0]}.last_position"
+        graph.node.insert(list(graph.node).index(head), helper.make_node("Slice", [head.input[0], *names], [last],
+                                                                          name="edgeq.last_position"))
+        head.input[0] = last
+    else:
+        all_logits = "logits.all_positions"
+        head.output[list(head.output).index("logits")] = all_logits
+        graph.node.append(helper.make_node("Slice", [all_logits, *names], ["logits"], name="edgeq.last_position"))
+    logits = next(o for o in graph.output if o.name == "logits")
+    logits.type.tensor_type.shape.dim[1].Clear()
+    logits.type.tensor_type.shape.dim[1].dim_value = 1
+    return model
 
 
 def _module_of(func):

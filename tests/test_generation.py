@@ -270,3 +270,14 @@ def test_cli_generates_on_the_arm64_device(hf_folder, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["executor"] == "tvm" and result["token_ids"] == expected
     assert (tmp_path / "arm64" / "tvm-arm64" / "tokenizer.json").exists()
+
+
+def test_cli_refuses_bad_sources_and_options(w4_onnx, tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "missing"), "--prompt", "hi"]) == 2
+    assert "no such model, artifact or folder" in capsys.readouterr().err
+    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--executor", "torch"]) == 2
+    assert "artifact folder" in capsys.readouterr().err
+    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--top-k", "5"]) == 2
+    assert "temperature > 0" in capsys.readouterr().err
+    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--device", "rpc://127.0.0.1:1"]) == 2
+    assert "--executor tvm" in capsys.readouterr().err

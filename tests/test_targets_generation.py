@@ -71,6 +71,7 @@ def test_greedy_generation_on_the_host(llamas, name):
 def test_artifact_metadata_and_one_copy_of_the_weights(llamas):
     _, path, art = llamas["w4"]
     meta = read_generation_metadata(path)
+    assert art.outputs[0] == {"name": "logits", "dtype": "float32", "shape": [1, 1, VOCAB]}  # the last position only
     assert art.generation == {**meta, "max_context": MAX_CONTEXT, "prefill_chunk": 4, "batch": 1,
                               "functions": {"prefill": "prefill", "decode": "decode"}}
     # the two functions share the packed weights: the artifact holds them once, as packed as the file
@@ -107,7 +108,7 @@ def test_compile_options_need_a_kv_cache_file(tmp_path, llamas):
     assert not list(tmp_path.glob("*.so"))
 
 
-@pytest.mark.parametrize("target", ["arm64", "armv7"])
+@pytest.mark.parametrize("target", ["x86_64", "arm64", "armv7"])
 def test_cross_compiles(llamas, tmp_path, target):
     from test_targets_registry import E_MACHINE, elf_machines
 
