@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         command = f"edgeq {args.command}"
         return args.func(args)
+    except BrokenPipeError:  # `edgeq quantize --list | head`: the reader has all it wanted
+        if is_cli_process():
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         if is_cli_process():  # objects a library was building when Ctrl-C landed (TVM's TempDirectory)

@@ -110,3 +110,13 @@ def test_a_live_writers_temp_is_kept(tmp_path):
         sleeper.wait()
     assert os.path.exists(live)
     assert clean_stale_temps(tmp_path) == [live]
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    """``edgeq quantize --list | head -1``: the closed pipe ends the listing quietly with exit 0."""
+    proc = start(["quantize", "--list"], bufsize=0)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader is done: every later write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert "error" not in err and "Traceback" not in err, err
