@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeq.errors import ModelFileError, RecipeError
+from edgeq.errors import first_line, ModelFileError, RecipeError
 from edgeq.runtime.generation import (
     CausalLMSession,
     Generation,
@@ -193,7 +193,7 @@ def _load_model(source):
     try:
         model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
     except Exception as exc:
-        raise ModelFileError(f"{source}: cannot load it as a causal LM ({str(exc).strip().splitlines()[0]})") from None
+        raise ModelFileError(f"{source}: cannot load it as a causal LM ({first_line(exc)})") from None
     return model.eval(), load_tokenizer(source)
 
 

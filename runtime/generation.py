@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from edgeq.errors import ContextLengthError, ModelFileError, RecipeError, RuntimeExecError
+from edgeq.errors import ContextLengthError, first_line, ModelFileError, RecipeError, RuntimeExecError
 
 GENERATION_METADATA_KEY = "edgeq.generation"  # the KV-cache file's metadata entry (edgeq.export_kv writes it)
 
@@ -140,7 +140,7 @@ def read_generation_metadata(onnx_path: str | Path) -> dict:
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception as exc:
-        raise ModelFileError(f"{path}: not a readable ONNX file ({str(exc).strip().splitlines()[0]})") from None
+        raise ModelFileError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
     if GENERATION_METADATA_KEY not in props:
         raise ModelFileError(f"{path}: not a KV-cache generation model (no '{GENERATION_METADATA_KEY}' metadata; "
                              "export it with kv_cache=True / edgeq export --kv-cache)")
@@ -183,7 +183,7 @@ class OrtCausalLMSession:
         try:
             outputs = dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
         except Exception as exc:
-            raise RuntimeExecError(f"onnxruntime failed on {self.path}: {str(exc).strip().splitlines()[0]}") from None
+            raise RuntimeExecError(f"onnxruntime failed on {self.path}: {first_line(exc)}") from None
         for i in range(self.num_layers):
             for kind in ("key", "value"):
                 self.cache[f"past_key_values.{i}.{kind}"] = outputs[f"present.{i}.{kind}"]

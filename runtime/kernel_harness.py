@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeq.errors import RuntimeExecError
+from edgeq.errors import first_line, RuntimeExecError
 from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm
 
 HARNESS_SOURCE = Path(__file__).with_name("kernel_harness.c")
@@ -463,7 +463,7 @@ class HarnessExecutor(Executor):
         except Exception as exc:
             if self._error is not None:
                 raise self._error from None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise HarnessError(f"{self.artifact.path.name} on {self.name}: {first}") from None
         return _flatten_tvm(out)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from edgeq.errors import ModelFileError
+from edgeq.errors import first_line, ModelFileError
 
 ACCURACY_VALIDATE = 0
 ACCURACY_SPEED = 4
@@ -38,5 +38,5 @@ def ort_session(
         return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         where = "model bytes" if isinstance(path, bytes) else str(path)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelFileError(f"{where}: onnxruntime cannot load it: {first}") from None

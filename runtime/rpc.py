@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from edgeq.errors import RuntimeExecError
+from edgeq.errors import first_line, RuntimeExecError
 from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm, check_shared_library
 
 CONNECT_TIMEOUT_S = 60.0  # a reachable device or tracker may be busy with another session
@@ -71,7 +71,7 @@ def bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
         raise RuntimeExecError(f"{what}: the device did not answer within {timeout_s:.0f} s")
     if "error" in result:
         exc = result["error"]
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if "kShutdown" in first or "connection" in first.lower() or "socket" in first.lower():
             first = f"the device closed the connection (it died or was stopped): {first}"
         raise RuntimeExecError(f"{what}: {first}") from None

@@ -9,7 +9,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from edgeq.errors import ModelFileError
+from edgeq.errors import first_line, ModelFileError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature", "top_k", "top_p",
@@ -35,7 +35,7 @@ def load_tokenizer(source: str | Path, gguf_file: str | None = None):
         return AutoTokenizer.from_pretrained(str(path), gguf_file=gguf_file)
     except Exception as exc:
         where = path / gguf_file if gguf_file else path
-        raise ModelFileError(f"{where}: cannot read its tokenizer ({str(exc).strip().splitlines()[0]})") from None
+        raise ModelFileError(f"{where}: cannot read its tokenizer ({first_line(exc)})") from None
 
 
 def generation_config_of(model=None, tokenizer=None) -> dict:

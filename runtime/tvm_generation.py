@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.errors import ContextLengthError, ModelFileError, RuntimeExecError
+from edgeq.errors import ContextLengthError, first_line, ModelFileError, RuntimeExecError
 from edgeq.runtime.rpc import CALL_TIMEOUT_S, bounded, connect, parse_device_url
 
 
@@ -105,7 +105,7 @@ class TvmCausalLMSession:
             try:
                 logits, cache = call()
             except Exception as exc:
-                raise RuntimeExecError(f"TVM failed on {self.where} ({kind}): {str(exc).strip().splitlines()[0]}") from None
+                raise RuntimeExecError(f"TVM failed on {self.where} ({kind}): {first_line(exc)}") from None
         else:
             logits, cache = bounded(call, self._timeout, f"{kind} on {self.where}")
         self._cache, self.position = cache, pos + n

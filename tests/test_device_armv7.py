@@ -39,7 +39,7 @@ def armv7_device():
 
 @pytest.fixture(scope="module")
 def integer_cnn(digits, digits_model, tmp_path_factory):
-    from edgeq.quant.dyadic import export_integer
+    from edgeq.passes.integerize import export_integer
 
     out = tmp_path_factory.mktemp("armv7_int")
     qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])

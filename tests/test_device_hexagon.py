@@ -47,7 +47,7 @@ def hexagon_sim():
 @pytest.fixture(scope="module")
 def integer_cnn(digits, digits_model, tmp_path_factory):
     """(quantized model, integer-only ONNX, host artifact, hexagon-v68 artifact, hexagon-v73 artifact)."""
-    from edgeq.quant.dyadic import export_integer
+    from edgeq.passes.integerize import export_integer
 
     out = tmp_path_factory.mktemp("hexagon_int")
     qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])

@@ -17,7 +17,7 @@ from edgeq.runtime.report import validate_model
 
 @pytest.fixture(scope="module")
 def integer_cnn(digits, digits_model, tmp_path_factory):
-    from edgeq.quant.dyadic import export_integer
+    from edgeq.passes.integerize import export_integer
 
     out = tmp_path_factory.mktemp("harness_host")
     qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])

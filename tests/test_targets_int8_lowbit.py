@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import te
 
 from edgeq.errors import CompileError
-from edgeq.quant.packing import pack
+from edgeq.maths.packing import pack
 from edgeq.targets import compile as compile_model
 from edgeq.targets import get_target
 from edgeq.targets.int8_lowbit import dot_isa, int8_kernel, vector_bytes
