@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeq.errors import first_line, ModelFileError, RecipeError
+from edgeq.errors import ModelFileError, RecipeError, first_line
 from edgeq.runtime.generation import (
     CausalLMSession,
     Generation,

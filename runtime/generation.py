@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from edgeq.errors import ContextLengthError, first_line, ModelFileError, RecipeError, RuntimeExecError
+from edgeq.errors import ContextLengthError, ModelFileError, RecipeError, RuntimeExecError, first_line
 
 GENERATION_METADATA_KEY = "edgeq.generation"  # the KV-cache file's metadata entry (edgeq.export_kv writes it)
 

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeq.errors import first_line, RuntimeExecError
+from edgeq.errors import RuntimeExecError, first_line
 from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm
 
 HARNESS_SOURCE = Path(__file__).with_name("kernel_harness.c")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from edgeq.errors import first_line, ModelFileError
+from edgeq.errors import ModelFileError, first_line
 
 ACCURACY_VALIDATE = 0
 ACCURACY_SPEED = 4

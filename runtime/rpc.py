@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from edgeq.errors import first_line, RuntimeExecError
+from edgeq.errors import RuntimeExecError, first_line
 from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm, check_shared_library
 
 CONNECT_TIMEOUT_S = 60.0  # a reachable device or tracker may be busy with another session

@@ -9,7 +9,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from edgeq.errors import first_line, ModelFileError
+from edgeq.errors import ModelFileError, first_line
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "do_sample", "temperature", "top_k", "top_p",

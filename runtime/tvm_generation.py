@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.errors import ContextLengthError, first_line, ModelFileError, RuntimeExecError
+from edgeq.errors import ContextLengthError, ModelFileError, RuntimeExecError, first_line
 from edgeq.runtime.rpc import CALL_TIMEOUT_S, bounded, connect, parse_device_url
 
 
