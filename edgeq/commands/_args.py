@@ -17,56 +17,25 @@ def _number(text: str, kind):
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (counts of runs, samples, threads, trials, sizes)."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer (at least 1)")
-    return value
+def _checked(kind, ok, why: str):
+    """An argparse type: ``text`` parsed as ``kind`` (finite), refused with ``why`` unless ``ok(value)``."""
+
+    def parse(text: str):
+        value = _number(text, kind)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{value:g} {why}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (warm-up runs, seeds)."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not positive")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is negative")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1] (agreement rates)."""
-    value = _number(text, float)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1]")
-    return value
-
-
-def cosine(text: str) -> float:
-    value = _number(text, float)
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in [-1, 1]")
-    return value
-
-
-def port(text: str) -> int:
-    value = _number(text, int)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, "is not a positive integer (at least 1)")  # runs, samples, threads, sizes
+non_negative_int = _checked(int, lambda v: v >= 0, "is negative")  # warm-up runs, seeds
+positive_float = _checked(float, lambda v: v > 0, "is not positive")
+non_negative_float = _checked(float, lambda v: v >= 0, "is negative")
+fraction = _checked(float, lambda v: 0 <= v <= 1, "is not in [0, 1]")  # agreement rates
+cosine = _checked(float, lambda v: -1 <= v <= 1, "is not in [-1, 1]")
+port = _checked(int, lambda v: 1 <= v <= 65535, "is not a TCP port (1..65535)")
 
 
 def parse_targets(values: list[str]) -> list[str]:
