@@ -56,3 +56,13 @@ def parse_targets(values: list[str]) -> list[str]:
     if duplicates:
         raise TargetError(f"--target names {', '.join(duplicates)} more than once")
     return names
+
+
+def check_device(device: str) -> None:
+    """``--device`` of validate/profile: a harness device's name (armv7, hexagon-sim) or an RPC
+    URL, checked before any work."""
+    from edgeq.runtime.device import is_harness_device
+    from edgeq.runtime.rpc import parse_device_url
+
+    if not is_harness_device(device):
+        parse_device_url(device)

@@ -34,9 +34,9 @@ def run(args) -> int:
 
     out = check_output_dir(args.out)  # created by the first file written into it
     if args.device:
-        from edgeq.runtime.rpc import parse_device_url
+        from edgeq.commands._args import check_device
 
-        parse_device_url(args.device)
+        check_device(args.device)
     if args.recipes:
         from edgeq.recipes import resolve_recipe
         from edgeq.targets.registry import get_target

@@ -47,9 +47,9 @@ def run(args) -> int:
             raise RuntimeExecError(f"--dim {item!r}: expected NAME=SIZE with SIZE >= 1")
         dims[name] = int(size)
     if args.device:
-        from edgeq.runtime.rpc import parse_device_url
+        from edgeq.commands._args import check_device
 
-        parse_device_url(args.device)
+        check_device(args.device)
     inputs = load_inputs(args.inputs, load_onnx(args.model), samples=args.samples, seed=args.seed, dims=dims)
     tolerance = Tolerance(max_rel=args.max_rel, min_cosine=args.min_cosine, min_top1=args.min_top1, int_exact=not args.int_tolerant,
                           exact=args.exact)
