@@ -14,7 +14,7 @@ import torch
 
 import edgeq
 from edgeq.cli import main
-from edgeq.errors import ContextLengthError, RecipeError
+from edgeq.errors import ContextLengthError, ModelFileError, RecipeError
 from edgeq.generation import compile_generation_artifact, export_generation_onnx, load_generator
 from edgeq.quant.embedding import quantize_embeddings
 from edgeq.runtime.generation import (
@@ -273,11 +273,11 @@ def test_cli_generates_on_the_arm64_device(hf_folder, tmp_path, capsys):
 
 
 def test_cli_refuses_bad_sources_and_options(w4_onnx, tmp_path, capsys):
-    assert main(["generate", str(tmp_path / "missing"), "--prompt", "hi"]) == 2
+    assert main(["generate", str(tmp_path / "missing"), "--prompt", "hi"]) == ModelFileError.exit_code
     assert "no such model, artifact or folder" in capsys.readouterr().err
-    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--executor", "torch"]) == 2
+    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--executor", "torch"]) == RecipeError.exit_code
     assert "artifact folder" in capsys.readouterr().err
-    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--top-k", "5"]) == 2
+    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--top-k", "5"]) == RecipeError.exit_code
     assert "temperature > 0" in capsys.readouterr().err
-    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--device", "rpc://127.0.0.1:1"]) == 2
+    assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--device", "rpc://127.0.0.1:1"]) == RecipeError.exit_code
     assert "--executor tvm" in capsys.readouterr().err
