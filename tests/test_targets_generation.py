@@ -147,6 +147,41 @@ def test_greedy_generation_on_the_arm64_device(llamas, tmp_path_factory, name):
         session.close()
 
 
+@pytest.fixture(scope="module")
+def other_archs(tmp_path_factory):
+    """arch -> (W4 model, KV-cache ONNX path): the other causal-LM architectures the export takes."""
+    out = tmp_path_factory.mktemp("gen_archs")
+    built = {}
+    for arch in ("mistral", "qwen2", "qwen3"):
+        model = quantized(tiny_causal_lm(arch))
+        built[arch] = model, edgeq.export(model, None, out / f"{arch}.onnx", kv_cache=True)
+    return built
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3"])
+def test_greedy_generation_of_other_architectures(other_archs, tmp_path, arch):
+    """Mistral, Qwen2 and Qwen3 (W4, 4-bit tied table) generate the same 32 tokens on TVM,
+    onnxruntime and PyTorch, logits within the float floor, like the Llama above."""
+    model, path = other_archs[arch]
+    art = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
+    check_generation(model, path, TvmCausalLMSession(art.path))
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3"])
+def test_greedy_generation_of_other_architectures_on_the_arm64_device(other_archs, tmp_path, arch):
+    from test_device_arm64 import _running_device
+
+    device = _running_device()
+    model, path = other_archs[arch]
+    art = edgeq.compile(path, target="arm64", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
+    session = TvmCausalLMSession(art.path, device=device.url)
+    try:
+        check_generation(model, path, session)
+    finally:
+        session.close()
+
+
 def test_compile_cli_writes_a_generation_artifact(llamas, tmp_path, capsys):
     import json
 
