@@ -109,7 +109,10 @@ def test_lowbit_llama_kernels_match_the_host(tiny_llama, seq):
     finally:
         ex.close()
     names = " ".join(c.name for c in ex.checks)
-    for kind in ("packed_linear_w4", "softmax", "sigmoid", "sqrt", "sin", "cos", "take"):
+    # the rotary sin/cos get kernels of their own at 8 tokens; at one token TVM may fuse them into
+    # other kernels (their names then vary between builds), so only the GEMM run requires them
+    kinds = ("packed_linear_w4", "softmax", "sigmoid", "sqrt", "take") + (("sin", "cos") if seq > 1 else ())
+    for kind in kinds:
         assert kind in names, (kind, names)
     for c in ex.checks:
         if np.issubdtype(np.dtype(c.dtype), np.integer) or c.dtype == "bool":
