@@ -35,15 +35,17 @@ GEMV_SHAPES = [("4096→4096", 4096, 4096, 128), ("q/o 576→576", 576, 576, 64)
                ("gate/up 576→1536", 576, 1536, 64), ("down 1536→576", 1536, 576, 128)]
 
 
-def timed_in_turns(fns: dict, warmup: int = 5, runs: int = 50, rounds: int = 3) -> dict:
+def timed_in_turns(fns: dict, warmup: int = 5, runs: int = 50, rounds: int = 3, pause_s: float = 0.0) -> dict:
     """Median wall-clock milliseconds of each peer in ``fns``, timed in ``rounds`` turns of
     ``runs / rounds`` back-to-back calls per peer, so that the machine's slow and fast spells fall
     on every peer alike. Calls are not alternated one by one: onnxruntime's and TVM's pool
     threads spin for a while after a call and would slow the next peer down; each turn's
-    ``warmup`` calls absorb that."""
+    ``warmup`` calls absorb that, and ``pause_s`` of sleep before each turn lets the spinning
+    threads yield on a busy machine."""
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(pause_s)
             for _ in range(warmup):
                 fn()
             for _ in range(max(1, runs // rounds)):

@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_results, markdown_table  # noqa: E402
-
-def timed_in_turns(fns: dict, warmup: int = 5, runs: int = 60, rounds: int = 4, pause_s: float = 0.05) -> dict:
-    """Median ms of each peer, in ``rounds`` turns of ``runs / rounds`` calls after ``warmup``
-    calls. Each turn starts after ``pause_s`` of sleep: onnxruntime's pool threads spin after a
-    call and, on a busy 2-core machine, stall the next peer's thread pool for a scheduler tick."""
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            time.sleep(pause_s)
-            for _ in range(warmup):
-                fn()
-            for _ in range(max(1, runs // rounds)):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+from compiled_speed import timed_in_turns  # noqa: E402
 
 # (label, K, N, group, bits): SmolLM2-135M q/o 576→576, k/v 576→192, gate/up 576→1536, down 1536→576,
 # lm_head 576→49152 (tied with the embedding); g64 where 128 does not divide K
@@ -120,7 +104,7 @@ def shape_times(label, k, n, group, bits, rows, threads, tmp: Path) -> tuple[dic
         fns[f"ORT level {level}"] = lambda s=session: s.run(None, {"x": x})
         outputs[f"ORT level {level}"] = session.run(None, {"x": x})[0]
     load = os.getloadavg()[0]
-    times = timed_in_turns(fns, warmup=5, runs=60, rounds=4)
+    times = timed_in_turns(fns, warmup=5, runs=60, rounds=4, pause_s=0.05)
     scale_out = np.abs(reference).max()
     errors = {name: float(np.abs(out - reference).max() / scale_out) for name, out in outputs.items()}
     return times, errors, load
