@@ -5,8 +5,8 @@ onnxruntime, TVM cpu and the arm64 cross-compile (run on the emulated device whe
 
 Integer executors are compared with the PyTorch integer reference by exact equality of the
 dequantized outputs, which are one-to-one with the output integers (0 mismatches). The float
-model is the second reference: on 64 seeded inputs the integer model's max error is within 3% of
-the float outputs' largest magnitude at W8A8 (10% at W4A8) and its cosine similarity >= 0.999
+model is the second reference: on 64 seeded inputs the integer model's max error is within 2% of
+the float outputs' largest magnitude at W8A8 (10% at W4A8) and its cosine similarity >= 0.9995
 (0.99 at W4A8); the assertion messages carry the measured numbers.
 """
 
@@ -58,8 +58,9 @@ def test_graph_is_integer_only_with_depthwise_convs(mobilenet):
     assert sorted(g for g in groups if g > 1) == ([16, 32, 64] if name == "mobilenet_v2" else [8, 24, 48])  # depthwise
     assert ops.count("ReduceSum") == (1 if name == "mobilenet_v2" else 3)  # global pools: head (+ 2 SE)
     if name == "mobilenet_v3":
-        # 2 SE multiplies + 7 Hardswish products; 2 Hardsigmoid + 7 Hardswish gates clip in int32
-        assert ops.count("Mul") == 9 and ops.count("Clip") == 9
+        # 2 SE multiplies + 7 Hardswish products; 2 Hardsigmoid + 7 Hardswish gates (+ 2 residual
+        # adds) clip in int32
+        assert ops.count("Mul") == 9 and ops.count("Clip") == 11
     onnx.checker.check_model(model, full_check=True)
 
 
@@ -78,7 +79,7 @@ def test_onnxruntime_and_tvm_are_bit_exact_with_the_pytorch_integer_reference(mo
 def test_integer_model_is_close_to_the_float_model(mobilenet):
     name, model, qmodel, _, _ = mobilenet
     rel, cos = _float_error(model, qmodel, cnn_inputs(64, seed=2))
-    assert rel <= 0.03 and cos >= 0.999, f"{name} w8a8-dyadic vs float: max error {rel:.4f} of max |y|, cosine {cos:.6f}"
+    assert rel <= 0.02 and cos >= 0.9995, f"{name} w8a8-dyadic vs float: max error {rel:.4f} of max |y|, cosine {cos:.6f}"
 
 
 @pytest.mark.parametrize("mobilenet", ["mobilenet_v3"], indirect=True)  # V3 holds every op V2 has

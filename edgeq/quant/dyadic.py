@@ -563,7 +563,10 @@ def _build(plan: _Plan, qparams: dict[str, QParams], recipe: DyadicRecipe) -> Dy
             elif kind in ("hardswish", "hardsigmoid"):
                 gate = F.hardswish if kind == "hardswish" else F.hardsigmoid
                 y = qdq_graph.call_function(gate, (qdq_env[ins[0].name],))
-                int_mod = IntHardGate(qp_of[ins[0].name], qp, swish=kind == "hardswish")
+                try:
+                    int_mod = IntHardGate(qp_of[ins[0].name], qp, swish=kind == "hardswish")
+                except QuantizationError as exc:
+                    raise QuantizationError(f"layer {_layer_name(node)!r}: {exc}") from None
             else:  # _kind raised for anything else
                 raise AssertionError(kind)
             qdq_env[node.name] = add(qdq_root, qdq_graph, ActFakeQuant(qp), [y], f"{out_name}_quant")
