@@ -169,3 +169,33 @@ class _SqueezeExciteSigmoid(nn.Module):
 def test_ops_without_an_integer_form_are_refused_naming_the_layer(model, match):
     with pytest.raises(QuantizationError, match=match):
         edgeq.quantize(model.eval(), "w8a8-dyadic", calib=[cnn_inputs(2)])
+
+
+class _FunctionalSE(nn.Module):
+    """The functional spellings torchvision's MobileNets use: F.relu6, F.hardswish,
+    F.adaptive_avg_pool2d(x, 1), F.hardsigmoid, torch.mul, x.mean((2, 3)) without keepdim."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.stem(x))
+        x = torch.nn.functional.hardswish(self.dw(x))
+        gate = torch.nn.functional.hardsigmoid(self.fc2(torch.nn.functional.relu(self.fc1(torch.nn.functional.adaptive_avg_pool2d(x, 1)))))
+        return self.head(torch.mul(x, gate).mean((2, 3)))
+
+
+def test_functional_spellings_are_bit_exact_on_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    model = _FunctionalSE().eval()
+    qmodel = edgeq.quantize(model, "w8a8-dyadic", calib=cnn_inputs(32, seed=1))
+    path = export_integer(qmodel, cnn_inputs(1), tmp_path / "functional_int.onnx")
+    assert float_ops_in_integer_region(onnx.load(str(path))) == []
+    x = cnn_inputs(64, seed=2)
+    assert int((OrtExecutor(path).run([x.numpy()])[0] != qmodel(x).numpy()).sum()) == 0
+    rel, cos = _float_error(model, qmodel, x)
+    assert rel <= 0.02 and cos >= 0.9995, f"functional SE w8a8-dyadic vs float: max error {rel:.4f} of max |y|, cosine {cos:.6f}"
