@@ -82,29 +82,39 @@ def test_integer_model_is_close_to_the_float_model(mobilenet):
     assert rel <= 0.02 and cos >= 0.9995, f"{name} w8a8-dyadic vs float: max error {rel:.4f} of max |y|, cosine {cos:.6f}"
 
 
-@pytest.mark.parametrize("mobilenet", ["mobilenet_v3"], indirect=True)  # V3 holds every op V2 has
-def test_arm64_cross_compile_runs_bit_exact_on_the_device(mobilenet):
-    from edgeq.runtime import device as dev
+@pytest.fixture(scope="module")
+def arm64_artifact(mobilenet):
+    """The integer-only model cross-compiled for arm64 (skips without the cross compiler, fails
+    in CI where EDGEQ_REQUIRE_CROSS is set)."""
     from edgeq.targets import get_target
-
-    from _devices import skip_or_fail
 
     if shutil.which(get_target("arm64").cross_compiler) is None:
         message = "aarch64 g++ not installed (Debian package g++-aarch64-linux-gnu)"
         if os.environ.get("EDGEQ_REQUIRE_CROSS"):  # CI installs every cross compiler
             pytest.fail(message)
         pytest.skip(message)
-    name, _, qmodel, path, out = mobilenet
-    artifact = edgeq.compile(path, target="arm64", out_dir=out / "arm64")
-    assert artifact.path.stat().st_size > 0
-    state = dev.device_status("arm64")
-    if state is None:
-        skip_or_fail("arm64", "cross-compiled; the arm64 device is not running to run it (edgeq device start arm64)")
+    _, _, _, path, out = mobilenet
+    return edgeq.compile(path, target="arm64", out_dir=out / "arm64")
+
+
+@pytest.mark.parametrize("mobilenet", ["mobilenet_v3"], indirect=True)  # V3 holds every op V2 has
+def test_arm64_cross_compile(arm64_artifact):
+    assert arm64_artifact.path.stat().st_size > 0
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("mobilenet", ["mobilenet_v3"], indirect=True)
+def test_arm64_device_is_bit_exact(mobilenet, arm64_artifact):
+    from _devices import skip_or_fail
+    from edgeq.runtime import device as dev
     from edgeq.runtime.rpc import RpcExecutor
 
+    state = dev.device_status("arm64")
+    if state is None:
+        skip_or_fail("arm64", "the arm64 device is not running (edgeq device start arm64)")
     x = cnn_inputs(16, seed=3)
-    got = RpcExecutor(artifact.path, state.url).run([x.numpy()])[0]
-    assert int((got != qmodel(x).numpy()).sum()) == 0
+    got = RpcExecutor(arm64_artifact.path, state.url).run([x.numpy()])[0]
+    assert int((got != mobilenet[2](x).numpy()).sum()) == 0
 
 
 def test_w4a8_mobilenet_v3_is_bit_exact_and_close_to_float(tmp_path):
