@@ -4,14 +4,22 @@ Every float op between an activation DequantizeLinear and the next QuantizeLinea
 integer arithmetic on the quantized tensors (uint8/int8 activations, int8 weights holding 8 or
 fewer bits):
 
-    DQ(x) -> Conv(DQ(w), bias) [-> Relu] -> Q(y)
+    DQ(x) -> Conv(DQ(w), bias) [-> Relu] -> Q(y)            (grouped and depthwise Conv too)
         ConvInteger(q_x, w, z_x) + bias_int32 -> edgeq.DyadicRequantize(b, c, z_y, lo, hi) -> Cast
     DQ(x) -> Gemm/MatMul(DQ(w)) [+ bias] [-> Relu] -> Q(y)          MatMulInteger, the same tail
     DQ(a), DQ(b) -> Add [-> Relu] -> Q(y)       each branch to S_y by its own multiplier, int32 sum
+    DQ(a), DQ(b) -> Mul [-> Relu] -> Q(y)       (q_a - z_a) * (q_b - z_b) in int32, S_a*S_b/S_y
     DQ(x) -> AveragePool -> Q(y)                int32 window sum (depthwise ConvInteger of ones),
                                                 requantized by S_x / (k*k*S_y)
+    DQ(x) -> ReduceMean(H, W) / GlobalAveragePool -> Q(y)
+                                                int32 ReduceSum, requantized by S_x / (H*W*S_y)
+    DQ(x) -> HardSigmoid -> Q(y)                g = clip(q_x - z_x + rint(3/S_x), 0, rint(6/S_x)),
+                                                requantized by S_x / (6*S_y)
+    DQ(x) -> HardSwish -> Q(y)                  (q_x - z_x) * g, requantized by S_x^2 / (6*S_y)
     DQ(x) [-> Relu] -> Q(y)                     requantize (a ReLU sets lo = z_y)
     DQ(x) -> Reshape/Flatten/... -> ...         the shape op moves onto the integers
+
+"[-> Relu]" is a Relu or a Clip(0, 6) (ReLU6: hi = z_y + rint(6/S_y) as well).
 
 with bias_int32 = round(bias / (S_x*S_w)) and b/2^c ~= S_x*S_w/S_y (``edgeq.opset.dyadic``: the
 same functions the PyTorch integer reference uses, so both compute the same integers). The
@@ -32,8 +40,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeq.errors import PassError
-from edgeq.opset.dyadic import INT32_MAX, INT32_MIN, accumulator_scale, bias_int32, rescale_multiplier
+from edgeq.errors import PassError, QuantizationError
+from edgeq.opset.dyadic import (
+    ACTIVATION_RANGES,
+    INT32_MAX,
+    INT32_MIN,
+    accumulator_scale,
+    bias_int32,
+    clip_bounds,
+    hard_gate_offsets,
+    hardsigmoid_multiplier,
+    hardswish_multiplier,
+    product_multiplier,
+    rescale_multiplier,
+)
 from edgeq.passes._onnx import attach_edgeq_functions, consumers, node_label, producers
 from edgeq.passes.dead_nodes import remove_dead_nodes
 from edgeq.passes.integer_check import float_ops_in_integer_region, region_edges
@@ -159,10 +179,8 @@ class _Integerizer:
         shifted = (w.astype(np.int16) + 128).astype(np.uint8)
         return [self.const(f"{hint}_w", shifted), self.const(f"{hint}_wzp", np.array(128, np.uint8))]
 
-    def requantize(self, acc: str, b: np.ndarray, c: np.ndarray, out: QTensor, relu: bool, shape, q_out: str, hint: str):
-        lo, hi = out.range
-        if relu:
-            lo = max(lo, out.zero_point)
+    def requantize(self, acc: str, b: np.ndarray, c: np.ndarray, out: QTensor, act: str | None, shape, q_out: str, hint: str):
+        lo, hi = _bounds(out, act)
         y32 = self.fresh(f"{hint}_requant")
         self.emit(
             "DyadicRequantize",
@@ -211,30 +229,46 @@ class _Integerizer:
             return False
         out = QTensor(qnode.output[0], np.float32(out_scale.reshape(())), int(out_zp.reshape(())), dtype)
         src = self.producers[qnode.input[0]]
-        relu = False
-        if src.op_type == "Relu":
-            relu, src = True, self.producers.get(src.input[0])
+        act = self.activation_clip(src)
+        if act is not None:
+            src = self.producers.get(src.input[0])
             if src is None:
                 return False
         if src.name in self.keep_float or src.op_type in self.keep_float:
             return False
         hint = (src.name or src.output[0]).replace("/", "_")
         if src.output[0] in self.qtensors:  # DQ [-> Relu] -> Q: a requantize
-            self.rescale([self.qtensors[src.output[0]]], out, relu, qnode.output[0], hint)
+            self.rescale([self.qtensors[src.output[0]]], out, act, qnode.output[0], hint)
         elif src.op_type == "Conv":
-            self.conv(src, out, relu, qnode.output[0], hint)
+            self.conv(src, out, act, qnode.output[0], hint)
         elif src.op_type in ("Gemm", "MatMul"):
-            self.matmul(src, None, out, relu, qnode.output[0], hint)
+            self.matmul(src, None, out, act, qnode.output[0], hint)
         elif src.op_type == "Add" and self._matmul_with_bias(src) is not None:
             mm, bias = self._matmul_with_bias(src)
-            self.matmul(mm, bias, out, relu, qnode.output[0], hint)
+            self.matmul(mm, bias, out, act, qnode.output[0], hint)
         elif src.op_type == "Add" and all(i in self.qtensors for i in src.input):
-            self.rescale([self.qtensors[i] for i in src.input], out, relu, qnode.output[0], hint)
+            self.rescale([self.qtensors[i] for i in src.input], out, act, qnode.output[0], hint)
+        elif src.op_type == "Mul" and all(i in self.qtensors for i in src.input):
+            self.multiply(src, out, act, qnode.output[0], hint)
         elif src.op_type == "AveragePool" and src.input[0] in self.qtensors:
-            self.average_pool(src, out, relu, qnode.output[0], hint)
+            self.average_pool(src, out, act, qnode.output[0], hint)
+        elif src.op_type in ("ReduceMean", "GlobalAveragePool") and src.input[0] in self.qtensors:
+            self.global_average_pool(src, out, act, qnode.output[0], hint)
+        elif src.op_type in ("HardSigmoid", "HardSwish") and src.input[0] in self.qtensors:
+            self.hard_gate(src, out, act, qnode.output[0], hint)
         else:
             return False  # left in float; the region check after the rewrite names it
         return True
+
+    def activation_clip(self, node: onnx.NodeProto) -> str | None:
+        """"relu" for a Relu, "relu6" for a Clip(0, 6) with constant bounds, else None."""
+        if node.op_type == "Relu":
+            return "relu"
+        if node.op_type == "Clip" and len(node.input) == 3 and all(node.input[1:]):
+            lo, hi = self.value(node.input[1]), self.value(node.input[2])
+            if lo is not None and hi is not None and (float(lo), float(hi)) == ACTIVATION_RANGES["relu6"]:
+                return "relu6"
+        return None
 
     def _matmul_with_bias(self, add: onnx.NodeProto):
         for i, j in ((0, 1), (1, 0)):
@@ -256,7 +290,7 @@ class _Integerizer:
                 f"keep it in float or split the reduction"
             )
 
-    def conv(self, node, out: QTensor, relu: bool, q_out: str, hint: str) -> None:
+    def conv(self, node, out: QTensor, act: str | None, q_out: str, hint: str) -> None:
         x = self.qtensors.get(node.input[0])
         w = self.weight(node.input[1])
         if x is None or w is None:
@@ -273,9 +307,9 @@ class _Integerizer:
         acc_b = self.fresh(f"{hint}_acc_bias")
         self.emit("Add", [acc, self.const(f"{hint}_bias", bias.reshape(-1, 1, 1))], [acc_b])
         b, c = rescale_multiplier(accumulator_scale(x.scale, w.scale), out.scale)
-        self.requantize(acc_b, b, c, out, relu, (-1, 1, 1), q_out, hint)
+        self.requantize(acc_b, b, c, out, act, (-1, 1, 1), q_out, hint)
 
-    def matmul(self, node, bias_f, out: QTensor, relu: bool, q_out: str, hint: str) -> None:
+    def matmul(self, node, bias_f, out: QTensor, act: str | None, q_out: str, hint: str) -> None:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
             return self._unsupported(node, "only Gemm with transA=0, alpha=beta=1 is integerized")
@@ -299,14 +333,14 @@ class _Integerizer:
         acc_b = self.fresh(f"{hint}_acc_bias")
         self.emit("Add", [acc, self.const(f"{hint}_bias", bias)], [acc_b])
         b, c = rescale_multiplier(accumulator_scale(x.scale, w.scale), out.scale)
-        self.requantize(acc_b, b, c, out, relu, (-1,), q_out, hint)
+        self.requantize(acc_b, b, c, out, act, (-1,), q_out, hint)
 
-    def rescale(self, branches: list[QTensor], out: QTensor, relu: bool, q_out: str, hint: str) -> None:
+    def rescale(self, branches: list[QTensor], out: QTensor, act: str | None, q_out: str, hint: str) -> None:
         """One branch: a requantize; two: the residual add, summed in int32."""
         if len(branches) == 1:
             (q,) = branches
             b, c = rescale_multiplier(q.scale, out.scale)
-            return self.requantize(self.as_int32_centered(q, hint), b, c, out, relu, (), q_out, hint)
+            return self.requantize(self.as_int32_centered(q, hint), b, c, out, act, (), q_out, hint)
         parts = []
         for k, q in enumerate(branches):
             b, c = rescale_multiplier(q.scale, out.scale)
@@ -321,13 +355,12 @@ class _Integerizer:
         self.emit("Add", parts, [total])
         shifted = self.fresh(f"{hint}_shifted")
         self.emit("Add", [total, self.const(f"{hint}_zp", np.array(out.zero_point, np.int32))], [shifted])
-        lo, hi = out.range
-        lo = max(lo, out.zero_point) if relu else lo
+        lo, hi = _bounds(out, act)
         clipped = self.fresh(f"{hint}_clipped")
         self.emit("Clip", [shifted, self.const(f"{hint}_lo", np.array(lo, np.int32)), self.const(f"{hint}_hi", np.array(hi, np.int32))], [clipped])
         self.emit("Cast", [clipped], [q_out], to=out.dtype)
 
-    def average_pool(self, node, out: QTensor, relu: bool, q_out: str, hint: str) -> None:
+    def average_pool(self, node, out: QTensor, act: str | None, q_out: str, hint: str) -> None:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         kernel = list(attrs["kernel_shape"])
         if any(attrs.get("pads", [0])) or attrs.get("ceil_mode", 0) or len(kernel) != 2:
@@ -342,13 +375,65 @@ class _Integerizer:
         x_zp = self.const(f"{hint}_xzp", np.array(x.zero_point, _np(x.dtype)))
         self.emit("ConvInteger", [x.name, ones, x_zp, ones_zp], [acc], group=channels, kernel_shape=kernel, strides=list(attrs.get("strides", kernel)))
         b, c = rescale_multiplier(x.scale, out.scale, count=int(np.prod(kernel)))
-        self.requantize(acc, b, c, out, relu, (), q_out, hint)
+        self.requantize(acc, b, c, out, act, (), q_out, hint)
+
+    def multiply(self, node, out: QTensor, act: str | None, q_out: str, hint: str) -> None:
+        a, b = (self.qtensors[i] for i in node.input)
+        product = self.fresh(f"{hint}_product")
+        self.emit("Mul", [self.as_int32_centered(a, f"{hint}_0"), self.as_int32_centered(b, f"{hint}_1")], [product])
+        m, s = product_multiplier(a.scale, b.scale, out.scale)
+        self.requantize(product, m, s, out, act, (), q_out, hint)
+
+    def global_average_pool(self, node, out: QTensor, act: str | None, q_out: str, hint: str) -> None:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape = self.shapes.get(node.input[0])
+        if shape is None or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            return self._unsupported(node, "its input is not NCHW with a static height and width")
+        keepdims = 1
+        if node.op_type == "ReduceMean":
+            axes = self.value(node.input[1]) if len(node.input) > 1 and node.input[1] else attrs.get("axes")
+            if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
+                return self._unsupported(node, "only a mean over height and width (axes 2, 3) is integerized")
+            keepdims = int(attrs.get("keepdims", 1))
+        x = self.qtensors[node.input[0]]
+        total = self.fresh(f"{hint}_sum")
+        self.emit("ReduceSum", [self.as_int32_centered(x, hint), self.const(f"{hint}_axes", np.array([2, 3], np.int64))],
+                  [total], keepdims=keepdims)
+        b, c = rescale_multiplier(x.scale, out.scale, count=shape[2] * shape[3])
+        self.requantize(total, b, c, out, act, (), q_out, hint)
+
+    def hard_gate(self, node, out: QTensor, act: str | None, q_out: str, hint: str) -> None:
+        """relu6(x + 3) / 6 (HardSigmoid) or x * relu6(x + 3) / 6 (HardSwish) in integers."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "HardSigmoid" and (abs(attrs.get("alpha", 0.2) - 1 / 6) > 1e-6 or attrs.get("beta", 0.5) != 0.5):
+            return self._unsupported(node, "only PyTorch's HardSigmoid (alpha 1/6, beta 1/2) is integerized")
+        x = self.qtensors[node.input[0]]
+        try:
+            three, six = hard_gate_offsets(x.scale)
+        except QuantizationError as exc:
+            raise IntegerizeError(f"{node_label(node)}: {exc}") from None
+        centered = self.as_int32_centered(x, hint)
+        shifted, gate = self.fresh(f"{hint}_plus3"), self.fresh(f"{hint}_gate")
+        self.emit("Add", [centered, self.const(f"{hint}_three", np.array(three, np.int32))], [shifted])
+        self.emit("Clip", [shifted, self.const(f"{hint}_zero", np.array(0, np.int32)),
+                           self.const(f"{hint}_six", np.array(six, np.int32))], [gate])
+        if node.op_type == "HardSigmoid":
+            b, c = hardsigmoid_multiplier(x.scale, out.scale)
+            return self.requantize(gate, b, c, out, act, (), q_out, hint)
+        product = self.fresh(f"{hint}_product")
+        self.emit("Mul", [centered, gate], [product])
+        b, c = hardswish_multiplier(x.scale, out.scale)
+        self.requantize(product, b, c, out, act, (), q_out, hint)
 
     def _unsupported(self, node, why: str):
         raise IntegerizeError(
             f"{node_label(node)} has no integer form here ({why}); pass keep_float=[{node.name!r}] "
             f"(edgeq optimize --keep-float {node.name}) to keep it in float"
         )
+
+
+def _bounds(out: QTensor, act: str | None) -> tuple[int, int]:
+    return clip_bounds(out.scale, out.zero_point, *out.range, *ACTIVATION_RANGES[act])
 
 
 def _np(dtype: int):

@@ -173,3 +173,43 @@ def rescale_multiplier(from_scale, to_scale, count: int = 1) -> tuple[np.ndarray
     """(b, c) for from_scale / (count * to_scale): count > 1 divides a sum (average pooling)."""
     ratio = np.asarray(from_scale, np.float64) / (np.float64(count) * np.float64(np.float32(to_scale)))
     return dyadic_multiplier(ratio)
+
+
+ACTIVATION_RANGES = {None: (None, None), "relu": (0.0, None), "relu6": (0.0, 6.0)}  # float clips that fuse
+
+
+def clip_bounds(scale, zero_point: int, qmin: int, qmax: int, lo_value: float | None = None,
+                hi_value: float | None = None) -> tuple[int, int]:
+    """The integer bounds of a float clip (ReLU: lo 0; ReLU6: lo 0, hi 6) fused into a requantize
+    to ``scale``/``zero_point``: quantizing is monotone, so clip-then-quantize equals
+    quantize-then-clip at zero_point + rint(bound / scale), inside [qmin, qmax]."""
+    s = np.float64(np.float32(scale))
+    lo = qmin if lo_value is None else max(qmin, int(zero_point) + int(np.rint(lo_value / s)))
+    hi = qmax if hi_value is None else min(qmax, int(zero_point) + int(np.rint(hi_value / s)))
+    return lo, hi
+
+
+def hard_gate_offsets(input_scale) -> tuple[int, int]:
+    """(three, six): 3 and 6 as integers at the input's scale, for relu6(x + 3) computed as
+    clip(q - z + three, 0, six) (Hardsigmoid, Hardswish)."""
+    s = np.float64(np.float32(input_scale))
+    three, six = int(np.rint(3.0 / s)), int(np.rint(6.0 / s))
+    if six > 2**23:
+        raise QuantizationError(f"input scale {s:g} is too fine for an integer Hardswish/Hardsigmoid (6/scale > 2^23)")
+    return three, six
+
+
+def hardsigmoid_multiplier(input_scale, output_scale) -> tuple[np.ndarray, np.ndarray]:
+    """(b, c) for relu6(x + 3) / 6: the clipped integer g is at scale S_x, so y = g * S_x / (6 S_y)."""
+    return rescale_multiplier(np.float64(np.float32(input_scale)), output_scale, count=6)
+
+
+def hardswish_multiplier(input_scale, output_scale) -> tuple[np.ndarray, np.ndarray]:
+    """(b, c) for x * relu6(x + 3) / 6: the product (q - z) * g is at scale S_x^2, so
+    y = product * S_x^2 / (6 S_y)."""
+    return rescale_multiplier(accumulator_scale(input_scale, np.float32(input_scale)), output_scale, count=6)
+
+
+def product_multiplier(scale_a, scale_b, output_scale) -> tuple[np.ndarray, np.ndarray]:
+    """(b, c) for an elementwise product of two quantized tensors, (q_a - z_a)(q_b - z_b) at S_a S_b."""
+    return rescale_multiplier(accumulator_scale(scale_a, np.float32(scale_b)), output_scale)

@@ -5,11 +5,15 @@ every activation is uint8, per tensor, with a range calibrated on sample inputs.
 quantized tensors and writes a quantized tensor:
 
     conv / linear (+ReLU):  acc = sum (q_x - z_x) * q_w  + bias_int32         (int32, scale S_x*S_w)
-                            q_y = DyadicRequantize(acc, b, c, z_y, lo, hi)     b/2^c ~= S_x*S_w/S_y
+      (depthwise too)       q_y = DyadicRequantize(acc, b, c, z_y, lo, hi)     b/2^c ~= S_x*S_w/S_y
     add (+ReLU):            each branch (q - z) brought to S_y by its own dyadic multiplier,
                             added in int32, + z_y, clipped
-    average pooling:        the window's int32 sum, requantized by S_x/(k*k*S_y)
-    ReLU:                   the clip's lower bound is z_y
+    average pooling:        the window's int32 sum, requantized by S_x/(k*k*S_y); a global
+                            pool (AdaptiveAvgPool2d(1), mean over H, W) by S_x/(H*W*S_y)
+    ReLU / ReLU6:           the clip's bounds are z_y and z_y + rint(6/S_y)
+    Hardsigmoid:            g = clip(q_x - z_x + rint(3/S_x), 0, rint(6/S_x)),  b/2^c ~= S_x/(6 S_y)
+    Hardswish:              (q_x - z_x) * g,                                    b/2^c ~= S_x^2/(6 S_y)
+    multiply (SE gate):     (q_a - z_a) * (q_b - z_b),                          b/2^c ~= S_a S_b/S_y
 
 The quantizer returns a ``DyadicModel``: its ``forward`` is the PyTorch integer reference (it
 computes these integers exactly, with the rounding contract of ``edgeq.opset.dyadic``), and
@@ -33,7 +37,19 @@ from torch import nn
 
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import symmetric_per_channel
-from edgeq.opset.dyadic import INT32_MAX, INT32_MIN, accumulator_scale, bias_int32, rescale_multiplier
+from edgeq.opset.dyadic import (
+    ACTIVATION_RANGES,
+    INT32_MAX,
+    INT32_MIN,
+    accumulator_scale,
+    bias_int32,
+    clip_bounds,
+    hard_gate_offsets,
+    hardsigmoid_multiplier,
+    hardswish_multiplier,
+    product_multiplier,
+    rescale_multiplier,
+)
 from edgeq.opset.qdq import dequantize_linear, quantize_linear
 from edgeq.quant.base import as_is, calib_batches, register_export_rule, register_quantizer
 from edgeq.quant.fold import fold_batchnorm
@@ -41,6 +57,11 @@ from edgeq.quant.w8a8 import affine_uint8_params
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 ACT_MIN, ACT_MAX = 0, 255  # uint8 activations
+
+
+def activation_bounds(qp: "QParams", act: str | None) -> tuple[int, int]:
+    """The uint8 bounds of a requantize to ``qp`` with the clip ``act`` fused in."""
+    return clip_bounds(qp.scale, qp.zero_point, ACT_MIN, ACT_MAX, *ACTIVATION_RANGES[act])
 
 
 @dataclass(frozen=True)
@@ -155,7 +176,7 @@ class IntDequantize(nn.Module):
 class IntWeightLayer(nn.Module):
     """Integer conv/linear: int32 accumulator + int32 bias, dyadic requantize to the output."""
 
-    def __init__(self, qdq: QDQWeightLayer, qp_in: QParams, qp_out: QParams, relu: bool):
+    def __init__(self, qdq: QDQWeightLayer, qp_in: QParams, qp_out: QParams, act: str | None):
         super().__init__()
         self.qdq = qdq
         self.in_zp = qp_in.zero_point
@@ -165,7 +186,7 @@ class IntWeightLayer(nn.Module):
         shape = (-1, 1, 1) if qdq.conv else (-1,)
         self.multiplier, self.shift = b.reshape(shape), c.reshape(shape)
         self.out_zp = qp_out.zero_point
-        self.lo, self.hi = (qp_out.zero_point if relu else ACT_MIN), ACT_MAX
+        self.lo, self.hi = activation_bounds(qp_out, act)
 
     def accumulate(self, q: torch.Tensor) -> torch.Tensor:
         x = (q - self.in_zp).to(torch.float64)
@@ -182,13 +203,13 @@ class IntWeightLayer(nn.Module):
 class IntAdd(nn.Module):
     """Residual add: each branch to the output scale by its own dyadic multiplier, int32 sum."""
 
-    def __init__(self, qp_a: QParams, qp_b: QParams, qp_out: QParams, relu: bool):
+    def __init__(self, qp_a: QParams, qp_b: QParams, qp_out: QParams, act: str | None):
         super().__init__()
         self.zp_a, self.zp_b = qp_a.zero_point, qp_b.zero_point
         self.ma, self.sa = rescale_multiplier(np.float32(qp_a.scale), qp_out.scale)
         self.mb, self.sb = rescale_multiplier(np.float32(qp_b.scale), qp_out.scale)
         self.out_zp = qp_out.zero_point
-        self.lo, self.hi = (qp_out.zero_point if relu else ACT_MIN), ACT_MAX
+        self.lo, self.hi = activation_bounds(qp_out, act)
 
     def forward(self, qa, qb):
         a = dyadic_requantize(qa - self.zp_a, self.ma, self.sa, 0, INT32_MIN, INT32_MAX)
@@ -197,14 +218,14 @@ class IntAdd(nn.Module):
 
 
 class IntRequantize(nn.Module):
-    """A quantized tensor to another scale (a standalone ReLU: lo = the output zero point)."""
+    """A quantized tensor to another scale (a standalone ReLU/ReLU6: the clip's bounds)."""
 
-    def __init__(self, qp_in: QParams, qp_out: QParams, relu: bool):
+    def __init__(self, qp_in: QParams, qp_out: QParams, act: str | None):
         super().__init__()
         self.in_zp = qp_in.zero_point
         self.m, self.s = rescale_multiplier(np.float32(qp_in.scale), qp_out.scale)
         self.out_zp = qp_out.zero_point
-        self.lo, self.hi = (qp_out.zero_point if relu else ACT_MIN), ACT_MAX
+        self.lo, self.hi = activation_bounds(qp_out, act)
 
     def forward(self, q):
         return dyadic_requantize(q - self.in_zp, self.m, self.s, self.out_zp, self.lo, self.hi)
@@ -228,6 +249,54 @@ class IntAvgPool(nn.Module):
         return dyadic_requantize(_exact_int(sums), self.m, self.s, self.out_zp, ACT_MIN, ACT_MAX)
 
 
+class IntGlobalAvgPool(nn.Module):
+    """Global average pooling (AdaptiveAvgPool2d(1), a mean over H and W): the int32 sum over
+    the plane, divided by H*W inside the dyadic multiplier."""
+
+    def __init__(self, qp_in: QParams, qp_out: QParams, keepdim: bool):
+        super().__init__()
+        self.in_zp, self.in_scale, self.out_qp, self.keepdim = qp_in.zero_point, qp_in.scale, qp_out, keepdim
+
+    def forward(self, q):
+        sums = (q - self.in_zp).sum(dim=(2, 3), keepdim=self.keepdim)
+        m, s = rescale_multiplier(np.float32(self.in_scale), self.out_qp.scale, count=q.shape[2] * q.shape[3])
+        return dyadic_requantize(sums, m, s, self.out_qp.zero_point, ACT_MIN, ACT_MAX)
+
+
+class IntHardGate(nn.Module):
+    """Hardsigmoid relu6(x + 3) / 6 and Hardswish x * relu6(x + 3) / 6 in integers:
+    g = clip(q - z + three, 0, six) with 3 and 6 at the input's scale, then (Hardswish) the
+    integer product (q - z) * g, then a dyadic rescale to the output."""
+
+    def __init__(self, qp_in: QParams, qp_out: QParams, swish: bool):
+        super().__init__()
+        self.in_zp, self.swish = qp_in.zero_point, swish
+        self.three, self.six = hard_gate_offsets(qp_in.scale)
+        rescale = hardswish_multiplier if swish else hardsigmoid_multiplier
+        self.m, self.s = rescale(qp_in.scale, qp_out.scale)
+        self.out_zp = qp_out.zero_point
+
+    def forward(self, q):
+        x = q - self.in_zp
+        g = torch.clamp(x + self.three, 0, self.six)
+        return dyadic_requantize(x * g if self.swish else g, self.m, self.s, self.out_zp, ACT_MIN, ACT_MAX)
+
+
+class IntMul(nn.Module):
+    """Elementwise product of two quantized tensors (the squeeze-excite gate times the feature
+    map, broadcast over H and W): (q_a - z_a) * (q_b - z_b) in int32, a dyadic rescale."""
+
+    def __init__(self, qp_a: QParams, qp_b: QParams, qp_out: QParams, act: str | None):
+        super().__init__()
+        self.zp_a, self.zp_b = qp_a.zero_point, qp_b.zero_point
+        self.m, self.s = product_multiplier(qp_a.scale, qp_b.scale, qp_out.scale)
+        self.out_zp = qp_out.zero_point
+        self.lo, self.hi = activation_bounds(qp_out, act)
+
+    def forward(self, qa, qb):
+        return dyadic_requantize((qa - self.zp_a) * (qb - self.zp_b), self.m, self.s, self.out_zp, self.lo, self.hi)
+
+
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -236,9 +305,46 @@ def _pair(v) -> tuple[int, int]:
 # Graph analysis: which FX nodes compute, which pass integer tensors through, where ReLU fuses
 
 _RELU_FUNCS = {F.relu, torch.relu}
+_RELU6_FUNCS = {F.relu6}
 _ADD_FUNCS = {operator.add, torch.add}
+_MUL_FUNCS = {operator.mul, torch.mul}
 _SHAPE_FUNCS = {torch.flatten, torch.reshape}
 _SHAPE_METHODS = {"flatten", "view", "reshape"}
+_GATE_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid"}
+_GATE_FUNCS = {F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid"}
+SUPPORTED_OPS = ("Conv2d (grouped and depthwise too), Linear, ReLU, ReLU6, Hardswish, Hardsigmoid, add and "
+                 "multiply of two tensors, AvgPool2d, AdaptiveAvgPool2d(1) / mean over H and W, flatten/reshape")
+
+
+def _op_name(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _layer_name(node: torch.fx.Node) -> str:
+    return node.target if node.op == "call_module" else node.name
+
+
+def _refuse(node: torch.fx.Node, modules: dict[str, nn.Module], why: str = "") -> QuantizationError:
+    return QuantizationError(
+        f"layer {_layer_name(node)!r}: {_op_name(node, modules)}{why} has no integer-only form in the dyadic "
+        f"quantizer (it takes {SUPPORTED_OPS})"
+    )
+
+
+def _is_global_mean(node: torch.fx.Node) -> bool:
+    """x.mean((2, 3)) / torch.mean(x, (-2, -1), keepdim=...) on an NCHW tensor."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if isinstance(dims, int) or dims is None:
+        return False
+    return sorted(d % 4 for d in dims) == [2, 3] and not node.kwargs.get("dtype")
+
+
+def _tensor_args(node: torch.fx.Node) -> list:
+    return [a for a in node.args if isinstance(a, torch.fx.Node)]
 
 
 def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -252,23 +358,51 @@ def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
             return "weight"
         if isinstance(m, nn.ReLU):
             return "relu"
+        if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)):
+            return "relu6"
+        if type(m) in _GATE_MODULES:
+            return _GATE_MODULES[type(m)]
         if isinstance(m, nn.AvgPool2d):
             return "avgpool"
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            if _pair(m.output_size) != (1, 1):
+                raise _refuse(node, modules, f"(output_size={m.output_size})")
+            return "gap"
         if isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):
             return "shape"
     if node.op == "call_function":
         if node.target in _RELU_FUNCS:
             return "relu"
+        if node.target in _RELU6_FUNCS:
+            return "relu6"
+        if node.target in _GATE_FUNCS:
+            return _GATE_FUNCS[node.target]
         if node.target in _ADD_FUNCS:
             return "add"
+        if node.target in _MUL_FUNCS:
+            if len(_tensor_args(node)) != 2:
+                raise _refuse(node, modules, " by a constant")
+            return "mul"
         if node.target in _SHAPE_FUNCS:
             return "shape"
-    if node.op == "call_method" and node.target in _SHAPE_METHODS:
-        return "shape"
-    if node.op == "call_method" and node.target == "add":
-        return "add"
-    what = node.target if node.op != "call_module" else f"{node.target} ({type(modules[node.target]).__name__})"
-    raise QuantizationError(f"node {node.name!r}: {what} has no integer-only form in the dyadic quantizer")
+        if node.target is F.adaptive_avg_pool2d and _pair(node.args[1] if len(node.args) > 1 else node.kwargs["output_size"]) == (1, 1):
+            return "gap"
+        if node.target is torch.mean and _is_global_mean(node):
+            return "gap"
+    if node.op == "call_method":
+        if node.target in _SHAPE_METHODS:
+            return "shape"
+        if node.target == "add":
+            return "add"
+        if node.target == "mul" and len(_tensor_args(node)) == 2:
+            return "mul"
+        if node.target == "mean" and _is_global_mean(node):
+            return "gap"
+    raise _refuse(node, modules)
+
+
+_CLIPS = ("relu", "relu6")  # fuse into the requantize of the conv/linear/add/multiply before them
+_SINGLE_INPUT_OPS = ("input", "avgpool", "gap", "hardswish", "hardsigmoid")
 
 
 @dataclass
@@ -290,14 +424,14 @@ def _plan(model: nn.Module) -> _Plan:
     points: list[torch.fx.Node] = []
     for node in gm.graph.nodes:
         kind = kinds.get(node.name)
-        if kind in ("weight", "add"):
+        if kind in ("weight", "add", "mul"):
             users = list(node.users)
-            if len(users) == 1 and kinds.get(users[0].name) == "relu":
+            if len(users) == 1 and kinds.get(users[0].name) in _CLIPS:
                 fused[node.name] = users[0]
                 points.append(users[0])
             else:
                 points.append(node)
-        elif kind in ("input", "avgpool") or (kind == "relu" and node.name not in {r.name for r in fused.values()}):
+        elif kind in _SINGLE_INPUT_OPS or (kind in _CLIPS and node.name not in {r.name for r in fused.values()}):
             points.append(node)
     return _Plan(gm, kinds, fused, points)
 
@@ -380,8 +514,8 @@ def _build(plan: _Plan, qparams: dict[str, QParams], recipe: DyadicRecipe) -> Dy
             qdq_env[node.name], int_env[node.name] = qdq_env[fused_names[node.name]], int_env[fused_names[node.name]]
             qp_of[node.name] = qp_of[fused_names[node.name]]
             continue
-        relu = node.name in plan.fused_relu
-        out_name = plan.fused_relu[node.name].name if relu else node.name
+        act = plan.kinds[plan.fused_relu[node.name].name] if node.name in plan.fused_relu else None
+        out_name = plan.fused_relu[node.name].name if act else node.name
         if kind == "input":
             qp = qparams[node.name]
             qx, ix = qdq_graph.placeholder(node.name), int_graph.placeholder(node.name)
@@ -407,24 +541,32 @@ def _build(plan: _Plan, qparams: dict[str, QParams], recipe: DyadicRecipe) -> Dy
             if kind == "weight":
                 layer = modules[node.target]
                 qdq_layer = QDQWeightLayer(layer, recipe.bits_for(node.target))
-                y = add(qdq_root, qdq_graph, qdq_layer, [qdq_env[ins[0].name]], node.target)
-                if relu:
-                    y = qdq_graph.call_function(F.relu, (y,))
-                int_mod = IntWeightLayer(qdq_layer, qp_of[ins[0].name], qp, relu)
-            elif kind == "add":
+                y = _clip(qdq_graph, add(qdq_root, qdq_graph, qdq_layer, [qdq_env[ins[0].name]], node.target), act)
+                int_mod = IntWeightLayer(qdq_layer, qp_of[ins[0].name], qp, act)
+            elif kind in ("add", "mul"):
                 if len(ins) != 2:
-                    raise QuantizationError(f"node {node.name!r}: integer add takes two tensors")
-                y = qdq_graph.call_function(operator.add, (qdq_env[ins[0].name], qdq_env[ins[1].name]))
-                if relu:
-                    y = qdq_graph.call_function(F.relu, (y,))
-                int_mod = IntAdd(qp_of[ins[0].name], qp_of[ins[1].name], qp, relu)
-            elif kind == "relu":
-                y = qdq_graph.call_function(F.relu, (qdq_env[ins[0].name],))
-                int_mod = IntRequantize(qp_of[ins[0].name], qp, relu=True)
+                    raise _refuse(node, modules, " of other than two tensors")
+                op = operator.add if kind == "add" else operator.mul
+                y = _clip(qdq_graph, qdq_graph.call_function(op, (qdq_env[ins[0].name], qdq_env[ins[1].name])), act)
+                int_mod = (IntAdd if kind == "add" else IntMul)(qp_of[ins[0].name], qp_of[ins[1].name], qp, act)
+            elif kind in _CLIPS:
+                y = _clip(qdq_graph, qdq_env[ins[0].name], kind)
+                int_mod = IntRequantize(qp_of[ins[0].name], qp, act=kind)
             elif kind == "avgpool":
                 pool = modules[node.target]
                 y = add(qdq_root, qdq_graph, copy.deepcopy(pool), [qdq_env[ins[0].name]], node.target)
                 int_mod = IntAvgPool(pool, qp_of[ins[0].name], qp)
+            elif kind == "gap":
+                keepdim = node.op == "call_module" or node.target is F.adaptive_avg_pool2d or bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+                y = qdq_graph.call_function(torch.mean, (qdq_env[ins[0].name], (2, 3)), {"keepdim": keepdim})
+                int_mod = IntGlobalAvgPool(qp_of[ins[0].name], qp, keepdim)
+            elif kind in ("hardswish", "hardsigmoid"):
+                gate = F.hardswish if kind == "hardswish" else F.hardsigmoid
+                y = qdq_graph.call_function(gate, (qdq_env[ins[0].name],))
+                try:
+                    int_mod = IntHardGate(qp_of[ins[0].name], qp, swish=kind == "hardswish")
+                except QuantizationError as exc:
+                    raise QuantizationError(f"layer {_layer_name(node)!r}: {exc}") from None
             else:  # _kind raised for anything else
                 raise AssertionError(kind)
             qdq_env[node.name] = add(qdq_root, qdq_graph, ActFakeQuant(qp), [y], f"{out_name}_quant")
@@ -433,6 +575,13 @@ def _build(plan: _Plan, qparams: dict[str, QParams], recipe: DyadicRecipe) -> Dy
     qdq = torch.fx.GraphModule(qdq_root, qdq_graph, "DyadicQDQ").eval()
     integer = torch.fx.GraphModule(int_root, int_graph, "DyadicInteger").eval()
     return DyadicModel(integer, qdq, recipe, output_qp).eval()
+
+
+def _clip(graph: torch.fx.Graph, y: torch.fx.Node, act: str | None) -> torch.fx.Node:
+    """The float ReLU/ReLU6 of the QDQ form (exported as Relu / Clip(0, 6))."""
+    if act is None:
+        return y
+    return graph.call_function(F.relu if act == "relu" else F.relu6, (y,))
 
 
 def qdq_root_copy(gm: torch.fx.GraphModule, node: torch.fx.Node, root: nn.Module) -> None:
