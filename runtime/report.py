@@ -34,6 +34,7 @@ class ExecutorResult:
     seconds: float
     divergence: Divergence | None = None
     note: str | None = None
+    tolerance: Tolerance | None = None  # its own bar (the float comparison's), else the report's
 
     @property
     def numerics(self) -> Numerics:
@@ -53,6 +54,7 @@ class ValidationReport:
     inputs: str
     tolerance: Tolerance
     results: list[ExecutorResult] = field(default_factory=list)
+    float_reference: str | None = None  # the float model's label, when compared with it too
 
     @property
     def ok(self) -> bool:
@@ -62,8 +64,11 @@ class ValidationReport:
         return next(r for r in self.results if r.numerics.executor == executor)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "reference": self.reference, "inputs": self.inputs, "ok": self.ok,
-                "tolerance": asdict(self.tolerance), "results": [r.to_dict() for r in self.results]}
+        out = {"model": self.model, "reference": self.reference, "inputs": self.inputs, "ok": self.ok,
+               "tolerance": asdict(self.tolerance), "results": [r.to_dict() for r in self.results]}
+        if self.float_reference:
+            out["float_reference"] = self.float_reference
+        return out
 
     def _row(self, r: ExecutorResult, n: Numerics) -> list[str]:
         name = f"{n.executor} [{n.output}]" if n.output else n.executor
@@ -71,7 +76,7 @@ class ValidationReport:
             name, f"{n.max_abs:.3g}", f"{n.max_rel:.3g}", f"{n.cosine:.6f}",
             "-" if n.top1_agreement is None else f"{n.top1_agreement:.2%}",
             "-" if n.mismatches is None else str(n.mismatches), f"{r.seconds:.2f} s",
-            "ok" if self.tolerance.accepts(n) else "DIVERGES",
+            "ok" if (r.tolerance or self.tolerance).accepts(n) else "DIVERGES",
         ]
 
     def table(self) -> str:
@@ -82,7 +87,8 @@ class ValidationReport:
             for n in r.outputs:
                 rows.append(self._row(r, n))
         headers = ["executor", "max abs", "max rel", "cosine", "top-1 agree", "mismatches", "time", "verdict"]
-        lines = [format_table(headers, rows, title=f"{self.model} vs {self.reference} on {self.inputs}")]
+        title = f"{self.model} vs {self.reference}" + (f" and the float model {self.float_reference}" if self.float_reference else "")
+        lines = [format_table(headers, rows, title=f"{title} on {self.inputs}")]
         for r in self.results:
             if r.divergence:
                 lines.append(f"{r.numerics.executor}: {r.divergence.describe()}")
@@ -135,9 +141,6 @@ class Suspect:
 
 def suspects_for(model_path: Path, artifacts: Sequence[str | Path], device: str | None,
                  inputs: Sequence[np.ndarray], include_onnx: bool) -> list[Suspect]:
-    from edgeq.runtime.device import harness_device_for, is_harness_device
-    from edgeq.runtime.kernel_harness import HarnessExecutor
-    from edgeq.runtime.rpc import RpcExecutor
     from edgeq.targets.compile import Artifact
 
     out = []
@@ -145,20 +148,32 @@ def suspects_for(model_path: Path, artifacts: Sequence[str | Path], device: str 
         out.append(Suspect(lambda: OrtExecutor(model_path), model_path, ort_runner(inputs)))
     for path in artifacts:
         art = Artifact.load(path)
-        if art.target == "cpu":
-            out.append(Suspect(functools.partial(TvmExecutor, art.path), model_path, tvm_runner(inputs, "cpu")))
-        elif device and is_harness_device(device):
-            out.append(Suspect(functools.partial(HarnessExecutor, art.path, device), model_path,
-                               tvm_runner(inputs, art.target, device)))
-        elif device:
-            out.append(Suspect(functools.partial(RpcExecutor, art.path, device), model_path,
-                               tvm_runner(inputs, art.target, device)))
-        else:
-            harness = harness_device_for(art.target)
-            hint = (f"--device {harness} (prepare it with `edgeq device start {harness}`)" if harness else
-                    f"--device rpc://HOST:PORT (start an emulated one with `edgeq device start {art.target}`)")
-            raise RuntimeExecError(f"{art.path} is built for {art.target}, not this host: pass {hint}")
+        make = artifact_executor(art.path, device)
+        out.append(Suspect(make, model_path, tvm_runner(inputs, "cpu") if art.target == "cpu"
+                           else tvm_runner(inputs, art.target, device)))
     return out
+
+
+def artifact_executor(path: str | Path, device: str | None) -> Callable[[], Executor]:
+    """What makes the executor of a compiled artifact: TVM here for a ``cpu`` build, the
+    harness or RPC device ``device`` names otherwise; a RuntimeExecError saying which
+    ``--device`` to pass when the artifact is for another machine and none is given."""
+    from edgeq.runtime.device import harness_device_for, is_harness_device
+    from edgeq.runtime.kernel_harness import HarnessExecutor
+    from edgeq.runtime.rpc import RpcExecutor
+    from edgeq.targets.compile import Artifact
+
+    art = Artifact.load(path)
+    if art.target == "cpu":
+        return functools.partial(TvmExecutor, art.path)
+    if device and is_harness_device(device):
+        return functools.partial(HarnessExecutor, art.path, device)
+    if device:
+        return functools.partial(RpcExecutor, art.path, device)
+    harness = harness_device_for(art.target)
+    hint = (f"--device {harness} (prepare it with `edgeq device start {harness}`)" if harness else
+            f"--device rpc://HOST:PORT (start an emulated one with `edgeq device start {art.target}`)")
+    raise RuntimeExecError(f"{art.path} is built for {art.target}, not this host: pass {hint}")
 
 
 def validate_model(
@@ -170,14 +185,24 @@ def validate_model(
     tolerance: Tolerance = Tolerance(),
     localize: bool = True,
     inputs_label: str = "given inputs",
+    float_reference: str | Executor | None = None,
+    float_tolerance: Tolerance | None = None,
 ) -> ValidationReport:
-    """Compare the model's executors with the reference on ``inputs``, every graph output."""
+    """Compare the model's executors with the reference on ``inputs``, every graph output.
+    ``float_reference`` (a model spec or an Executor): the float model, a second reference;
+    the reference and every executor are then also compared with it, held to
+    ``float_tolerance`` (default ``FLOAT_TOLERANCE``: quantization error passes, a wrong
+    quantized model does not)."""
+    from edgeq.runtime.float_reference import FLOAT_TOLERANCE
+
     model_path = Path(model)
     ref = reference_for(reference, model_path)
+    floats = reference_for(float_reference, model_path) if float_reference is not None else None
     include_onnx = not (reference == "onnxruntime")
     suspects = suspects_for(model_path, artifacts, device, inputs, include_onnx)
     report = ValidationReport(str(model_path), ref.label, inputs_label, tolerance)
     names = output_names(model_path)
+    got_by_executor: list[tuple[str, list[np.ndarray]]] = []
     want = ref.executor.run(inputs)
     if len(want) != len(names):
         raise RuntimeExecError(f"reference {ref.label} gives {len(want)} outputs; {model_path} has {len(names)} "
@@ -199,7 +224,29 @@ def validate_model(
         if not result.ok and localize:
             _localize(result, s, executor, ref, inputs, tolerance)
         report.results.append(result)
+        got_by_executor.append((executor.name, got))
+    if floats is not None:
+        report.float_reference = floats.label
+        _compare_with_float(report, floats, inputs, [(ref.executor.name, want), *got_by_executor], names,
+                            float_tolerance or FLOAT_TOLERANCE)
     return report
+
+
+def _compare_with_float(report: ValidationReport, floats: Reference, inputs, outputs: list[tuple[str, list]], names,
+                        tolerance: Tolerance) -> None:
+    """One result row per executor (the reference first) against the float model's outputs."""
+    start = time.perf_counter()
+    want = floats.executor.run(inputs)
+    seconds = time.perf_counter() - start
+    if len(want) != len(names):
+        raise RuntimeExecError(f"float reference {floats.label} gives {len(want)} outputs; the model has {len(names)}")
+    for name, got in outputs:
+        try:
+            numerics = compare_outputs(f"{name} vs float", want, got, names)
+        except ValueError as exc:
+            raise RuntimeExecError(str(exc)) from None
+        report.results.append(ExecutorResult(numerics, ok=all(tolerance.accepts(n) for n in numerics), seconds=seconds,
+                                             tolerance=tolerance))
 
 
 def output_names(model_path: Path) -> list[str]:
