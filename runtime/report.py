@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,29 +22,45 @@ import onnx
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime.executors import Executor, OrtExecutor, TorchExecutor, TvmExecutor
 from edgeq.runtime.localize import Divergence, RunGraph, first_divergence, ort_runner, tvm_runner
-from edgeq.runtime.validate import Numerics, Tolerance, compare_outputs
+from edgeq.runtime.validate import Numerics, Tolerance, _artifact_of, _output_names, compare_outputs
 
 CALIB_SAMPLES = 512  # as the demo and the test fixtures calibrate the built-in CNN
+_NUMERICS_FIELDS = {f.name for f in fields(Numerics)}
 
 
 @dataclass
 class ExecutorResult:
+    """One executor against the reference on every graph output.
+
+    ``outputs`` holds one Numerics per output, in graph order, and ``ok`` is the verdict over all
+    of them; the first output's figures (a model's main output: logits, class scores) also read
+    directly (``result.max_abs``, ``result.cosine``, ``result.executor``), as for a model with
+    one output. Judge a multi-output model by ``ok`` or ``outputs``, not by those figures alone.
+    """
+
     outputs: list[Numerics]  # one per graph output, in graph order
     ok: bool
     seconds: float
     divergence: Divergence | None = None
     note: str | None = None
     tolerance: Tolerance | None = None  # its own bar (the float comparison's), else the report's
+    artifact: str = ""  # the file the executor ran (an ONNX file or a compiled artifact)
 
     @property
     def numerics(self) -> Numerics:
         """The first output's numerics (a model's main output: logits, class scores)."""
         return self.outputs[0]
 
+    def __getattr__(self, name: str):
+        if name in _NUMERICS_FIELDS and self.__dict__.get("outputs"):
+            return getattr(self.outputs[0], name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     def to_dict(self) -> dict:
         return {"numerics": self.numerics.to_dict(), "outputs": [n.to_dict() for n in self.outputs], "ok": self.ok,
                 "seconds": round(self.seconds, 3),
-                "divergence": self.divergence.to_dict() if self.divergence else None, "note": self.note}
+                "divergence": self.divergence.to_dict() if self.divergence else None, "note": self.note,
+                "artifact": self.artifact}
 
 
 @dataclass
@@ -59,6 +75,16 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
+
+    # the report reads as the list of its results: ``ort, tvm = edgeq.validate(...)``
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index):
+        return self.results[index]
 
     def result(self, executor: str) -> ExecutorResult:
         return next(r for r in self.results if r.numerics.executor == executor)
@@ -104,13 +130,15 @@ class Reference:
     graph: Path | None  # the ONNX graph onnxruntime runs as the trusted executor, if any
 
 
-def reference_for(spec: str | Executor, model_path: Path) -> Reference:
+def reference_for(spec: str | Executor, model_path: Path | None) -> Reference:
     """``onnxruntime`` (the model's own graph), ``digits-cnn:RECIPE`` (the built-in CNN quantized
     by RECIPE, in PyTorch; ``digits:RECIPE`` is accepted too), ``PATH.onnx`` (another graph on onnxruntime), any model
     ``edgeq.model_spec.load_model`` accepts (in PyTorch; never a pickle), or an Executor."""
     if isinstance(spec, Executor):
         return Reference(spec, spec.name, model_path)
     if spec == "onnxruntime":
+        if model_path is None:
+            raise RuntimeExecError("reference 'onnxruntime' runs the model's own ONNX file: name a file (X.onnx) or a model")
         return Reference(OrtExecutor(model_path), f"onnxruntime ({model_path.name})", model_path)
     if spec.partition(":")[0] in ("digits-cnn", "digits") and ":" in spec:
         from edgeq.models.digits_cnn import digits_data, load_digits_cnn
@@ -208,19 +236,7 @@ def validate_model(
         raise RuntimeExecError(f"reference {ref.label} gives {len(want)} outputs; {model_path} has {len(names)} "
                                f"({', '.join(names)})")
     for s in suspects:
-        start = time.perf_counter()
-        executor = s.make()
-        try:
-            got = executor.run(inputs)
-        finally:
-            if hasattr(executor, "close"):
-                executor.close()
-        try:
-            outputs = compare_outputs(executor.name, want, got, names)
-        except ValueError as exc:
-            raise RuntimeExecError(str(exc)) from None
-        result = ExecutorResult(outputs, ok=False, seconds=time.perf_counter() - start)
-        result.ok = all(tolerance.accepts(n) for n in outputs)
+        result, executor, got = _run_and_compare(s.make, want, inputs, tolerance, names=names)
         if not result.ok and localize:
             _localize(result, s, executor, ref, inputs, tolerance)
         report.results.append(result)
@@ -230,6 +246,64 @@ def validate_model(
         _compare_with_float(report, floats, inputs, [(ref.executor.name, want), *got_by_executor], names,
                             float_tolerance or FLOAT_TOLERANCE)
     return report
+
+
+def validate(reference, executors: Sequence[Executor], inputs: Sequence[np.ndarray], tolerance: Tolerance = Tolerance(),
+             float_reference=None, float_tolerance: Tolerance | None = None) -> ValidationReport:
+    """The Python API's entry to the same path as ``edgeq validate``: run every executor on
+    ``inputs`` and compare each of its outputs with the reference's (a torch module, an Executor
+    or a model name ``reference_for`` takes). The report iterates over its results, one per
+    executor, in order (then, with ``float_reference``, one per executor against the float model)."""
+    ref = reference_for(reference if isinstance(reference, (str, Executor)) else TorchExecutor(reference), None)
+    floats = None
+    if float_reference is not None:
+        floats = reference_for(float_reference if isinstance(float_reference, (str, Executor)) else TorchExecutor(float_reference), None)
+    want = ref.executor.run(inputs)
+    report = ValidationReport(", ".join(_artifact_of(ex) for ex in executors), ref.label, "given inputs", tolerance)
+    got_by_executor = []
+    for ex in executors:
+        result, _, got = _run_and_compare(lambda ex=ex: ex, want, inputs, tolerance, reference_name=ref.executor.name)
+        report.results.append(result)
+        got_by_executor.append((ex.name, got))
+    if floats is not None:
+        report.float_reference = floats.label
+        names = [n.output for n in report.results[0].outputs] if report.results else [None] * len(want)
+        _compare_with_float(report, floats, inputs, [(ref.executor.name, want), *got_by_executor], names,
+                            float_tolerance or _float_tolerance())
+    return report
+
+
+def _float_tolerance() -> Tolerance:
+    from edgeq.runtime.float_reference import FLOAT_TOLERANCE
+
+    return FLOAT_TOLERANCE
+
+
+def _run_and_compare(make: Callable[[], Executor], want: list[np.ndarray], inputs, tolerance: Tolerance,
+                     names: Sequence[str] | None = None, reference_name: str = "reference"):
+    """(result, executor, its outputs): one executor run on ``inputs`` and compared with ``want``
+    on every output (``names``: the graph's output names; None: the executor's own)."""
+    start = time.perf_counter()
+    executor = make()
+    try:
+        got = executor.run(inputs)
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
+    artifact = _artifact_of(executor)
+    prefix = ""
+    if names is None:  # the API's call: messages name the artifact
+        names, prefix = _output_names(executor, len(got)), f"{artifact}: "
+        if len(want) != len(got):
+            raise RuntimeExecError(f"{artifact} gives {len(got)} outputs ({', '.join(names)}); "
+                                   f"the reference ({reference_name}) gives {len(want)}")
+    try:
+        outputs = compare_outputs(executor.name, want, got, names)
+    except ValueError as exc:
+        raise RuntimeExecError(f"{prefix}{exc}") from None
+    result = ExecutorResult(outputs, ok=all(tolerance.accepts(n) for n in outputs), seconds=time.perf_counter() - start,
+                            artifact=artifact)
+    return result, executor, got
 
 
 def _compare_with_float(report: ValidationReport, floats: Reference, inputs, outputs: list[tuple[str, list]], names,
