@@ -103,6 +103,17 @@ def load_model(spec: str, factory: str | None = None) -> LoadedModel:
     raise ModelFileError(f"{spec}: no such file, folder or built-in model; {_ACCEPTED}")
 
 
+def names_a_pytorch_model(spec: str) -> bool:
+    """Whether ``spec`` has the form of a PyTorch model name (for stages that take ONNX, to say
+    "export it first" rather than "not an ONNX file"); nothing is loaded."""
+    from edgeq.models import ALIASES, BUILTIN_MODELS
+
+    path = Path(spec)
+    if spec in BUILTIN_MODELS or spec in ALIASES or path.suffix.lower() in (".gguf", ".safetensors"):
+        return True
+    return (path.is_dir() and (path / "config.json").is_file()) or bool(_FACTORY.match(spec) and not path.exists())
+
+
 _ACCEPTED = ("expected a built-in model (digits-cnn, smollm2), FILE.py:FUNCTION or package.module:FUNCTION, "
              "a Hugging Face folder with config.json and *.safetensors, a .gguf file, or a .safetensors "
              "file from `edgeq quantize`")

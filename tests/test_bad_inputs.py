@@ -142,6 +142,7 @@ CLI_CASES = [
     ("compile-empty-model", ["compile", "{empty}", "--target", "cpu", "-o", "{out}"], 4, "empty.onnx"),
     ("compile-random-model", ["compile", "{random}", "--target", "cpu", "-o", "{out}"], 4, "random.onnx"),
     ("compile-folder-model", ["compile", "{folder}", "--target", "cpu", "-o", "{out}"], 4, "folder.onnx"),
+    ("compile-pytorch-model", ["compile", "digits-cnn", "--target", "cpu", "-o", "{out}"], 4, "export it first: edgeq export digits-cnn"),
     ("compile-no-data", ["compile", "{nodata}", "--target", "cpu", "-o", "{out}"], 4, "holds no data"),
     ("compile-out-is-a-file", ["compile", "{tiny}", "--target", "cpu", "-o", "{file}"], 14, "is a file"),
     ("compile-out-under-a-file", ["compile", "{tiny}", "--target", "cpu", "-o", "{file}/sub"], 14, "is a file, not a folder"),
