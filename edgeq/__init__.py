@@ -15,6 +15,7 @@ try:  # torch, onnx and TVM take seconds to load: Ctrl-C here must not end the C
 
     default_tvm_threads()  # before TVM's thread pool starts: TVM alone would use half the cores on x86
     from edgeq.export import export
+    from edgeq.model_spec import example_inputs, load_model
     from edgeq.quant import quantize
     from edgeq.quant.w8a8 import W8A8Recipe
     from edgeq.recipes import PRESETS, Recipe, list_presets
@@ -40,18 +41,32 @@ def compile(onnx_path, target: str = "cpu", out_dir=".", name: str | None = None
                     max_context=max_context, prefill_chunk=prefill_chunk, act_bits=act_bits)
 
 
-def validate(reference, artifacts, inputs, tolerance=None):
+def validate(reference, artifacts, inputs, tolerance=None, float_reference=None, float_tolerance=None):
     """Run each artifact (an ``.onnx`` file on onnxruntime, a compiled ``.so`` on TVM) on
-    ``inputs`` and compare every output with ``reference`` (a torch module), as ``edgeq validate``
-    does. Returns one ``ArtifactNumerics`` per artifact: ``outputs`` (one Numerics per graph
-    output, in order), ``ok`` (all within ``tolerance``, an ``edgeq.runtime.validate.Tolerance``)
-    and the first output's figures (``max_abs``, ``cosine``, ``top1_agreement``, ...)."""
-    from edgeq.runtime import TorchExecutor, validate as _validate
+    ``inputs`` and compare every output with ``reference`` (a torch module, or any model name
+    ``edgeq.load_model`` takes), on the same path as ``edgeq validate``. Returns a
+    ``ValidationReport`` that iterates over one ``ExecutorResult`` per artifact: ``outputs`` (one
+    Numerics per graph output, in order), ``ok`` (all within ``tolerance``, an
+    ``edgeq.runtime.validate.Tolerance``) and the first output's figures (``max_abs``, ``cosine``,
+    ``top1_agreement``, ...). ``float_reference`` (the float model) adds one result per executor,
+    the reference's first, against it (held to ``float_tolerance``, default
+    ``edgeq.runtime.float_reference.FLOAT_TOLERANCE``)."""
     from edgeq.runtime.executors import executor_for
+    from edgeq.runtime.report import validate as _validate
     from edgeq.runtime.validate import Tolerance
 
     executors = [executor_for(a) for a in artifacts]
-    return _validate(TorchExecutor(reference), executors, list(inputs), tolerance or Tolerance())
+    return _validate(reference, executors, list(inputs), tolerance or Tolerance(), float_reference=float_reference,
+                     float_tolerance=float_tolerance)
+
+
+def compare_with_float(float_model, qmodel, inputs, per_layer: bool = False):
+    """The quantized model's outputs (and with ``per_layer`` each quantized layer's) against
+    the float model's on ``inputs`` (a tuple of tensors), as ``edgeq quantize`` reports them:
+    a ``FloatComparison`` (``outputs``, ``layers``, ``ok``)."""
+    from edgeq.runtime.float_reference import compare_with_float as _compare
+
+    return _compare(float_model, qmodel, tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), per_layer=per_layer)
 
 
 def generate(source, prompt, **options):
@@ -66,4 +81,5 @@ def generate(source, prompt, **options):
     return _generate(source, prompt, **options)
 
 
-__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compile", "export", "generate", "list_presets", "quantize", "validate"]
+__all__ = ["EdgeqError", "PRESETS", "Recipe", "W8A8Recipe", "compare_with_float", "compile", "example_inputs", "export", "generate",
+           "list_presets", "load_model", "quantize", "validate"]

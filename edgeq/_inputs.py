@@ -27,10 +27,18 @@ def onnx_inputs(model: onnx.ModelProto) -> list[tuple[str, np.dtype, list[int | 
 def random_inputs(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | None = None, int_high: int = 100,
                   default_dim: int = 1) -> dict[str, np.ndarray]:
     """Seeded inputs for every graph input, by name, in graph order (see the module docstring)."""
+    return random_arrays(onnx_inputs(model), seed=seed, dims=dims, int_high=int_high, default_dim=default_dim)
+
+
+def random_arrays(specs, seed: int = 0, dims: dict[str, int] | None = None, int_high: int = 100,
+                  default_dim: int = 1) -> dict[str, np.ndarray]:
+    """Seeded arrays for ``specs`` (name, dtype, shape with dim names), by name, in order: the
+    rule of :func:`random_inputs`, for inputs described elsewhere (a compiled artifact's metadata)."""
     rng = np.random.default_rng(seed)
     dims = dims or {}
     feeds = {}
-    for name, dtype, shape in onnx_inputs(model):
+    for name, dtype, shape in specs:
+        dtype = np.dtype(dtype)
         concrete = [d if isinstance(d, int) else int(dims.get(d, default_dim)) for d in shape]
         if dtype == np.bool_:
             feeds[name] = np.ones(concrete, bool)

@@ -62,7 +62,8 @@ def export(
     kv_cache: bool = False,
     max_context: int | None = None,
 ) -> Path:
-    """Export ``model`` to ``path`` and return the path.
+    """Export ``model`` (a module, or a model name ``edgeq.load_model`` takes) to ``path`` and
+    return the path.
 
     ``dynamic_batch`` makes the first dimension of every input symbolic (``batch``);
     ``dynamic_dims`` names more per input (``[{0: "batch", 1: "seq"}]``). A HuggingFace causal LM
@@ -75,6 +76,13 @@ def export(
     ``max_position_embeddings``).
     """
     path = Path(path)
+    if isinstance(model, str):  # a model name (edgeq.model_spec): its own example inputs unless given
+        from edgeq.model_spec import example_inputs as model_examples, load_model
+
+        loaded = load_model(model)
+        model = loaded.module
+        if example_inputs is None and not kv_cache:
+            example_inputs = model_examples(loaded)
     _check_options(model, opset, weight_format, path, external_data)
     if example_inputs is None and not kv_cache:
         raise ExportError("example_inputs are needed (only kv_cache=True builds its own)")

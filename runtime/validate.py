@@ -8,12 +8,11 @@ the count of mismatching elements.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 
-from edgeq.errors import RuntimeExecError
 from edgeq.runtime.executors import Executor
 
 
@@ -116,43 +115,6 @@ def compare_outputs(executor: str, refs: Sequence[np.ndarray], outs: Sequence[np
         raise ValueError(f"{executor}: {len(outs)} outputs, the reference has {len(refs)} and the graph {len(names)}")
     label = len(names) > 1
     return [compare(executor, r, o, name if label else None) for r, o, name in zip(refs, outs, names)]
-
-
-@dataclass
-class ArtifactNumerics(Numerics):
-    """One artifact against the reference on every graph output.
-
-    ``outputs`` holds one Numerics per output, in graph order, and ``ok`` is the verdict over all
-    of them (as ``edgeq validate`` gives it); the figures of its own are the first output's (a
-    model's main output: logits, class scores), so ``result.max_abs`` reads as for a model with
-    one output. Judge a multi-output model by ``ok`` or ``outputs``, not by those figures alone.
-    """
-
-    artifact: str = ""
-    outputs: list[Numerics] = field(default_factory=list)
-    ok: bool = False
-
-
-def validate(reference: Executor, executors: Sequence[Executor], inputs: Sequence[np.ndarray],
-             tolerance: Tolerance = Tolerance()) -> list[ArtifactNumerics]:
-    """Run every executor on ``inputs`` and compare each of its outputs with the reference's."""
-    want = reference.run(inputs)
-    results = []
-    for ex in executors:
-        artifact = _artifact_of(ex)
-        got = ex.run(inputs)
-        names = _output_names(ex, len(got))
-        if len(want) != len(got):
-            raise RuntimeExecError(f"{artifact} gives {len(got)} outputs ({', '.join(names)}); "
-                                   f"the reference ({reference.name}) gives {len(want)}")
-        try:
-            outputs = compare_outputs(ex.name, want, got, names)
-        except ValueError as exc:
-            raise RuntimeExecError(f"{artifact}: {exc}") from None
-        first = asdict(outputs[0])
-        results.append(ArtifactNumerics(**first, artifact=artifact, outputs=outputs,
-                                        ok=all(tolerance.accepts(n) for n in outputs)))
-    return results
 
 
 def _artifact_of(executor: Executor) -> str:

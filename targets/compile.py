@@ -121,7 +121,11 @@ def _has_type(value, hint) -> bool:
 
 def load_onnx(path: str | Path, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX file; a ModelFileError naming the file when it is missing or corrupt."""
+    from edgeq.model_spec import names_a_pytorch_model
+
     path = Path(path)
+    if names_a_pytorch_model(str(path)):
+        raise ModelFileError(f"{path}: a PyTorch model, not an ONNX file; export it first: edgeq export {path} -o model.onnx")
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     try:

@@ -73,6 +73,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     np.save(d / "wrong_shape.npy", np.zeros((2, 7), np.float32))
     (d / "random.npy").write_bytes(b"\x93NUMPY garbage")
     (d / "random.npz").write_bytes(b"PK\x03\x04 garbage")
+    np.savez(d / "missing_inputs.npz", a=np.zeros((1, 4), np.float32), b=np.zeros((1, 4), np.float32))
     # an arm64 artifact: the library is only uploaded to a device, never loaded here, so an
     # aarch64 ELF shared-library header is all it needs before the (refused) connection
     header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 3, 183, 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
@@ -141,6 +142,7 @@ CLI_CASES = [
     ("compile-empty-model", ["compile", "{empty}", "--target", "cpu", "-o", "{out}"], 4, "empty.onnx"),
     ("compile-random-model", ["compile", "{random}", "--target", "cpu", "-o", "{out}"], 4, "random.onnx"),
     ("compile-folder-model", ["compile", "{folder}", "--target", "cpu", "-o", "{out}"], 4, "folder.onnx"),
+    ("compile-pytorch-model", ["compile", "digits-cnn", "--target", "cpu", "-o", "{out}"], 4, "export it first: edgeq export digits-cnn"),
     ("compile-no-data", ["compile", "{nodata}", "--target", "cpu", "-o", "{out}"], 4, "holds no data"),
     ("compile-out-is-a-file", ["compile", "{tiny}", "--target", "cpu", "-o", "{file}"], 14, "is a file"),
     ("compile-out-under-a-file", ["compile", "{tiny}", "--target", "cpu", "-o", "{file}/sub"], 14, "is a file, not a folder"),
@@ -220,7 +222,10 @@ CLI_CASES = [
     ("quantize-out-under-a-file", ["quantize", "digits-cnn", "w8-rtn", "-o", "{file}/x.safetensors"], 14, "is a file, not a folder"),
     ("quantize-out-unwritable", ["quantize", "digits-cnn", "w8-rtn", "-o", "{unwritable}/x.safetensors"], 14, "not writable"),
     ("quantize-calib-zero", ["quantize", "digits-cnn", "w8-rtn", "-o", "{out}", "--calib", "0"], USAGE, "argument --calib"),
-    ("quantize-unknown-model", ["quantize", "resnet", "w8-rtn", "-o", "{out}"], USAGE, "argument model"),
+    ("quantize-unknown-model", ["quantize", "resnet", "w8-rtn", "-o", "{out}"], 4, "resnet: no such file, folder or built-in model"),  # was "invalid choice"
+    ("quantize-onnx-model", ["quantize", "{tiny}", "w8-rtn", "-o", "{out}"], 4, "tiny.onnx: an ONNX file is not a PyTorch model"),
+    ("quantize-folder-without-config", ["quantize", "{folder}", "w8-rtn", "-o", "{out}"], 4, "folder.onnx: a folder without config.json"),
+    ("quantize-pickle", ["quantize", "{out}.pt", "w8-rtn", "-o", "{out}"], 4, "is a pickle"),
     # export
     ("export-external-data-named-like-the-model", ["export", "digits", "-o", "{out}", "--external-data", "result"], 7, "is the model file"),  # left a corrupt model
     ("export-external-data-dot-slash-model", ["export", "digits", "-o", "{out}", "--external-data", "./result"], 7, "is the model file"),
@@ -235,6 +240,21 @@ CLI_CASES = [
     ("export-empty-safetensors", ["export", "{empty}", "-o", "{out}"], 4, "empty.onnx"),
     ("export-folder-as-model", ["export", "{folder}", "-o", "{out}"], 4, "folder.onnx"),
     ("export-random-safetensors", ["export", "{random}", "-o", "{out}"], 4, "random.onnx"),
+    # run
+    ("run-missing-model", ["run", "{out}.onnx"], 4, "no such file"),
+    ("run-empty-model", ["run", "{empty}"], 4, "empty.onnx"),
+    ("run-onnx-on-torch", ["run", "{tiny}", "--executor", "torch"], 11, "an ONNX file runs on onnxruntime"),
+    ("run-onnx-on-a-device", ["run", "{tiny}", "--device", "{closed}"], 11, "--device runs compiled artifacts"),
+    ("run-artifact-for-another-host", ["run", "{arm64_artifact}"], 11, "built for arm64"),
+    ("run-unreachable-device", ["run", "{arm64_artifact}", "--device", "{closed}"], 11, "127.0.0.1"),
+    ("run-bad-device-url", ["run", "{arm64_artifact}", "--device", "rpc:/host"], 11, "expected rpc://host:port"),
+    ("run-random-npz", ["run", "{tiny}", "--inputs", "{random_npz}"], 4, "random.npz"),
+    ("run-wrong-count-npz", ["run", "{tiny}", "--inputs", "{missing_inputs}"], 4, "holds 2 arrays"),
+    ("run-bad-dim", ["run", "{tiny}", "--dim", "x=0"], 11, "--dim 'x=0'"),
+    ("run-negative-seed", ["run", "{tiny}", "--seed", "-1"], USAGE, "argument --seed"),
+    ("run-out-is-a-folder", ["run", "{tiny}", "-o", "{folder}"], 14, "is a directory"),
+    ("run-out-unwritable", ["run", "{tiny}", "-o", "{unwritable}/out.npz"], 14, "not writable"),
+    ("run-unknown-model", ["run", "resnet"], 4, "resnet: no such file, folder or built-in model"),
     # demo
     ("demo-unknown-recipe", ["demo", "--recipe", "w9a9", "--out", "{out}"], 5, "'w9a9'"),  # left the folder
     ("demo-out-is-a-file", ["demo", "--out", "{file}"], 14, "is a file"),  # was FileExistsError

@@ -1,10 +1,11 @@
-"""edgeq export: a model saved by ``edgeq quantize`` (.safetensors), or a built-in model quantized
-with a preset (or float), to an ONNX file.
+"""edgeq export: a model saved by ``edgeq quantize`` (.safetensors), or any model
+``edgeq.model_spec`` names quantized with a preset (or float), to an ONNX file.
 
     edgeq export smollm2-w4.safetensors --embedding-bits 4 -o smollm2.onnx
     edgeq export digits-cnn --preset w8a8 -o digits.onnx
     edgeq export smollm2 --preset w4g128-rtn --embedding-bits 4 -o smollm2.onnx --external-data
     edgeq export smollm2 --preset w4g128-rtn --embedding-bits 4 --kv-cache -o smollm2-kv.onnx
+    edgeq export cnn-w8.safetensors --source cnn.py:make_model -o cnn.onnx
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from edgeq.models import ALIASES, BUILTIN_MODELS
 def register(sub) -> None:
     from edgeq.commands._args import positive_int
 
-    p = sub.add_parser("export", help="export a built-in model (quantized with a preset, or float) to ONNX")
+    p = sub.add_parser("export", help="export a model (quantized by edgeq quantize or with a preset, or float) to ONNX")
     aliases = ", ".join(f"{old} for {new}" for old, new in ALIASES.items())
-    p.add_argument("model", help=f"a .safetensors file from edgeq quantize, or a built-in model "
-                                 f"({', '.join(BUILTIN_MODELS)}; also accepted: {aliases})")
+    p.add_argument("model", help=f"a .safetensors file from edgeq quantize, a built-in model ({', '.join(BUILTIN_MODELS)}; "
+                                 f"also accepted: {aliases}), a Hugging Face folder (safetensors), a .gguf file, or a "
+                                 f"factory FILE.py:FUNCTION / package.module:FUNCTION")
     p.add_argument("--preset", help="quantization preset or recipe JSON (default: float)")
+    p.add_argument("--source", metavar="FACTORY", help="for a file quantized from a Python factory: that factory again "
+                                                       "(edgeq runs no code a file names)")
     p.add_argument("--embedding-bits", type=int, choices=(2, 3, 4, 8),
                    help="LLMs: quantize the embedding table (RTN) and share it with a tied lm_head")
     p.add_argument("--group-size", type=positive_int, default=128, help="group size for --embedding-bits (default: %(default)s)")
@@ -40,9 +44,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_model(name: str, preset: str | None, embedding_bits: int | None, group_size: int, load: bool = True):
-    """(model, example inputs) for a saved or built-in model, quantized as asked (``load=False``:
-    the example inputs only)."""
+def load_model(name: str, preset: str | None, embedding_bits: int | None, group_size: int, load: bool = True,
+               factory: str | None = None):
+    """(model, example inputs) for any model ``edgeq.model_spec.load_model`` names, quantized as
+    asked (``load=False``: a built-in model's example inputs only); ``factory``: the Python
+    factory a quantized file was made from."""
     import torch
 
     import edgeq
@@ -51,13 +57,25 @@ def load_model(name: str, preset: str | None, embedding_bits: int | None, group_
 
     if name not in BUILTIN_MODELS and name not in ALIASES:
         from edgeq.errors import RecipeError
-        from edgeq.quant.serialize import load_quantized, read_metadata
+        from edgeq.model_spec import example_inputs, load_model as load_spec
+        from edgeq.quant.serialize import read_metadata
 
-        if preset:
-            raise RecipeError(f"{name} is already quantized: --preset applies to built-in models only")
-        source = read_metadata(name)["source"]
-        model = load_quantized(name)
-        _, example = load_model(source, None, None, group_size, load=False)
+        loaded = load_spec(name, factory=factory)
+        if loaded.source == "edgeq-quantized":
+            if preset:
+                raise RecipeError(f"{name} is already quantized: --preset applies to float models only")
+            source = read_metadata(name)["source"]
+            if source in BUILTIN_MODELS:
+                _, example = load_model(source, None, None, group_size, load=False)
+            else:
+                example = example_inputs(loaded)
+            model = loaded.module
+        else:
+            example = example_inputs(loaded)
+            model = loaded.module
+            if preset:
+                calib = example_inputs(loaded, batch=32, seq=32)[0] if resolve_recipe(preset).needs_calibration else None
+                model = edgeq.quantize(model, preset, calib=[calib] if calib is not None and not calib.is_floating_point() else calib)
         if embedding_bits:
             from edgeq.quant.embedding import quantize_embeddings
 
@@ -112,7 +130,7 @@ def run(args) -> int:
         resolve_recipe(args.preset)
     if args.max_context is not None and (not args.kv_cache or args.max_context < 1):
         raise ExportError("--max-context needs --kv-cache and a positive number of tokens")
-    model, example = load_model(args.model, args.preset, args.embedding_bits, args.group_size)
+    model, example = load_model(args.model, args.preset, args.embedding_bits, args.group_size, factory=args.source)
     start = time.perf_counter()
     path = edgeq.export(model, example, args.out, opset=args.opset or DEFAULT_OPSET,
                         weight_format=args.weight_format, external_data=args.external_data,

@@ -19,6 +19,11 @@ def register(sub) -> None:
                         "model: FILE.py:FUNCTION, package.module:FUNCTION, a Hugging Face folder (safetensors), X.gguf, "
                         "a .safetensors from `edgeq quantize` (never a pickle: .pt/.pt2/.bin are refused) "
                         "(default: %(default)s)")
+    p.add_argument("--float-reference", metavar="MODEL", help="the float model (any model name edgeq takes) as a second "
+                   "reference: the reference and every executor are also compared with it, held to --float-min-cosine and "
+                   "--float-max-rel, so a quantization that is wrong in PyTorch is caught")
+    p.add_argument("--float-max-rel", type=non_negative_float, default=0.5, help="(default: %(default)s)")
+    p.add_argument("--float-min-cosine", type=cosine, default=0.95, help="(default: %(default)s)")
     p.add_argument("--inputs", default="random", help="X.npy, X.npz, digits (built-in test set) or random (default: %(default)s)")
     p.add_argument("--samples", type=positive_int, default=None, help="use the first N samples of the inputs")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for random inputs (default: %(default)s)")
@@ -40,12 +45,7 @@ def run(args) -> int:
     from edgeq.runtime.validate import Tolerance
     from edgeq.targets.compile import load_onnx
 
-    dims = {}
-    for item in args.dim:
-        name, _, size = item.partition("=")
-        if not name or not size.isdigit() or int(size) < 1:
-            raise RuntimeExecError(f"--dim {item!r}: expected NAME=SIZE with SIZE >= 1")
-        dims[name] = int(size)
+    dims = parse_dims(args.dim)
     if args.device:
         from edgeq.commands._args import check_device
 
@@ -54,7 +54,22 @@ def run(args) -> int:
     tolerance = Tolerance(max_rel=args.max_rel, min_cosine=args.min_cosine, min_top1=args.min_top1, int_exact=not args.int_tolerant,
                           exact=args.exact)
     label = args.inputs + (f" (seed {args.seed})" if args.inputs == "random" else "") + (f", first {args.samples}" if args.samples else "")
+    float_tolerance = Tolerance(max_rel=args.float_max_rel, min_cosine=args.float_min_cosine, min_top1=0.0)
     report = validate_model(args.model, args.artifacts, inputs, reference=args.reference, device=args.device,
-                            tolerance=tolerance, localize=not args.no_localize, inputs_label=label)
+                            tolerance=tolerance, localize=not args.no_localize, inputs_label=label,
+                            float_reference=args.float_reference, float_tolerance=float_tolerance)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0 if report.ok else 1
+
+
+def parse_dims(items) -> dict[str, int]:
+    """``["seq=8"]`` -> ``{"seq": 8}``; a RuntimeExecError for anything else."""
+    from edgeq.errors import RuntimeExecError
+
+    dims = {}
+    for item in items:
+        name, _, size = item.partition("=")
+        if not name or not size.isdigit() or int(size) < 1:
+            raise RuntimeExecError(f"--dim {item!r}: expected NAME=SIZE with SIZE >= 1")
+        dims[name] = int(size)
+    return dims

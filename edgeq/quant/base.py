@@ -44,13 +44,17 @@ def register_quantizer(recipe_type: type[Recipe]) -> Callable[[Handler], Handler
     return deco
 
 
-def quantize(model: nn.Module, recipe: Recipe | str, calib=None) -> nn.Module:
+def quantize(model: nn.Module | str, recipe: Recipe | str, calib=None) -> nn.Module:
     """Quantize ``model`` as ``recipe`` (a Recipe or preset name) says.
 
     ``calib`` is a tensor of sample inputs, or an iterable of input batches, for the recipes that
     calibrate (``recipe.needs_calibration``: activation ranges, GPTQ Hessians). The input model
-    is left unchanged.
+    is left unchanged. ``model`` may also be a model name (``edgeq.model_spec.load_model``).
     """
+    if isinstance(model, str):
+        from edgeq.model_spec import load_model
+
+        model = load_model(model).module
     recipe = resolve_recipe(recipe)
     handler = _HANDLERS.get(type(recipe))
     if handler is None:

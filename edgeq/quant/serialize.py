@@ -12,6 +12,7 @@ structure with empty buffers and loads the state dict strictly, so outputs are i
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from torch import nn
@@ -24,6 +25,8 @@ from edgeq.quant.hadamard import OnlineHadamard
 from edgeq.recipes import recipe_from_dict
 
 FORMAT = "edgeq-weight-only/1"
+HUGGINGFACE = "huggingface"  # source: a transformers model, its config stored as ``source_config``
+_FACTORY_SPEC = re.compile(r"^([^:]+\.py|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*):[A-Za-z_]\w*$")
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -38,11 +41,21 @@ def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def save_quantized(model: nn.Module, path: str | Path, source: str) -> Path:
     """Write ``model`` (from ``edgeq.quantize``) to ``path`` (.safetensors); ``source`` names the
-    built-in model it was quantized from (``edgeq.models.BUILTIN_MODELS``)."""
+    model it was quantized from: a built-in name (``edgeq.models.BUILTIN_MODELS``),
+    ``huggingface`` (the model's transformers config is stored in the file, which then rebuilds
+    the structure alone), or a Python factory ``FILE.py:FUNCTION`` / ``package.module:FUNCTION``
+    (recorded; loading asks for it again rather than run code a file names)."""
     from safetensors.torch import save_model
 
-    if source not in BUILTIN_MODELS:
-        raise QuantizationError(f"unknown source model {source!r}; known: {', '.join(BUILTIN_MODELS)}")
+    extra = {}
+    if source == HUGGINGFACE:
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "to_json_string"):
+            raise QuantizationError(f"{type(model).__name__} has no transformers config to record as its source")
+        extra["source_config"] = config.to_json_string(use_diff=False)
+    elif source not in BUILTIN_MODELS and not _FACTORY_SPEC.match(source):
+        raise QuantizationError(f"unknown source model {source!r}; known: {', '.join(BUILTIN_MODELS)}, "
+                                f"{HUGGINGFACE}, or a factory FILE.py:FUNCTION")
     recipe = getattr(model, "edgeq_recipe", None)
     if recipe is None:
         raise QuantizationError(f"{type(model).__name__} was not made by edgeq.quantize (no recipe attached)")
@@ -52,7 +65,7 @@ def save_quantized(model: nn.Module, path: str | Path, source: str) -> Path:
                  if isinstance(m, OnlineHadamard)}
     rotated = getattr(getattr(model, "config", None), "edgeq_rotation", None)
     metadata = {"format": FORMAT, "source": source, "recipe": recipe.to_json(), "layers": json.dumps(layers),
-                "hadamards": json.dumps(hadamards), "rotation": json.dumps(rotated)}
+                "hadamards": json.dumps(hadamards), "rotation": json.dumps(rotated), **extra}
     path = Path(path)
     with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata=metadata)
@@ -98,8 +111,14 @@ def _structure(path: Path, meta: dict) -> tuple[dict, dict, dict | None]:
         except ValueError:
             raise bad(repr(key), "not JSON") from None
 
-    if meta.get("source") not in BUILTIN_MODELS:
-        raise bad("'source'", f"{meta.get('source')!r} is not a built-in model ({', '.join(BUILTIN_MODELS)})")
+    source = meta.get("source")
+    if source == HUGGINGFACE:
+        config = parsed("source_config")
+        if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+            raise bad("'source_config'", "expected a transformers config object with a model_type")
+    elif source not in BUILTIN_MODELS and not (isinstance(source, str) and _FACTORY_SPEC.match(source)):
+        raise bad("'source'", f"{source!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+                              f"{HUGGINGFACE} or a factory FILE.py:FUNCTION")
     try:
         recipe_from_dict(parsed("recipe"))
     except (EdgeqError, TypeError, ValueError, AttributeError) as exc:  # RecipeError, the recipe's own checks
@@ -140,13 +159,15 @@ def _structure(path: Path, meta: dict) -> tuple[dict, dict, dict | None]:
     return layers, hadamards, rotation
 
 
-def load_quantized(path: str | Path) -> nn.Module:
-    """Rebuild the quantized model saved by :func:`save_quantized`."""
+def load_quantized(path: str | Path, factory: str | None = None) -> nn.Module:
+    """Rebuild the quantized model saved by :func:`save_quantized`. A model quantized from a
+    Python factory needs ``factory`` (the same function, as the user names it): edgeq runs no
+    code that a file's metadata names."""
     from safetensors.torch import load_model
 
     meta = read_metadata(path)
     layers, hadamards, rotation = _structure(Path(path), meta)
-    model = load_builtin(meta["source"]).eval()
+    model = _source_model(Path(path), meta, factory).eval()
     if rotation:
         from edgeq.quant.quarot import untie_lm_head
 
@@ -167,3 +188,35 @@ def load_quantized(path: str | Path) -> nn.Module:
         raise ModelFileError(f"{path}: tensors do not match the {meta['source']} structure ({first_line(exc)})") from None
     model.edgeq_recipe = recipe_from_dict(json.loads(meta["recipe"]))
     return model.eval()
+
+
+def _source_model(path: Path, meta: dict, factory: str | None) -> nn.Module:
+    """The float model whose structure the file's layers and tensors fill in."""
+    source = meta["source"]
+    if source in BUILTIN_MODELS:
+        return load_builtin(source)
+    if source == HUGGINGFACE:
+        return _from_config(path, json.loads(meta["source_config"]))
+    if factory is None:
+        raise ModelFileError(f"{path} was quantized from the Python factory {source}; edgeq runs no code a file "
+                             f"names: name the factory again (--source {source}, or load_quantized(path, factory=...))")
+    from edgeq.model_spec import load_model
+
+    return load_model(factory).module
+
+
+def _from_config(path: Path, config: dict) -> nn.Module:
+    """A transformers model built from its config alone (random weights, overwritten on load;
+    no remote code, no download)."""
+    import transformers
+
+    config = dict(config)
+    try:
+        cfg = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+        architectures = getattr(cfg, "architectures", None) or []
+        cls = getattr(transformers, architectures[0], None) if architectures else None
+        if cls is None:
+            return transformers.AutoModel.from_config(cfg, trust_remote_code=False)
+        return cls(cfg)
+    except Exception as exc:
+        raise ModelFileError(f"{path}: metadata 'source_config': transformers cannot build it ({first_line(exc)})") from None
