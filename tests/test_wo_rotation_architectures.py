@@ -127,3 +127,38 @@ def test_gpt2_rotation_is_refused_for_its_layernorm():
     with pytest.raises(ArchitectureError, match="'gpt2' is not supported: its LayerNorm subtracts the mean"):
         edgeq.quantize(model, "w4g32-hadamard-rtn")
     edgeq.quantize(model, "w4g32-rtn")  # the plain preset still applies
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "phi3", "qwen3"])
+def test_float64_reference_swaps_every_rms_norm(model_type):
+    """The float floor's float64 evaluation swaps every HF RMSNorm (each computes in float32),
+    rotated post-norms and Qwen3's head norms included."""
+    model = rotate_decoder(copy.deepcopy(tiny_decoder(model_type)))
+    norm_type = type(model.get_submodule(architecture_of(model).final_norm))
+    x = ids(6, batch=1)
+    swapped = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: swapped.append(type(m)) if type(m) is norm_type else None)
+    try:
+        ref32, ref64 = causal_lm_logits(model, x), float64_logits(model, x)
+    finally:
+        handle.remove()
+    assert len(swapped) == len(architecture_of(model).rms_norms(model))  # the float32 run only
+    floor = np.abs(ref32 - ref64).max() / np.abs(ref32).max()
+    assert 0 < floor < 1e-5
+
+
+def test_offset_rms_norm_in_float64_is_gemmas_formula():
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+
+    from edgeq.runtime.float_floor import InputDtypeRMSNorm
+
+    torch.manual_seed(0)
+    hf = GemmaRMSNorm(64, eps=1e-6).double()
+    torch.nn.init.normal_(hf.weight)
+    x = torch.randn(3, 64, dtype=torch.float64)
+    exact = (1 + hf.weight.detach().numpy()) * (x.numpy() / np.sqrt((x.numpy() ** 2).mean(-1, keepdims=True) + 1e-6))
+    with torch.no_grad():
+        swapped, stock = InputDtypeRMSNorm(hf.weight, hf.eps, offset=True)(x).numpy(), hf(x).numpy()
+    assert np.abs(swapped - exact).max() < 1e-14
+    assert np.abs(stock - exact).max() > 1e-8  # HF's Gemma norm rounds through float32

@@ -94,6 +94,22 @@ class DecoderArchitecture:
     def mlp_inputs(self, block: nn.Module) -> list[nn.Module]:
         return [self.module(block, p) for p in self.mlp_in]
 
+    def rms_norms(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Every RMSNorm of ``model`` by path (block norms, Qwen3's head norms, the final norm); a
+        norm wrapped with a rotation after it (``Sequential(norm, OnlineHadamard)``) by its own
+        path inside the wrapper. Empty for LayerNorm families."""
+        if self.norm_form is NormForm.LAYER_NORM:
+            return {}
+        block_paths = (self.attn_norm, self.post_attn_norm, self.mlp_norm, self.post_mlp_norm, *self.head_norms)
+        paths = [f"{self.layers}.{i}.{p}" for i in range(len(self.blocks(model))) for p in block_paths if p]
+        found = {}
+        for path in (*paths, self.final_norm):
+            norm = self.module(model, path)
+            if isinstance(norm, nn.Sequential):
+                path, norm = f"{path}.0", norm[0]
+            found[path] = norm
+        return found
+
     def value_rows(self, config) -> slice:
         """Rows of the value projection's weight inside ``qkv[-1]`` (all of v_proj, or the last
         ``num_key_value_heads * head_dim`` rows of a fused qkv_proj)."""
