@@ -33,11 +33,6 @@ class QuantizationError(EdgeqError):
     exit_code = 6
 
 
-class ArchitectureError(QuantizationError):
-    """A method needs facts about the model's architecture (edgeq.quant.architectures) that
-    edgeq does not have for its model type, or the model's modules do not match them."""
-
-
 class ExportError(EdgeqError):
     """A module or value has no ONNX export rule, or the opset cannot express it."""
 

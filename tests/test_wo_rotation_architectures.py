@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import edgeq
-from edgeq.errors import ArchitectureError
-from edgeq.quant.architectures import NormForm, architecture_of
+from edgeq.quant.architectures import ArchitectureError, NormForm, architecture_of
 from edgeq.quant.hadamard import OnlineHadamard
 from edgeq.quant.quarot import rotate_decoder
 from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from edgeq.errors import ArchitectureError
+from edgeq.errors import QuantizationError
+
+
+class ArchitectureError(QuantizationError):
+    """A method needs facts about the model's architecture that edgeq does not have for its model
+    type, or the model's modules do not match them (exits as a QuantizationError: code 6)."""
 
 
 class NormForm(enum.Enum):

@@ -36,9 +36,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeq.errors import ArchitectureError, QuantizationError
+from edgeq.errors import QuantizationError
 from edgeq.maths.hadamard import hadamard_matrix, random_hadamard_matrix, random_signs
-from edgeq.quant.architectures import DecoderArchitecture, NormForm, architecture_of, attention_shape
+from edgeq.quant.architectures import ArchitectureError, DecoderArchitecture, NormForm, architecture_of, attention_shape
 from edgeq.quant.base import set_submodule
 from edgeq.quant.hadamard import OnlineHadamard
 
