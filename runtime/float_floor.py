@@ -23,18 +23,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeq.quant.architectures import NormForm, find_architecture
+
 
 class InputDtypeRMSNorm(nn.Module):
-    """RMSNorm computed in its input's dtype. HF's LlamaRMSNorm always computes in float32, so a
-    float64 evaluation swaps it for this one (same weight, same epsilon)."""
+    """RMSNorm computed in its input's dtype. HF's RMSNorms (LLaMA's, Gemma's (1 + γ) form, ...)
+    always compute in float32, so a float64 evaluation swaps them for this one (same weight,
+    epsilon and form: ``offset`` adds 1 to γ as Gemma does)."""
 
-    def __init__(self, weight: nn.Parameter, eps: float):
+    def __init__(self, weight: nn.Parameter, eps: float, offset: bool = False):
         super().__init__()
         self.weight = weight
         self.variance_epsilon = eps
+        self.offset = offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight.to(x.dtype) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+        scale = self.weight.to(x.dtype) + (1 if self.offset else 0)
+        return scale * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
 
 
 def causal_lm_logits(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
@@ -43,17 +48,17 @@ def causal_lm_logits(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
 
 
 def float64_logits(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
-    """A HuggingFace Llama (quantized or not) evaluated in float64 on a copy; rotary cos/sin stay
-    float32 (HF computes them so), every matmul, norm and softmax is float64. A quantized
-    embedding returns float32 rows (exact dequantized values): they are widened, or the whole
-    model would run in float32 again."""
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
-
+    """A Hugging Face decoder (quantized or not; its norms found by ``edgeq.quant.architectures``)
+    evaluated in float64 on a copy; rotary cos/sin stay float32 (HF computes them so), every
+    matmul, norm and softmax is float64. A quantized embedding returns float32 rows (exact
+    dequantized values): they are widened, or the whole model would run in float32 again."""
     model = copy.deepcopy(model).double()
     model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.double())
-    norms = [(name, m) for name, m in model.named_modules() if isinstance(m, LlamaRMSNorm)]
-    for name, norm in norms:
-        model.set_submodule(name, InputDtypeRMSNorm(norm.weight, norm.variance_epsilon))
+    arch = find_architecture(model)
+    offset = arch is not None and arch.norm_form is NormForm.RMS_OFFSET
+    for name, norm in (arch.rms_norms(model) if arch else {}).items():
+        eps = getattr(norm, "variance_epsilon", None) or norm.eps
+        model.set_submodule(name, InputDtypeRMSNorm(norm.weight, eps, offset))
     return causal_lm_logits(model, ids)
 
 

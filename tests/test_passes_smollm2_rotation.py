@@ -24,7 +24,7 @@ def rotated_export(smollm2, tmp_path_factory):
     import torch
     from transformers import LlamaForCausalLM
 
-    from edgeq.quant.quarot import rotate_llama
+    from edgeq.quant.quarot import rotate_decoder
 
     full, _ = smollm2
     config = full.config.__class__.from_dict(full.config.to_dict())
@@ -33,7 +33,7 @@ def rotated_export(smollm2, tmp_path_factory):
     state = {k: v for k, v in full.state_dict().items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < LAYERS}
     small.load_state_dict(state, strict=False)
     small.lm_head.weight = torch.nn.Parameter(full.lm_head.weight.detach().clone())
-    rotate_llama(small)
+    rotate_decoder(small)
     path = tmp_path_factory.mktemp("smollm2_rot") / "rotated.onnx"
     return edgeq.export(small, torch.tensor([[1, 504, 2231, 314]]), path)
 

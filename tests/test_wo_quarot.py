@@ -11,7 +11,7 @@ import torch
 import edgeq
 from edgeq.errors import QuantizationError
 from edgeq.quant.hadamard import OnlineHadamard
-from edgeq.quant.quarot import rotate_llama
+from edgeq.quant.quarot import rotate_decoder
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def tiny_llama():
 
 def test_rotation_keeps_logits(tiny_llama):
     ids = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(1))
-    rotated = rotate_llama(copy.deepcopy(tiny_llama), seed=3)
+    rotated = rotate_decoder(copy.deepcopy(tiny_llama), seed=3)
     with torch.no_grad():
         ref, out = tiny_llama(ids).logits, rotated(ids).logits
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
@@ -51,8 +51,8 @@ def test_rotated_quantization_runs_and_stays_close(tiny_llama):
     assert (out - ref).abs().max() < 0.02 * ref.abs().max()  # 8 bits: within 2% of the logit range
 
 
-def test_rotation_needs_a_llama(digits_model):
-    with pytest.raises(QuantizationError, match="DigitsCNN is not one"):
+def test_rotation_needs_a_known_decoder(digits_model):
+    with pytest.raises(QuantizationError, match="DigitsCNN has no config.model_type"):
         edgeq.quantize(digits_model, '{"method": "rtn", "bits": 8, "group_size": null, "hadamard": true}')
 
 
@@ -60,7 +60,7 @@ def test_rotation_needs_a_llama(digits_model):
 def test_smollm2_rotation_keeps_logits(smollm2):
     model, tok = smollm2
     ids = tok("The quick brown fox jumps over the lazy dog. " * 3, return_tensors="pt")["input_ids"]
-    rotated = rotate_llama(copy.deepcopy(model), seed=0)
+    rotated = rotate_decoder(copy.deepcopy(model), seed=0)
     with torch.no_grad():
         ref, out = model(ids).logits, rotated(ids).logits
     # float32 through 30 blocks: within 2e-3 of logits of magnitude ~20

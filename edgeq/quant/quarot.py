@@ -1,18 +1,32 @@
-"""QuaRot-style rotation of a LLaMA model (HuggingFace ``LlamaForCausalLM``), exact in float.
+"""QuaRot-style rotation of a Hugging Face decoder, exact in float.
 
-1. Fold each RMSNorm's scale γ into the linears that read it (q/k/v, gate/up; the final norm
-   into lm_head) and set γ = 1: ``W' = W · diag(γ)``. An RMSNorm without γ commutes with any
-   orthogonal ``Q``: ``rms(xQ) = rms(x)``.
+The architecture's facts (which norm reads the stream before which linears, which linears write
+it, fused projections, the norm form) come from ``edgeq.quant.architectures``; an architecture
+it does not describe, or one with LayerNorm (GPT-2), is refused before anything changes.
+
+1. Fold each norm's scale into the linears that read it and make the norm scale by 1:
+   ``W' = W · diag(g)`` with ``g = γ`` for RMSNorm (then γ = 1) and ``g = 1 + γ`` for Gemma's
+   zero-centred form (then γ = 0). A norm that scales by 1 commutes with any orthogonal ``Q``:
+   ``rms(xQ) = rms(x)``. LayerNorm subtracts the mean, which a rotation does not preserve, so
+   rotating GPT-2 would first need LayerNorm turned into RMSNorm with the mean folded into every
+   residual writer (SliceGPT); edgeq refuses it instead.
 2. Rotate the residual stream by one randomized Hadamard ``Q = diag(s) · H`` (hidden size):
-   embeddings ``E' = E Q``; linears that read the stream ``W' = W Q``; linears that write it
-   (o_proj, down_proj) ``W' = Qᵀ W``. The tied lm_head is untied first (it reads the stream).
+   embeddings ``E' = E Q`` (Gemma's √hidden embedding scale is a scalar: it commutes); linears
+   that read the stream ``W' = W Q`` (a fused ``[q; k; v]`` or ``[gate; up]`` reads it as a
+   whole); linears that write it (o_proj, down_proj) ``W' = Qᵀ W``, ``b' = b Q``. The tied
+   lm_head is untied first (it reads the stream).
+   Gemma2 normalizes the attention and MLP outputs before the residual add (post-norms): those
+   norms' scales cannot fold into a residual add, so o_proj/down_proj keep writing the unrotated
+   basis and an online ``x · diag(s) · H`` after each post-norm rotates its output into the stream.
 3. Before down_proj an online Hadamard ``H_i`` (intermediate size) rotates the MLP activation,
    folded on the weight side: ``down' = OnlineHadamard -> Linear(W H_i)``. It spreads the huge
    outlier channels of down_proj's input over all channels.
-4. Per head, a Hadamard of size head_dim between v_proj and o_proj: the attention mixes value
-   vectors of one head linearly, so ``v' = v H_d`` passes through unchanged and is undone in
-   o_proj's input; both halves fold into the weights (``W_v' = blockdiag(H_d)ᵀ W_v``,
-   ``W_o' = W_o blockdiag(H_d)``), so no online op is needed there for weight-only quantization.
+4. Per head, a Hadamard of size head_dim between the value projection and o_proj: the attention
+   mixes value vectors of one head linearly, so ``v' = v H_d`` passes through unchanged and is
+   undone in o_proj's input; both halves fold into the weights (the value rows of v_proj or of a
+   fused qkv_proj: ``W_v' = blockdiag(H_d)ᵀ W_v``, ``b_v' = b_v blockdiag(H_d)``;
+   ``W_o' = W_o blockdiag(H_d)``). Queries and keys are not rotated on their output side, so
+   rotary embeddings and Qwen3's per-head q/k norms see exactly what they saw before.
 
 Everything is computed in float64 and written back in the model's dtype.
 """
@@ -23,14 +37,10 @@ import torch
 from torch import nn
 
 from edgeq.errors import QuantizationError
-from edgeq.maths.hadamard import hadamard_matrix, random_hadamard_matrix
+from edgeq.maths.hadamard import hadamard_matrix, random_hadamard_matrix, random_signs
+from edgeq.quant.architectures import ArchitectureError, DecoderArchitecture, NormForm, architecture_of, attention_shape
+from edgeq.quant.base import set_submodule
 from edgeq.quant.hadamard import OnlineHadamard
-
-
-def is_llama(model: nn.Module) -> bool:
-    inner = getattr(model, "model", None)
-    return (hasattr(inner, "layers") and hasattr(inner, "embed_tokens") and hasattr(inner, "norm")
-            and hasattr(model, "lm_head"))
 
 
 def _set_weight(linear: nn.Linear, w64: torch.Tensor) -> None:
@@ -41,57 +51,96 @@ def _w(linear: nn.Linear) -> torch.Tensor:
     return linear.weight.data.double()
 
 
-def _fold_norm(norm: nn.Module, linears: list[nn.Linear]) -> None:
+def _fold_norm(norm: nn.Module, linears: list[nn.Linear], form: NormForm) -> None:
+    """Fold the norm's per-channel scale into ``linears`` and leave the norm scaling by 1."""
     gamma = norm.weight.data.double()
+    if form is NormForm.RMS_OFFSET:
+        scale, identity = 1 + gamma, torch.zeros_like(norm.weight.data)
+    else:
+        scale, identity = gamma, torch.ones_like(norm.weight.data)
     for lin in linears:
-        _set_weight(lin, _w(lin) * gamma)
-    norm.weight.data = torch.ones_like(norm.weight.data)
+        _set_weight(lin, _w(lin) * scale)
+    norm.weight.data = identity
+
+
+def _write_stream(linear: nn.Linear, q: torch.Tensor) -> None:
+    """A linear that writes the residual stream writes it rotated: ``W' = Qᵀ W``, ``b' = b Q``."""
+    _set_weight(linear, q.T @ _w(linear))
+    if linear.bias is not None:
+        linear.bias.data = (linear.bias.data.double() @ q).to(linear.bias.dtype)
 
 
 def untie_lm_head(model: nn.Module) -> None:
-    if model.lm_head.weight is model.model.embed_tokens.weight:
-        model.lm_head.weight = nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    head, table = model.get_output_embeddings(), model.get_input_embeddings()
+    if head.weight is table.weight:
+        head.weight = nn.Parameter(table.weight.detach().clone())
     model.config.tie_word_embeddings = False
 
 
-def rotate_llama(model: nn.Module, seed: int = 0) -> nn.Module:
+def check_rotatable(model: nn.Module) -> DecoderArchitecture:
+    """The model's architecture facts, or an ArchitectureError/QuantizationError saying why a
+    rotation cannot apply; raised before any weight changes."""
+    arch = architecture_of(model, "Hadamard rotation")
+    if arch.norm_form is NormForm.LAYER_NORM:
+        raise ArchitectureError(
+            f"Hadamard rotation of {arch.name!r} is not supported: its LayerNorm subtracts the mean, which "
+            f"does not commute with a rotation (QuaRot/SliceGPT would first turn it into RMSNorm); "
+            f"use the non-Hadamard preset")
+    for index, block in enumerate(arch.blocks(model)):
+        for path in (*arch.qkv, arch.attn_out, *arch.mlp_in, arch.mlp_out):
+            lin = arch.module(block, path)
+            if type(lin) is not nn.Linear:
+                raise QuantizationError(
+                    f"{arch.layers}.{index}.{path}: rotate the float model before quantizing (found {type(lin).__name__})")
+    return arch
+
+
+def rotate_decoder(model: nn.Module, seed: int = 0) -> nn.Module:
     """Rotate ``model`` in place (see the module docstring) and return it."""
-    if not is_llama(model):
-        raise QuantizationError(f"Hadamard rotation needs a LLaMA-style decoder; {type(model).__name__} is not one")
-    for block in model.model.layers:
-        for lin in (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj,
-                    block.self_attn.o_proj, block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
-            if not isinstance(lin, nn.Linear):
-                raise QuantizationError(f"rotate the float model before quantizing: found {type(lin).__name__}")
-            if lin.bias is not None and lin in (block.self_attn.o_proj, block.mlp.down_proj):
-                raise QuantizationError("rotation of o_proj/down_proj with a bias is not supported")
+    arch = check_rotatable(model)
+    config = model.config
+    hidden = config.hidden_size
+    _, _, head_dim = attention_shape(config)
     untie_lm_head(model)
-    hidden = model.config.hidden_size
-    head_dim = getattr(model.config, "head_dim", None) or hidden // model.config.num_attention_heads
     q = random_hadamard_matrix(hidden, seed, torch.float64)
+    signs = random_signs(hidden, seed)
     h_head = hadamard_matrix(head_dim, torch.float64)
 
-    emb = model.model.embed_tokens
+    emb = model.get_submodule(arch.embedding)
     emb.weight.data = (emb.weight.data.double() @ q).to(emb.weight.dtype)
-    for block in model.model.layers:
-        attn, mlp = block.self_attn, block.mlp
-        _fold_norm(block.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj])
-        _fold_norm(block.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
-        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+    for block in arch.blocks(model):
+        qkv, mlp_in = arch.attention_inputs(block), arch.mlp_inputs(block)
+        _fold_norm(arch.module(block, arch.attn_norm), qkv, arch.norm_form)
+        _fold_norm(arch.module(block, arch.mlp_norm), mlp_in, arch.norm_form)
+        for lin in (*qkv, *mlp_in):
             _set_weight(lin, _w(lin) @ q)
-        # per-head rotation folded into v_proj's output and o_proj's input
-        v_heads = attn.v_proj.out_features // head_dim
-        o_heads = attn.o_proj.in_features // head_dim
-        _set_weight(attn.v_proj, torch.block_diag(*[h_head.T] * v_heads) @ _w(attn.v_proj))
-        if attn.v_proj.bias is not None:
-            attn.v_proj.bias.data = (attn.v_proj.bias.data.double() @ torch.block_diag(*[h_head] * v_heads)).to(attn.v_proj.bias.dtype)
-        _set_weight(attn.o_proj, q.T @ (_w(attn.o_proj) @ torch.block_diag(*[h_head] * o_heads)))
-        # online Hadamard before down_proj, its inverse folded into down_proj's input side
-        down = mlp.down_proj
-        online = OnlineHadamard(down.in_features)
-        _set_weight(down, q.T @ (_w(down) @ hadamard_matrix(down.in_features, torch.float64)))
-        mlp.down_proj = nn.Sequential(online, down)
-    _fold_norm(model.model.norm, [model.lm_head])
-    _set_weight(model.lm_head, _w(model.lm_head) @ q)
-    model.config.edgeq_rotation = {"kind": "quarot", "seed": seed}
+        _rotate_values_per_head(qkv[-1], arch.value_rows(config), h_head)
+        o_proj = arch.module(block, arch.attn_out)
+        _set_weight(o_proj, _w(o_proj) @ torch.block_diag(*[h_head] * (o_proj.in_features // head_dim)))
+        down = arch.module(block, arch.mlp_out)
+        _set_weight(down, _w(down) @ hadamard_matrix(down.in_features, torch.float64))
+        set_submodule(block, arch.mlp_out, nn.Sequential(OnlineHadamard(down.in_features), down))
+        for writer, post_norm in ((o_proj, arch.post_attn_norm), (down, arch.post_mlp_norm)):
+            if post_norm is None:
+                _write_stream(writer, q)
+            else:  # writer -> norm stay unrotated; the norm's output is rotated online into the stream
+                norm = arch.module(block, post_norm)
+                set_submodule(block, post_norm, nn.Sequential(norm, OnlineHadamard(hidden, signs=signs)))
+    lm_head = model.get_submodule(arch.lm_head)
+    _fold_norm(model.get_submodule(arch.final_norm), [lm_head], arch.norm_form)
+    _set_weight(lm_head, _w(lm_head) @ q)
+    config.edgeq_rotation = {"kind": "quarot", "seed": seed}
     return model
+
+
+def _rotate_values_per_head(linear: nn.Linear, rows: slice, h_head: torch.Tensor) -> None:
+    """``v' = v · blockdiag(H_d)`` on the value rows of ``linear`` (weight and bias)."""
+    w = _w(linear)
+    v = w[rows]
+    heads = v.shape[0] // h_head.shape[0]
+    w[rows] = torch.block_diag(*[h_head.T] * heads) @ v
+    _set_weight(linear, w)
+    if linear.bias is not None:
+        b = linear.bias.data.double()
+        b[rows] = b[rows] @ torch.block_diag(*[h_head] * heads)
+        linear.bias.data = b.to(linear.bias.dtype)

@@ -23,7 +23,7 @@ from edgeq.errors import QuantizationError
 from edgeq.maths.groups import check_grid, quantize_groups, resolve_group_size
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer, set_submodule
 from edgeq.quant.gptq import gptq_quantize_model
-from edgeq.quant.quarot import rotate_llama
+from edgeq.quant.quarot import check_rotatable, rotate_decoder
 from edgeq.quant.weight_only import flat_weight, from_float_layer
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
@@ -37,7 +37,8 @@ class WeightOnlyRecipe(Recipe):
     searches that many clip ratios in [1, 0.5] per group for the least squared error.
     group_fallback: where group_size does not divide a layer's input features, use the largest
     power of two below it that does (presets set it: SmolLM2's 576-wide inputs get g64 at g128).
-    hadamard: QuaRot rotation of a LLaMA model before quantizing (``seed`` picks its signs).
+    hadamard: QuaRot rotation of a decoder (``edgeq.quant.quarot``; the architectures in
+    ``edgeq.quant.architectures`` but GPT-2) before quantizing (``seed`` picks its signs).
     """
 
     bits: int = 4
@@ -78,6 +79,8 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
     batches = calib_batches(calib)
     if isinstance(recipe, GPTQRecipe) and not batches:
         raise QuantizationError(f"recipe 'gptq' needs calibration data for its Hessians: pass calib=<sample inputs>")
+    if recipe.hadamard:
+        check_rotatable(model)  # an architecture the rotation cannot handle is refused before any work
     start = time.perf_counter()
     qmodel = copy.deepcopy(model).eval()
     hf_conv1d_as_linear(qmodel, recipe)
@@ -87,7 +90,7 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
         check_grid(recipe.bits, resolve_group_size(recipe.group_size, in_features, recipe.group_fallback, name),
                    in_features, layer=name)
     if recipe.hadamard:
-        rotate_llama(qmodel, recipe.seed)
+        rotate_decoder(qmodel, recipe.seed)
         layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
     if isinstance(recipe, GPTQRecipe):
         gptq_quantize_model(qmodel, layers, recipe, batches)
