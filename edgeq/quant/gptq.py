@@ -269,9 +269,11 @@ def _capture_block_inputs(model, first_block, batches):
 
 def _execution_groups(block, names_in_block, hidden, kwargs):
     """Layers of one block grouped by shared input, in the order the forward pass reaches them."""
-    order: list[tuple[str, int]] = []
+    # the inputs themselves are kept (compared with ``is``): an ``id`` of a freed tensor can be reused
+    # by a later one, which grouped unrelated layers depending on the allocator
+    order: list[tuple[str, torch.Tensor]] = []
     hooks = [block.get_submodule(n).register_forward_pre_hook(
-        lambda m, args, n=n: order.append((n, id(args[0])))) for n in names_in_block]
+        lambda m, args, n=n: order.append((n, args[0]))) for n in names_in_block]
     try:
         with torch.no_grad():
             block(hidden, **kwargs)
@@ -280,14 +282,14 @@ def _execution_groups(block, names_in_block, hidden, kwargs):
             h.remove()
     groups: list[list[str]] = []
     last_input = None
-    for name, ident in order:
+    for name, layer_input in order:
         if name in sum(groups, []):
             continue
-        if groups and ident == last_input:
+        if groups and layer_input is last_input:
             groups[-1].append(name)
         else:
             groups.append([name])
-        last_input = ident
+        last_input = layer_input
     return groups
 
 
