@@ -156,6 +156,19 @@ def test_save_pretrained_folder_cross_compiles_for_arm64(llama_artifacts, llama_
     assert max_rel(want, np.load(tmp_path / "out.npz")["logits"]) < REL
 
 
+def test_export_takes_the_folder_with_a_preset(llama, llama_inputs, tmp_path, capsys):
+    """``edgeq export FOLDER --preset`` (was: "quantized model not found", and with --preset
+    "is already quantized") gives the graph ``quantize`` then ``export`` gives: RTN is
+    deterministic, so the logits agree to float32 rounding."""
+    folder, _, _, _ = llama
+    inputs, _, want = llama_inputs
+    code, _, err = cli(capsys, "export", folder, "--preset", "w4g64-rtn", "-o", tmp_path / "direct.onnx")
+    assert code == 0, err
+    code, _, err = cli(capsys, "run", tmp_path / "direct.onnx", "--inputs", inputs, "-o", tmp_path / "out.npz")
+    assert code == 0, err
+    assert max_rel(want, np.load(tmp_path / "out.npz")["logits"]) < REL
+
+
 def test_float_reference_catches_a_wrong_quantized_model(llama, tmp_path, capsys):
     """Every executor agrees with PyTorch, but PyTorch is not the float model (another seed):
     only the float reference says so."""
