@@ -91,7 +91,7 @@ def llama(tmp_path_factory):
 def test_quantize_reports_error_against_the_float_model(llama):
     _, _, _, report = llama
     [vs_float] = report["vs_float"]["outputs"]
-    assert report["vs_float"]["ok"] and vs_float["cosine"] >= 0.95 and vs_float["max_rel"] < 0.5, vs_float
+    assert report["vs_float"]["ok"] and vs_float["cosine"] >= 0.95 and vs_float["max_rel"] < 0.5, vs_float  # 0.10 here
     assert vs_float["cosine"] < 1.0  # W4 changed the outputs: the comparison is not of a model with itself
 
 
