@@ -37,7 +37,7 @@ class NormForm(enum.Enum):
 
     RMS = "rms"  # γ · n  (LLaMA, Mistral, Qwen2/3, Phi-3)
     RMS_OFFSET = "rms_offset"  # (1 + γ) · n, γ stored zero-centred (Gemma, Gemma2)
-    LAYER_NORM = "layer_norm"  # γ · (x - mean) / std + β  (GPT-2): not rotation-invariant
+    LAYER_NORM = "layer_norm"  # γ · (x - mean) / std + β  (GPT-2): the mean does not commute with a rotation
 
 
 @dataclass(frozen=True)
