@@ -86,10 +86,6 @@ class DecoderArchitecture:
     def fused_qkv(self) -> bool:
         return len(self.qkv) == 1
 
-    @property
-    def fused_mlp_in(self) -> bool:
-        return len(self.mlp_in) == 1
-
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return self.module(model, self.layers)
 

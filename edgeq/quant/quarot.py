@@ -41,7 +41,8 @@ from torch import nn
 
 from edgeq.errors import QuantizationError
 from edgeq.maths.hadamard import hadamard_matrix, random_hadamard_matrix, random_signs
-from edgeq.quant.architectures import DecoderArchitecture, NormForm, architecture_of, attention_shape
+from edgeq.quant.architectures import (DecoderArchitecture, NormForm, architecture_of, attention_shape,
+                                       tied_embeddings)
 from edgeq.quant.base import hf_conv1d_as_linear, set_submodule
 from edgeq.recipes import Recipe
 from edgeq.quant.hadamard import OnlineHadamard
@@ -75,9 +76,9 @@ def _write_stream(linear: nn.Linear, q: torch.Tensor) -> None:
 
 
 def untie_lm_head(model: nn.Module) -> None:
-    head, table = model.get_output_embeddings(), model.get_input_embeddings()
-    if head.weight is table.weight:
-        head.weight = nn.Parameter(table.weight.detach().clone())
+    if tied_embeddings(model):
+        head = model.get_output_embeddings()
+        head.weight = nn.Parameter(head.weight.detach().clone())
     model.config.tie_word_embeddings = False
 
 
