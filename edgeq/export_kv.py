@@ -11,8 +11,12 @@ The file's signature (onnxruntime-genai's names), one file for prefill and decod
 ``seq`` and ``past`` are symbolic: prefill feeds ``past = 0`` (empty cache tensors), each decode
 step ``seq = 1`` and the previous step's ``present`` as ``past``. The model's metadata key
 ``edgeq.generation`` holds what a generation session needs (a JSON object, see
-``generation_metadata``). Only the standard cache (one growing key/value pair per layer,
-transformers' ``DynamicLayer``) is exported; sliding-window or hybrid caches are refused.
+``generation_metadata``). Every layer's cache is one growing key/value pair (transformers'
+``DynamicLayer``), sliding-window layers (Mistral, Gemma2) included: they keep every token too, and
+their window is applied by the model's own sliding-window attention mask, so the file computes what
+the model computes at any length (a cache trimmed to the window would save memory, not change a
+logit). A model whose layers need another kind of state (linear attention, recurrent layers) is
+refused.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class CausalLMWithCache(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, *past):
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.lm.config)
+        cache = DynamicCache()  # no config: full layers even where the model slides a window (see the module doc)
         for i in range(self.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -71,11 +75,11 @@ class CausalLMWithCache(nn.Module):
 def cache_shape(model: nn.Module) -> tuple[int, int, int]:
     """(num_layers, num_kv_heads, head_dim) read from a real forward with a cache, so that every
     config's naming (``head_dim``, ``num_key_value_heads``, ...) is taken as the model uses it; a
-    cache other than one plain growing key/value pair per layer is refused."""
+    model whose layers keep something other than one growing key/value pair is refused."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache()
     kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         model(input_ids=torch.zeros(1, 2, dtype=torch.int64), use_cache=True, **{kwarg: cache})
@@ -83,7 +87,7 @@ def cache_shape(model: nn.Module) -> tuple[int, int, int]:
     if not cache.layers or kinds != {DynamicLayer}:
         names = ", ".join(sorted(k.__name__ for k in kinds)) or "none"
         raise ExportError(f"{type(model).__name__}: KV-cache export needs the standard cache (DynamicLayer per layer), "
-                          f"the model uses {names} (sliding window or hybrid cache)")
+                          f"the model uses {names}")
     keys = cache.layers[0].keys
     return len(cache.layers), int(keys.shape[1]), int(keys.shape[3])
 
@@ -106,8 +110,9 @@ def example_and_shapes(model: nn.Module, num_layers: int, num_kv_heads: int, hea
 
 def generation_metadata(model: nn.Module, num_layers: int, num_kv_heads: int, head_dim: int,
                         max_context: int | None) -> dict:
-    """The ``edgeq.generation`` entry: cache geometry, vocabulary, special tokens and the context
-    limit (``max_context`` if given, else the model's ``max_position_embeddings``, else null)."""
+    """The ``edgeq.generation`` entry: cache geometry, vocabulary, special tokens, the context
+    limit (``max_context`` if given, else the model's ``max_position_embeddings``, else null) and
+    the architecture (transformers' ``model_type``, which the compiler checks against what TVM builds)."""
     cfg = model.config
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None)
@@ -124,6 +129,7 @@ def generation_metadata(model: nn.Module, num_layers: int, num_kv_heads: int, he
         "max_context": None if max_context is None else int(max_context),
         "eos_token_ids": [] if eos is None else [int(t) for t in ([eos] if isinstance(eos, int) else eos)],
         "bos_token_id": None if bos is None else int(bos),
+        "model_type": getattr(cfg, "model_type", None),
     }
 
 

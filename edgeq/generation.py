@@ -39,6 +39,10 @@ EXECUTORS = ("torch", "onnxruntime", "tvm")
 DEFAULT_PRESET = "w4g128-rtn"
 DEFAULT_OUT = "edgeq-generate"
 ONNX_NAME = "model.onnx"
+# The compiled cache's default length: the model's context, at most this. Every intermediate buffer
+# is planned for the longest step, so SmolLM2's 8192 made compiling slow and the artifact's memory
+# large for the prompts people type; a longer context is one --max-context away.
+DEFAULT_MAX_CONTEXT = 2048
 
 
 @dataclass
@@ -70,7 +74,7 @@ class Generator:
 class BuildOptions:
     """How a model becomes a generation artifact: the quantization ``preset`` (None: float) with
     the tied embedding/lm_head at ``embedding_bits`` (None: float), the TVM ``target`` and the
-    compiled cache's ``max_context`` (None: the model's), all cached in ``out_dir`` (None:
+    compiled cache's ``max_context`` (None: ``default_max_context``), all cached in ``out_dir`` (None:
     ``edgeq-generate/<name>-<preset>-e<bits>``)."""
 
     preset: str | None = DEFAULT_PRESET
@@ -235,14 +239,26 @@ def export_generation_onnx(model, tokenizer, folder: str | Path, progress=None) 
     return edgeq.export(model, torch.zeros(1, 2, dtype=torch.int64), folder / ONNX_NAME, kv_cache=True)
 
 
+def default_max_context(model_max_context: int | None) -> int:
+    """The cache length compiled when none is asked: the model's own context (the file's
+    ``max_context``), at most ``DEFAULT_MAX_CONTEXT``."""
+    if model_max_context is None:
+        return DEFAULT_MAX_CONTEXT
+    return min(int(model_max_context), DEFAULT_MAX_CONTEXT)
+
+
 def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: str = "cpu",
                                 max_context: int | None = None, progress=None) -> Path:
     """The TVM generation artifact of a KV-cache ONNX file, compiled into ``out`` with the
-    tokenizer files copied in (the folder is then all a device needs)."""
+    tokenizer files copied in (the folder is then all a device needs); ``max_context`` None:
+    ``default_max_context`` of the file's."""
     import shutil
 
     import edgeq
+    from edgeq.export_kv import read_generation_metadata
 
+    if max_context is None:
+        max_context = default_max_context((read_generation_metadata(onnx_path) or {}).get("max_context"))
     out = Path(out)
     (progress or (lambda m: None))(f"compiling for {target} into {out}")
     artifact = edgeq.compile(onnx_path, target=target, out_dir=out, max_context=max_context)

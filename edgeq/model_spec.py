@@ -219,7 +219,7 @@ def example_inputs(loaded: LoadedModel, batch: int = 1, seed: int = 0, seq: int 
         from edgeq.quant.serialize import read_metadata
 
         source = read_metadata(loaded.path)["source"]
-    if source in ("digits-cnn", "digits") or (loaded.builtin == "digits-cnn"):
+    if source in ("digits-cnn", "digits"):
         from edgeq.models import digits_data
 
         return (digits_data().x_test[:batch],)

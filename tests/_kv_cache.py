@@ -12,7 +12,12 @@ VOCAB = 256
 
 
 def tiny_causal_lm(arch: str = "llama", **overrides):
-    """A 2-layer random-init model of ``arch`` (grouped-query attention, tied embedding)."""
+    """A 2-layer random-init model of ``arch`` (grouped-query attention where the architecture has
+    it, tied embedding). Phi-3 has fused qkv / gate_up projections; Gemma and Gemma2 an RMSNorm with
+    a ``1 + w`` weight, an embedding scaled by sqrt(hidden) and GELU; Gemma2 also soft-caps
+    attention scores and logits and alternates sliding-window (here 8 tokens, shorter than the
+    tests' contexts, so the window is really applied) and full layers; GPT-2 has ``Conv1D``
+    projections, learned positions, LayerNorm and GELU."""
     import transformers
 
     config_cls, model_cls = {
@@ -20,14 +25,25 @@ def tiny_causal_lm(arch: str = "llama", **overrides):
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+        "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+        "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
     }[arch]
     settings = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                     max_position_embeddings=128)
+    if arch in ("phi3", "gemma", "gemma2", "gpt2"):  # their defaults name tokens outside the tiny vocabulary
+        settings.update(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "mistral":
         settings["sliding_window"] = None
-    if arch == "qwen3":
+    if arch in ("qwen3", "gemma", "gemma2"):
         settings["head_dim"] = 16
+    if arch == "gemma2":
+        settings["sliding_window"] = 8
+    if arch == "gpt2":
+        settings = dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, tie_word_embeddings=True,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
     settings.update(overrides)
     torch.manual_seed(0)
     return model_cls(config_cls(**settings)).eval()

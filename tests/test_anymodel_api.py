@@ -3,7 +3,7 @@ second reference, and one report type for ``edgeq.validate`` and ``edgeq validat
 
 Tolerances: onnxruntime runs the quantized graph in another summation order than PyTorch:
 within 1e-5 of the output's scale for this small CNN. The float bar is
-``FLOAT_TOLERANCE`` (cosine >= 0.95, max error <= 0.5 of the scale).
+``FLOAT_TOLERANCE`` (cosine >= 0.95, max error <= the scale).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def llama(tmp_path_factory):
 def test_quantize_reports_error_against_the_float_model(llama):
     _, _, _, report = llama
     [vs_float] = report["vs_float"]["outputs"]
-    assert report["vs_float"]["ok"] and vs_float["cosine"] >= 0.95 and vs_float["max_rel"] < 0.5, vs_float
+    assert report["vs_float"]["ok"] and vs_float["cosine"] >= 0.95 and vs_float["max_rel"] < 0.5, vs_float  # 0.10 here
     assert vs_float["cosine"] < 1.0  # W4 changed the outputs: the comparison is not of a model with itself
 
 
@@ -152,6 +152,19 @@ def test_save_pretrained_folder_cross_compiles_for_arm64(llama_artifacts, llama_
         return  # the device tests (tests/test_device_arm64.py) skip or fail on their own
     inputs, _, want = llama_inputs
     code, _, err = cli(capsys, "run", arm64["artifact"], "--device", state.url, "--inputs", inputs, "-o", tmp_path / "out.npz")
+    assert code == 0, err
+    assert max_rel(want, np.load(tmp_path / "out.npz")["logits"]) < REL
+
+
+def test_export_takes_the_folder_with_a_preset(llama, llama_inputs, tmp_path, capsys):
+    """``edgeq export FOLDER --preset`` (was: "quantized model not found", and with --preset
+    "is already quantized") gives the graph ``quantize`` then ``export`` gives: RTN is
+    deterministic, so the logits agree to float32 rounding."""
+    folder, _, _, _ = llama
+    inputs, _, want = llama_inputs
+    code, _, err = cli(capsys, "export", folder, "--preset", "w4g64-rtn", "-o", tmp_path / "direct.onnx")
+    assert code == 0, err
+    code, _, err = cli(capsys, "run", tmp_path / "direct.onnx", "--inputs", inputs, "-o", tmp_path / "out.npz")
     assert code == 0, err
     assert max_rel(want, np.load(tmp_path / "out.npz")["logits"]) < REL
 

@@ -53,7 +53,7 @@ def test_signature_and_metadata(llama_files):
                        **{f"present.{i}.{k}": ["batch", 2, "past + seq", 16] for i in range(2) for k in ("key", "value")}}
     meta = read_generation_metadata(path)
     assert meta == {"num_layers": 2, "num_kv_heads": 2, "head_dim": 16, "vocab_size": VOCAB, "max_context": 128,
-                    "eos_token_ids": [2], "bos_token_id": 1}
+                    "eos_token_ids": [2], "bos_token_id": 1, "model_type": "llama"}
     assert json.loads(next(kv.value for kv in proto.metadata_props if kv.key == METADATA_KEY)) == meta
 
 
@@ -78,9 +78,16 @@ def test_token_by_token_matches_full_forward(llama_files, name, lengths):
     assert (got.argmax(-1) == ref32.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3"])
+OTHER_ARCHS = {"mistral": {}, "qwen2": {}, "qwen3": {}, "phi3": {}, "gemma": {}, "gemma2": {}, "gpt2": {},
+               "mistral-window": {"sliding_window": 4}}
+
+
+@pytest.mark.parametrize("arch", OTHER_ARCHS)
 def test_other_architectures(tmp_path, arch):
-    model = quantized(tiny_causal_lm(arch))
+    """Every causal LM of the support matrix (W4, 4-bit tied table); Gemma2 (window 8) and a Mistral
+    with a window of 4 slide their window inside the 12 tokens: the file keeps every token and the
+    model's own sliding-window mask applies it."""
+    model = quantized(tiny_causal_lm(arch.split("-")[0], **OTHER_ARCHS[arch]))
     path = edgeq.export(model, None, tmp_path / f"{arch}.onnx", kv_cache=True, max_context=64)
     meta = read_generation_metadata(path)
     assert meta["max_context"] == 64 and meta["num_layers"] == 2
@@ -95,8 +102,12 @@ def test_refuses_a_model_without_cache(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_refuses_a_sliding_window_cache(tmp_path):
-    model = tiny_causal_lm("mistral", sliding_window=4)
-    with pytest.raises(ExportError, match="standard cache"):
-        edgeq.export(model, None, tmp_path / "x.onnx", kv_cache=True)
-    assert not (tmp_path / "x.onnx").exists()
+def test_quantized_gemma_keeps_its_embedding_scale():
+    """Gemma multiplies looked-up rows by sqrt(hidden); the packed table keeps that constant (the
+    tied lm_head reads the table without it), so W4 stays near the float model."""
+    model = tiny_causal_lm("gemma")
+    qmodel = quantized(tiny_causal_lm("gemma"), embedding_bits=8)
+    assert qmodel.get_input_embeddings().embed_scale == 8.0
+    with torch.no_grad():
+        ref, got = model(IDS).logits, qmodel(IDS).logits
+    assert (got - ref).abs().max() <= 0.1 * ref.abs().max()

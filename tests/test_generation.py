@@ -281,3 +281,13 @@ def test_cli_refuses_bad_sources_and_options(w4_onnx, tmp_path, capsys):
     assert "temperature > 0" in capsys.readouterr().err
     assert main(["generate", str(w4_onnx.parent), "--prompt", "hi", "--device", "rpc://127.0.0.1:1"]) == RecipeError.exit_code
     assert "--executor tvm" in capsys.readouterr().err
+
+
+def test_default_compiled_context_is_the_models_capped():
+    """``edgeq generate`` on a model compiles a cache of the model's context, at most 2048 tokens
+    (SmolLM2's 8192 made the compile slow); --max-context asks for more, and passing the compiled
+    length is a ContextLengthError (test_cli_names_the_context_error)."""
+    from edgeq.generation import DEFAULT_MAX_CONTEXT, default_max_context
+
+    assert DEFAULT_MAX_CONTEXT == 2048
+    assert default_max_context(8192) == 2048 and default_max_context(64) == 64 and default_max_context(None) == 2048

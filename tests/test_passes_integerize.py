@@ -186,3 +186,19 @@ def test_other_hard_sigmoids_and_means_are_refused_naming_the_node():
     channel_mean = _qdq_graph("ReduceMean", {"x": ([2, 4, 3, 5], 0.03, 90)}, (0.01, 128), [2, 1, 3, 5], [axes])
     with pytest.raises(IntegerizeError, match=r"node 'op' \(ReduceMean\) has no integer form.*axes 2, 3"):
         integerize(channel_mean)
+
+
+def test_relu6_clip_becomes_integer_bounds():
+    """DQ -> Clip(0, 6) -> Q: a requantize clipped to [z_y, z_y + rint(6/S_y)] (here inside uint8)."""
+    from onnx import numpy_helper
+
+    bounds = [numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    model = _qdq_graph("Clip", {"x": ([1, 256], 0.05, 60)}, (0.03, 20), [1, 256], bounds)
+    integer = integerize(model)
+    assert float_ops_in_integer_region(integer) == []
+    requant = next(n for n in integer.graph.node if n.op_type == "DyadicRequantize")
+    assert {a.name: a.i for a in requant.attribute} == {"lo": 20, "hi": 220}  # 20 + rint(6 / 0.03)
+    codes = np.arange(256)
+    x = ((codes - 60) * np.float32(0.05)).astype(np.float32).reshape(1, 256)
+    got = ort_session(integer.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, ort_session(model.SerializeToString()).run(None, {"x": x})[0])

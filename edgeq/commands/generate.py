@@ -31,7 +31,8 @@ def register(sub) -> None:
                    help="models only: bits of the tied embedding/lm_head table, 0 for float (default: %(default)s)")
     p.add_argument("--target", default="cpu", help="models with --executor tvm: compile target (default: %(default)s)")
     p.add_argument("--max-context", type=positive_int, default=None,
-                   help="models with --executor tvm: tokens the compiled cache holds (default: the model's)")
+                   help="models with --executor tvm: tokens the compiled cache holds "
+                        "(default: the model's, at most 2048)")
     p.add_argument("-o", "--out", default=None,
                    help="models only: folder caching the quantized export and compiled artifact "
                         "(default: edgeq-generate/NAME-PRESET)")

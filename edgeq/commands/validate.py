@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--float-reference", metavar="MODEL", help="the float model (any model name edgeq takes) as a second "
                    "reference: the reference and every executor are also compared with it, held to --float-min-cosine and "
                    "--float-max-rel, so a quantization that is wrong in PyTorch is caught")
-    p.add_argument("--float-max-rel", type=non_negative_float, default=0.5, help="(default: %(default)s)")
+    p.add_argument("--float-max-rel", type=non_negative_float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--float-min-cosine", type=cosine, default=0.95, help="(default: %(default)s)")
     p.add_argument("--inputs", default="random", help="X.npy, X.npz, digits (built-in test set) or random (default: %(default)s)")
     p.add_argument("--samples", type=positive_int, default=None, help="use the first N samples of the inputs")

@@ -37,7 +37,7 @@ class NormForm(enum.Enum):
 
     RMS = "rms"  # γ · n  (LLaMA, Mistral, Qwen2/3, Phi-3)
     RMS_OFFSET = "rms_offset"  # (1 + γ) · n, γ stored zero-centred (Gemma, Gemma2)
-    LAYER_NORM = "layer_norm"  # γ · (x - mean) / std + β  (GPT-2): not rotation-invariant
+    LAYER_NORM = "layer_norm"  # γ · (x - mean) / std + β  (GPT-2): the mean does not commute with a rotation
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,6 @@ class DecoderArchitecture:
     @property
     def fused_qkv(self) -> bool:
         return len(self.qkv) == 1
-
-    @property
-    def fused_mlp_in(self) -> bool:
-        return len(self.mlp_in) == 1
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return self.module(model, self.layers)

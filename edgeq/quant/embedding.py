@@ -17,24 +17,31 @@ from edgeq.quant.weight_only import WeightOnlyLinear, WeightOnlyTwin
 
 
 class WeightOnlyEmbedding(nn.Module):
-    """``E[t] = (q[t] - zeros[t, g]) * scales[t, g]``; shares buffers with ``table``."""
+    """``E[t] = (q[t] - zeros[t, g]) * scales[t, g] * embed_scale``; shares buffers with ``table``.
 
-    def __init__(self, table: WeightOnlyLinear):
+    ``embed_scale`` is the constant some models multiply their looked-up rows by (Gemma: the square
+    root of the hidden size, in ``GemmaTextScaledWordEmbedding``); the tied ``lm_head`` reads the
+    table without it."""
+
+    def __init__(self, table: WeightOnlyLinear, embed_scale: float = 1.0):
         super().__init__()
         self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
         self.bits, self.group_size = table.bits, table.group_size
+        self.embed_scale = float(embed_scale)
         self.register_buffer("qweight", table.qweight)
         self.register_buffer("scales", table.scales)
         self.register_buffer("zeros", table.zeros)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return dequantize_packed(self.qweight[ids], self.scales[ids], self.zeros[ids], self.bits, self.group_size)
+        rows = dequantize_packed(self.qweight[ids], self.scales[ids], self.zeros[ids], self.bits, self.group_size)
+        return rows if self.embed_scale == 1.0 else rows * torch.tensor(self.embed_scale, dtype=rows.dtype)
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}"
+        scale = "" if self.embed_scale == 1.0 else f", embed_scale={self.embed_scale}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}{scale}"
 
 
 def rtn_table(weight: torch.Tensor, bits: int, group_size: int, bias: torch.Tensor | None = None) -> WeightOnlyLinear:
@@ -55,10 +62,11 @@ def quantize_embeddings(model: nn.Module, bits: int, group_size: int) -> WeightO
 
     A ``lm_head`` tied to the embedding becomes a ``WeightOnlyLinear`` over the same packed
     buffers (one table in the file); an untied float one (QuaRot unties it) is quantized alone."""
-    table = model.get_input_embeddings().weight
+    float_embedding = model.get_input_embeddings()
+    table = float_embedding.weight
     head = model.get_output_embeddings()
     packed = rtn_table(table, bits, group_size)
-    embedding = WeightOnlyEmbedding(packed)
+    embedding = WeightOnlyEmbedding(packed, _embed_scale(float_embedding))
     model.set_input_embeddings(embedding)
     if isinstance(head, nn.Linear):
         if head.weight is table:
@@ -71,13 +79,21 @@ def quantize_embeddings(model: nn.Module, bits: int, group_size: int) -> WeightO
     return embedding
 
 
+def _embed_scale(embedding: nn.Module) -> float:
+    """The constant a scaled embedding (transformers' ``Gemma*TextScaledWordEmbedding``) multiplies
+    its rows by, 1.0 for a plain ``nn.Embedding``."""
+    scale = getattr(embedding, "embed_scale", 1.0)
+    return float(scale.item() if isinstance(scale, torch.Tensor) else scale)
+
+
 class LowBitEmbeddingExport(WeightOnlyTwin):
     """``WeightOnlyEmbedding`` as one ``edgeq::lowbit_embedding`` call: packed rows gathered, then unpacked."""
     __module__ = EXPORT_RULES_MODULE
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.layer
-        return torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        rows = torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        return rows if m.embed_scale == 1.0 else rows * torch.tensor(m.embed_scale, dtype=rows.dtype)
 
 
 register_export_rule(WeightOnlyEmbedding)(LowBitEmbeddingExport)

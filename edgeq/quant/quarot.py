@@ -2,14 +2,17 @@
 
 The architecture's facts (which norm reads the stream before which linears, which linears write
 it, fused projections, the norm form) come from ``edgeq.quant.architectures``; an architecture
-it does not describe, or one with LayerNorm (GPT-2), is refused before anything changes.
+it does not describe is refused before anything changes.
 
 1. Fold each norm's scale into the linears that read it and make the norm scale by 1:
    ``W' = W · diag(g)`` with ``g = γ`` for RMSNorm (then γ = 1) and ``g = 1 + γ`` for Gemma's
    zero-centred form (then γ = 0). A norm that scales by 1 commutes with any orthogonal ``Q``:
    ``rms(xQ) = rms(x)``. LayerNorm subtracts the mean, which a rotation does not preserve, so
-   rotating GPT-2 would first need LayerNorm turned into RMSNorm with the mean folded into every
-   residual writer (SliceGPT); edgeq refuses it instead.
+   GPT-2 is first made mean-free as SliceGPT does: every residual writer (token and position
+   tables, attention and MLP output projections) is followed by the centring projection
+   ``C = I - 11ᵀ/n`` (``W' = C W``, ``b' = b C``, ``E' = E C``), so the stream's mean is zero and
+   each LayerNorm equals ``γ · x / rms(x) + β``: an RMSNorm whose γ folds as above and whose β
+   folds into the next linear's bias (``b' = b + W β``; lm_head gets one).
 2. Rotate the residual stream by one randomized Hadamard ``Q = diag(s) · H`` (hidden size):
    embeddings ``E' = E Q`` (Gemma's √hidden embedding scale is a scalar: it commutes); linears
    that read the stream ``W' = W Q`` (a fused ``[q; k; v]`` or ``[gate; up]`` reads it as a
@@ -38,8 +41,10 @@ from torch import nn
 
 from edgeq.errors import QuantizationError
 from edgeq.maths.hadamard import hadamard_matrix, random_hadamard_matrix, random_signs
-from edgeq.quant.architectures import ArchitectureError, DecoderArchitecture, NormForm, architecture_of, attention_shape
-from edgeq.quant.base import set_submodule
+from edgeq.quant.architectures import (DecoderArchitecture, NormForm, architecture_of, attention_shape,
+                                       tied_embeddings)
+from edgeq.quant.base import hf_conv1d_as_linear, set_submodule
+from edgeq.recipes import Recipe
 from edgeq.quant.hadamard import OnlineHadamard
 
 
@@ -71,9 +76,9 @@ def _write_stream(linear: nn.Linear, q: torch.Tensor) -> None:
 
 
 def untie_lm_head(model: nn.Module) -> None:
-    head, table = model.get_output_embeddings(), model.get_input_embeddings()
-    if head.weight is table.weight:
-        head.weight = nn.Parameter(table.weight.detach().clone())
+    if tied_embeddings(model):
+        head = model.get_output_embeddings()
+        head.weight = nn.Parameter(head.weight.detach().clone())
     model.config.tie_word_embeddings = False
 
 
@@ -81,15 +86,10 @@ def check_rotatable(model: nn.Module) -> DecoderArchitecture:
     """The model's architecture facts, or an ArchitectureError/QuantizationError saying why a
     rotation cannot apply; raised before any weight changes."""
     arch = architecture_of(model, "Hadamard rotation")
-    if arch.norm_form is NormForm.LAYER_NORM:
-        raise ArchitectureError(
-            f"Hadamard rotation of {arch.name!r} is not supported: its LayerNorm subtracts the mean, which "
-            f"does not commute with a rotation (QuaRot/SliceGPT would first turn it into RMSNorm); "
-            f"use the non-Hadamard preset")
     for index, block in enumerate(arch.blocks(model)):
         for path in (*arch.qkv, arch.attn_out, *arch.mlp_in, arch.mlp_out):
             lin = arch.module(block, path)
-            if type(lin) is not nn.Linear:
+            if type(lin) is not nn.Linear and not (arch.conv1d and type(lin).__name__ == "Conv1D"):
                 raise QuantizationError(
                     f"{arch.layers}.{index}.{path}: rotate the float model before quantizing (found {type(lin).__name__})")
     return arch
@@ -101,17 +101,23 @@ def rotate_decoder(model: nn.Module, seed: int = 0) -> nn.Module:
     config = model.config
     hidden = config.hidden_size
     _, _, head_dim = attention_shape(config)
+    if arch.conv1d:
+        hf_conv1d_as_linear(model, Recipe())
     untie_lm_head(model)
+    form = arch.norm_form
+    if form is NormForm.LAYER_NORM:
+        _layer_norms_to_rms(model, arch)
+        form = NormForm.RMS
     q = random_hadamard_matrix(hidden, seed, torch.float64)
     signs = random_signs(hidden, seed)
     h_head = hadamard_matrix(head_dim, torch.float64)
 
-    emb = model.get_submodule(arch.embedding)
-    emb.weight.data = (emb.weight.data.double() @ q).to(emb.weight.dtype)
+    for table in _stream_tables(model, arch):
+        table.weight.data = (table.weight.data.double() @ q).to(table.weight.dtype)
     for block in arch.blocks(model):
         qkv, mlp_in = arch.attention_inputs(block), arch.mlp_inputs(block)
-        _fold_norm(arch.module(block, arch.attn_norm), qkv, arch.norm_form)
-        _fold_norm(arch.module(block, arch.mlp_norm), mlp_in, arch.norm_form)
+        _fold_norm(arch.module(block, arch.attn_norm), qkv, form)
+        _fold_norm(arch.module(block, arch.mlp_norm), mlp_in, form)
         for lin in (*qkv, *mlp_in):
             _set_weight(lin, _w(lin) @ q)
         _rotate_values_per_head(qkv[-1], arch.value_rows(config), h_head)
@@ -127,10 +133,43 @@ def rotate_decoder(model: nn.Module, seed: int = 0) -> nn.Module:
                 norm = arch.module(block, post_norm)
                 set_submodule(block, post_norm, nn.Sequential(norm, OnlineHadamard(hidden, signs=signs)))
     lm_head = model.get_submodule(arch.lm_head)
-    _fold_norm(model.get_submodule(arch.final_norm), [lm_head], arch.norm_form)
+    _fold_norm(model.get_submodule(arch.final_norm), [lm_head], form)
     _set_weight(lm_head, _w(lm_head) @ q)
     config.edgeq_rotation = {"kind": "quarot", "seed": seed}
     return model
+
+
+def _stream_tables(model: nn.Module, arch: DecoderArchitecture) -> list[nn.Embedding]:
+    """The embedding tables added into the residual stream (tokens; GPT-2's positions too)."""
+    return [model.get_submodule(p) for p in (arch.embedding, arch.positions) if p]
+
+
+def _layer_norms_to_rms(model: nn.Module, arch: DecoderArchitecture) -> None:
+    """Make the residual stream mean-free and every LayerNorm an RMSNorm with γ (SliceGPT; see
+    the module docstring, step 1): β folds into the next linears' biases."""
+    n = model.config.hidden_size
+    centre = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    for table in _stream_tables(model, arch):
+        table.weight.data = (table.weight.data.double() @ centre).to(table.weight.dtype)
+    readers = []
+    for block in arch.blocks(model):
+        for path in (arch.attn_out, arch.mlp_out):
+            _write_stream(arch.module(block, path), centre)
+        readers += [(block, arch.attn_norm, arch.attention_inputs(block)),
+                    (block, arch.mlp_norm, arch.mlp_inputs(block))]
+    lm_head = model.get_submodule(arch.lm_head)
+    if lm_head.bias is None:
+        lm_head.bias = nn.Parameter(torch.zeros(lm_head.out_features, dtype=lm_head.weight.dtype))
+    readers.append((model, arch.final_norm, [lm_head]))
+    for root, path, linears in readers:
+        norm = arch.module(root, path)
+        beta = norm.bias.data.double()
+        for lin in linears:
+            bias = lin.bias.data.double() if lin.bias is not None else torch.zeros(lin.out_features, dtype=torch.float64)
+            lin.bias = nn.Parameter((bias + _w(lin) @ beta).to(lin.weight.dtype))
+        rms = nn.RMSNorm(n, eps=norm.eps, dtype=norm.weight.dtype)
+        rms.weight.data = norm.weight.data.clone()
+        set_submodule(root, path, rms)
 
 
 def _rotate_values_per_head(linear: nn.Linear, rows: slice, h_head: torch.Tensor) -> None:

@@ -38,7 +38,7 @@ class WeightOnlyRecipe(Recipe):
     group_fallback: where group_size does not divide a layer's input features, use the largest
     power of two below it that does (presets set it: SmolLM2's 576-wide inputs get g64 at g128).
     hadamard: QuaRot rotation of a decoder (``edgeq.quant.quarot``; the architectures in
-    ``edgeq.quant.architectures`` but GPT-2) before quantizing (``seed`` picks its signs).
+    ``edgeq.quant.architectures``) before quantizing (``seed`` picks its signs).
     """
 
     bits: int = 4
