@@ -39,7 +39,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgeq.errors import RuntimeExecError
     from edgeq.runtime.inputs import load_inputs
     from edgeq.runtime.report import validate_model
     from edgeq.runtime.validate import Tolerance
