@@ -12,23 +12,29 @@ import torch
 from torch import nn
 
 from edgeq.maths.groups import dequantize_packed
+from edgeq.quant.architectures import find_architecture
 from edgeq.quant.base import EXPORT_RULES_MODULE, register_export_rule
 from edgeq.quant.weight_only import WeightOnlyLinear, WeightOnlyTwin
 
 
 class WeightOnlyEmbedding(nn.Module):
-    """``E[t] = (q[t] - zeros[t, g]) * scales[t, g]``; shares buffers with ``table``."""
+    """``E[t] = (q[t] - zeros[t, g]) * scales[t, g] * output_scale``; shares buffers with ``table``.
 
-    def __init__(self, table: WeightOnlyLinear):
+    ``output_scale`` is the architecture's embedding multiplier (Gemma: √hidden, applied inside
+    HF's embedding module, so the replacement must apply it too); 1 elsewhere."""
+
+    def __init__(self, table: WeightOnlyLinear, output_scale: float = 1.0):
         super().__init__()
         self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
         self.bits, self.group_size = table.bits, table.group_size
+        self.output_scale = output_scale
         self.register_buffer("qweight", table.qweight)
         self.register_buffer("scales", table.scales)
         self.register_buffer("zeros", table.zeros)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return dequantize_packed(self.qweight[ids], self.scales[ids], self.zeros[ids], self.bits, self.group_size)
+        rows = dequantize_packed(self.qweight[ids], self.scales[ids], self.zeros[ids], self.bits, self.group_size)
+        return rows * self.output_scale if self.output_scale != 1.0 else rows
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
@@ -51,14 +57,17 @@ def rtn_table(weight: torch.Tensor, bits: int, group_size: int, bias: torch.Tens
 
 
 def quantize_embeddings(model: nn.Module, bits: int, group_size: int) -> WeightOnlyEmbedding:
-    """Quantize a HuggingFace LM's input embedding (RTN) and a float ``lm_head`` (in place).
+    """Quantize a HuggingFace LM's input embedding (RTN) and a float ``lm_head`` (in place); the
+    architecture's embedding scale (Gemma's √hidden, ``edgeq.quant.architectures``) is kept.
 
     A ``lm_head`` tied to the embedding becomes a ``WeightOnlyLinear`` over the same packed
     buffers (one table in the file); an untied float one (QuaRot unties it) is quantized alone."""
     table = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     packed = rtn_table(table, bits, group_size)
-    embedding = WeightOnlyEmbedding(packed)
+    arch = find_architecture(model)
+    scale = model.config.hidden_size ** 0.5 if arch is not None and arch.embedding_scale else 1.0
+    embedding = WeightOnlyEmbedding(packed, torch.tensor(scale, dtype=table.dtype).item())
     model.set_input_embeddings(embedding)
     if isinstance(head, nn.Linear):
         if head.weight is table:
@@ -77,7 +86,8 @@ class LowBitEmbeddingExport(WeightOnlyTwin):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         m = self.layer
-        return torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        rows = torch.ops.edgeq.lowbit_embedding(ids, m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        return rows * m.output_scale if m.output_scale != 1.0 else rows
 
 
 register_export_rule(WeightOnlyEmbedding)(LowBitEmbeddingExport)
