@@ -15,6 +15,7 @@ import torch
 
 import edgeq
 from edgeq.quant.architectures import ArchitectureError, NormForm, architecture_of
+from edgeq.quant.embedding import quantize_embeddings
 from edgeq.quant.hadamard import OnlineHadamard
 from edgeq.quant.quarot import rotate_decoder
 from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
@@ -119,12 +120,23 @@ def test_w4_hadamard_gptq_on_post_norms_and_fused_projections(model_type):
 @pytest.mark.parametrize("model_type", ["gemma", "phi3", "qwen2", "gpt2"])
 def test_exported_w4_hadamard_model_matches_pytorch_in_onnxruntime(tmp_path, model_type):
     qmodel = edgeq.quantize(tiny_decoder(model_type), "w4g32-hadamard-rtn")
+    quantize_embeddings(qmodel, 8, 32)  # packed token table (Gemma: with its √hidden scale)
     x = ids(5, batch=1)
     path = edgeq.export(qmodel, x, tmp_path / f"{model_type}.onnx")
     got = ort_session(path).run(None, {"input_ids": x.numpy()})[0]
     check = judge(got, causal_lm_logits(qmodel, x), float64_logits(qmodel, x))
     assert check.ok, check.to_dict()
     assert np.abs(got).max() > 0
+
+
+@pytest.mark.parametrize("model_type", ["gemma", "gemma2"])
+def test_quantized_embedding_keeps_gemmas_embedding_scale(model_type):
+    """HF's Gemma embedding module multiplies by √hidden; its packed replacement must too (it did
+    not: every token's embedding came out 8x too small at hidden 64)."""
+    model, x = tiny_decoder(model_type), ids(7)
+    qmodel = copy.deepcopy(model)
+    quantize_embeddings(qmodel, 8, 32)
+    assert mean_rel(logits(qmodel, x), logits(model, x)) < 0.02
 
 
 def test_unknown_architecture_is_refused_naming_its_model_type():
