@@ -17,34 +17,15 @@ rewrites it (and prints which functions changed).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_refactor_invariance import _one_thread, _tiny_llama
 
 BASELINE = Path(__file__).with_name("tir_baseline.json")
-
-
-def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
-
-
-@contextlib.contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _exports(out: Path) -> dict[str, Path]:
@@ -55,16 +36,19 @@ def _exports(out: Path) -> dict[str, Path]:
     from edgeq.quant.embedding import quantize_embeddings
     from edgeq.quant.weight_only_recipes import RTNRecipe
 
+    def llama():
+        return _tiny_llama(num_hidden_layers=1)
+
     files = {}
     ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(1))
     for name, recipe in (("w4g32", RTNRecipe(bits=4, group_size=32, skip=("lm_head",))),
                          ("w4pc", RTNRecipe(bits=4, group_size=None, skip=("lm_head",))),
                          ("w3g32", RTNRecipe(bits=3, group_size=32, skip=("lm_head",)))):
-        files[f"llama-{name}"] = edgeq.export(edgeq.quantize(_tiny_llama(), recipe), ids, out / f"{name}.onnx")
-    emb8 = edgeq.quantize(_tiny_llama(), RTNRecipe(bits=4, group_size=32, skip=("lm_head",)))
+        files[f"llama-{name}"] = edgeq.export(edgeq.quantize(llama(), recipe), ids, out / f"{name}.onnx")
+    emb8 = edgeq.quantize(llama(), RTNRecipe(bits=4, group_size=32, skip=("lm_head",)))
     quantize_embeddings(emb8, 8, 32)
     files["llama-w4g32-embedding8-tied"] = edgeq.export(emb8, ids, out / "emb8.onnx")
-    tied4 = edgeq.quantize(_tiny_llama(), RTNRecipe(bits=4, group_size=32, skip=("lm_head",)))
+    tied4 = edgeq.quantize(llama(), RTNRecipe(bits=4, group_size=32, skip=("lm_head",)))
     quantize_embeddings(tied4, 4, 32)
     files["llama-w4g32-embedding4-tied"] = edgeq.export(tied4, ids, out / "emb4.onnx")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from tvm import tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.s_tir.schedule import ScheduleError
 
 PARALLEL_MIN_WORK = 1 << 16  # multiply-adds or elements below which a kernel stays on one thread
 
@@ -83,3 +85,18 @@ def _vectorize_tail(sch, block, lanes) -> None:
     extent = _extent(sch, loops[-1])
     if extent and extent % lanes == 0 and extent <= 16 * lanes:
         sch.vectorize(loops[-1])
+
+
+class LoopRule(ScheduleRule):
+    """A rule written as ``schedule(func, target, lanes) -> Schedule | None`` on loops; a
+    primitive that refuses the function (ScheduleError) means the rule does not fit it."""
+
+    @staticmethod
+    def schedule(func, target, lanes):
+        raise NotImplementedError
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.schedule(func, target, vector_lanes(target))
+        except ScheduleError:
+            return None

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 from tvm import s_tir
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.schedule import ScheduleError
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, _block_axes, _extent, _work, vector_lanes
+from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _block_axes, _extent, _work
 
-
-class Conv(ScheduleRule):
-    """Convolutions: one block reducing over channels and the kernel window."""
-
-    def apply(self, func, target, tunable):
-        try:
-            return _conv(func, target, vector_lanes(target))
-        except ScheduleError:  # a primitive refused this function: it is not one for this rule
-            return None
 
 
 def _conv(func, target, lanes):
@@ -83,3 +73,9 @@ def _conv(func, target, lanes):
         if pl and (total is None or total >= PARALLEL_MIN_WORK):
             sch.parallel(pl[0])
     return sch
+
+
+class Conv(LoopRule):
+    """Convolutions: one block reducing over channels and the kernel window."""
+
+    schedule = staticmethod(_conv)

@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 from tvm import s_tir
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.s_tir.schedule import ScheduleError
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, _main_blocks, _work, vector_lanes
+from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _main_blocks, _work
 
-
-class Elementwise(ScheduleRule):
-    """Injective functions: loops fused, vectorized and split over threads."""
-
-    def apply(self, func, target, tunable):
-        try:
-            return _elementwise(func, target, vector_lanes(target))
-        except ScheduleError:  # a primitive refused this function: it is not one for this rule
-            return None
 
 
 def _elementwise(func, target, lanes):
@@ -38,3 +27,9 @@ def _elementwise(func, target, lanes):
         if work is None or work >= PARALLEL_MIN_WORK:
             sch.parallel(outer)
     return sch
+
+
+class Elementwise(LoopRule):
+    """Injective functions: loops fused, vectorized and split over threads."""
+
+    schedule = staticmethod(_elementwise)

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 from tvm import s_tir
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.s_tir.schedule import ScheduleError
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, _block_axes, _extent, _index_is, _main_blocks, _parallel, _vectorize_tail, _work, vector_lanes
-
-
-class Matmul(ScheduleRule):
-    """One reduction ``C[..., i, j] += A · B`` over k: register tiles with vector lanes."""
-
-    def apply(self, func, target, tunable):
-        try:
-            return _matmul(func, target, vector_lanes(target))
-        except ScheduleError:  # a primitive refused this function: it is not one for this rule
-            return None
+from edgeq.targets.schedules._loops import (
+    PARALLEL_MIN_WORK, LoopRule, _block_axes, _extent, _index_is, _main_blocks, _parallel, _vectorize_tail, _work,
+)
 
 
 def _matmul(func, target, lanes):
@@ -146,3 +136,9 @@ def _matmul_dot(sch, block, epilogue, loops, lanes, is_float):
     if epilogue is not None:
         sch.reverse_compute_at(epilogue.block_rv, fused)
     return sch
+
+
+class Matmul(LoopRule):
+    """One reduction ``C[..., i, j] += A · B`` over k: register tiles with vector lanes."""
+
+    schedule = staticmethod(_matmul)

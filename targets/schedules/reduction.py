@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.s_tir.schedule import ScheduleError
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, _extent, _main_blocks, _vectorize_tail, _work, vector_lanes
+from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _extent, _main_blocks, _vectorize_tail, _work
 
-
-class Reduction(ScheduleRule):
-    """Other reductions (RMSNorm, mean): rows in parallel, vector lanes."""
-
-    def apply(self, func, target, tunable):
-        try:
-            return _reduction(func, target, vector_lanes(target))
-        except ScheduleError:  # a primitive refused this function: it is not one for this rule
-            return None
 
 
 def _reduction(func, target, lanes):
@@ -43,3 +32,9 @@ def _reduction(func, target, lanes):
         if rows and (work is None or work >= PARALLEL_MIN_WORK):
             sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
     return sch
+
+
+class Reduction(LoopRule):
+    """Other reductions (RMSNorm, mean): rows in parallel, vector lanes."""
+
+    schedule = staticmethod(_reduction)

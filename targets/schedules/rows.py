@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 from tvm import s_tir
-from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.s_tir.schedule import ScheduleError
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, _extent, _vectorize_tail, _work, vector_lanes
+from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _extent, _vectorize_tail, _work
 
-
-class Rows(ScheduleRule):
-    """Softmax-like chains on the same rows: one parallel row loop, exp once per element."""
-
-    def apply(self, func, target, tunable):
-        try:
-            return _rows(func, target, vector_lanes(target))
-        except ScheduleError:  # a primitive refused this function: it is not one for this rule
-            return None
 
 
 def _rows(func, target, lanes):
@@ -52,3 +41,9 @@ def _rows(func, target, lanes):
         if info.is_injective():
             _vectorize_tail(sch, info.block_rv, lanes)
     return sch
+
+
+class Rows(LoopRule):
+    """Softmax-like chains on the same rows: one parallel row loop, exp once per element."""
+
+    schedule = staticmethod(_rows)
