@@ -188,27 +188,25 @@ def constant_bytes(mod) -> int:
 
 def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None, act_bits: int = 32):
     """Relax's default pipeline (with a vectorizable exp for softmax and sigmoid on CPU), then
-    edgeq's kernels: the packed low-bit kernels, tuned
-    schedules from ``tuning_db`` where it has them, and (``defaults``) the default CPU
-    schedules for the rest. ``act_bits=8``: the packed linears' int8-activation kernels where the
+    edgeq's schedule rules (``cpu_pipeline``): the packed low-bit kernels, tuned schedules from
+    ``tuning_db`` where it has them, and (``defaults``) the default CPU rules for the rest. ``act_bits=8``: the packed linears' int8-activation kernels where the
     target has a byte dot product. Returns (lowered module, number of kernels taken from the database)."""
     from tvm import relax
 
-    from edgeq.targets import fast_exp, schedule_cpu, schedule_lowbit
+    from edgeq.targets import cpu_pipeline
 
     target = spec.tvm()
     applied = 0
     with target:
-        custom = fast_exp.legalize_map(target)
-        if custom:  # legalized here, before the default pipeline's own LegalizeOps (left nothing to do)
-            mod = relax.transform.LegalizeOps(custom)(mod)
-        lowered = schedule_lowbit.schedule_module(relax.get_default_pipeline(target)(mod), target, act_bits)
+        for legalize in cpu_pipeline.legalize_passes(target):
+            mod = legalize(mod)
+        lowered = cpu_pipeline.schedule_kernels(relax.get_default_pipeline(target)(mod), target, act_bits)
         if tuning_db is not None:
             from edgeq.targets.tune import apply_database
 
             lowered, applied = apply_database(lowered, target, tuning_db)
         if defaults:
-            lowered = schedule_cpu.schedule_module(lowered, target)
+            lowered = cpu_pipeline.schedule_defaults(lowered, target)
     return lowered, applied
 
 

@@ -1,5 +1,6 @@
-"""CPU kernel for the packed low-bit linear (``lower_lowbit``): the default pipeline applies no
-schedule, leaving one scalar thread.
+"""CPU kernels for the packed low-bit linear (``lower_lowbit``): the default pipeline applies no
+schedule, leaving one scalar thread. The schedule rule ``edgeq.targets.schedules.packed_linear``
+recognizes the kernel and picks one of these.
 
 Each packed-linear PrimFunc is rebuilt with the same signature from a compute whose reduction is
 laid out for vector lanes, then scheduled:
@@ -20,47 +21,9 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, te
 
-from edgeq.targets import int8_lowbit
-
 BLOCK = "packed_linear"
 PARALLEL_MIN_MACS = 1 << 16  # below this (~5 µs on one core) waking threads costs more than it saves
 LANES = 16  # packed bytes per vector step: 16 bytes = 32 four-bit values = 4 AVX2 / 8 NEON float vectors
-
-
-def schedule_module(mod: tvm.IRModule, target, act_bits: int = 32) -> tvm.IRModule:
-    """Replace and schedule every packed-linear PrimFunc of ``mod`` (CPU targets only).
-
-    ``act_bits=8``: int8-activation integer kernels (``int8_lowbit``) where the target has a byte
-    dot-product instruction and the weights' bits and group fit it; float kernels elsewhere."""
-    if "cpu" not in target.keys:
-        return mod
-    isa = int8_lowbit.dot_isa(target) if act_bits == 8 else None
-    for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        sch = s_tir.Schedule(func)
-        try:
-            block = sch.get_sblock(BLOCK)
-        except Exception:  # no such block in this function
-            continue
-        attrs = sch.get(block).annotations
-        bits, group = int(attrs["edgeq_bits"]), int(attrs["edgeq_group"])
-        width = int8_lowbit.vector_bytes(isa, bits, group) if isa else 0
-        if width and len(func.params) in (5, 6) and all(_is_buffer(p) for p in func.params):
-            mod[gv] = int8_lowbit.int8_kernel(func, bits, group, isa, width)
-            continue
-        lanes = lane_count(bits, group)
-        if lanes and len(func.params) in (5, 6) and all(_is_buffer(p) for p in func.params):
-            rows = func.params[0].shape[0]
-            if isinstance(rows, tvm.tirx.IntImm) and int(rows) >= GEMM_MIN_ROWS and int(rows) % GEMM_ROW_TILE == 0:
-                mod[gv] = gemm_kernel(func, bits, group)
-            else:
-                mod[gv] = lane_kernel(func, bits, group, lanes)
-        elif _schedule_rfactor(sch, block):
-            mod[gv] = sch.mod["main"]
-    return mod
-
-
 GEMM_MIN_ROWS = 16  # from here on (prefill) the weight is dequantized once per tile, not once per row
 GEMM_ROW_TILE = 16  # rows of X per register tile: two 8-float vectors (AVX2) / four NEON vectors
 # (output columns per register tile, weight rows dequantized together per thread task), best
@@ -146,14 +109,6 @@ def _schedule_gemm(sch, n_dim: int) -> None:
     sch.unroll(jj)
     sch.vectorize(iv)
     sch.decompose_reduction(out, g)
-
-
-def _is_buffer(param) -> bool:
-    try:
-        param.dtype  # only buffer parameters have one; scalar (shape) parameters raise
-    except AttributeError:
-        return False
-    return True
 
 
 def lane_count(bits: int, group: int) -> int:
@@ -256,7 +211,7 @@ def _worth_threads(x_shape, n_dim) -> bool:
     return macs >= PARALLEL_MIN_MACS
 
 
-def _schedule_rfactor(sch, block) -> bool:
+def schedule_rfactor(sch, block) -> bool:
     """The original compute: ``block`` computes part[i, j, g] = sum x·q over group g, reducing
     over packed bytes (and the values within a byte) or, for 3 bits, over k; ``packed_linear_out``
     reduces the groups with their scales and zero points into y[i, j]."""

@@ -1,7 +1,7 @@
 """``edgeq tune``: meta_schedule search over a model's distinct kernels within a time budget.
 
 The kernels are the PrimFuncs that ``compile`` would hand to the default CPU schedules
-(``schedule_cpu``), after edgeq's own packed low-bit kernels have replaced theirs; structurally
+(``cpu_pipeline.schedule_defaults``), after edgeq's own packed low-bit kernels have replaced theirs; structurally
 equal kernels are tuned once. Records go to a meta_schedule JSON database in ``db_dir``;
 ``compile(..., tuning_db=db_dir)`` looks every kernel up there and uses the tuned schedule where
 one was found, the default schedule elsewhere, so a partial search still builds. A short random
@@ -159,7 +159,7 @@ def default_seconds(func, target) -> float | None:
     import numpy as np
     import tvm
 
-    from edgeq.targets import schedule_cpu
+    from edgeq.targets import cpu_pipeline
 
     shapes = []
     for param in func.params:  # buffers; a scalar parameter (a symbolic size) has no shape
@@ -167,7 +167,7 @@ def default_seconds(func, target) -> float | None:
         if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
             return None
         shapes.append(([int(d) for d in shape], str(param.dtype)))
-    lib = tvm.tirx.build(schedule_cpu.schedule_module(workload(func), target), target=target)
+    lib = tvm.tirx.build(cpu_pipeline.schedule_defaults(workload(func), target), target=target)
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.integers(0, 4, shape).astype(dtype) if "int" in dtype
                                else rng.normal(size=shape).astype(dtype)) for shape, dtype in shapes]

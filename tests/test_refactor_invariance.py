@@ -72,11 +72,11 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _tiny_llama():
+def _tiny_llama(num_hidden_layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=num_hidden_layers,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     return LlamaForCausalLM(cfg).eval()
 

@@ -1,5 +1,5 @@
 """The vectorizable exp (targets/fast_exp.py) and the row-wise softmax schedule
-(schedule_cpu's ``rows`` rule): numerics against numpy/onnxruntime with stated tolerances, and
+(the ``rows`` schedule rule, targets/schedules/rows.py): numerics against numpy/onnxruntime with stated tolerances, and
 the object code holds no scalar ``expf`` call."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tvm import s_tir, te
 import edgeq
 from edgeq.runtime.executors import TvmExecutor
 from edgeq.runtime.ort import ort_session
-from edgeq.targets import get_target, schedule_cpu
+from edgeq.targets import cpu_pipeline, get_target
 from edgeq.targets.fast_exp import CLAMP_HI, CLAMP_LO, fast_exp, softmax_te
 
 ULP = 2.0 ** -24  # float32 relative rounding unit
@@ -48,7 +48,7 @@ def test_fast_exp_is_within_two_ulp_and_keeps_special_values():
 
 
 def test_arm64_fast_exp_is_neon_without_libm_calls():
-    mod = schedule_cpu.schedule_module(tvm.IRModule({"main": _exp_kernel(1024).with_attr("global_symbol", "main")}),
+    mod = cpu_pipeline.schedule_defaults(tvm.IRModule({"main": _exp_kernel(1024).with_attr("global_symbol", "main")}),
                                        get_target("arm64").tvm())
     asm = tvm.compile(mod, target=get_target("arm64").tvm()).mod.inspect_source("asm")
     assert "expf" not in asm
@@ -58,11 +58,11 @@ def test_arm64_fast_exp_is_neon_without_libm_calls():
 def test_softmax_rows_schedule_matches_numpy():
     """Before: topi's four stages as separate passes with a scalar libm exp; after: one parallel
     row loop with exp computed once per element, vectorized."""
-    shape = (8, 64, 128)  # enough rows for threads (schedule_cpu.PARALLEL_MIN_WORK)
+    shape = (8, 64, 128)  # enough rows for threads (schedules._loops.PARALLEL_MIN_WORK)
     x = te.placeholder(shape, "float32", "x")
     func = te.create_prim_func([x, softmax_te(x, -1)]).with_attr("global_symbol", "main")
     target = get_target("cpu").tvm()
-    mod = schedule_cpu.schedule_module(tvm.IRModule({"main": func}), target)
+    mod = cpu_pipeline.schedule_defaults(tvm.IRModule({"main": func}), target)
     sch = s_tir.Schedule(mod)
     exp_loops = [sch.get(lp) for lp in sch.get_loops(sch.get_sblock("softmax_exp"))]
     assert [lp.kind for lp in exp_loops] == [tvm.tirx.ForKind.PARALLEL, tvm.tirx.ForKind.VECTORIZED]

@@ -1,4 +1,4 @@
-"""edgeq's default CPU schedules (targets/schedule_cpu.py, the packed GEMM in
+"""edgeq's default CPU schedules (targets/schedules/, the packed GEMM in
 targets/schedule_lowbit.py): the scheduled kernels compute what the unscheduled ones do
 (onnxruntime / numpy as reference), every kernel of a matmul model gets a schedule, and the
 arm64 builds use NEON vector instructions (sdot with dotprod)."""
@@ -19,7 +19,7 @@ import edgeq
 from edgeq.quant.weight_only import WeightOnlyLinear
 from edgeq.runtime.executors import TvmExecutor
 from edgeq.runtime.ort import ort_session
-from edgeq.targets import get_target, schedule_cpu, schedule_lowbit
+from edgeq.targets import cpu_pipeline, get_target, schedule_lowbit
 from edgeq.targets.importer import import_onnx
 
 # float32 sums of a few hundred products in another order: a few ulps of the output's scale
@@ -52,7 +52,7 @@ def _scheduled_module(model: onnx.ModelProto, target: str = "cpu") -> tvm.IRModu
     tvm_target = spec.tvm()
     with tvm_target:
         mod = relax.get_default_pipeline(tvm_target)(import_onnx(model, target=spec.name))
-        return schedule_cpu.schedule_module(schedule_lowbit.schedule_module(mod, tvm_target), tvm_target)
+        return cpu_pipeline.schedule_defaults(cpu_pipeline.schedule_kernels(mod, tvm_target), tvm_target)
 
 
 @pytest.mark.parametrize("m,transposed,n", [(1, False, 128), (32, False, 128), (1, True, 128), (32, True, 128),
@@ -99,7 +99,7 @@ def test_packed_gemm_matches_weight_only_layer(tmp_path, rows):
 
 def _asm(func: tvm.tirx.PrimFunc, target: str) -> str:
     tvm_target = get_target(target).tvm()
-    mod = schedule_cpu.schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm_target)
+    mod = cpu_pipeline.schedule_defaults(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm_target)
     assert "tirx.is_scheduled" in mod["main"].attrs
     return tvm.compile(mod, target=tvm_target).mod.inspect_source("asm")
 

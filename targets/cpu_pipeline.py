@@ -1,0 +1,59 @@
+"""edgeq's CPU pipeline, shaped like TVM's ``relax/backend/cpu_generic/pipeline.py``: Relax's
+default CPU pipeline with a vectorizable exp legalized first, then edgeq's kernels as schedule
+rules (``edgeq.targets.schedules``) applied by ``ApplyDefaultSchedule``: the packed low-bit
+linears first, the default rules for everything still unscheduled after a tuning database
+(``edgeq tune``) had its say (``edgeq.targets.compile.default_pipeline`` runs the steps in that
+order). Targets that are not LLVM CPUs get none of these."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.s_tir.dlight import ApplyDefaultSchedule
+
+from edgeq.targets import fast_exp
+from edgeq.targets.schedules.conv import Conv
+from edgeq.targets.schedules.elementwise import Elementwise
+from edgeq.targets.schedules.matmul import Matmul
+from edgeq.targets.schedules.packed_linear import PackedLinear
+from edgeq.targets.schedules.reduction import Reduction
+from edgeq.targets.schedules.rows import Rows
+
+
+def is_cpu(target: tvm.target.Target) -> bool:
+    return "cpu" in target.keys and target.kind.name == "llvm"
+
+
+def legalize_passes(target: tvm.target.Target) -> list:
+    """The vectorizable exp for softmax and sigmoid, legalized before the default pipeline's own
+    LegalizeOps (which then has nothing left to do for them)."""
+    custom = fast_exp.legalize_map(target)
+    return [relax.transform.LegalizeOps(custom)] if custom else []
+
+
+def kernel_rules(act_bits: int = 32) -> list:
+    """edgeq's own kernels, which no tuning database replaces."""
+    return [PackedLinear(act_bits)]
+
+
+def default_rules() -> list:
+    """The default schedules, tried in order on each unscheduled PrimFunc."""
+    return [Matmul(), Conv(), Rows(), Reduction(), Elementwise()]
+
+
+def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target, act_bits: int = 32) -> tvm.IRModule:
+    """The packed low-bit linears of a lowered module, scheduled (CPU targets only)."""
+    if "cpu" not in target.keys:
+        return mod
+    with target:
+        return ApplyDefaultSchedule(*kernel_rules(act_bits))(mod)
+
+
+def schedule_defaults(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Every PrimFunc still unscheduled gets the first default rule that fits; one no rule takes
+    compiles as before (one scalar thread)."""
+    if not is_cpu(target):
+        return mod
+    with target:
+        return ApplyDefaultSchedule(*default_rules())(mod)
+
