@@ -46,6 +46,7 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     was imported from; see the module docstring)."""
     from tvm import relax
 
+    from edgeq.targets.gqa_attention import grouped_query_attention
     from edgeq.targets.importer import import_onnx
     from edgeq.targets.specialize import specialize
 
@@ -67,7 +68,7 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     del out["main"]
     out[FUNCTIONS["prefill"]] = prefill
     out[FUNCTIONS["decode"]] = decode
-    return out, model
+    return grouped_query_attention(out, FUNCTIONS.values()), model
 
 
 # ops whose first input is the activations and that act row by row (an lm_head)
