@@ -23,6 +23,10 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 _OPS = {name: tvm.ir.Op.get(f"relax.{name}") for name in
         ("matmul", "multiply", "reshape", "permute_dims", "broadcast_to", "expand_dims")}
 
+# FuseOps would inline the producers of Q (the rotary embedding) into the reduction, recomputing
+# them for every cache position: the kernels fuse with nothing
+_OPAQUE = {"op_pattern": 8}
+
 
 def grouped_query_attention(mod: tvm.IRModule, functions) -> tvm.IRModule:
     """``mod`` with the attention matmuls of the Relax ``functions`` (names) reading the cache
@@ -81,10 +85,12 @@ class _Rewriter(PyExprMutator):
             key = self._ungrouped(self._through(self._reshapes(key_t), "permute_dims", _swaps_last_two))
             query = self._scaled(lhs)
             if key is not None and self._fits(query[0], key):
-                return self.builder_.call_te(scores_te, query[0], key, query[1], k_scale, primfunc_name_hint="gqa_scores")
+                return self.builder_.call_te(scores_te, query[0], key, query[1], k_scale, primfunc_name_hint="gqa_scores",
+                                             primfunc_attrs=_OPAQUE)
         value = self._ungrouped(rhs)
         if value is not None and self._fits(lhs, value, last_is_head_dim=False):
-            return self.builder_.call_te(values_te, lhs, value, primfunc_name_hint="gqa_values")
+            return self.builder_.call_te(values_te, lhs, value, primfunc_name_hint="gqa_values",
+                                         primfunc_attrs=_OPAQUE)
         return call
 
     def _bound(self, expr, op):
