@@ -236,16 +236,17 @@ def export_generation_onnx(model, tokenizer, folder: str | Path, progress=None) 
 
 
 def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: str = "cpu",
-                                max_context: int | None = None, progress=None) -> Path:
+                                max_context: int | None = None, progress=None, act_bits: int = 32) -> Path:
     """The TVM generation artifact of a KV-cache ONNX file, compiled into ``out`` with the
-    tokenizer files copied in (the folder is then all a device needs)."""
+    tokenizer files copied in (the folder is then all a device needs); ``act_bits`` as in
+    ``edgeq.compile``."""
     import shutil
 
     import edgeq
 
     out = Path(out)
     (progress or (lambda m: None))(f"compiling for {target} into {out}")
-    artifact = edgeq.compile(onnx_path, target=target, out_dir=out, max_context=max_context)
+    artifact = edgeq.compile(onnx_path, target=target, out_dir=out, max_context=max_context, act_bits=act_bits)
     for name in TOKENIZER_FILES:
         if (Path(onnx_path).parent / name).exists():
             shutil.copyfile(Path(onnx_path).parent / name, out / name)
