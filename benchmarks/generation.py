@@ -95,7 +95,8 @@ def prompt_ids(hf: Path, count: int) -> list[int]:
     return ids
 
 
-def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool, max_context: int, rebuild_tvm: bool = False) -> dict[str, Path]:
+def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool, max_context: int, rebuild_tvm: bool = False,
+                    skip: frozenset = frozenset()) -> dict[str, Path]:
     """edgeq's TVM artifacts (each preset, cache sized to the run like the peers'; W4 g128 also with
     int8 activations, ``act_bits=8``) and the W4 g128 KV-cache ONNX file, built once into the cache
     (``rebuild_tvm``: the TVM artifacts compiled again, after a change to edgeq's kernels)."""
@@ -112,11 +113,11 @@ def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool, max_context: int, reb
         if rebuild_tvm:
             for old in (folder, int8_folder):
                 shutil.rmtree(old, ignore_errors=True)
-        if want_tvm:
+        if want_tvm and f"edgeq-tvm {tag}" not in skip:
             paths[f"tvm-{tag}"] = build_generation_artifact(hf, "tvm", options, progress=print)
         if tag == "w4g128":
             paths[f"onnx-{tag}"] = build_generation_artifact(hf, "onnxruntime", options, progress=print)
-            if want_tvm:
+            if want_tvm and f"edgeq-tvm {tag} a8" not in skip:
                 found = sorted(int8_folder.glob("*.so"))
                 paths[f"tvm-{tag}-a8"] = found[0] if found else compile_generation_artifact(
                     paths[f"onnx-{tag}"], int8_folder, "cpu", max_context, print, act_bits=8)
@@ -305,7 +306,8 @@ def main() -> int:
     gguf = find_smollm2_gguf()
     hf = hf_folder(cache)
     ids = prompt_ids(hf, args.prompt_tokens)
-    artifacts = edgeq_artifacts(cache, hf, "edgeq-tvm" not in skip, args.prompt_tokens + args.new_tokens, args.rebuild_tvm)
+    artifacts = edgeq_artifacts(cache, hf, "edgeq-tvm" not in skip, args.prompt_tokens + args.new_tokens, args.rebuild_tvm,
+                                frozenset(skip))
     rows = {}  # name -> (spec, size bytes, note)
     for tag in EDGEQ_PRESETS:
         if f"tvm-{tag}" in artifacts:
