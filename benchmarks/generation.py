@@ -95,20 +95,60 @@ def prompt_ids(hf: Path, count: int) -> list[int]:
     return ids
 
 
-def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool, max_context: int) -> dict[str, Path]:
-    """edgeq's TVM artifacts (each preset, cache sized to the run like the peers') and the W4 g128
-    KV-cache ONNX file, built once into the cache."""
-    from edgeq.generation import BuildOptions, build_generation_artifact
+def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool, max_context: int, rebuild_tvm: bool = False,
+                    skip: frozenset = frozenset()) -> dict[str, Path]:
+    """edgeq's TVM artifacts (each preset, cache sized to the run like the peers'; W4 g128 also with
+    int8 activations, ``act_bits=8``) and the W4 g128 KV-cache ONNX file, built once into the cache
+    (``rebuild_tvm``: the TVM artifacts compiled again, after a change to edgeq's kernels)."""
+    import shutil
+
+    from edgeq.generation import BuildOptions, build_generation_artifact, compile_generation_artifact
 
     paths = {}
     for tag, preset in EDGEQ_PRESETS.items():
         options = BuildOptions(preset=preset, embedding_bits=4, max_context=max_context,
                                out_dir=cache / f"edgeq-smollm2-{tag}-e4")
-        if want_tvm:
+        folder = options.tvm_folder(Path(options.out_dir))
+        int8_folder = folder.with_name(folder.name + "-a8")
+        if rebuild_tvm:
+            for old in (folder, int8_folder):
+                shutil.rmtree(old, ignore_errors=True)
+        if want_tvm and f"edgeq-tvm {tag}" not in skip:
             paths[f"tvm-{tag}"] = build_generation_artifact(hf, "tvm", options, progress=print)
         if tag == "w4g128":
             paths[f"onnx-{tag}"] = build_generation_artifact(hf, "onnxruntime", options, progress=print)
+            if want_tvm and f"edgeq-tvm {tag} a8" not in skip:
+                found = sorted(int8_folder.glob("*.so"))
+                paths[f"tvm-{tag}-a8"] = found[0] if found else compile_generation_artifact(
+                    paths[f"onnx-{tag}"], int8_folder, "cpu", max_context, print, act_bits=8)
     return paths
+
+
+def read_bandwidth_gbs(threads: int, mib: int = 512) -> float:
+    """Memory read bandwidth (GB/s): the best of five sums of a ``mib`` MiB float32 tensor with
+    PyTorch at ``threads`` threads, far larger than the caches."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(mib * 2**20 // 4)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best / 1e9
+
+
+def decode_bytes(name: str, path: Path, size: int, context: int) -> float | None:
+    """Bytes one decode step reads from memory: the weights (the whole tied table for the
+    lm_head) plus, for edgeq, the KV cache at ``context`` tokens; None where unknown."""
+    if name.startswith("edgeq-tvm"):
+        meta = json.loads(path.with_suffix(".json").read_text())
+        g = meta["generation"]
+        return meta["weight_bytes"] + 2 * g["num_layers"] * g["num_kv_heads"] * g["head_dim"] * 4 * context
+    if name in ("llama.cpp", "onnxruntime-genai") or name.startswith("edgeq-onnx"):
+        return float(size)
+    return None
 
 
 def genai_model(cache: Path, hf: Path) -> Path:
@@ -251,6 +291,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rows take turns this many times; the median is kept")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. llama.cpp,edgeq-tvm)")
     parser.add_argument("--no-append", action="store_true", help="print the table without writing RESULTS.md")
+    parser.add_argument("--rebuild-tvm", action="store_true", help="compile edgeq's TVM artifacts again (after a kernel change)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -265,12 +306,17 @@ def main() -> int:
     gguf = find_smollm2_gguf()
     hf = hf_folder(cache)
     ids = prompt_ids(hf, args.prompt_tokens)
-    artifacts = edgeq_artifacts(cache, hf, "edgeq-tvm" not in skip, args.prompt_tokens + args.new_tokens)
+    artifacts = edgeq_artifacts(cache, hf, "edgeq-tvm" not in skip, args.prompt_tokens + args.new_tokens, args.rebuild_tvm,
+                                frozenset(skip))
     rows = {}  # name -> (spec, size bytes, note)
     for tag in EDGEQ_PRESETS:
         if f"tvm-{tag}" in artifacts:
             lib = artifacts[f"tvm-{tag}"]
             rows[f"edgeq-tvm {tag}"] = ({"path": str(lib)}, lib.stat().st_size, f"TVM, {EDGEQ_PRESETS[tag]}, lm_head 4-bit")
+        if f"tvm-{tag}-a8" in artifacts:
+            lib = artifacts[f"tvm-{tag}-a8"]
+            rows[f"edgeq-tvm {tag} a8"] = ({"path": str(lib)}, lib.stat().st_size,
+                                          f"TVM, {EDGEQ_PRESETS[tag]}, lm_head 4-bit, act_bits=8 (int8 dot products)")
     onnx_path = artifacts["onnx-w4g128"]
     onnx_size = folder_bytes(onnx_path.parent, ("*.onnx", "*.onnx.data", "*.data"))
     rows["edgeq-onnx w4g128 acc4"] = ({"path": str(onnx_path), "accuracy": 4}, onnx_size,
@@ -308,12 +354,17 @@ def main() -> int:
     peers = [n for n in rows if not n.startswith("edgeq")]
     best_prefill = max((summary[n]["prefill_tok_s"] for n in peers), default=None)
     best_decode = max((summary[n]["decode_tok_s"] for n in peers), default=None)
-    headers = ["runtime", "prefill tok/s", "decode tok/s", "TTFT ms", "peak MiB", "size MiB", "new tokens",
-               "prefill / best peer", "decode / best peer", "notes"]
+    bandwidth = read_bandwidth_gbs(args.threads)
+    mean_context = args.prompt_tokens + args.new_tokens / 2
+    headers = ["runtime", "prefill tok/s", "decode tok/s", "decode ms/token", "MB read/token", "bandwidth bound ms",
+               "TTFT ms", "peak MiB", "size MiB", "new tokens", "prefill / best peer", "decode / best peer", "notes"]
     table_rows = []
-    for name, (_, size, note) in rows.items():
+    for name, (spec, size, note) in rows.items():
         s = summary[name]
-        table_rows.append([name, f"{s['prefill_tok_s']:.0f}", f"{s['decode_tok_s']:.0f}", f"{s['ttft_s'] * 1e3:.0f}",
+        read = decode_bytes(name, Path(spec["path"]), size, mean_context)
+        table_rows.append([name, f"{s['prefill_tok_s']:.0f}", f"{s['decode_tok_s']:.0f}", f"{1e3 / s['decode_tok_s']:.2f}",
+                           f"{read / 1e6:.0f}" if read else "", f"{read / bandwidth / 1e6:.2f}" if read else "",
+                           f"{s['ttft_s'] * 1e3:.0f}",
                            f"{s['peak_mib']:.0f}", f"{size / 2**20:.1f}", f"{s['new_tokens']:.0f}",
                            f"{s['prefill_tok_s'] / best_prefill:.2f}x" if best_prefill else "",
                            f"{s['decode_tok_s'] / best_decode:.2f}x" if best_decode else "", note])
@@ -326,7 +377,11 @@ def main() -> int:
              "and spinning thread pools (TVM's, onnxruntime's) suffer most when the CPUs are oversubscribed. Peak MiB is the process's maximum RSS (Python rows include the interpreter and torch, "
              "imported by edgeq). TTFT is prefill plus the first token's pick; llama.cpp's is prompt / its prefill "
              "rate. Ratios are to the best non-edgeq row. edgeq's TVM cache is compiled for prompt + new tokens, as "
-             "onnxruntime-genai's max_length and llama-bench's context are sized to the run.")
+             "onnxruntime-genai's max_length and llama-bench's context are sized to the run. Bandwidth bound: the bytes "
+             f"one decode step reads (weights, the whole tied table for the lm_head; edgeq's rows add the KV cache at "
+             f"the mean context of {mean_context:.0f} tokens; the peers' rows their file size) over the read bandwidth "
+             f"measured here, {bandwidth:.1f} GB/s (PyTorch sum of 512 MiB at {args.threads} threads): the shortest "
+             "possible decode step.")
     if not args.no_append:
         append_results("Generation speed: SmolLM2-135M, KV cache, edgeq vs llama.cpp, onnxruntime-genai, PyTorch",
                        table, notes)

@@ -248,10 +248,10 @@ def default_max_context(model_max_context: int | None) -> int:
 
 
 def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: str = "cpu",
-                                max_context: int | None = None, progress=None) -> Path:
+                                max_context: int | None = None, progress=None, act_bits: int = 32) -> Path:
     """The TVM generation artifact of a KV-cache ONNX file, compiled into ``out`` with the
     tokenizer files copied in (the folder is then all a device needs); ``max_context`` None:
-    ``default_max_context`` of the file's."""
+    ``default_max_context`` of the file's; ``act_bits`` as in ``edgeq.compile``."""
     import shutil
 
     import edgeq
@@ -261,7 +261,7 @@ def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: 
         max_context = default_max_context((read_generation_metadata(onnx_path) or {}).get("max_context"))
     out = Path(out)
     (progress or (lambda m: None))(f"compiling for {target} into {out}")
-    artifact = edgeq.compile(onnx_path, target=target, out_dir=out, max_context=max_context)
+    artifact = edgeq.compile(onnx_path, target=target, out_dir=out, max_context=max_context, act_bits=act_bits)
     for name in TOKENIZER_FILES:
         if (Path(onnx_path).parent / name).exists():
             shutil.copyfile(Path(onnx_path).parent / name, out / name)

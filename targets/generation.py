@@ -46,6 +46,7 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     was imported from; see the module docstring)."""
     from tvm import relax
 
+    from edgeq.targets.gqa_attention import grouped_query_attention
     from edgeq.targets.importer import import_onnx
     from edgeq.targets.specialize import specialize
 
@@ -67,7 +68,7 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     del out["main"]
     out[FUNCTIONS["prefill"]] = prefill
     out[FUNCTIONS["decode"]] = decode
-    return out, model
+    return grouped_query_attention(out, FUNCTIONS.values()), model
 
 
 # ops whose first input is the activations and that act row by row (an lm_head)
@@ -83,13 +84,16 @@ def last_position_only(model: onnx.ModelProto) -> onnx.ModelProto:
     if head is None:
         raise CompileError("the KV-cache file has no node producing 'logits'")
     consts = [numpy_helper.from_array(np.array(v, np.int64), f"edgeq.last_position.{k}")
-              for k, v in (("starts", [-1]), ("ends", [np.iinfo(np.int64).max]), ("axes", [1]))]
+              for k, v in (("starts", [-1]), ("ends", [np.iinfo(np.int64).max]), ("axes", [1]), ("shape", [1, 1, 0]))]
     graph.initializer.extend(consts)
-    names = [c.name for c in consts]
+    names = [c.name for c in consts[:3]]
     if head.op_type in _ROW_WISE_HEADS:
-        last = f"{head.input[0]}.last_position"
-        graph.node.insert(list(graph.node).index(head), helper.make_node("Slice", [head.input[0], *names], [last],
-                                                                          name="edgeq.last_position"))
+        # the Slice's length is 1 only for seq >= 1, which TVM cannot prove: a Reshape to
+        # [1, 1, hidden] makes the head's input static, so it gets the one-row kernels
+        last, sliced = f"{head.input[0]}.last_position", f"{head.input[0]}.last_position.sliced"
+        at = list(graph.node).index(head)
+        graph.node.insert(at, helper.make_node("Reshape", [sliced, consts[3].name], [last], name="edgeq.last_position.one_row"))
+        graph.node.insert(at, helper.make_node("Slice", [head.input[0], *names], [sliced], name="edgeq.last_position"))
         head.input[0] = last
     else:
         all_logits = "logits.all_positions"

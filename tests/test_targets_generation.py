@@ -97,6 +97,39 @@ def test_one_token_prompt_and_the_maximum_context(llamas):
     np.testing.assert_array_equal(session.prefill(ids[0, :1].numpy()), got[0])  # reset really emptied the cache
 
 
+def test_int8_activations_match_their_pytorch_reference(llamas, tmp_path):
+    """``act_bits=8`` reaches the generation artifact: its packed linears (the tied lm_head
+    included) take the integer kernels. Each prefill of 4 random tokens (the int8 GEMM and GEMV
+    kernels) equals the model with int8 activations (``edgeq.quant.int8_activations``, the
+    kernels' arithmetic in PyTorch) within float rounding, where the float-activation artifact
+    misses it by the int8 rounding itself; in the median over 12 prompts, because now and then an
+    activation within float rounding of a rounding boundary lands on the other int8 step (one
+    such step moves these tiny logits by ~4e-3). Greedy generation follows that model token for token."""
+    from edgeq.quant.int8_activations import int8_activations
+    from edgeq.targets.int8_lowbit import dot_isa
+
+    model, path, exact = llamas["w4"]
+    art = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4, act_bits=8)
+    if dot_isa(get_target("cpu").tvm()) is None:
+        assert art.int8_kernels == 0
+        pytest.skip("this host has no byte dot product: act_bits=8 keeps the float kernels")
+    assert art.act_bits == 8 and art.int8_kernels >= 1
+    int8, floats = TvmCausalLMSession(art.path), TvmCausalLMSession(exact.path)
+    prompts = torch.randint(0, VOCAB, (12, 4), generator=torch.Generator().manual_seed(7))
+    errors = []
+    for prompt in prompts:
+        with int8_activations(model):
+            reference = causal_lm_logits(model, prompt[None])[0, -1]
+        scale = np.abs(reference).max()
+        int8.reset(), floats.reset()
+        errors.append([np.abs(session.prefill(prompt.numpy()) - reference).max() / scale for session in (int8, floats)])
+    int8_error, float_error = np.median(errors, axis=0)
+    assert int8_error <= 1e-5 and float_error >= 1e-3, (int8_error, float_error)
+    tokens, _ = greedy(int8, PROMPT.numpy()[0], NEW_TOKENS)
+    with int8_activations(model):
+        assert tokens == torch_generate(model)
+
+
 def test_compile_options_need_a_kv_cache_file(tmp_path, llamas):
     model, _, _ = llamas["float"]
     plain = edgeq.export(model, PROMPT, tmp_path / "plain.onnx")

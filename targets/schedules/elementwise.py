@@ -18,6 +18,9 @@ def _elementwise(func, target, lanes):
         if not loops:
             continue
         work = _work(sch, loops)
+        if work is None:
+            _elementwise_symbolic(sch, loops, lanes)
+            continue
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         if work is not None and work % lanes == 0 and work >= lanes:
             outer, inner = sch.split(fused, [None, lanes])
@@ -27,6 +30,27 @@ def _elementwise(func, target, lanes):
         if work is None or work >= PARALLEL_MIN_WORK:
             sch.parallel(outer)
     return sch
+
+
+def _elementwise_symbolic(sch, loops, lanes) -> None:
+    """A symbolic extent (a KV cache's ``past + seq``): fusing every loop would put a division by
+    it in each element's index. The innermost loops of static extent (the head dimension) are
+    fused into vector lanes instead, and only the outer ones into the parallel loop."""
+    static = 0
+    while static < len(loops) and _extent(sch, loops[len(loops) - 1 - static]) is not None:
+        static += 1
+    outer, inner = loops[:len(loops) - static], loops[len(loops) - static:]
+    if inner:
+        inner_work = _work(sch, inner)
+        fused_inner = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+        if inner_work % lanes == 0:
+            rest, vec = sch.split(fused_inner, [None, lanes])
+            sch.vectorize(vec)
+            outer = [*outer, rest]
+        else:
+            outer = [*outer, fused_inner]
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
 class Elementwise(LoopRule):

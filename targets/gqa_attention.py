@@ -1,0 +1,155 @@
+"""Grouped-query attention without the repeated cache: ``repeat_kv`` as torch exports it
+(``expand_dims`` → ``broadcast_to`` → ``reshape`` of the ``[1, kv_heads, past, head_dim]`` cache
+to ``[1, heads, past, head_dim]``), then ``transpose`` and a scale for ``Q · Kᵀ``, copies the
+whole cache three times per layer and step: at decode those copies cost more than every
+weight read. Here the two attention matmuls read the cache where it is, head ``h`` taking
+kv head ``h // group``:
+
+    scores[b, h, s, p] = sum_d (Q[b, h, s, d] · cq) · (K[b, h // group, p, d] · ck)
+    out[b, h, s, d]    = sum_p P[b, h, s, p] · V[b, h // group, p, d]
+
+(the same products as the unfused graph, scales included). Both are plain reductions that the
+default CPU schedules tile (``Q · Kᵀ``: both operands contiguous in d; ``P · V``: V contiguous
+in d). A graph in another form is left as it is.
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm.sym
+from tvm import relax, te
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+_OPS = {name: tvm.ir.Op.get(f"relax.{name}") for name in
+        ("matmul", "multiply", "reshape", "permute_dims", "broadcast_to", "expand_dims")}
+
+# FuseOps would inline the producers of Q (the rotary embedding) into the reduction, recomputing
+# them for every cache position: the kernels fuse with nothing
+_OPAQUE = {"op_pattern": 8}
+
+
+def grouped_query_attention(mod: tvm.IRModule, functions) -> tvm.IRModule:
+    """``mod`` with the attention matmuls of the Relax ``functions`` (names) reading the cache
+    ungrouped; the repeat / transpose / scale bindings they leave unused are removed."""
+    rewriter = _Rewriter(mod)
+    for name in functions:
+        gv = mod.get_global_var(name)
+        rewriter.builder_.update_func(gv, rewriter.visit_expr(mod[gv]))
+    return relax.transform.DeadCodeElimination(list(functions))(rewriter.builder_.get())
+
+
+def scores_te(q, k, q_scale: float, k_scale: float):
+    group = q.shape[1] // k.shape[1]
+    d = te.reduce_axis((0, q.shape[3]), name="d")
+    return te.compute(
+        (q.shape[0], q.shape[1], q.shape[2], k.shape[2]),
+        lambda b, h, s, p: te.sum(q[b, h, s, d] * tvm.tirx.const(q_scale, q.dtype)
+                                  * (k[b, h // group, p, d] * tvm.tirx.const(k_scale, k.dtype)), axis=d),
+        name="gqa_scores")
+
+
+def values_te(probs, v):
+    group = probs.shape[1] // v.shape[1]
+    p = te.reduce_axis((0, v.shape[2]), name="p")
+    return te.compute((probs.shape[0], probs.shape[1], probs.shape[2], v.shape[3]),
+                      lambda b, h, s, d: te.sum(probs[b, h, s, p] * v[b, h // group, p, d], axis=p),
+                      name="gqa_values")
+
+
+def _shape(expr):
+    """The dimensions of a tensor expression with a known shape, else None."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    return list(ty.shape.values)
+
+
+def _swaps_last_two(call) -> bool:
+    axes = list(map(int, call.attrs.axes))
+    return axes == [*range(len(axes) - 2), len(axes) - 1, len(axes) - 2]
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not isinstance(call, relax.Call) or call.op != _OPS["matmul"]:
+            return call
+        lhs, rhs = call.args
+        keys = self._scaled(rhs)
+        if keys is not None:
+            key_t, k_scale = keys
+            key = self._ungrouped(self._through(self._reshapes(key_t), "permute_dims", _swaps_last_two))
+            query = self._scaled(lhs)
+            if key is not None and self._fits(query[0], key):
+                return self.builder_.call_te(scores_te, query[0], key, query[1], k_scale, primfunc_name_hint="gqa_scores",
+                                             primfunc_attrs=_OPAQUE)
+        value = self._ungrouped(rhs)
+        if value is not None and self._fits(lhs, value, last_is_head_dim=False):
+            return self.builder_.call_te(values_te, lhs, value, primfunc_name_hint="gqa_values",
+                                         primfunc_attrs=_OPAQUE)
+        return call
+
+    def _bound(self, expr, op):
+        """The call of ``op`` that ``expr`` (a variable) is bound to, else None."""
+        if isinstance(expr, relax.Var):
+            expr = self.lookup_binding(expr)
+        return expr if isinstance(expr, relax.Call) and expr.op == _OPS[op] else None
+
+    def _through(self, expr, op, check=lambda call: True):
+        call = self._bound(expr, op)
+        return call.args[0] if call is not None and check(call) else None
+
+    def _reshapes(self, expr):
+        """``expr`` before any chain of reshapes."""
+        while (call := self._bound(expr, "reshape")) is not None:
+            expr = call.args[0]
+        return expr
+
+    def _scaled(self, expr):
+        """(x, c) when ``expr`` is ``x · c`` with a scalar constant ``c``, else (expr, 1.0)."""
+        call = self._bound(expr, "multiply")
+        if call is not None:
+            x, c = call.args
+            value = c.value.numpy() if isinstance(c, tvm.ir.expr.GenericConst) and hasattr(c.value, "numpy") else None
+            if value is not None and value.size == 1:
+                return x, float(value.reshape(()))
+        return expr, 1.0
+
+    def _ungrouped(self, expr):
+        """The ``[1, kv_heads, past, head_dim]`` cache when ``expr`` (a ``[.., heads, past,
+        head_dim]`` value, possibly reshaped, or for keys its transpose's input) repeats each kv
+        head ``group`` times with expand_dims(axis 2) → broadcast_to; else None."""
+        if expr is None:
+            return None
+        broadcast = self._bound(self._reshapes(expr), "broadcast_to")
+        expanded = self._bound(broadcast.args[0], "expand_dims") if broadcast is not None else None
+        if expanded is None or list(map(int, expanded.attrs.axis)) != [2]:
+            return None
+        cache = expanded.args[0]
+        shape = _shape(cache)
+        repeated = _shape(broadcast)
+        if shape is None or len(shape) != 4 or repeated is None or len(repeated) != 5:
+            return None
+        analyzer = tvm.sym.Analyzer()
+        (b, kv_heads, past, head_dim), (rb, rkv, _, rpast, rhead_dim) = shape, repeated
+        same = all(analyzer.can_prove_equal(x, y) for x, y in ((b, rb), (kv_heads, rkv), (past, rpast), (head_dim, rhead_dim)))
+        return cache if same else None
+
+    def _fits(self, lhs, cache, last_is_head_dim: bool = True) -> bool:
+        """``lhs`` is ``[b, heads, s, head_dim]`` (scores) or ``[b, heads, s, past]`` (values)
+        with heads a multiple of the cache's kv heads."""
+        analyzer = tvm.sym.Analyzer()
+        shape = _shape(lhs)
+        if shape is None or len(shape) != 4:
+            return False
+        b, heads, _, last = shape
+        cb, kv_heads, past, head_dim = _shape(cache)
+        if not all(isinstance(x, tvm.tirx.IntImm) for x in (heads, kv_heads)) or int(heads) % int(kv_heads):
+            return False
+        if lhs.ty.dtype != cache.ty.dtype or not analyzer.can_prove_equal(b, cb):
+            return False
+        return analyzer.can_prove_equal(last, head_dim if last_is_head_dim else past)

@@ -1,0 +1,69 @@
+"""targets/gqa_attention.py: the attention matmuls read a grouped KV cache in place. Built inline
+as torch exports it (repeat_kv by expand_dims → broadcast_to → reshape, transposed and scaled
+keys), rewritten, compiled before and after and compared; a graph without the repeat is left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from edgeq.targets.gqa_attention import grouped_query_attention
+
+HEADS, KV_HEADS, SEQ, PAST, HEAD_DIM = 4, 2, 3, 5, 16
+
+
+def attention(grouped: bool) -> tvm.IRModule:
+    kv = KV_HEADS if grouped else HEADS
+    q = relax.Var("q", relax.TensorType((1, HEADS, SEQ, HEAD_DIM), "float32"))
+    k = relax.Var("k", relax.TensorType((1, kv, PAST, HEAD_DIM), "float32"))
+    v = relax.Var("v", relax.TensorType((1, kv, PAST, HEAD_DIM), "float32"))
+    bb = relax.BlockBuilder()
+    op = relax.op
+    with bb.function("main", [q, k, v]):
+        with bb.dataflow():
+            def repeated(x):
+                if not grouped:
+                    return x
+                e = bb.emit(op.expand_dims(x, axis=[2]))
+                b = bb.emit(op.broadcast_to(e, (1, KV_HEADS, HEADS // KV_HEADS, PAST, HEAD_DIM)))
+                return bb.emit(op.reshape(b, (1, HEADS, PAST, HEAD_DIM)))
+            kt = bb.emit(op.permute_dims(bb.emit(op.reshape(repeated(k), (HEADS, PAST, HEAD_DIM))), axes=[0, 2, 1]))
+            ks = bb.emit(op.multiply(bb.emit(op.reshape(kt, (1, HEADS, HEAD_DIM, PAST))), relax.const(0.5, "float32")))
+            qs = bb.emit(op.multiply(q, relax.const(0.5, "float32")))
+            probs = bb.emit(op.nn.softmax(bb.emit(op.matmul(qs, ks)), axis=-1))
+            out = bb.emit_output(op.matmul(probs, repeated(v)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def run(mod, args):
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
+
+
+def calls(mod, name: str) -> int:
+    found = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: found.append(e) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.Op) and e.op.name == name else None)
+    return len(found)
+
+
+def test_grouped_attention_reads_the_cache_in_place():
+    before = attention(grouped=True)
+    after = grouped_query_attention(before, ["main"])
+    assert calls(before, "relax.broadcast_to") == 2 and calls(after, "relax.broadcast_to") == 0
+    assert calls(after, "relax.matmul") == 0 and calls(after, "relax.permute_dims") == 0
+    assert {gv.name_hint for gv in after.get_global_vars()} >= {"gqa_scores", "gqa_values"}
+    rng = np.random.default_rng(0)
+    args = [rng.normal(size=s).astype(np.float32) for s in ((1, HEADS, SEQ, HEAD_DIM), (1, KV_HEADS, PAST, HEAD_DIM),
+                                                              (1, KV_HEADS, PAST, HEAD_DIM))]
+    expected = run(before, args)
+    np.testing.assert_allclose(run(after, args), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_without_repeat_is_left_alone():
+    before = attention(grouped=False)
+    after = grouped_query_attention(before, ["main"])
+    assert calls(after, "relax.matmul") == 2
+    tvm.ir.assert_structural_equal(after["main"], before["main"])
