@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _main_blocks, _work
+from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _extent, _main_blocks, _work
 
 
 
