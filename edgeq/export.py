@@ -102,8 +102,6 @@ def export(
         dynamic_dims = [{0: "batch"} for _ in args]
     if generation is None:
         args, dynamic_shapes = _dynamic_shapes(args, dynamic_dims)
-        if dynamic_shapes is not None and isinstance(model, tasks.TaskOutputs):
-            dynamic_shapes = (dynamic_shapes,)  # its forward(*inputs) takes them as one tuple
     model = model.eval()
     try:
         with export_twins(model), _quiet_exporter(), torch.no_grad():

@@ -53,8 +53,16 @@ class TaskOutputs(nn.Module):
         super().__init__()
         self.lm, self.input_names, self.fields, self.options = model, input_names, fields, options
 
-    def forward(self, *args: torch.Tensor):
-        out = self.lm(**dict(zip(self.input_names, args)), **self.options)
+        def forward(*inputs: torch.Tensor):
+            return self.task_outputs(*inputs)
+
+        # the exporter records the names of forward's parameters: the model's input names
+        forward.__signature__ = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in input_names])
+        self.forward = forward
+
+    def task_outputs(self, *inputs: torch.Tensor):
+        out = self.lm(**dict(zip(self.input_names, inputs)), **self.options)
         values = tuple(_field(out, f) for f in self.fields)
         return values[0] if len(values) == 1 else values
 
