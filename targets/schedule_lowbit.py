@@ -43,6 +43,8 @@ def schedule_module(mod: tvm.IRModule, target, act_bits: int = 32) -> tvm.IRModu
             block = sch.get_sblock(BLOCK)
         except Exception:  # no such block in this function
             continue
+        if _has_fused_epilogue(sch):
+            continue
         attrs = sch.get(block).annotations
         bits, group = int(attrs["edgeq_bits"]), int(attrs["edgeq_group"])
         width = int8_lowbit.vector_bytes(isa, bits, group) if isa else 0
@@ -59,6 +61,14 @@ def schedule_module(mod: tvm.IRModule, target, act_bits: int = 32) -> tvm.IRModu
         elif _schedule_rfactor(sch, block):
             mod[gv] = sch.mod["main"]
     return mod
+
+
+def _has_fused_epilogue(sch) -> bool:
+    """FuseOps merged other ops into this packed linear (a 2-D linear followed by tanh, as BERT's
+    pooler): the kernels below are rebuilt from the linear's parameters alone and would drop them,
+    so such a function keeps TVM's own (correct, unscheduled) code."""
+    root = sch.get_sblock("root")
+    return any(not sch.get(b).name_hint.startswith("packed_linear") for b in sch.get_child_blocks(root))
 
 
 GEMM_MIN_ROWS = 16  # from here on (prefill) the weight is dequantized once per tile, not once per row

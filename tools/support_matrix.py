@@ -16,6 +16,7 @@ the expected outcome of each cell and checks that docs/SUPPORT.md is what this s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -45,6 +46,9 @@ class Arch:
     kind: str  # decoder, encoder, vision, cnn
     make: Callable[[], nn.Module]
     inputs: Callable[[torch.Generator], tuple[torch.Tensor, ...]]
+    # layers kept in float by the weight-only families: a CNN's RGB stem has 27 (3x3x3) or 147
+    # (7x7x3) inputs, which no 4-bit group divides; the preset alone refuses it, naming the stem
+    float_layers: tuple[str, ...] = ()
 
 
 def _hf(config_name: str, model_name: str, **config) -> Callable[[], nn.Module]:
@@ -146,9 +150,9 @@ ARCHS = {a.name: a for a in [
                               num_labels=10), _image),
     Arch("resnet", "cnn", lambda: _settled(_hf("ResNetConfig", "ResNetForImageClassification", embedding_size=16,
                                                hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
-                                               num_labels=10)()), _image),
-    Arch("mobilenet-v2", "cnn", _mobilenet(v3=False), _image),
-    Arch("mobilenet-v3", "cnn", _mobilenet(v3=True), _image),
+                                               num_labels=10)()), _image, ("resnet.embedder.*",)),
+    Arch("mobilenet-v2", "cnn", _mobilenet(v3=False), _image, ("0",)),
+    Arch("mobilenet-v3", "cnn", _mobilenet(v3=True), _image, ("0",)),
 ]}
 
 # preset family -> (preset run, the architecture kinds it is meant for)
@@ -165,6 +169,7 @@ FAMILIES = {
 # TVM compiles dominate the time (~10 s of CPU per cell for cpu + arm64): by default every
 # architecture is compiled with these families only; --all-stages compiles every cell
 COMPILED_FAMILIES = ("rtn-grouped", "dyadic")
+INTEGER_METHODS = ("w8a8", "dyadic")  # quantize every layer, the stem included
 STAGES = ("quantize", "export", "onnxruntime", "tvm-cpu", "arm64")
 
 
@@ -213,10 +218,12 @@ def _run_stages(arch: Arch, preset: str, work: Path, cell: Cell, compiled: bool)
     example = arch.inputs(g)
     calib = [arch.inputs(g) for _ in range(4)]
     recipe = edgeq.PRESETS[preset]
-    qmodel = edgeq.quantize(arch.make(), preset, calib=[c if len(c) > 1 else c[0] for c in calib] if recipe.needs_calibration else None)
-    cell.stages["quantize"] = "ok"
+    if arch.float_layers and recipe.method not in INTEGER_METHODS:
+        recipe = dataclasses.replace(recipe, skip=(*recipe.skip, *arch.float_layers))
+    qmodel = edgeq.quantize(arch.make(), recipe, calib=[c if len(c) > 1 else c[0] for c in calib] if recipe.needs_calibration else None)
     inputs = [x.numpy() for x in example]
     want = TorchExecutor(qmodel).run(inputs)
+    cell.stages["quantize"] = "ok"  # and the quantized model runs in PyTorch
     reference = TorchExecutor(float_model).run(inputs)
     vs_float = compare("float", reference[0], want[0])
     cell.cosine_vs_float, cell.max_rel_vs_float = round(vs_float.cosine, 4), _sig(vs_float.max_rel)
@@ -319,7 +326,9 @@ def render(cells: list[Cell]) -> str:
         "of the quantized PyTorch model, and the quantized model within cosine "
         f"{FLOAT_MIN_COSINE} of the float model. **refused**: `edgeq.quantize` raised an `EdgeqError`",
         "before any work (the reason is listed below). **failed**: a later stage raised or missed its",
-        "tolerance. `-`: the family is not meant for this kind of model. **ok (no TVM)**: TVM compiles",
+        "tolerance. `-`: the family is not meant for this kind of model. CNN stems (3 input channels:",
+        "27 or 147 inputs, which no 4-bit group divides) stay float in the weight-only families; without",
+        "that skip the presets refuse them, naming the layer. **ok (no TVM)**: TVM compiles",
         f"take most of the time, so by default only the families {', '.join(COMPILED_FAMILIES)} are compiled",
         "for every architecture; the other cells stop after onnxruntime (`--all-stages` compiles them all).",
         "",
@@ -352,13 +361,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-stages", action="store_true", help="compile every cell for TVM cpu and arm64 "
                         f"(default: the families {', '.join(COMPILED_FAMILIES)} only)")
     parser.add_argument("--json", action="store_true", help="print the cells as JSON")
+    parser.add_argument("--save-cells", type=Path, help="also write the cells as JSON to this file")
+    parser.add_argument("--from-cells", type=Path, nargs="+", help="run nothing: render the cells saved by "
+                        "--save-cells runs (a later file's cell replaces an earlier one's)")
     args = parser.parse_args(argv)
     pairs = cells_for(args.arch, args.family)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgeq-matrix-") as tmp:
-        cells = run_matrix(pairs, Path(tmp), args.all_stages)
+    if args.from_cells:
+        saved = {(c["arch"], c["family"]): Cell(**c) for path in args.from_cells for c in json.loads(path.read_text())}
+        cells = [saved[p] for p in pairs if p in saved]
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgeq-matrix-") as tmp:
+            cells = run_matrix(pairs, Path(tmp), args.all_stages)
     total = time.perf_counter() - start
-    out = args.out or (DOC if not (args.arch or args.family or args.all_stages) else None)
+    if args.save_cells:
+        args.save_cells.write_text(json.dumps([asdict(c) for c in cells], indent=1))
+    whole = not (args.arch or args.family or args.all_stages) and len(cells) == len(pairs)
+    out = args.out or (DOC if whole else None)
     text = render(cells)
     if out is not None:
         out.write_text(text)
