@@ -167,8 +167,11 @@ class WeightOnlyTwin(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The layer's (a model may read it while traced: the exporter drops the unused ops)."""
-        return self.layer.weight
+        """The layer's dequantized weight by the exportable op (a model may read it while traced,
+        e.g. for its dtype: the exporter then drops the unused node)."""
+        m = self.layer
+        w = torch.ops.edgeq.dequantize_packed(m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        return w.reshape(m.out_channels, m.in_channels // m.groups, *m.kernel_size) if isinstance(m, WeightOnlyConv2d) else w
 
 
 class LowBitLinearExport(WeightOnlyTwin):
