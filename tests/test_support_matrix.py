@@ -34,7 +34,11 @@ REFUSED = {
 }
 # Cells that fail today, with what is known; once fixed, remove them here (the test then holds
 # them to their expected outcome).
-BEING_FIXED: dict[tuple[str, str], str] = {}
+BEING_FIXED = {
+    ("resnet", "rtn-grouped"): "TVM cpu: a packed W4 linear with one group per row on a 2-D input (the 32 -> 10 "
+                               "classifier) is wrong (0.16 of 1.07); with 64 inputs (two groups) it is right",
+    ("phi3", "hadamard"): "the rotation does not know Phi-3's fused qkv_proj / gate_up_proj (arch-rotation)",
+}
 
 PAIRS = matrix.cells_for()
 
