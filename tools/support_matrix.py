@@ -223,12 +223,12 @@ def _run_stages(arch: Arch, preset: str, work: Path, cell: Cell, compiled: bool)
     qmodel = edgeq.quantize(arch.make(), recipe, calib=[c if len(c) > 1 else c[0] for c in calib] if recipe.needs_calibration else None)
     inputs = [x.numpy() for x in example]
     want = TorchExecutor(qmodel).run(inputs)
-    cell.stages["quantize"] = "ok"  # and the quantized model runs in PyTorch
     reference = TorchExecutor(float_model).run(inputs)
     vs_float = compare("float", reference[0], want[0])
     cell.cosine_vs_float, cell.max_rel_vs_float = round(vs_float.cosine, 4), _sig(vs_float.max_rel)
     if not vs_float.cosine >= FLOAT_MIN_COSINE:
         raise _Numerics(f"quantized PyTorch model vs float: cosine {vs_float.cosine:.3f} < {FLOAT_MIN_COSINE}")
+    cell.stages["quantize"] = "ok"  # the quantized model runs in PyTorch, near the float one
     onnx_path = edgeq.export(qmodel, example, work / f"{arch.name}-{preset}.onnx")
     cell.stages["export"] = "ok"
     _check("onnxruntime", want, OrtExecutor(onnx_path).run(inputs), cell)
