@@ -32,7 +32,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgeq import export_kv
+from edgeq import export_kv, tasks
 from edgeq._io import atomic_dir, atomic_path, check_output_file
 from edgeq.errors import ExportError
 from edgeq.export_rules import export_twins
@@ -98,10 +98,12 @@ def export(
         model = export_kv.CausalLMWithCache(model, geometry[0])
         args, dynamic_shapes = export_kv.example_and_shapes(model.lm, *geometry)
         input_names, output_names = export_kv.input_names(geometry[0]), export_kv.output_names(geometry[0])
-    elif _is_causal_lm(model, args):
-        model = as_exported(model, args)
-        input_names, output_names = input_names or ["input_ids"], output_names or ["logits"]
-        dynamic_dims = dynamic_dims or [{0: "batch", 1: "seq"}]
+    else:
+        signature = tasks.wrap(model, args)
+        if signature.task is not None:
+            model = signature.module
+            input_names, output_names = input_names or signature.input_names, output_names or signature.output_names
+            dynamic_dims = dynamic_dims or signature.dynamic_dims
     input_names = list(input_names or (["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]))
     output_names = list(output_names or ["output"])
     if dynamic_dims is None and dynamic_batch:
@@ -122,6 +124,7 @@ def export(
         raise
     except Exception as exc:
         raise ExportError(f"torch.onnx export of {type(model).__name__} failed: {_first_line(exc)}") from None
+    separate_output_names(proto)
     expand_packed_weights(proto, opset, standard=weight_format != "edgeq")
     if weight_format != "edgeq":
         lower_to_dequantize_linear(proto, opset)
@@ -202,6 +205,43 @@ def _check(model: onnx.ModelProto | str) -> None:
 _TRACE_KEYS = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
 
 
+def separate_output_names(proto: onnx.ModelProto) -> int:
+    """Give back single assignment to a graph whose output names were taken by inner values.
+
+    Asked for an output named like a value it names itself (``embedding``, ``linear``), the
+    exporter writes that name twice. Every producer of an output's name but the last is renamed
+    (``<name>.inner``, with ``_`` added until free) along with the nodes that read it; the shapes
+    recorded for those names are dropped (they may be the inner value's). Returns how many."""
+    graph = proto.graph
+    outputs = {o.name for o in graph.output}
+    producers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.output:
+            if name in outputs:
+                producers[name] = producers.get(name, 0) + 1
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {t.name for t in graph.initializer}
+    current: dict[str, str] = {}
+    renamed = 0
+    for node in graph.node:
+        node.input[:] = [current.get(n, n) for n in node.input]
+        for i, name in enumerate(node.output):
+            if producers.get(name, 0) > 1:
+                producers[name] -= 1
+                fresh = f"{name}.inner"
+                while fresh in taken:
+                    fresh += "_"
+                taken.add(fresh)
+                node.output[i] = current[name] = fresh
+                renamed += 1
+            elif name in current:
+                del current[name]
+    if renamed:
+        kept = [v for v in graph.value_info if producers.get(v.name) is None]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+    return renamed
+
+
 def _drop_trace_metadata(proto: onnx.ModelProto) -> None:
     """The exporter stamps every node with a Python stack trace and FX text: bulky, and it holds
     local paths. Module scopes (``namespace``, ``name_scopes``) stay: they say which layer a node is."""
@@ -213,29 +253,6 @@ def _drop_trace_metadata(proto: onnx.ModelProto) -> None:
 
 def _initializer_bytes(proto: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in proto.graph.initializer)
-
-
-class _CausalLMLogits(nn.Module):
-    """``input_ids -> logits`` of a HuggingFace causal LM, without KV cache."""
-
-    def __init__(self, lm: nn.Module):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(input_ids=input_ids, use_cache=False).logits
-
-
-def as_exported(model: nn.Module, args: tuple) -> nn.Module:
-    """The module whose outputs the export traces for ``args``: a HuggingFace causal LM given
-    ``input_ids`` gives its logits (not a ``CausalLMOutputWithPast``). ``validate`` runs the
-    PyTorch reference through it too, so both compare the same outputs."""
-    return _CausalLMLogits(model) if _is_causal_lm(model, args) else model
-
-
-def _is_causal_lm(model: nn.Module, args: tuple) -> bool:
-    return (hasattr(model, "get_input_embeddings") and hasattr(model, "config") and len(args) == 1
-            and args[0].dim() == 2 and not args[0].is_floating_point())
 
 
 def _dynamic_shapes(args: tuple, dynamic_dims):

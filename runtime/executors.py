@@ -34,11 +34,11 @@ class TorchExecutor(Executor):
         self.model = model.eval()
 
     def run(self, inputs: Inputs) -> list[np.ndarray]:
-        from edgeq.export import as_exported
+        from edgeq.tasks import wrap
 
         args = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs)
-        with torch.no_grad():
-            out = as_exported(self.model, args)(*args)
+        with torch.no_grad():  # the outputs the export keeps for this model's task (edgeq.tasks)
+            out = wrap(self.model, args).module(*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return [o.detach().cpu().numpy() for o in outs]
 

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("edgeq.models",)),
     ("opset", ("edgeq.opset",)),
     ("quant", ("edgeq.recipes", "edgeq.quant", "edgeq.model_spec")),  # model_spec reads quantized files
-    ("export", ("edgeq.export", "edgeq.export_kv", "edgeq.export_rules", "edgeq.model_info")),
+    ("export", ("edgeq.export", "edgeq.export_kv", "edgeq.export_rules", "edgeq.model_info", "edgeq.tasks")),
     ("passes", ("edgeq.passes",)),
     ("targets", ("edgeq.targets",)),
     ("runtime", ("edgeq.runtime",)),

@@ -79,6 +79,12 @@ class WeightOnlyLinear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize_groups(self.integer_weight(), self.scales, self.zeros, self.group_size)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight in a float layer's shape, computed on each access: Hugging Face
+        models read their layers' ``weight`` (ViT: ``projection.weight.dtype``)."""
+        return self.dequantized_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and cuda_matmul() is not None:
             return cuda_matmul()(self, x)
@@ -118,8 +124,12 @@ class WeightOnlyConv2d(WeightOnlyLinear):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
 
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dequantized_weight().reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantized_weight().reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        w = self.weight
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.conv2d(x, w.to(x.dtype), bias, self.stride, self.padding, self.dilation, self.groups)
 
@@ -154,6 +164,14 @@ class WeightOnlyTwin(nn.Module):
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The layer's dequantized weight by the exportable op (a model may read it while traced,
+        e.g. for its dtype: the exporter then drops the unused node)."""
+        m = self.layer
+        w = torch.ops.edgeq.dequantize_packed(m.qweight, m.scales, m.zeros, m.bits, m.group_size)
+        return w.reshape(m.out_channels, m.in_channels // m.groups, *m.kernel_size) if isinstance(m, WeightOnlyConv2d) else w
 
 
 class LowBitLinearExport(WeightOnlyTwin):

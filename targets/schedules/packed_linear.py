@@ -48,7 +48,12 @@ def match_packed_linear(sch: s_tir.Schedule, func: tirx.PrimFunc) -> PackedLinea
     bits = k_bytes * 8 // k_dim
     if bits not in (2, 3, 4, 8):
         return None
-    for block in sch.get_child_blocks(get_root_block(sch)):
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    if any(not sch.get(b).name_hint.startswith("packed_linear") for b in blocks):
+        # FuseOps merged other ops into it (a 2-D linear followed by tanh, as BERT's pooler): the
+        # kernels are rebuilt from the linear's parameters alone and would drop them
+        return None
+    for block in blocks:
         stmt = sch.get(block)
         reduces = any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars)
         if reduces and any(r.source.same_as(qweight) for r in stmt.reads):
