@@ -88,13 +88,22 @@ def packed_linear_te(x, qweight, scales, zeros, bias=None, *, bits: int, group_s
     kx = te.reduce_axis((0, group_size), name="kx")
     xsum = te.compute((m, groups), lambda i, g: te.sum(x[i, g * group_size + kx].astype("float32"), axis=kx),
                       name="packed_linear_xsum")
-    gr = te.reduce_axis((0, groups), name="g")
-    y = te.compute(
-        (m, n_dim),
-        lambda i, j: te.sum(scales[j, gr].astype("float32")
-                            * (part[i, j, gr] - zeros[j, gr].astype("float32") * xsum[i, gr]), axis=gr),
-        name="packed_linear_out",
-    )
+    if groups == 1:
+        # one group per row: no reduction of extent 1, which TVM's epilogue inlining (a fused bias
+        # add) mistakes for a spatial block and then adds the bias in both its init and its update
+        y = te.compute(
+            (m, n_dim),
+            lambda i, j: scales[j, 0].astype("float32") * (part[i, j, 0] - zeros[j, 0].astype("float32") * xsum[i, 0]),
+            name="packed_linear_out",
+        )
+    else:
+        gr = te.reduce_axis((0, groups), name="g")
+        y = te.compute(
+            (m, n_dim),
+            lambda i, j: te.sum(scales[j, gr].astype("float32")
+                                * (part[i, j, gr] - zeros[j, gr].astype("float32") * xsum[i, gr]), axis=gr),
+            name="packed_linear_out",
+        )
     if bias is None:
         return y
     return te.compute((m, n_dim), lambda i, j: y[i, j] + bias[j].astype("float32"), name="packed_linear_bias")

@@ -222,13 +222,13 @@ def schedule_rfactor(sch, block) -> bool:
     extent = sch.get(lanes_loop).extent
     if not isinstance(extent, tvm.tirx.IntImm) or extent.value % LANES:
         out = sch.get_sblock("packed_linear_out")
-        i, j, _ = sch.get_loops(out)
+        i, j = sch.get_loops(out)[:2]  # and the groups' loop, unless one group per row
         sch.parallel(sch.fuse(i, j))
         sch.compute_at(block, sch.get_loops(out)[0])
         return True
     extents = [int(sch.get(loop).extent) for loop in loops[2:]]  # groups, bytes or k[, values per byte]
     out = sch.get_sblock("packed_linear_out")
-    i, j, _ = sch.get_loops(out)
+    i, j = sch.get_loops(out)[:2]
     fused = sch.fuse(i, j)
     sch.parallel(fused)
     kv = sch.split(lanes_loop, [None, LANES])[1]
