@@ -86,18 +86,26 @@ def stored_bits_per_weight(out_features: int, in_features: int, bits: int, group
 
 
 def layer_grids(in_features: int, grids) -> list[tuple[int, int]]:
-    """The distinct (bits, group) grids a layer of ``in_features`` inputs can hold."""
+    """The distinct (bits, group) grids a layer of ``in_features`` inputs can hold: a group that
+    does not divide it becomes the largest power of two >= 8 that does; where none does (a 3x3
+    stem convolution's 9 inputs), one group per row at the bit widths that pack."""
     out = []
     for bits, group in grids:
-        while group > 1 and in_features % group:
+        while group > 8 and in_features % group:
             group //= 2
-        try:
-            packed_length(in_features, bits)
-        except QuantizationError:
-            continue
-        if group >= 8 and (bits, group) not in out:
+        if in_features % group == 0 and _packs(in_features, bits) and (bits, group) not in out:
             out.append((bits, group))
+    if not out:
+        out = [(bits, in_features) for bits in sorted({b for b, _ in grids}) if _packs(in_features, bits)]
     return out
+
+
+def _packs(in_features: int, bits: int) -> bool:
+    try:
+        packed_length(in_features, bits)
+    except QuantizationError:
+        return False
+    return True
 
 
 def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int,
@@ -161,6 +169,8 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
     options = {}
     for name, layer in layers.items():
         weight = flat_weight(layer)
+        if not layer_grids(weight.shape[1], grids):
+            raise QuantizationError(f"layer {name}: none of the grids {list(grids)} fits its {weight.shape[1]} inputs")
         f = fisher[name] if language_model else torch.ones(weight.shape[0])
         options[name] = [
             LayerOption(bits, group, stored_bits_per_weight(*weight.shape, bits, group),
