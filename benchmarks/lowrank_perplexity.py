@@ -70,6 +70,10 @@ def as_float(model: nn.Module) -> nn.Module:
     return model
 
 
+def _number(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".e") else int(text)
+
+
 def gptq_bits(bits: int, group: int) -> float:
     return bits + 24 / group  # float16 scale + uint8 zero per group
 
@@ -84,7 +88,7 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="rows per bit width (gptq-matched needs lopro: it matches LoPRo's bits)")
     p.add_argument("--lopro", nargs="+", default=[], metavar="KNOB=INT",
-                   help="override w{bits}-lopro's knobs, e.g. rank=0 salient_blocks=0 group_size=16")
+                   help="override w{bits}-lopro's knobs, e.g. rank=0 salient_blocks=0 group_size=16 rank_min_gain=0.02")
     p.add_argument("--gptq", nargs="+", default=[], metavar="KNOB=INT",
                    help="override the GPTQ rows' knobs, e.g. clip_steps=20")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -126,7 +130,7 @@ def main(argv=None):
     gptq_label = "".join(f" {k}={v}" for k, v in gptq_knobs.items())
     for bits in args.bits:  # the "Done when" comparisons first, so that a run cut short has them
         if "lopro" in args.methods:
-            knobs = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.lopro)}
+            knobs = {k: _number(v) for k, v in (kv.split("=", 1) for kv in args.lopro)}
             lopro = dataclasses.replace(resolve_recipe(f"w{bits}-lopro"), **knobs)
             label = f"LoPRo W{bits} (w{bits}-lopro{''.join(f' {k}={v}' for k, v in knobs.items())})"
             lopro_bpw = row(label, lopro, True)
@@ -159,8 +163,7 @@ def record(args, headers, rows):
     if not args.no_record:
         append_results("Low-rank: SmolLM2-135M perplexity, LoPRo and LRQMM vs GPTQ at matched bits", table, (
             f"The linears of decoder blocks 0..{args.blocks - 1} quantized (of 30; the rest float32); embeddings and the tied lm_head float32. Bits/weight count packed "
-            f"integers, float16 scales, uint8 zeros, low-rank factors and LoPRo's 8-bit salient block (not the int64 "
-            f"permutation index, 576 or 1536 entries per layer). {args.calib} calibration windows of {SEQ_LEN} tokens "
+            f"integers, float16 scales, uint8 zeros, low-rank factors, LoPRo's salient block and its int16 permutation. {args.calib} calibration windows of {SEQ_LEN} tokens "
             f"(seed 0) after the {args.windows} evaluated ones (the windows of benchmarks/weight_only.py with the same "
             f"--windows/--calib), shared by GPTQ and LoPRo; GPTQ act-order, damp 0.01, asymmetric; {args.threads} torch "
             f"thread(s). Group 64 is the base grid because 128 does not divide SmolLM2's 576 input features. The "

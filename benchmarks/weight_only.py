@@ -30,7 +30,7 @@ from edgeq.models.wikitext import SEQ_LEN, calibration_windows, window_nll, wind
 from edgeq.quant.weight_only import WeightOnlyLinear  # noqa: E402
 
 GRIDS = ("w4g128", "w3g128", "w2g64")
-METHODS = ("rtn", "gptq", "hadamard-rtn", "hadamard-gptq")
+METHODS = ("rtn", "gptq", "gptq-static", "hadamard-rtn", "hadamard-gptq", "hadamard-gptq-static")
 # run order: the comparisons the "Done when" needs first, so a cut-short run has them
 PRIORITY = ("w3g128-rtn", "w3g128-gptq", "w3g128-hadamard-gptq", "w2g64-rtn", "w2g64-gptq", "w2g64-hadamard-gptq",
             "w4g128-gptq", "w4g128-rtn", "w4g128-hadamard-gptq", "w4g128-hadamard-rtn", "w3g128-hadamard-rtn",

@@ -78,8 +78,23 @@ def test_bits_per_weight_counts_every_part(outlier_problem):
     core = (k - 64) * n * (2 + 24 / 64)
     salient = 64 * n * (8 + 24 / 64)
     factors = 8 * (n + k) * 16
-    assert layer.bits_per_weight == pytest.approx((core + salient + factors) / (n * k))
-    assert layer.index_bytes() == 8 * k
+    perm = 16 * k  # int16 permutation
+    assert layer.bits_per_weight == pytest.approx((core + salient + factors + perm) / (n * k))
+    assert layer.index_bytes() == 2 * k and layer.perm.dtype == torch.int16
+
+
+def test_rank_chosen_by_residual_score():
+    """A weight with 3 strong directions on top of noise: the residual-score rule keeps the 3
+    components that pay and stops there, well under the rank bound."""
+    g = torch.Generator().manual_seed(3)
+    n, k = 128, 256
+    w = 0.02 * torch.randn(n, k, generator=g) + torch.randn(n, 3, generator=g) @ torch.randn(3, k, generator=g) * 0.3
+    x = torch.randn(512, k, generator=g)
+    h = x.T @ x
+    layer = lopro_linear(w, h, bits=3, group_size=64, rank=16, block_size=64, salient_blocks=0, rank_min_gain=0.05)
+    assert layer.rank == 3
+    fixed = lopro_linear(w, h, bits=3, group_size=64, rank=16, block_size=64, salient_blocks=0)
+    assert fixed.rank == 16 and layer.bits_per_weight < fixed.bits_per_weight
 
 
 def test_recipe_on_model_and_bad_input():

@@ -79,3 +79,18 @@ def test_gptq_with_identity_hessian_is_rtn():
     w = _weight()
     gq = gptq_quantize_weight(w, torch.eye(256), 4, 64, damp=0.0, act_order=False)
     assert torch.equal(gq.q, quantize_groups(w, 4, 64).q)
+
+
+@pytest.mark.parametrize("bits,group_size", [(3, 64), (2, 64)])
+def test_static_groups_keep_rtn_scales_and_beat_rtn_with_act_order(bits, group_size):
+    """Static groups: scales and zeros are RTN's on the original weight (so the layer needs no
+    g_idx), and GPTQ's act-order corrections still cut the output error below RTN's."""
+    w = _weight()
+    x = _correlated_inputs()
+    acc = HessianAccumulator(torch.nn.Linear(256, 64))
+    acc.add(x)
+    gq = gptq_quantize_weight(w, acc.h, bits, group_size, act_order=True, static_groups=True, block_size=64)
+    rtn = quantize_groups(w, bits, group_size)
+    assert torch.equal(gq.scales, rtn.scales) and torch.equal(gq.zeros, rtn.zeros)
+    out_err = lambda wq: ((x @ (wq - w).T).norm() / (x @ w.T).norm()).item()  # noqa: E731
+    assert out_err(gq.dequantize()) < 0.7 * out_err(rtn.dequantize())

@@ -5,6 +5,7 @@
     edgeq quantize digits-cnn w8-rtn -o digits-w8.safetensors
     edgeq quantize ./my-llama w4g64-rtn -o my-llama-w4.safetensors      # a save_pretrained folder
     edgeq quantize cnn.py:make_model w8-rtn -o cnn-w8.safetensors --per-layer
+    edgeq quantize smollm2 --bits 2.5 -o smollm2-2.5.safetensors   # a grid per layer within 2.5 bits/weight
 
 The model is any name ``edgeq.model_spec.load_model`` takes. Calibration data is passed when the
 recipe says it needs it (``needs_calibration``): the built-in models' own data, else seeded
@@ -29,6 +30,10 @@ def register(sub) -> None:
     p.add_argument("preset", nargs="?",
                    help="recipe preset (e.g. w4g128-rtn, w3g128-gptq, w4g128-hadamard-gptq; --list shows all) or recipe JSON")
     p.add_argument("-o", "--out", help="output .safetensors file (required unless --list)")
+    p.add_argument("--bits", type=float, default=None,
+                   help="instead of a preset: a bits/weight budget (everything stored counted); each layer's GPTQ "
+                        "bits and group are chosen from measured sensitivity (edgeq.quant.allocate), the plan is "
+                        "saved in the recipe and printed per layer")
     p.add_argument("--list", action="store_true",
                    help="list the presets (method, bits, group, calibration) and exit; with --json as JSON")
     p.add_argument("--calib", type=positive_int, default=32,
@@ -81,9 +86,15 @@ def run(args) -> int:
 
     if args.list:
         return _list_presets(args.json)
-    if args.model is None or args.preset is None or args.out is None:
-        args.quantize_parser.error("a model and a preset are required, and -o/--out (or --list to see the presets)")
-    recipe = resolve_recipe(args.preset)
+    if args.model is None or (args.preset is None) == (args.bits is None) or args.out is None:
+        args.quantize_parser.error("a model and a preset are required (or --bits instead of the preset, not both), "
+                                   "and -o/--out (or --list to see the presets)")
+    if args.bits is not None:
+        from edgeq.quant.allocate import AllocatedRecipe
+
+        recipe = AllocatedRecipe(skip=("lm_head",), budget=args.bits)
+    else:
+        recipe = resolve_recipe(args.preset)
     check_output_file(args.out)
     loaded = load_model(args.model)
     source = loaded.saved_source  # refuses an already quantized file before any work
@@ -97,8 +108,8 @@ def run(args) -> int:
     # one row per layer name with the block index folded (model.layers.*.mlp.up_proj x 30)
     rows: dict[str, dict] = {}
     for name, m in quantized_layers(qmodel).items():
-        key = re.sub(r"\.\d+\.", ".*.", name, count=1)
         grid = getattr(m, "core", m)  # low-rank methods: the packed core's bits and group
+        key = (name if getattr(recipe, "plan", None) is not None else re.sub(r"\.\d+\.", ".*.", name, count=1))
         r = rows.setdefault(key, {"layer": key, "count": 0, "bits": grid.bits, "group_size": grid.group_size,
                                   "weights": 0, "bytes": 0})
         r["count"] += 1
@@ -107,7 +118,7 @@ def run(args) -> int:
     total_w = sum(r["weights"] for r in rows.values())
     total_b = sum(r["bytes"] for r in rows.values())
     inputs_label = "calibration inputs" if calib is not None else f"seeded inputs (seed {args.seed})"
-    result = {"model": args.model, "recipe": recipe.to_dict(), "out": str(path), "file_bytes": path.stat().st_size,
+    result = {"model": args.model, "recipe": qmodel.edgeq_recipe.to_dict(), "out": str(path), "file_bytes": path.stat().st_size,
               "layers": list(rows.values()), "quantized_weights": total_w, "quantized_bytes": total_b,
               "bits_per_weight": 8 * total_b / total_w, "seconds": round(seconds, 2),
               "vs_float": {"inputs": inputs_label, **vs_float.to_dict()}}
@@ -119,7 +130,7 @@ def run(args) -> int:
     table.append(["total", sum(r["count"] for r in rows.values()), "", "", f"{result['bits_per_weight']:.3f}",
                   f"{total_b / 1024:.1f} KiB"])
     print(format_table(["layer", "count", "bits", "group", "bits/weight", "bytes"], table,
-                       title=f"{args.model} {args.preset}: quantized in {seconds:.1f} s"))
+                       title=f"{args.model} {args.preset or f'--bits {args.bits}'}: quantized in {seconds:.1f} s"))
     print()
     print(format_table(["vs float model", "max abs", "max rel", "cosine", "top-1 agree"], vs_float.rows(),
                        title=f"quantized vs float model on the {inputs_label}"))

@@ -22,7 +22,7 @@ from edgeq.quant.base import (
 
 # the built-in methods and shared layers: each registers itself on import
 from edgeq.quant import weight_only, embedding, hadamard  # noqa: F401,E402,I001
-from edgeq.quant import w8a8, dyadic, weight_only_recipes, lrqmm, lopro  # noqa: F401,E402
+from edgeq.quant import w8a8, dyadic, weight_only_recipes, lrqmm, lopro, allocate  # noqa: F401,E402
 
 __all__ = ["calib_batches", "check_calibration", "is_skipped", "quantizable_layers", "quantize", "register_export_rule",
            "register_layer_format", "register_quantizer", "set_submodule"]

@@ -7,9 +7,13 @@ For a layer ``y = x Wᵀ`` the output error of a weight change is ``ΔW H ΔWᵀ
 correction (Frantar et al., 2022). Knobs: damping (``damp · mean(diag H)`` added to the
 diagonal), activation order (columns in decreasing ``diag H``), lazy block updates (the
 correction is applied to the block, and to the rest of the matrix once per block). Groups are
-contiguous in the *original* column order (edgeq's layer contract), so with act-order a group's
-scale and zero are fixed the first time one of its columns comes up, from the current
-(already corrected) values of all its columns.
+contiguous in the *original* column order (edgeq's layer contract: no ``g_idx``), so export and
+kernels need nothing new with act-order. Where a group's scale and zero come from:
+
+* dynamic (default): fixed the first time one of its columns comes up, from the current (already
+  corrected) values of all its columns;
+* ``static_groups``: computed from the original weight, in original column order, before the
+  act-order pass (the GPTQ reference's ``static_groups``).
 
 Models: a LLaMA-style decoder (``model.model.layers``) is processed one block at a time
 (capture the inputs of block i, quantize its linears in execution order -- q/k/v, o, gate/up,
@@ -36,20 +40,22 @@ from edgeq.quant.weight_only import flat_weight, from_float_layer
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int,
                          symmetric: bool = False, damp: float = 0.01, act_order: bool = True,
                          block_size: int = 128, clip_steps: int = 0, scale_dtype=torch.float16,
-                         layer: str = "weight") -> GroupQuant:
+                         layer: str = "weight", static_groups: bool = False) -> GroupQuant:
     """GPTQ of one matrix ``weight`` [out, in] given ``hessian`` [in, in] (∝ Σ x xᵀ)."""
     out_features, in_features = weight.shape
     check_grid(bits, group_size, in_features, layer)
     if hessian.shape != (in_features, in_features):
         raise QuantizationError(f"{layer}: Hessian has shape {tuple(hessian.shape)}, expected {(in_features, in_features)}")
     gq, _ = gptq_solve(weight, hessian, bits, group_size, symmetric=symmetric, damp=damp, act_order=act_order,
-                       block_size=block_size, clip_steps=clip_steps, scale_dtype=scale_dtype, layer=layer)
+                       block_size=block_size, clip_steps=clip_steps, scale_dtype=scale_dtype, layer=layer,
+                       static_groups=static_groups)
     return gq
 
 
 def gptq_solve(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, *, n_quant: int | None = None,
                symmetric: bool = False, damp: float = 0.01, act_order: bool = False, block_size: int = 128,
-               clip_steps: int = 0, scale_dtype=torch.float16, layer: str = "weight") -> tuple[GroupQuant, torch.Tensor]:
+               clip_steps: int = 0, scale_dtype=torch.float16, layer: str = "weight",
+               static_groups: bool = False) -> tuple[GroupQuant, torch.Tensor]:
     """The one GPTQ solve: quantize the first ``n_quant`` columns of ``weight`` (all by default) in
     GPTQ order, and return them with the float columns after them, which stay unquantized but take
     the error updates (LoPRo's salient block absorbs what rounding lost that way).
@@ -68,21 +74,28 @@ def gptq_solve(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
+    groups = n_quant // group_size
+    ratios = clip_ratios(clip_steps) if clip_steps > 1 else None
+    scales = torch.zeros(out_features, groups, device=device)
+    zeros = torch.zeros(out_features, groups, device=device)
+    fixed = [False] * groups
+    if static_groups:
+        current = w[:, :n_quant].reshape(out_features, groups, group_size)
+        if ratios is None:
+            s, z = group_params(current, bits, symmetric, 1.0, scale_dtype)
+        else:
+            s, z = search_group_params(current.cpu(), bits, symmetric, ratios, None, scale_dtype)
+        scales[:], zeros[:], fixed = s.to(device), z.to(device), [True] * groups
     perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(in_features, device=device)
     w = w[:, perm]
     h = h[perm][:, perm]
     h.diagonal().add_(damp * torch.mean(torch.diag(h)))
     u = _inverse_cholesky_upper(h, layer).float()
 
-    groups = n_quant // group_size
-    scales = torch.zeros(out_features, groups, device=device)
-    zeros = torch.zeros(out_features, groups, device=device)
-    fixed = [False] * groups
     group_of = (perm[:n_quant] // group_size).tolist()  # group of the column at each permuted position
     position = torch.empty_like(perm)
     position[perm] = torch.arange(in_features, device=device)  # permuted position of each original column
     q_all = torch.zeros(out_features, n_quant, device=device)
-    ratios = clip_ratios(clip_steps) if clip_steps > 1 else None
 
     # The column loop is thousands of tiny ops: one thread avoids OpenMP spin-waits, which made
     # it ~20x slower on a loaded 2-core machine (the block updates are small matmuls anyway).
@@ -195,7 +208,8 @@ def _quantize_layer(name: str, layer: nn.Module, hessian: torch.Tensor, recipe) 
     weight = flat_weight(layer)
     group_size = resolve_group_size(recipe.group_size, weight.shape[1], recipe.group_fallback, name)
     gq = gptq_quantize_weight(weight, hessian, recipe.bits, group_size, recipe.symmetric, recipe.damp,
-                              recipe.act_order, recipe.block_size, recipe.clip_steps, layer=name)
+                              recipe.act_order, recipe.block_size, recipe.clip_steps, layer=name,
+                              static_groups=getattr(recipe, "static_groups", False))
     return from_float_layer(layer, gq.q.to(layer.weight.device), gq.scales.to(layer.weight.device),
                             gq.zeros.to(layer.weight.device), recipe.bits)
 

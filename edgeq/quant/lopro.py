@@ -19,8 +19,12 @@ Inference (:class:`LoProLinear`)::
     y  = core(block_hadamard(xp[..., ks:])) + salient(xp[..., :ks]) + (x @ v.T) @ u.T + bias
 
 Bits per weight count everything held: the packed core with its scales and zeros, the salient
-block's integers and scales, and the low-rank factors. The permutation (``in_features`` int64
-values, shared by all output rows) is reported separately by ``index_bytes``.
+block's integers and scales, the low-rank factors and the permutation (``in_features`` int16
+values; the exported Gather reads them as int32).
+
+Rank: ``rank`` is fixed, or with ``rank_min_gain > 0`` an upper bound, chosen per layer by the
+R1SVD residual score: a component is kept only while it lowers the error of rounding the residual
+(at the core's grid, columns weighted by the Hessian diagonal) by at least that fraction.
 
 Defaults (rank 8 with int8 factors, Hadamard blocks of 32, one 8-bit salient block of 32
 columns, group 32) were chosen by ``benchmarks/lopro_knobs.py`` on real SmolLM2-135M layers: the
@@ -74,7 +78,7 @@ def rtn_linear(w: torch.Tensor, bits: int, group_size: int) -> WeightOnlyLinear:
 
 
 class LoProLinear(nn.Module):
-    """The LoPRo inference form. Buffers: ``perm`` int64 [in_features]; ``u`` [out, r], ``v``
+    """The LoPRo inference form. Buffers: ``perm`` int16 [in_features]; ``u`` [out, r], ``v``
     [r, in] (plus ``u_scale``/``v_scale`` for int8 factors); ``bias``. Submodules: ``core`` (a
     :class:`WeightOnlyLinear` on the rotated non-salient inputs) and ``salient`` (a
     :class:`WeightOnlyLinear` on the first ``salient_features`` permuted inputs, or None)."""
@@ -88,7 +92,9 @@ class LoProLinear(nn.Module):
         if self.salient_features + core.in_features != self.in_features:
             raise QuantizationError(
                 f"LoPRo parts cover {self.salient_features}+{core.in_features} inputs, expected {self.in_features}")
-        self.register_buffer("perm", perm.to(torch.int64).contiguous())
+        if self.in_features > torch.iinfo(torch.int16).max:
+            raise QuantizationError(f"LoPRo permutes at most {torch.iinfo(torch.int16).max} inputs, got {self.in_features}")
+        self.register_buffer("perm", perm.to(torch.int16).contiguous())
         self.core, self.salient = core, salient
         for name in ("u", "v", "u_scale", "v_scale"):
             self.register_buffer(name, factors.get(name))
@@ -99,7 +105,7 @@ class LoProLinear(nn.Module):
         return self.u.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xp = x[..., self.perm]
+        xp = x[..., self.perm.long()]
         ks = self.salient_features
         y = self.core(block_hadamard(xp[..., ks:], self.block_size))
         if self.salient is not None:
@@ -114,13 +120,13 @@ class LoProLinear(nn.Module):
         rest = block_hadamard(self.core.dequantized_weight(), self.block_size, inverse=True)
         parts = [rest] if self.salient is None else [self.salient.dequantized_weight(), rest]
         w = torch.empty(self.out_features, self.in_features)
-        w[:, self.perm] = torch.cat(parts, dim=1)
+        w[:, self.perm.long()] = torch.cat(parts, dim=1)
         lr = decode_factors({"u": self.u, "v": self.v, "u_scale": self.u_scale, "v_scale": self.v_scale})
         return w + lr.matrix()
 
     def weight_bytes(self) -> int:
-        """Core, salient block and low-rank factors (the permutation is :meth:`index_bytes`)."""
-        held = self.core.weight_bytes() + (0 if self.salient is None else self.salient.weight_bytes())
+        """Every byte held: core, salient block, permutation and low-rank factors."""
+        held = self.core.weight_bytes() + (0 if self.salient is None else self.salient.weight_bytes()) + self.index_bytes()
         return held + factor_bytes({"u": self.u, "v": self.v, "u_scale": self.u_scale, "v_scale": self.v_scale})
 
     def index_bytes(self) -> int:
@@ -139,7 +145,7 @@ class LoProLinear(nn.Module):
 def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: int, group_size: int, rank: int,
                  block_size: int, salient_blocks: int, salient_bits: int = 8, factor_dtype: str = "float16",
                  quantizer: str = "gptq", power_iters: int = 2, clip_steps: int = 0, bias=None,
-                 seed: int = 0) -> LoProLinear:
+                 seed: int = 0, rank_min_gain: float = 0.0) -> LoProLinear:
     """Decompose and quantize one weight [out, in]; ``hessian`` [in, in] (None: RTN, weight-norm importance)."""
     w = weight.detach().float()
     n, k = w.shape
@@ -152,7 +158,16 @@ def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: in
     check_grid(bits, group_size, k - ks, "LoPRo low-bit columns")
     if quantizer == "gptq" and hessian is None:
         raise QuantizationError("LoPRo with quantizer='gptq' needs calibration data (a Hessian)")
-    buffers, lr = compress_factors(r1svd(w, rank, power_iters=power_iters, seed=seed), factor_dtype)
+    residual_error = None
+    if rank_min_gain > 0:
+        col_weight = torch.diag(hessian).float() if hessian is not None else torch.ones(k)
+
+        def residual_error(res: torch.Tensor) -> float:  # the residual's rounding error at the core grid
+            return float(((quantize_groups(res, bits, group_size).dequantize() - res).square() * col_weight).sum())
+
+    factors = r1svd(w, rank, power_iters=power_iters, seed=seed, residual_error=residual_error,
+                    rel_improvement=rank_min_gain)
+    buffers, lr = compress_factors(factors, factor_dtype)
     r = w - lr.matrix()  # quantize the residual of the factors as stored
     importance = torch.diag(hessian) if hessian is not None else r.square().sum(dim=0)
     perm = torch.argsort(importance, descending=True, stable=True)
@@ -193,6 +208,7 @@ class LoProRecipe(Recipe):
     quantizer: str = "gptq"
     power_iters: int = 2
     clip_steps: int = 20
+    rank_min_gain: float = 0.0
 
     @property
     def needs_calibration(self) -> bool:
@@ -205,7 +221,7 @@ def _lopro_layer(name: str, layer: nn.Linear, hessian: torch.Tensor | None, reci
                             block_size=recipe.block_size, salient_blocks=recipe.salient_blocks,
                             salient_bits=recipe.salient_bits, factor_dtype=recipe.factor_dtype,
                             quantizer=recipe.quantizer, power_iters=recipe.power_iters,
-                            clip_steps=recipe.clip_steps, bias=layer.bias)
+                            clip_steps=recipe.clip_steps, bias=layer.bias, rank_min_gain=recipe.rank_min_gain)
     except QuantizationError as e:
         raise QuantizationError(f"layer {name}: {e}") from None
 
@@ -249,7 +265,7 @@ class LoProExport(LowRankTwin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, ks = self.layer, self.layer.salient_features
-        xp = torch.index_select(x, -1, m.perm)
+        xp = torch.index_select(x, -1, m.perm.to(torch.int32))
         rest = torch.ops.edgeq.hadamard(xp[..., ks:], None, m.block_size)
         c = m.core
         y = torch.ops.edgeq.lowbit_linear(rest, c.qweight, c.scales, c.zeros, c.bias, c.bits, c.group_size)
@@ -276,7 +292,7 @@ def _empty_lopro(spec: dict) -> LoProLinear:
     core = empty_weight_only(spec["core"])
     salient = None if spec["salient"] is None else empty_weight_only(spec["salient"])
     bias = torch.zeros(core.out_features) if spec["bias"] else None
-    return LoProLinear(torch.zeros(spec["in"], dtype=torch.int64), spec["block_size"], core, salient,
+    return LoProLinear(torch.zeros(spec["in"], dtype=torch.int16), spec["block_size"], core, salient,
                        empty_factors(spec["factors"]), bias)
 
 

@@ -4,7 +4,7 @@ Every ``nn.Linear``/``nn.Conv2d`` not matched by ``skip`` becomes a ``WeightOnly
 ``WeightOnlyConv2d``. Presets skip ``lm_head`` (kept in float, as are embeddings, which are not
 linear layers), so on an LLM they quantize every linear of the decoder blocks.
 
-Preset names: ``w{bits}g{group}-[hadamard-]{rtn|gptq}`` (with ``group_fallback``: a layer whose
+Preset names: ``w{bits}g{group}-[hadamard-]{rtn|gptq|gptq-static}`` (``-static``: GPTQ with static groups) (with ``group_fallback``: a layer whose
 input width the group does not divide gets the largest power-of-two group that does); ``w8-rtn`` and ``w4-rtn`` are per
 output channel (``group_size=None``).
 """
@@ -61,12 +61,14 @@ class RTNRecipe(WeightOnlyRecipe):
 class GPTQRecipe(WeightOnlyRecipe):
     """GPTQ with Hessians from calibration inputs: ``damp`` times the mean Hessian diagonal is
     added to it; ``act_order`` quantizes columns by decreasing activation energy;
-    ``block_size`` columns per lazy update."""
+    ``block_size`` columns per lazy update; ``static_groups`` fixes every group's scale and zero
+    from the original weight before the act-order pass (else each when its first column comes up)."""
 
     METHOD = "gptq"
     damp: float = 0.01
     act_order: bool = True
     block_size: int = 128
+    static_groups: bool = False
 
     @property
     def needs_calibration(self) -> bool:
@@ -116,6 +118,9 @@ for _bits, _group in ((b, g) for b in (4, 3, 2) for g in (128, 64, 32)):
                                                                   group_fallback=True, hadamard=_hadamard))
         register_preset(f"w{_bits}g{_group}-{_tag}gptq", GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
                                                                   group_fallback=True, hadamard=_hadamard))
+        register_preset(f"w{_bits}g{_group}-{_tag}gptq-static",
+                        GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group, group_fallback=True,
+                                   hadamard=_hadamard, static_groups=True))
 register_preset("w8-rtn", RTNRecipe(skip=("lm_head",), bits=8, group_size=None, symmetric=True))
 register_preset("w4-rtn", RTNRecipe(skip=("lm_head",), bits=4, group_size=None))
 register_preset("w4-gptq", GPTQRecipe(skip=("lm_head",), bits=4, group_size=None))

@@ -1,0 +1,250 @@
+"""Per-layer bit allocation under a whole-model budget: each layer gets its own GPTQ grid
+(bits, group) so that the quantized layers average at most ``budget`` bits per weight, with
+every stored byte counted (packed integers, float16 scales, uint8 zeros).
+
+Sensitivity, measured once on the calibration data (one forward and backward pass per window):
+
+    s(l, c) = Σ_o F_lo · e_lo(c)      F_lo = E[(∂loss/∂y_o)²]  (diagonal Fisher of layer l's outputs)
+
+the second-order loss increase with a diagonal Fisher, where ``e_lo(c)`` estimates GPTQ's output
+error on row ``o`` at grid ``c`` without running GPTQ: quantizing column ``j`` with the later
+columns compensating costs ``δ_j² / U_jj²`` (``U = chol(H⁻¹)`` upper, in act-order, GPTQ's own
+factor), with ``δ_j²`` the round-to-nearest step² / 12 of ``j``'s group on the original weight.
+For a model without a language-model loss (no ``labels``), ``F = 1``: plain output error.
+
+Plan: minimise Σ s(l, c) over one grid per layer subject to Σ_l n_l · bits(l, c) ≤ budget · Σ_l n_l,
+an integer program (LQ-LoRA's memory-budget ILP shape) solved by ``scipy.optimize.milp`` (HiGHS).
+The plan is stored in the recipe (``plan``: (layer, bits, group) rows), so a saved model's
+metadata says which grid each layer has, and a recipe with a plan quantizes without re-planning.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from edgeq.errors import QuantizationError
+from edgeq.maths.groups import group_params
+from edgeq.maths.packing import packed_length
+from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
+from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
+from edgeq.quant.quarot import rotate_llama
+from edgeq.quant.weight_only import flat_weight
+from edgeq.quant.weight_only_recipes import GPTQRecipe
+from edgeq.recipes import Recipe, register_preset, register_recipe_type
+
+DEFAULT_GRIDS = ((2, 32), (2, 64), (2, 128), (3, 32), (3, 64), (3, 128), (4, 32), (4, 64), (4, 128), (8, 128))
+
+
+@dataclass(frozen=True)
+class AllocatedRecipe(Recipe):
+    """GPTQ with a grid per layer chosen to meet ``budget`` bits per weight (see module docstring).
+
+    grids: the (bits, group) choices; a group that does not divide a layer's inputs becomes the
+    largest power of two below it that does. plan: (layer, bits, group) rows; empty means
+    "measure and solve" (the quantized model's recipe holds the plan it used). The GPTQ knobs
+    and ``hadamard`` (QuaRot rotation first) are those of ``GPTQRecipe``."""
+
+    METHOD = "allocated"
+    budget: float = 2.5
+    grids: tuple[tuple[int, int], ...] = DEFAULT_GRIDS
+    plan: tuple[tuple[str, int, int], ...] = ()
+    hadamard: bool = False
+    seed: int = 0
+    symmetric: bool = False
+    damp: float = 0.01
+    act_order: bool = True
+    static_groups: bool = False
+    block_size: int = 128
+    clip_steps: int = 0
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class LayerOption:
+    """One grid for one layer: its bits per weight as stored and its estimated loss increase."""
+
+    bits: int
+    group_size: int
+    bits_per_weight: float
+    sensitivity: float
+
+
+def stored_bits_per_weight(out_features: int, in_features: int, bits: int, group_size: int) -> float:
+    """Packed integers + one float16 scale and one uint8 zero per group, per weight."""
+    nbytes = out_features * (packed_length(in_features, bits) + 3 * (in_features // group_size))
+    return 8 * nbytes / (out_features * in_features)
+
+
+def layer_grids(in_features: int, grids) -> list[tuple[int, int]]:
+    """The distinct (bits, group) grids a layer of ``in_features`` inputs can hold: a group that
+    does not divide it becomes the largest power of two >= 8 that does; where none does (a 3x3
+    stem convolution's 9 inputs), one group per row at the bit widths that pack."""
+    out = []
+    for bits, group in grids:
+        while group > 8 and in_features % group:
+            group //= 2
+        if in_features % group == 0 and _packs(in_features, bits) and (bits, group) not in out:
+            out.append((bits, group))
+    if not out:
+        out = [(bits, in_features) for bits in sorted({b for b, _ in grids}) if _packs(in_features, bits)]
+    return out
+
+
+def _packs(in_features: int, bits: int) -> bool:
+    try:
+        packed_length(in_features, bits)
+    except QuantizationError:
+        return False
+    return True
+
+
+def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int,
+                        damp: float = 0.01) -> torch.Tensor:
+    """Per output row, GPTQ's expected error ``Σ_j δ_j² / U_jj²`` (module docstring) [out]."""
+    w = weight.detach().float()
+    h = hessian.detach().double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    perm = torch.argsort(torch.diag(h), descending=True)
+    hp = h[perm][:, perm]
+    hp.diagonal().add_(damp * torch.mean(torch.diag(hp)))
+    u = _inverse_cholesky_upper(hp, "sensitivity")
+    cost = torch.empty(w.shape[1], dtype=torch.float64)
+    cost[perm] = 1.0 / torch.diag(u).square()
+    cost[dead] = 0
+    out_features, in_features = w.shape
+    scale, _ = group_params(w.reshape(out_features, in_features // group_size, group_size), bits, False)
+    group_cost = cost.reshape(in_features // group_size, group_size).sum(dim=1).float()
+    return (scale.square() / 12 * group_cost).sum(dim=1)
+
+
+def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches: list, grids,
+                        damp: float = 0.01) -> dict[str, list[LayerOption]]:
+    """Each layer's options (module docstring), from one float pass with gradients per window."""
+    hessians = {name: HessianAccumulator(layer) for name, layer in layers.items()}
+    fisher = {name: torch.zeros(flat_weight(layer).shape[0]) for name, layer in layers.items()}
+    language_model = hasattr(model, "get_input_embeddings") and getattr(model, "config", None) is not None
+
+    def capture(name):
+        def add_fisher(grad) -> None:
+            fisher[name] += grad.detach().float().square().reshape(-1, grad.shape[-1]).sum(0)
+
+        def hook(module, args, output):
+            hessians[name].add(args[0])
+            if output.requires_grad:
+                output.register_hook(add_fisher)
+        return hook
+
+    hooks = [layer.register_forward_hook(capture(name)) for name, layer in layers.items()]
+    if language_model:
+        hooks.append(model.get_input_embeddings().register_forward_hook(lambda m, a, out: out.requires_grad_()))
+    grads = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for batch in tqdm(batches, desc="sensitivity", leave=False):
+            windows = batch.split(1) if isinstance(batch, torch.Tensor) and language_model else [batch]
+            for window in windows:
+                if language_model:
+                    with torch.enable_grad():
+                        model(window, labels=window, use_cache=False).loss.backward()
+                else:
+                    with torch.no_grad():
+                        model(*window) if isinstance(window, (tuple, list)) else model(window)
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, g in grads.items():
+            p.requires_grad_(g)
+    options = {}
+    for name, layer in layers.items():
+        weight = flat_weight(layer)
+        if not layer_grids(weight.shape[1], grids):
+            raise QuantizationError(f"layer {name}: none of the grids {list(grids)} fits its {weight.shape[1]} inputs")
+        f = fisher[name] if language_model else torch.ones(weight.shape[0])
+        options[name] = [
+            LayerOption(bits, group, stored_bits_per_weight(*weight.shape, bits, group),
+                        float((f * gptq_error_estimate(weight, hessians[name].h, bits, group, damp)).sum()))
+            for bits, group in layer_grids(weight.shape[1], grids)]
+    return options
+
+
+def solve_plan(options: dict[str, list[LayerOption]], weights: dict[str, int], budget: float) -> dict[str, LayerOption]:
+    """The options of least total sensitivity whose weighted bits per weight are ``<= budget``."""
+    try:
+        import numpy as np
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import lil_array
+    except ImportError:
+        raise QuantizationError("bit allocation needs scipy (pip install scipy)") from None
+    names = list(options)
+    flat = [(i, opt) for i, name in enumerate(names) for opt in options[name]]
+    total = sum(weights.values())
+    cheapest = sum(min(o.bits_per_weight for o in options[n]) * weights[n] for n in names) / total
+    if cheapest > budget + 1e-9:
+        raise QuantizationError(f"a budget of {budget} bits/weight is below the cheapest plan ({cheapest:.3f} bits/weight) "
+                                "with these grids")
+    sens = np.array([o.sensitivity for _, o in flat])
+    cost = sens / (sens.max() or 1.0)
+    one_each = lil_array((len(names), len(flat)))
+    for k, (i, _) in enumerate(flat):
+        one_each[i, k] = 1
+    size = np.array([[o.bits_per_weight * weights[names[i]] / total for i, o in flat]])
+    result = milp(cost, integrality=np.ones(len(flat)), bounds=Bounds(0, 1),
+                  constraints=[LinearConstraint(one_each.tocsr(), 1, 1), LinearConstraint(size, -np.inf, budget)])
+    if result.x is None:
+        raise QuantizationError(f"bit allocation found no plan within {budget} bits/weight: {result.message}")
+    return {names[i]: o for (i, o), x in zip(flat, result.x) if x > 0.5}
+
+
+@register_quantizer(AllocatedRecipe)
+def quantize_allocated(model: nn.Module, recipe: AllocatedRecipe, calib) -> nn.Module:
+    batches = calib_batches(calib)
+    if not batches:
+        raise QuantizationError("recipe 'allocated' needs calibration data (sensitivity and GPTQ): pass calib=<sample inputs>")
+    start = time.perf_counter()
+    qmodel = copy.deepcopy(model).eval()
+    hf_conv1d_as_linear(qmodel, recipe)
+    if recipe.hadamard:
+        rotate_llama(qmodel, recipe.seed)
+    layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
+    plan = {name: (bits, group) for name, bits, group in recipe.plan}
+    report = {}
+    if not plan:
+        options = measure_sensitivity(qmodel, layers, batches, recipe.grids, recipe.damp)
+        weights = {n: flat_weight(m).numel() for n, m in layers.items()}
+        chosen = solve_plan(options, weights, recipe.budget)
+        plan = {name: (o.bits, o.group_size) for name, o in chosen.items()}
+        report = {name: {"bits": o.bits, "group_size": o.group_size, "bits_per_weight": o.bits_per_weight,
+                         "sensitivity": o.sensitivity} for name, o in chosen.items()}
+    missing = [n for n in layers if n not in plan]
+    if missing:
+        raise QuantizationError(f"recipe 'allocated': the plan has no grid for layer {missing[0]!r}")
+    base = GPTQRecipe(symmetric=recipe.symmetric, damp=recipe.damp, act_order=recipe.act_order,
+                      static_groups=recipe.static_groups, block_size=recipe.block_size, clip_steps=recipe.clip_steps)
+
+    def quantize_layer(name, layer, hessian, _recipe):
+        bits, group = plan[name]
+        return _quantize_layer(name, layer, hessian, dataclasses.replace(base, bits=bits, group_size=group))
+
+    gptq_quantize_model(qmodel, layers, recipe, batches, quantize_layer=quantize_layer)
+    qmodel.edgeq_recipe = dataclasses.replace(recipe, plan=tuple((n, *plan[n]) for n in layers))
+    qmodel.edgeq_allocation = report
+    qmodel.edgeq_quantize_seconds = time.perf_counter() - start
+    return qmodel
+
+
+register_recipe_type(AllocatedRecipe)
+for _budget in (2.5, 3.25):
+    register_preset(f"mix{_budget}-gptq", AllocatedRecipe(skip=("lm_head",), budget=_budget))
+    register_preset(f"mix{_budget}-hadamard-gptq", AllocatedRecipe(skip=("lm_head",), budget=_budget, hadamard=True))
