@@ -20,31 +20,21 @@ sys.modules["support_matrix"] = matrix
 _spec.loader.exec_module(matrix)
 
 # Cells refused by design, with words the EdgeqError's reason must hold. Every other cell is ok.
-_NOT_A_DECODER = "LLaMA-style decoder"  # Hadamard rotation (QuaRot) folds RMSNorm: LayerNorm models and CNNs
+_NOT_A_DECODER = "needs the decoder's layout"  # Hadamard rotation needs a decoder's facts (edgeq.quant.architectures)
 _DEPTHWISE = "3.depthwise.0"  # a 3x3 depthwise conv has 9 inputs per output: no 4-bit group or byte fits
 REFUSED = {
     **{(a, "hadamard"): _NOT_A_DECODER for a in ("bert", "roberta", "minilm", "vit", "resnet")},
     **{(a, f): _DEPTHWISE for a in ("mobilenet-v2", "mobilenet-v3")
        for f in ("rtn-grouped", "rtn-per-channel", "gptq-grouped", "hadamard")},
     ("minilm", "lrqmm"): "does not divide its 32 input features",  # LRQMM's group of 64 on hidden 32
-    ("gpt2", "hadamard"): _NOT_A_DECODER,  # GPT-2 has LayerNorm, not RMSNorm
     # LRQMM takes nn.Linear only; GPT-2's projections are Hugging Face Conv1D (RTN/GPTQ convert them)
     ("gpt2", "lrqmm"): "no quantizable layers",
     # Hugging Face's ResNet does not trace with torch.fx, which BatchNorm folding needs
     ("resnet", "w8a8"): "cannot trace", ("resnet", "dyadic"): "cannot trace",
-    # the dyadic (integer-only) path has no ReLU6 / Hardswish yet (the dyadic engineer's #17 work)
-    ("mobilenet-v2", "dyadic"): "ReLU6", ("mobilenet-v3", "dyadic"): "Hardswish",
 }
 # Cells that fail today, with what is known; once fixed, remove them here (the test then holds
 # them to their expected outcome).
-BEING_FIXED = {
-    ("resnet", "rtn-grouped"): "TVM cpu: a packed W4 linear with one group per row on a 2-D input (the 32 -> 10 "
-                               "classifier) is wrong (0.16 of 1.07); with 64 inputs (two groups) it is right",
-    ("phi3", "hadamard"): "the rotation does not know Phi-3's fused qkv_proj / gate_up_proj (arch-rotation)",
-    ("gemma", "hadamard"): "the rotation folds the norm scale as g where Gemma scales by 1 + g: the rotated "
-                           "model is far from the float one (arch-rotation)",
-    ("gemma2", "hadamard"): "as Gemma (arch-rotation)",
-}
+BEING_FIXED: dict[tuple[str, str], str] = {}
 
 PAIRS = matrix.cells_for()
 

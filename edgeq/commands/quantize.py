@@ -118,7 +118,7 @@ def run(args) -> int:
     total_w = sum(r["weights"] for r in rows.values())
     total_b = sum(r["bytes"] for r in rows.values())
     inputs_label = "calibration inputs" if calib is not None else f"seeded inputs (seed {args.seed})"
-    result = {"model": args.model, "recipe": qmodel.edgeq_recipe.to_dict(), "out": str(path), "file_bytes": path.stat().st_size,
+    result = {"model": args.model, "recipe": getattr(qmodel, "edgeq_recipe", recipe).to_dict(), "out": str(path), "file_bytes": path.stat().st_size,
               "layers": list(rows.values()), "quantized_weights": total_w, "quantized_bytes": total_b,
               "bits_per_weight": 8 * total_b / total_w, "seconds": round(seconds, 2),
               "vs_float": {"inputs": inputs_label, **vs_float.to_dict()}}
