@@ -8,6 +8,7 @@ it with ``python tools/support_matrix.py``)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -41,16 +42,12 @@ PAIRS = matrix.cells_for()
 
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory):
-    """Cells run once per test session, on demand."""
+    """Every cell, run once per test session, the architectures split over a process per core
+    (up to 4): the cells are single-threaded export and compile work."""
     work = tmp_path_factory.mktemp("matrix")
-    done: dict[tuple[str, str], object] = {}
-
-    def get(arch: str, family: str):
-        if (arch, family) not in done:
-            done[arch, family] = matrix.run_cell(matrix.ARCHS[arch], family, work)
-        return done[arch, family]
-
-    return get
+    workers = max(1, min(4, os.cpu_count() or 1))
+    done = {(c.arch, c.family): c for c in matrix.run_matrix(PAIRS, work, progress=False, workers=workers)}
+    return lambda arch, family: done[arch, family]
 
 
 @pytest.mark.parametrize("arch, family", PAIRS, ids=[f"{a}-{f}" for a, f in PAIRS])

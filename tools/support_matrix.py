@@ -286,7 +286,12 @@ def cells_for(archs: list[str] | None = None, families: list[str] | None = None)
             for f, (_, kinds) in FAMILIES.items() if (not families or f in families) and arch.kind in kinds]
 
 
-def run_matrix(pairs: list[tuple[str, str]], work: Path, compile_all: bool = False, progress: bool = True) -> list[Cell]:
+def run_matrix(pairs: list[tuple[str, str]], work: Path, compile_all: bool = False, progress: bool = True,
+               workers: int = 1) -> list[Cell]:
+    """The cells of ``pairs``; ``workers`` > 1 splits the architectures over that many processes
+    (each on one thread: the cells are mostly single-threaded export and compile work)."""
+    if workers > 1:
+        return _run_in_processes(pairs, work, compile_all, workers)
     from tqdm import tqdm
 
     cells = []
@@ -295,6 +300,33 @@ def run_matrix(pairs: list[tuple[str, str]], work: Path, compile_all: bool = Fal
         c = cells[-1]
         bar.write(f"{c.arch:13s} {c.family:16s} {c.outcome:8s} {c.seconds:6.1f} s  {c.failed_stage} {c.reason[:120]}")
     return cells
+
+
+def _run_in_processes(pairs, work: Path, compile_all: bool, workers: int) -> list[Cell]:
+    import os
+    import subprocess
+
+    archs = list(dict.fromkeys(a for a, _ in pairs))
+    families = sorted({f for _, f in pairs})
+    env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    procs = []
+    for i in range(workers):
+        mine = archs[i::workers]
+        if not mine:
+            continue
+        out = work / f"cells-{i}.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--quiet", "--save-cells", str(out), "-o", os.devnull,
+               *(x for a in mine for x in ("--arch", a)), *(x for f in families for x in ("--family", f))]
+        if compile_all:
+            cmd.append("--all-stages")
+        procs.append((out, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+    saved = {}
+    for out, proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"support matrix worker failed ({proc.returncode}): {err[-2000:]}")
+        saved.update({(c["arch"], c["family"]): Cell(**c) for c in json.loads(out.read_text())})
+    return [saved[p] for p in pairs]
 
 
 def table_row(arch: str, cells: list[Cell], families: list[str] | None = None) -> str:
@@ -363,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"(default: the families {', '.join(COMPILED_FAMILIES)} only)")
     parser.add_argument("--json", action="store_true", help="print the cells as JSON")
     parser.add_argument("--save-cells", type=Path, help="also write the cells as JSON to this file")
+    parser.add_argument("--workers", type=int, default=1, help="processes to split the architectures over (default 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no table on stdout")
     parser.add_argument("--from-cells", type=Path, nargs="+", help="run nothing: render the cells saved by "
                         "--save-cells runs (a later file's cell replaces an earlier one's)")
     args = parser.parse_args(argv)
@@ -373,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [saved[p] for p in pairs if p in saved]
     else:
         with tempfile.TemporaryDirectory(prefix="edgeq-matrix-") as tmp:
-            cells = run_matrix(pairs, Path(tmp), args.all_stages)
+            cells = run_matrix(pairs, Path(tmp), args.all_stages, progress=not args.quiet, workers=args.workers)
     total = time.perf_counter() - start
     if args.save_cells:
         args.save_cells.write_text(json.dumps([asdict(c) for c in cells], indent=1))
@@ -384,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(text)
     if args.json:
         print(json.dumps([asdict(c) for c in cells], indent=1))
-    else:
+    elif not args.quiet:
         print(text)
         print(f"{len(cells)} cells in {total:.0f} s: " + ", ".join(
             f"{k} {sum(c.outcome == k for c in cells)}" for k in ("ok", "refused", "failed")))
