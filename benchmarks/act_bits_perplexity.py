@@ -2,7 +2,7 @@
 SmolLM2-135M as the generation artifact quantizes it (W4 g128 RTN, tied embedding / lm_head at
 4 bits in groups of 64) with float activations and with the packed linears' inputs quantized to
 int8 per row and weight group (``edgeq.quant.int8_activations``: the integer kernels' arithmetic,
-checked against a compiled artifact by tests/test_targets_generation.py), plus float32.
+checked against a compiled artifact by tests/targets/test_generation.py), plus float32.
 
     python benchmarks/act_bits_perplexity.py --windows 8
 

@@ -70,7 +70,7 @@ class TaskOutputs(nn.Module):
 class CausalLMLogits(TaskOutputs):
     """A causal LM's ``logits``. The exporter writes each node's module path (class and attribute
     names) into the file: these keep the names of the wrapper that preceded this module, so that
-    causal LM files stay byte-identical (``tests/test_refactor_invariance.py``)."""
+    causal LM files stay byte-identical (``tests/export/test_export_invariance.py``)."""
 
 
 CausalLMLogits.__module__, CausalLMLogits.__name__, CausalLMLogits.__qualname__ = "edgeq.export", "_CausalLMLogits", "_CausalLMLogits"

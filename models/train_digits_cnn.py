@@ -3,7 +3,7 @@
 Deterministic: fixed seeds, one thread, a fixed minibatch order, and the CPU kernels pinned to
 AVX2 (torch, oneDNN and MKL each pick kernels by the CPU's instruction set, and AVX-512 kernels
 sum in another order). So on any x86-64 host with AVX2 and the same torch version, running
-this again rewrites the shipped file bit for bit (``tests/test_models.py`` checks that); on a
+this again rewrites the shipped file bit for bit (``tests/models/test_digits_cnn.py`` checks that); on a
 host without AVX2 it trains, but to other weights. ``main`` runs the training in a child
 process with ``PINNED_ENV`` set, because those libraries read it once, when they load.
 

@@ -21,6 +21,16 @@ def skip_or_fail(device: str, message: str) -> None:
     pytest.skip(message)
 
 
+def running_arm64_device():
+    """The emulated arm64 device's state, or skip (fail where CI requires it)."""
+    from edgeq.runtime import device as dev
+
+    state = dev.device_status("arm64")
+    if state is None:
+        skip_or_fail("arm64", "the arm64 device is not running (edgeq device start arm64)")
+    return state
+
+
 def require_harness_device(name: str) -> None:
     """A harness device (armv7, hexagon-sim) is usable when its tools and root are here."""
     from edgeq.runtime.device import device_dir, device_spec

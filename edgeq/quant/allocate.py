@@ -34,7 +34,7 @@ from edgeq.maths.groups import group_params
 from edgeq.maths.packing import packed_length
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
 from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
-from edgeq.quant.quarot import rotate_llama
+from edgeq.quant.quarot import check_rotatable, rotate_decoder
 from edgeq.quant.weight_only import flat_weight
 from edgeq.quant.weight_only_recipes import GPTQRecipe
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
@@ -212,11 +212,13 @@ def quantize_allocated(model: nn.Module, recipe: AllocatedRecipe, calib) -> nn.M
     batches = calib_batches(calib)
     if not batches:
         raise QuantizationError("recipe 'allocated' needs calibration data (sensitivity and GPTQ): pass calib=<sample inputs>")
+    if recipe.hadamard:
+        check_rotatable(model)  # an architecture the rotation cannot handle is refused before any work
     start = time.perf_counter()
     qmodel = copy.deepcopy(model).eval()
     hf_conv1d_as_linear(qmodel, recipe)
     if recipe.hadamard:
-        rotate_llama(qmodel, recipe.seed)
+        rotate_decoder(qmodel, recipe.seed)
     layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
     plan = {name: (bits, group) for name, bits, group in recipe.plan}
     report = {}

@@ -10,7 +10,7 @@ registers, at import:
   (:func:`register_export_rule`), and how a saved model rebuilds it (:func:`register_layer_format`).
 
 ``edgeq.quant`` imports the built-in method modules; a user's method registers the same way from
-its own module (tests/test_method_one_module.py shows one).
+its own module (tests/quant/test_base_one_module_method.py shows one).
 """
 
 from __future__ import annotations

@@ -64,9 +64,9 @@ def test_onnxruntime_and_tvm_on_the_host(smollm2_kv, tmp_path):
 
 @pytest.mark.device
 def test_tvm_on_the_arm64_device(smollm2_kv, tmp_path):
-    from test_device_arm64 import _running_device
+    from _devices import running_arm64_device
 
-    device = _running_device()
+    device = running_arm64_device()
     _, _, path, _, _, _ = smollm2_kv
     art = edgeq.compile(path, target="arm64", out_dir=tmp_path)
     session = TvmCausalLMSession(art.path, device=device.url)

@@ -149,7 +149,7 @@ def test_save_pretrained_folder_cross_compiles_for_arm64(llama_artifacts, llama_
     assert code == 11 and "--device" in err
     state = dev.device_status("arm64")
     if state is None:
-        return  # the device tests (tests/test_device_arm64.py) skip or fail on their own
+        return  # the device tests (tests/runtime/test_device_arm64.py) skip or fail on their own
     inputs, _, want = llama_inputs
     code, _, err = cli(capsys, "run", arm64["artifact"], "--device", state.url, "--inputs", inputs, "-o", tmp_path / "out.npz")
     assert code == 0, err

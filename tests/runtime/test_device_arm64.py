@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import edgeq
-from _devices import skip_or_fail
+from _devices import running_arm64_device
 from edgeq.cli import main
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime import device as dev
@@ -34,16 +34,9 @@ from edgeq.runtime.rpc import RpcExecutor
 pytestmark = pytest.mark.device
 
 
-def _running_device() -> dev.DeviceState:
-    state = dev.device_status("arm64")
-    if state is None:
-        skip_or_fail("arm64", "the arm64 device is not running (edgeq device start arm64)")
-    return state
-
-
 @pytest.fixture(scope="module")
 def device():
-    return _running_device()
+    return running_arm64_device()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from _smollm2_w4 import smollm2_w4_artifact, smollm2_w4_onnx
 from edgeq.runtime.executors import TvmExecutor
 from edgeq.runtime.ort import ort_session
 from edgeq.targets import get_target, target_names
-from test_targets_registry import E_MACHINE, _can_build, elf_machines
+from test_registry import E_MACHINE, _can_build, elf_machines
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 
 from _smollm2_w4 import smollm2_w4_artifact, smollm2_w4_onnx
 from edgeq.cli import main
-from test_device_arm64 import _running_device
+from _devices import running_arm64_device
 
 pytestmark = [pytest.mark.device, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ VOCAB = 49152
 
 
 def test_smollm2_w4_on_device_matches_onnxruntime(smollm2, tmp_path_factory, capsys):
-    device = _running_device()  # before the export and compile: a missing device fails fast
+    device = running_arm64_device()  # before the export and compile: a missing device fails fast
     onnx_path = smollm2_w4_onnx(smollm2, tmp_path_factory)
     artifact = smollm2_w4_artifact("arm64", smollm2, tmp_path_factory)
     code = main(["validate", str(onnx_path), str(artifact.path), "--device", device.url, "--inputs", "random",

@@ -11,7 +11,7 @@ arm64-dotprod and x86_64-vnni), a W8 embedding, a 4-bit tied lm_head, the digits
 (conv, matmul, rows, reductions, elementwise) and integer-only. Named targets (not the host's
 ``cpu``), so the hashes do not depend on the machine.
 
-A change meant to alter a schedule updates the baseline: ``python tests/test_targets_tir_invariance.py``
+A change meant to alter a schedule updates the baseline: ``python tests/targets/test_tir_invariance.py``
 rewrites it (and prints which functions changed).
 """
 
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_refactor_invariance import _one_thread, _tiny_llama
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, also when run as a script
+from _tiny_models import one_thread, tiny_llama  # noqa: E402
 
 BASELINE = Path(__file__).with_name("tir_baseline.json")
 
@@ -37,7 +38,7 @@ def _exports(out: Path) -> dict[str, Path]:
     from edgeq.quant.weight_only_recipes import RTNRecipe
 
     def llama():
-        return _tiny_llama(num_hidden_layers=1)
+        return tiny_llama(num_hidden_layers=1)
 
     files = {}
     ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(1))
@@ -106,7 +107,7 @@ def _is_shape_function(func) -> bool:
 
 
 def current_tir(out: Path) -> dict[str, dict[str, str]]:
-    with _one_thread():
+    with one_thread():
         files = _exports(out)
     return {case: scheduled_tir(files[file], target, act_bits, specialize)
             for case, file, target, act_bits, specialize in CASES}

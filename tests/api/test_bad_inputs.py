@@ -5,7 +5,7 @@ Every case expects a named error: for the CLI its documented exit code (docs/ERR
 argparse's usage errors) and exactly one ``edgeq COMMAND: error:`` line, for the API the
 EdgeqError subclass; never a traceback, and nothing left at the output path (no hidden
 temporary either). The CLI runs in-process through ``edgeq.cli.main``; subprocesses only where a
-real signal is needed (tests/test_bad_inputs_signals.py). Models are a two-node ONNX graph and the
+real signal is needed (tests/api/test_bad_inputs_signals.py). Models are a two-node ONNX graph and the
 built-in digits CNN, so the whole battery takes seconds, not minutes.
 """
 
@@ -160,7 +160,7 @@ CLI_CASES = [
     ("optimize-truncated-model", ["optimize", "{truncated}", "{out}"], 4, "truncated.onnx"),
     ("optimize-random-inputs", ["optimize", "{tiny}", "{out}", "--inputs", "{random_npz}"], 4, "random.npz"),
     ("optimize-negative-seed", ["optimize", "{tiny}", "{out}", "--seed", "-1"], USAGE, "argument --seed"),
-    # validate (--reference files other than ONNX: tests/test_trust_no_pickles.py)
+    # validate (--reference files other than ONNX: tests/api/test_model_spec_no_pickles.py)
     ("validate-zero-samples", ["validate", "{tiny}", "--samples", "0"], USAGE, "argument --samples"),
     ("validate-negative-max-rel", ["validate", "{tiny}", "--max-rel", "-1"], USAGE, "argument --max-rel"),
     ("validate-nan-max-rel", ["validate", "{tiny}", "--max-rel", "nan"], USAGE, "argument --max-rel"),
@@ -382,7 +382,7 @@ def test_exit_codes_are_distinct_and_documented():
     assert None not in codes.values(), codes
     assert len(set(codes.values())) == len(codes), codes
     assert not set(codes.values()) & {0, 1, 2, 70, 130}
-    doc = (Path(__file__).parent.parent / "docs" / "ERRORS.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "ERRORS.md").read_text()
     for name, code in codes.items():
         assert f"| {code} | `{name}` |" in doc, name
 

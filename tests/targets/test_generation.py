@@ -143,7 +143,7 @@ def test_compile_options_need_a_kv_cache_file(tmp_path, llamas):
 
 @pytest.mark.parametrize("target", ["x86_64", "arm64", "armv7"])
 def test_cross_compiles(llamas, tmp_path, target):
-    from test_targets_registry import E_MACHINE, elf_machines
+    from test_registry import E_MACHINE, elf_machines
 
     spec = get_target(target)
     if spec.cross_compiler and not _have(spec.cross_compiler):
@@ -167,9 +167,9 @@ def _have(program: str) -> bool:
 @pytest.mark.device
 @pytest.mark.parametrize("name", ["float", "w4"])
 def test_greedy_generation_on_the_arm64_device(llamas, tmp_path_factory, name):
-    from test_device_arm64 import _running_device
+    from _devices import running_arm64_device
 
-    device = _running_device()
+    device = running_arm64_device()
     model, path, _ = llamas[name]
     art = edgeq.compile(path, target="arm64", out_dir=tmp_path_factory.mktemp(f"arm64-{name}"),
                         max_context=MAX_CONTEXT, prefill_chunk=4)
@@ -205,7 +205,7 @@ def test_greedy_generation_of_other_architectures(other_archs, tmp_path, arch):
 
 
 def test_gemma2_is_refused_before_the_build(tmp_path):
-    """Gemma2's KV-cache file runs on onnxruntime (tests/test_export_kv_cache.py); TVM 0.27 cannot
+    """Gemma2's KV-cache file runs on onnxruntime (tests/export/test_export_kv.py); TVM 0.27 cannot
     build it, and compile says so by name before any work, writing nothing."""
     path = edgeq.export(quantized(tiny_causal_lm("gemma2")), None, tmp_path / "gemma2.onnx", kv_cache=True)
     with pytest.raises(CompileError, match="no TVM generation artifact for Gemma2.*onnxruntime"):
@@ -216,9 +216,9 @@ def test_gemma2_is_refused_before_the_build(tmp_path):
 @pytest.mark.device
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_of_other_architectures_on_the_arm64_device(other_archs, tmp_path, arch):
-    from test_device_arm64 import _running_device
+    from _devices import running_arm64_device
 
-    device = _running_device()
+    device = running_arm64_device()
     model, path = other_archs[arch]
     art = edgeq.compile(path, target="arm64", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
     session = TvmCausalLMSession(art.path, device=device.url)

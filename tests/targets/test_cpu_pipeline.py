@@ -79,7 +79,7 @@ def test_every_matmul_and_reduction_kernel_is_scheduled():
 @pytest.mark.parametrize("rows", [32, 48])
 def test_packed_gemm_matches_weight_only_layer(tmp_path, rows):
     """Prefill-sized inputs take the dequantize-per-tile GEMM kernel."""
-    from test_targets_lowbit import _lowbit_linear_model
+    from test_lowbit import _lowbit_linear_model
 
     k, n, group = 256, 96, 64
     gen = torch.Generator().manual_seed(rows)

@@ -4,13 +4,12 @@ one stored below, which was recorded before the plumbing of issue 16 was changed
 cases: before LoPRo's solve and GPTQ's were made one).
 
 A change that is meant to alter the files (a new export form, a different rounding) updates the
-table: ``python tests/test_refactor_invariance.py`` prints the current hashes. Quantizers run on one
+table: ``python tests/export/test_export_invariance.py`` prints the current hashes. Quantizers run on one
 thread so that float reductions, and so the rounded integers, do not depend on the core count.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, also when run as a script
+from _tiny_models import one_thread, tiny_llama  # noqa: E402
 
 EXPECTED = {
     "digits-w4-rtn-auto": "bb54ef69a6d36ea2bf5d51240bdfaf4c77053cb6c985c4625cdc82ca4d198650",
@@ -62,25 +63,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _tiny_llama(num_hidden_layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=num_hidden_layers,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
-
-
 def _digits_cases(out: Path) -> dict[str, Path]:
     import edgeq
     from edgeq.models import digits_data, load_digits_cnn
@@ -108,7 +90,7 @@ def _llama_cases(out: Path) -> dict[str, Path]:
     import edgeq
     from edgeq.quant.embedding import quantize_embeddings
 
-    model = _tiny_llama()
+    model = tiny_llama()
     torch.manual_seed(1)
     ids = torch.randint(0, 256, (1, 8))
     calib = [torch.randint(0, 256, (2, 16)) for _ in range(2)]
@@ -137,7 +119,7 @@ def _save_quantized(qmodel, path, source):
 
 
 def current_hashes(out: Path) -> dict[str, str]:
-    with _one_thread():
+    with one_thread():
         files = {**_digits_cases(out), **_llama_cases(out)}
     return {name: _sha256(path) for name, path in sorted(files.items())}
 

@@ -11,7 +11,7 @@ import edgeq
 from edgeq.errors import CompileError
 from edgeq.runtime.executors import TvmExecutor
 from edgeq.targets.tune import tune
-from test_targets_schedule_cpu import _mlp_model
+from test_cpu_pipeline import _mlp_model
 
 pytestmark = pytest.mark.slow
 TOL = 1e-5  # float32 sums in another order

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("support_matrix", ROOT / "tools" / "support_matrix.py")
 matrix = importlib.util.module_from_spec(_spec)
 sys.modules["support_matrix"] = matrix

@@ -12,7 +12,7 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # installed package -> folder (pyproject's package-dir)
 PACKAGE_DIRS = {"edgeq": "edgeq", "edgeq.passes": "passes", "edgeq.targets": "targets",
                 "edgeq.runtime": "runtime", "edgeq.models": "models"}
