@@ -229,7 +229,13 @@ def _run_stages(arch: Arch, preset: str, work: Path, cell: Cell, compiled: bool)
     if not vs_float.cosine >= FLOAT_MIN_COSINE:
         raise _Numerics(f"quantized PyTorch model vs float: cosine {vs_float.cosine:.3f} < {FLOAT_MIN_COSINE}")
     cell.stages["quantize"] = "ok"  # the quantized model runs in PyTorch, near the float one
-    onnx_path = edgeq.export(qmodel, example, work / f"{arch.name}-{preset}.onnx")
+    onnx_path = work / f"{arch.name}-{preset}.onnx"
+    if recipe.method == "dyadic":  # integer-only: the QDQ form through edgeq.export, then integerized
+        from edgeq.passes.integerize import export_integer
+
+        export_integer(qmodel, example, onnx_path)
+    else:
+        edgeq.export(qmodel, example, onnx_path)
     cell.stages["export"] = "ok"
     _check("onnxruntime", want, OrtExecutor(onnx_path).run(inputs), cell)
     if not compiled:

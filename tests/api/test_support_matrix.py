@@ -24,9 +24,8 @@ _spec.loader.exec_module(matrix)
 _NOT_A_DECODER = "needs the decoder's layout"  # Hadamard rotation needs a decoder's facts (edgeq.quant.architectures)
 _DEPTHWISE = "3.depthwise.0"  # a 3x3 depthwise conv has 9 inputs per output: no 4-bit group or byte fits
 REFUSED = {
-    **{(a, "hadamard"): _NOT_A_DECODER for a in ("bert", "roberta", "minilm", "vit", "resnet")},
-    **{(a, f): _DEPTHWISE for a in ("mobilenet-v2", "mobilenet-v3")
-       for f in ("rtn-grouped", "rtn-per-channel", "gptq-grouped", "hadamard")},
+    **{(a, "hadamard"): _NOT_A_DECODER for a in ("bert", "roberta", "minilm", "vit", "resnet", "mobilenet-v2", "mobilenet-v3")},
+    **{(a, f): _DEPTHWISE for a in ("mobilenet-v2", "mobilenet-v3") for f in ("rtn-grouped", "rtn-per-channel", "gptq-grouped")},
     ("minilm", "lrqmm"): "does not divide its 32 input features",  # LRQMM's group of 64 on hidden 32
     # LRQMM takes nn.Linear only; GPT-2's projections are Hugging Face Conv1D (RTN/GPTQ convert them)
     ("gpt2", "lrqmm"): "no quantizable layers",
