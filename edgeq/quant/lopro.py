@@ -53,7 +53,7 @@ import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import check_grid, quantize_groups
 from edgeq.maths.hadamard import hadamard_matrix, hadamard_transform
-from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, calib_batches, quantizable_layers, register_export_rule,
+from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, calib_batches, hf_conv1d_as_linear, quantizable_layers, register_export_rule,
                               register_layer_format, register_quantizer, set_submodule)
 from edgeq.quant.gptq import gptq_quantize_model, gptq_solve
 from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRankTwin, compress_factors, decode_factors, empty_factors,
@@ -239,6 +239,7 @@ def quantize_lopro(model: nn.Module, recipe: LoProRecipe, calib=None) -> nn.Modu
         raise QuantizationError("recipe lopro with quantizer='gptq' needs calibration data: pass calib=<sample inputs>")
     start = time.perf_counter()
     model = copy.deepcopy(model).eval()
+    hf_conv1d_as_linear(model, recipe)  # GPT-2's Conv1D projections are Linears too
     layers = quantizable_layers(model, recipe, kinds=(nn.Linear,))
     if recipe.quantizer == "gptq":
         gptq_quantize_model(model, layers, recipe, batches, quantize_layer=_lopro_layer)

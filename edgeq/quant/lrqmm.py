@@ -29,7 +29,7 @@ from tqdm import tqdm
 import edgeq.opset  # noqa: F401  (torch.ops.edgeq.*)
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import quantize_groups
-from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, quantizable_layers, register_export_rule,
+from edgeq.quant.base import (EXPORT_RULES_MODULE, LayerFormat, hf_conv1d_as_linear, quantizable_layers, register_export_rule,
                               register_layer_format, register_quantizer, set_submodule)
 from edgeq.quant.r1svd import (FACTOR_DTYPES, LowRank, LowRankTwin, compress_factors, decode_factors, empty_factors,
                                factor_bytes, factors_spec, r1svd)
@@ -113,6 +113,7 @@ def quantize_lrqmm(model: nn.Module, recipe: LRQMMRecipe, calib=None) -> nn.Modu
         raise QuantizationError(f"recipe lrqmm: unknown factor_dtype {recipe.factor_dtype!r}; choose one of {FACTOR_DTYPES}")
     start = time.perf_counter()
     model = copy.deepcopy(model).eval()
+    hf_conv1d_as_linear(model, recipe)  # GPT-2's Conv1D projections are Linears too
     layers = quantizable_layers(model, recipe, kinds=(nn.Linear,))
     for name, layer in tqdm(layers.items(), desc="lrqmm", leave=False):
         set_submodule(model, name, lrqmm_linear(layer, recipe.bits, recipe.group_size, recipe.rank, name=name,

@@ -27,8 +27,6 @@ REFUSED = {
     **{(a, "hadamard"): _NOT_A_DECODER for a in ("bert", "roberta", "minilm", "vit", "resnet", "mobilenet-v2", "mobilenet-v3")},
     **{(a, f): _DEPTHWISE for a in ("mobilenet-v2", "mobilenet-v3") for f in ("rtn-grouped", "rtn-per-channel", "gptq-grouped")},
     ("minilm", "lrqmm"): "does not divide its 32 input features",  # LRQMM's group of 64 on hidden 32
-    # LRQMM takes nn.Linear only; GPT-2's projections are Hugging Face Conv1D (RTN/GPTQ convert them)
-    ("gpt2", "lrqmm"): "no quantizable layers",
     # Hugging Face's ResNet does not trace with torch.fx, which BatchNorm folding needs
     ("resnet", "w8a8"): "cannot trace", ("resnet", "dyadic"): "cannot trace",
 }
