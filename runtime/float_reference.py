@@ -53,10 +53,10 @@ class FloatComparison:
 
 def run_module(model: nn.Module, inputs: tuple) -> list[np.ndarray]:
     """The model's outputs as exported (a causal LM's logits, not its output object)."""
-    from edgeq.export import as_exported
+    from edgeq.tasks import wrap
 
     with torch.no_grad():
-        out = as_exported(model, inputs)(*inputs)
+        out = wrap(model, inputs).module(*inputs)
     outs = out if isinstance(out, (tuple, list)) else (out,)
     return [o.detach().float().cpu().numpy() for o in outs]
 
