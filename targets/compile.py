@@ -276,18 +276,9 @@ def _import(onnx_path, model, spec, specialize):
     return mod, model
 
 
-# KV-cache files TVM 0.27 cannot build, refused before the import: Gemma2's soft-capped attention
-# beside its full and sliding-window masks fails in FuseTIR (``VarRemapGet``) and, with the mask
-# positions rewritten around that, crashes the process in a later pass. Its file runs on onnxruntime.
-_NO_TVM_GENERATION = {"gemma2": "Gemma2 (soft-capped attention with alternating sliding-window and full layers)"}
-
-
 def _import_generation(onnx_path, model, spec, metadata, specialize, max_context, prefill_chunk):
     from edgeq.targets.generation import generation_module, generation_settings
 
-    if metadata.get("model_type") in _NO_TVM_GENERATION:
-        raise CompileError(f"{onnx_path}: no TVM generation artifact for {_NO_TVM_GENERATION[metadata['model_type']]}: "
-                           "TVM 0.27 fails to build it; run the KV-cache file on onnxruntime (--executor onnxruntime)")
     if specialize:
         raise CompileError(f"{onnx_path}: a KV-cache file keeps seq and past symbolic; bound them with max_context, not specialize")
     settings = generation_settings(metadata, max_context, prefill_chunk, onnx_path)

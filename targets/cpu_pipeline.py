@@ -26,9 +26,21 @@ def is_cpu(target: tvm.target.Target) -> bool:
 
 def legalize_passes(target: tvm.target.Target) -> list:
     """The vectorizable exp for softmax and sigmoid, legalized before the default pipeline's own
-    LegalizeOps (which then has nothing left to do for them)."""
+    LegalizeOps (which then has nothing left to do for them); then symbolic aranges kept unfused."""
     custom = fast_exp.legalize_map(target)
-    return [relax.transform.LegalizeOps(custom)] if custom else []
+    return [relax.transform.LegalizeOps(custom), keep_symbolic_arange_unfused] if custom else []
+
+
+@tvm.transform.module_pass(opt_level=0, name="KeepSymbolicArangeUnfused")
+def keep_symbolic_arange_unfused(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """An arange whose length is symbolic (positions over a KV cache's ``past + seq``) becomes an
+    opaque kernel that FuseOps leaves alone. Fused with its consumers, as Gemma2's sliding-window
+    mask builds it, TVM 0.27's FuseTIR fails (RenewDefs: ``VarRemapGet(source) == nullptr``); the
+    kernel writes one small index vector per call."""
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint.startswith("arange") and _symbolic(func):
+            mod[gv] = func.with_attr("op_pattern", 8)  # kOpaque
+    return mod
 
 
 def kernel_rules(act_bits: int = 32) -> list:
@@ -57,3 +69,12 @@ def schedule_defaults(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMod
     with target:
         return ApplyDefaultSchedule(*default_rules())(mod)
 
+
+
+def _symbolic(func: tvm.tirx.PrimFunc) -> bool:
+    """A shape parameter (a scalar beside the buffers) or a buffer dimension that is not constant."""
+    for param in func.params:
+        shape = getattr(param, "shape", None)
+        if shape is None or any(not isinstance(dim, tvm.tirx.IntImm) for dim in shape):
+            return True
+    return False
