@@ -259,9 +259,9 @@ def test_cli_names_the_context_error(hf_folder, tmp_path, capsys):
 def test_cli_generates_on_the_arm64_device(hf_folder, tmp_path, capsys):
     """The model folder quantized, exported, compiled for arm64 and run over RPC with the cache on
     the emulated device: the same ids as PyTorch."""
-    from test_device_arm64 import _running_device
+    from _devices import running_arm64_device
 
-    device = _running_device()
+    device = running_arm64_device()
     common = [str(hf_folder), "--prompt", PROMPT, "--max-new-tokens", "8", "--preset", "w4g64-rtn", "--json"]
     assert main(["generate", *common, "--executor", "torch"]) == 0
     expected = json.loads(capsys.readouterr().out)["token_ids"]
