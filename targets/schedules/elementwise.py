@@ -18,7 +18,7 @@ def _elementwise(func, target, lanes):
         if not loops:
             continue
         work = _work(sch, loops)
-        if work is None:
+        if work is None and not _is_hexagon(target):  # LLVM's Hexagon backend crashes (segfault) on it
             _elementwise_symbolic(sch, loops, lanes)
             continue
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
@@ -30,6 +30,10 @@ def _elementwise(func, target, lanes):
         if work is None or work >= PARALLEL_MIN_WORK:
             sch.parallel(outer)
     return sch
+
+
+def _is_hexagon(target) -> bool:
+    return str(target.attrs.get("mtriple", "")).startswith("hexagon")
 
 
 def _elementwise_symbolic(sch, loops, lanes) -> None:
