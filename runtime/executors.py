@@ -7,7 +7,7 @@ compiled artifact on this host.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,17 @@ class Executor:
 
     def run(self, inputs: Inputs) -> list[np.ndarray]:
         raise NotImplementedError
+
+
+def run_once(make: Callable[[], Executor], inputs: Inputs) -> tuple[Executor, list[np.ndarray]]:
+    """(executor, its outputs): one executor made, run on ``inputs`` and closed (an RPC or harness
+    session holds a device until then)."""
+    executor = make()
+    try:
+        return executor, executor.run(inputs)
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
 
 
 class TorchExecutor(Executor):

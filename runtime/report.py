@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from edgeq.errors import RuntimeExecError
-from edgeq.runtime.executors import Executor, OrtExecutor, TorchExecutor, TvmExecutor
+from edgeq.runtime.executors import Executor, OrtExecutor, TorchExecutor, TvmExecutor, run_once
 from edgeq.runtime.localize import Divergence, RunGraph, first_divergence, ort_runner, tvm_runner
 from edgeq.runtime.validate import Numerics, Tolerance, _artifact_of, _output_names, compare_outputs
 
@@ -284,12 +284,7 @@ def _run_and_compare(make: Callable[[], Executor], want: list[np.ndarray], input
     """(result, executor, its outputs): one executor run on ``inputs`` and compared with ``want``
     on every output (``names``: the graph's output names; None: the executor's own)."""
     start = time.perf_counter()
-    executor = make()
-    try:
-        got = executor.run(inputs)
-    finally:
-        if hasattr(executor, "close"):
-            executor.close()
+    executor, got = run_once(make, inputs)
     artifact = _artifact_of(executor)
     prefix = ""
     if names is None:  # the API's call: messages name the artifact

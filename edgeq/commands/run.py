@@ -75,13 +75,10 @@ def run(args) -> int:
         raise RuntimeExecError("--device runs compiled artifacts: give one (edgeq compile), or --executor tvm")
     with tempfile.TemporaryDirectory(prefix="edgeq-run-") as work:
         names, inputs, make = _prepare(args, kind, executor, dims, Path(work))
+        from edgeq.runtime.executors import run_once
+
         start = time.perf_counter()
-        ex = make()
-        try:
-            outputs = ex.run(inputs)
-        finally:
-            if hasattr(ex, "close"):
-                ex.close()
+        ex, outputs = run_once(make, inputs)
         seconds = time.perf_counter() - start
     out_names = _output_names(ex, len(outputs))
     if args.out:
