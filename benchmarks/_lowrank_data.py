@@ -1,11 +1,24 @@
-"""Shared parts of the low-rank benchmarks: real SmolLM2-135M weights with the activations
-that reach them, a best-of-N timer and the relative error."""
+"""Shared parts of the low-rank benchmarks: their command line, real SmolLM2-135M weights with
+the activations that reach them, a best-of-N timer and the relative error."""
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
+
+def parse_args(description: str, argv=None, threads_help: str = "torch threads") -> argparse.Namespace:
+    """--size (the Gaussian/weight-like case), --json, --threads (set for torch here) and --no-record."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help=threads_help)
+    p.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
+
 
 # one attention and one MLP input of an early, a middle and a late block
 LAYERS = ("model.layers.0.self_attn.q_proj", "model.layers.14.mlp.down_proj", "model.layers.29.mlp.gate_proj")

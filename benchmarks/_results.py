@@ -41,6 +41,14 @@ def append_results(title: str, table: str, notes: str = "", command: str | None 
         f.write("\n".join(section))
 
 
+def print_and_record(title: str, table: str, notes: str, record: bool = True) -> None:
+    """Print the table and its notes; append both to RESULTS.md unless ``record`` is False."""
+    print(table)
+    print(notes)
+    if record:
+        append_results(title, table, notes)
+
+
 def markdown_table(headers, rows) -> str:
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]

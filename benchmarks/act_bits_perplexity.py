@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import append_results, markdown_table  # noqa: E402
+from _results import markdown_table, print_and_record  # noqa: E402
 
 
 def main() -> int:
@@ -53,14 +53,12 @@ def main() -> int:
         rows.append([name, f"{math.exp(values.double().mean().item()):.2f}", f"{math.exp(d.mean().item()):.4f}",
                      f"{100 * se:.2f}%" if name != "W4 g128, e4, float activations" else ""])
     table = markdown_table(["model", "perplexity", "x float activations (paired)", "std. error of the log ratio"], rows)
-    print(table)
     notes = (f"SmolLM2-135M-Instruct, WikiText-2 test, the first {args.windows} windows of 512 tokens (a short run on "
              "a shared 2-core machine: the paired ratio is what to read, its standard error says how well "
              f"{args.windows} windows pin it down), PyTorch at {args.threads} threads. int8 activations: per row and "
              "per weight group of K, symmetric, round half to even, as the act_bits=8 kernels.")
-    print(notes)
-    if not args.no_append:
-        append_results("Perplexity cost of int8 activations (act_bits=8) on SmolLM2-135M", table, notes)
+    print_and_record("Perplexity cost of int8 activations (act_bits=8) on SmolLM2-135M", table, notes,
+                     record=not args.no_append)
     return 0
 
 

@@ -17,7 +17,6 @@ compensation can beat that ratio by much; where it is near 1 the residual is clo
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_results, markdown_table  # noqa: E402
-from _lowrank_data import best_time, rel_error, smollm2_layers  # noqa: E402
+from _lowrank_data import best_time, parse_args, rel_error, smollm2_layers  # noqa: E402
 
 from edgeq.quant.lopro import rtn_linear  # noqa: E402
 from edgeq.quant.lrqmm import lrqmm_matmul, quantize_rows, quantized_matmul  # noqa: E402
@@ -79,13 +78,7 @@ def spectrum_rows(case, a, b, w, group):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=4096)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__.split("\n\n")[0], argv)
     g = torch.Generator().manual_seed(0)
     n = args.size
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)

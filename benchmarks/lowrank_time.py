@@ -12,7 +12,6 @@ plus noise). Each configuration is timed a fixed number of times (best of 3; the
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_results, markdown_table  # noqa: E402
-from _lowrank_data import best_time, rel_error, smollm2_layers  # noqa: E402
+from _lowrank_data import best_time, parse_args, rel_error, smollm2_layers  # noqa: E402
 
 from edgeq.quant.r1svd import r1svd  # noqa: E402
 
@@ -57,13 +56,7 @@ def rows_for(case, w):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=4096)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (all three methods)")
-    p.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__.split("\n\n")[0], argv, threads_help="torch threads (all three methods)")
     rows = []
     for name, (w, _) in smollm2_layers().items():
         rows += rows_for(f"SmolLM2 {name.replace('model.layers.', 'L')} {tuple(w.shape)}", w)

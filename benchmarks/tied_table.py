@@ -88,7 +88,7 @@ def paired_ratio(rows, reference: str) -> dict:
 
 
 def report(rows, args) -> int:
-    from _results import append_results, markdown_table
+    from _results import markdown_table, print_and_record
 
     to_float = paired_ratio(rows, "float32")
     w4_float_table = f"{PRESET} + table float32"
@@ -103,16 +103,14 @@ def report(rows, args) -> int:
                            "1" if r["config"] == w4_float_table else ("" if w is None else f"{w[0]:.4f} ± {100 * w[1]:.2f}%"),
                            f"{r['table_bytes'] / 2**20:.2f} MiB"])
     table = markdown_table(headers, table_rows)
-    print(table)
     notes = (f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to float32), {args.windows} windows × {SEQ_LEN} tokens of "
              f"the WikiText-2 test text (the first {args.windows} of benchmarks/weight_only.py's windows), "
              f"{args.threads} torch thread(s). Decoder linears: {PRESET} (asymmetric RTN, groups of 64). The tied "
              f"table (49152 × 576) RTN-quantized at 8 or 4 bits in groups of {TABLE_GROUP} (float16 scales, uint8 "
              "zeros), one packed table for the embedding lookup and the lm_head. Ratios are paired: exp(mean over "
              "windows of the per-window NLL difference), ± the standard error of that mean log ratio.")
-    print(notes)
-    if not args.no_append:
-        append_results("Tied embedding / lm_head bits: SmolLM2-135M W4 g64 RTN (WikiText-2)", table, notes)
+    print_and_record("Tied embedding / lm_head bits: SmolLM2-135M W4 g64 RTN (WikiText-2)", table, notes,
+                     record=not args.no_append)
     return 0
 
 

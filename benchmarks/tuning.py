@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import append_results, markdown_table  # noqa: E402
+from _results import markdown_table, print_and_record  # noqa: E402
 from compiled_speed import timed_in_turns  # noqa: E402
 
 
@@ -56,10 +56,8 @@ def main() -> None:
     notes = (f"`edgeq tune --budget {args.budget:.0f} --trials {args.trials}`: {len(result.tuned)}/{len(result.kernels)} "
              f"distinct kernels tuned in {result.seconds:.0f} s; tuned vs default: "
              f"{times['default'] / times['tuned']:.2f}× speed. Median wall-clock, same run, peers timed in turns.")
-    print(table)
-    print(notes)
-    if not args.no_record:
-        append_results("Tuning: edgeq tune (meta_schedule) vs the default CPU schedules", table, notes)
+    print_and_record("Tuning: edgeq tune (meta_schedule) vs the default CPU schedules", table, notes,
+                     record=not args.no_record)
 
 
 if __name__ == "__main__":

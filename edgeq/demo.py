@@ -3,7 +3,6 @@ onnxruntime, compile it with TVM for this host, and compare both with the PyTorc
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -213,15 +213,15 @@ def example_inputs(loaded: LoadedModel, batch: int = 1, seed: int = 0, seq: int 
     first layer is a Linear. A ModelFileError says what to add where none of these applies."""
     import torch
 
+    from edgeq.models import digits_data, is_builtin
+
     generator = torch.Generator().manual_seed(seed)
     source = loaded.origin
     if loaded.source == "edgeq-quantized":
         from edgeq.quant.serialize import read_metadata
 
         source = read_metadata(loaded.path)["source"]
-    if source in ("digits-cnn", "digits"):
-        from edgeq.models import digits_data
-
+    if is_builtin(source, "digits-cnn"):
         return (digits_data().x_test[:batch],)
     if loaded.example is not None:
         try:

@@ -31,9 +31,15 @@ def builtin_name(name: str) -> str:
     return name
 
 
+def is_builtin(name: str, model: str) -> bool:
+    """Whether ``name`` (a registry name or an alias) names the built-in ``model``."""
+    return ALIASES.get(name, name) == model
+
+
 def load_builtin(name: str):
     """The built-in model ``name`` in float32, eval mode."""
     return BUILTIN_MODELS[builtin_name(name)]()
 
 
-__all__ = ["ALIASES", "BUILTIN_MODELS", "DigitsCNN", "builtin_name", "digits_data", "load_builtin", "load_digits_cnn"]
+__all__ = ["ALIASES", "BUILTIN_MODELS", "DigitsCNN", "builtin_name", "digits_data", "is_builtin", "load_builtin",
+           "load_digits_cnn"]

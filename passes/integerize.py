@@ -45,9 +45,9 @@ from edgeq.opset.dyadic import (
     ACTIVATION_RANGES,
     INT32_MAX,
     INT32_MIN,
-    accumulator_scale,
+    accumulator_multiplier,
+    activation_clip_bounds,
     bias_int32,
-    clip_bounds,
     hard_gate_offsets,
     hardsigmoid_multiplier,
     hardswish_multiplier,
@@ -306,7 +306,7 @@ class _Integerizer:
         self.emit("ConvInteger", [x.name, w_name, x_zp, w_zp], [acc], **attrs)
         acc_b = self.fresh(f"{hint}_acc_bias")
         self.emit("Add", [acc, self.const(f"{hint}_bias", bias.reshape(-1, 1, 1))], [acc_b])
-        b, c = rescale_multiplier(accumulator_scale(x.scale, w.scale), out.scale)
+        b, c = accumulator_multiplier(x.scale, w.scale, out.scale)
         self.requantize(acc_b, b, c, out, act, (-1, 1, 1), q_out, hint)
 
     def matmul(self, node, bias_f, out: QTensor, act: str | None, q_out: str, hint: str) -> None:
@@ -332,7 +332,7 @@ class _Integerizer:
         self.emit("MatMulInteger", [x.name, w_name, x_zp, w_zp], [acc])
         acc_b = self.fresh(f"{hint}_acc_bias")
         self.emit("Add", [acc, self.const(f"{hint}_bias", bias)], [acc_b])
-        b, c = rescale_multiplier(accumulator_scale(x.scale, w.scale), out.scale)
+        b, c = accumulator_multiplier(x.scale, w.scale, out.scale)
         self.requantize(acc_b, b, c, out, act, (-1,), q_out, hint)
 
     def rescale(self, branches: list[QTensor], out: QTensor, act: str | None, q_out: str, hint: str) -> None:
@@ -433,7 +433,7 @@ class _Integerizer:
 
 
 def _bounds(out: QTensor, act: str | None) -> tuple[int, int]:
-    return clip_bounds(out.scale, out.zero_point, *out.range, *ACTIVATION_RANGES[act])
+    return activation_clip_bounds(out.scale, out.zero_point, *out.range, act)
 
 
 def _np(dtype: int):

@@ -48,58 +48,37 @@ class DeviceError(RuntimeExecError):
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
-    target: str  # the edgeq target whose artifacts this device runs
-    qemu: str  # the qemu-user binary
-    debian_arch: str
-    wheel_platform: str
-    apt_packages: dict[str, str]  # program -> Debian package that provides it
+    targets: tuple[str, ...]  # the edgeq targets whose artifacts it runs
+    qemu: str  # the qemu-user binary (Debian package qemu-user-static)
+    tools: dict[str, str]  # program -> Debian package: the compilers it links with
+    debian_arch: str = ""  # the architecture of its Debian root ("": it needs none)
+    wheel_platform: str = ""  # the platform of its TVM runtime wheels ("rpc" devices)
     runs: str = "rpc"  # "rpc": a TVM RPC server; "harness": edgeq's kernel harness, host-driven
-    targets: tuple[str, ...] = ()  # the edgeq targets whose artifacts it runs
     root_packages: tuple[str, ...] = ()  # Debian packages of its root ("harness" devices)
     root_marker: str = ""  # a file its root has once built ("harness" devices)
 
+    @property
+    def apt_packages(self) -> dict[str, str]:
+        """program -> Debian package, for every program on the host the device needs: the
+        emulator, its compilers and, where it has a Debian root, mmdebstrap to build it."""
+        root = {"mmdebstrap": "mmdebstrap"} if self.debian_arch else {}
+        return {self.qemu: "qemu-user-static", **self.tools, **root}
 
-DEVICES: dict[str, DeviceSpec] = {
-    "arm64": DeviceSpec(
-        name="arm64",
-        target="arm64",
-        qemu="qemu-aarch64-static",
-        debian_arch="arm64",
-        wheel_platform="manylinux_2_28_aarch64",
-        apt_packages={
-            "qemu-aarch64-static": "qemu-user-static",
-            "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",
-            "mmdebstrap": "mmdebstrap",
-        },
-        targets=("arm64", "arm64-dotprod"),
-    ),
-    "armv7": DeviceSpec(
-        name="armv7",
-        target="armv7",
-        qemu="qemu-arm-static",
-        debian_arch="armhf",
-        wheel_platform="",
-        apt_packages={
-            "qemu-arm-static": "qemu-user-static",
-            "arm-linux-gnueabihf-gcc": "gcc-arm-linux-gnueabihf",
-            "mmdebstrap": "mmdebstrap",
-        },
-        runs="harness",
-        targets=("armv7",),
-        root_packages=("libc6", "libgcc-s1"),
-        root_marker="lib/arm-linux-gnueabihf/libc.so.6",
-    ),
-    "hexagon-sim": DeviceSpec(
-        name="hexagon-sim",
-        target="hexagon-v68",
-        qemu="qemu-hexagon-static",
-        debian_arch="",
-        wheel_platform="",
-        apt_packages={"qemu-hexagon-static": "qemu-user-static", "clang-14": "clang-14", "ld.lld-14": "lld-14"},
-        runs="harness",
-        targets=("hexagon-v68", "hexagon-v73", "hexagon-v68-hvx-int"),
-    ),
-}
+    def missing_packages(self) -> list[str]:
+        """The Debian packages of :attr:`apt_packages` whose program is not on the PATH."""
+        return sorted({pkg for prog, pkg in self.apt_packages.items() if shutil.which(prog) is None})
+
+
+DEVICES: dict[str, DeviceSpec] = {spec.name: spec for spec in (
+    DeviceSpec("arm64", ("arm64", "arm64-dotprod"), "qemu-aarch64-static",
+               {"aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu"},
+               debian_arch="arm64", wheel_platform="manylinux_2_28_aarch64"),
+    DeviceSpec("armv7", ("armv7",), "qemu-arm-static", {"arm-linux-gnueabihf-gcc": "gcc-arm-linux-gnueabihf"},
+               debian_arch="armhf", runs="harness", root_packages=("libc6", "libgcc-s1"),
+               root_marker="lib/arm-linux-gnueabihf/libc.so.6"),
+    DeviceSpec("hexagon-sim", ("hexagon-v68", "hexagon-v73", "hexagon-v68-hvx-int"), "qemu-hexagon-static",
+               {"clang-14": "clang-14", "ld.lld-14": "lld-14"}, runs="harness"),
+)}
 
 RUNTIME_WHEELS = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes", "typing_extensions", "psutil", "cloudpickle")
 DEFAULT_PORT = 9190
@@ -192,7 +171,7 @@ def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
 
 def ensure_host_packages(spec: DeviceSpec) -> None:
     """Install the emulator, the cross compiler and mmdebstrap with apt when they are missing."""
-    missing = sorted({pkg for prog, pkg in spec.apt_packages.items() if shutil.which(prog) is None})
+    missing = spec.missing_packages()
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -565,7 +544,7 @@ def harness_command(name: str, artifact, kernel_object: bytes | None, kernels: l
     spec = device_spec(name)
     if spec.runs != "harness":
         raise DeviceError(f"the {name} device serves TVM RPC; use rpc:// with it")
-    missing = sorted({pkg for prog, pkg in spec.apt_packages.items() if shutil.which(prog) is None})
+    missing = spec.missing_packages()
     if missing:
         raise DeviceError(f"the {name} device is not prepared (missing {' '.join(missing)}); run `edgeq device start {name}`")
     qemu = shutil.which(spec.qemu) or spec.qemu

@@ -1,5 +1,6 @@
 """Inputs for validation and profiling: given arrays (.npy, .npz), the built-in digits test
-set, or seeded random arrays shaped and typed from the ONNX model's inputs."""
+set, or seeded random arrays shaped and typed from the ONNX model's inputs (the one
+random-input helper, ``edgeq._inputs.random_inputs``)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeq._inputs import onnx_inputs
-from edgeq._inputs import random_inputs as seeded_feeds
+from edgeq._inputs import onnx_inputs, random_inputs
 from edgeq.errors import ModelFileError
-
-
-def random_inputs(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | None = None, int_high: int = 100) -> list[np.ndarray]:
-    """Seeded random inputs in graph order (``edgeq._inputs.random_inputs``); dynamic dims from
-    ``dims`` (by name) or 1."""
-    return list(seeded_feeds(model, seed=seed, dims=dims, int_high=int_high).values())
 
 
 def digits_inputs(samples: int | None = None) -> list[np.ndarray]:
@@ -52,7 +46,7 @@ def load_inputs(source: str, model: onnx.ModelProto, samples: int | None = None,
     """``digits``, ``random``, or a .npy/.npz path."""
     if source == "digits":
         return digits_inputs(samples)
-    if source == "random":
-        return random_inputs(model, seed=seed, dims=dims)
+    if source == "random":  # dynamic dims from ``dims`` (by name) or 1
+        return list(random_inputs(model, seed=seed, dims=dims).values())
     arrays = file_inputs(source, model)
     return [a[:samples] for a in arrays] if samples else arrays

@@ -15,7 +15,6 @@ import onnxruntime as ort
 from edgeq.errors import ModelFileError, first_line
 
 ACCURACY_VALIDATE = 0
-ACCURACY_SPEED = 4
 
 
 def ort_session(

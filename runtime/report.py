@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import onnx
 
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime.executors import Executor, OrtExecutor, TorchExecutor, TvmExecutor, run_once
@@ -140,7 +139,9 @@ def reference_for(spec: str | Executor, model_path: Path | None) -> Reference:
         if model_path is None:
             raise RuntimeExecError("reference 'onnxruntime' runs the model's own ONNX file: name a file (X.onnx) or a model")
         return Reference(OrtExecutor(model_path), f"onnxruntime ({model_path.name})", model_path)
-    if spec.partition(":")[0] in ("digits-cnn", "digits") and ":" in spec:
+    from edgeq.models import is_builtin
+
+    if ":" in spec and is_builtin(spec.partition(":")[0], "digits-cnn"):
         from edgeq.models.digits_cnn import digits_data, load_digits_cnn
         from edgeq.quant import quantize
         from edgeq.recipes import resolve_recipe

@@ -133,82 +133,57 @@ def _x86_level(flags: set[str]) -> str:
     return "x86-64"
 
 
-register_target(TargetSpec(
-    name="x86_64",
-    description="any x86-64 Linux with AVX2 and FMA (x86-64-v3: Haswell, Zen and later)",
-    tvm_target={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"},
-    cross_compiler="x86_64-linux-gnu-g++",
-    compiler_package="g++-x86-64-linux-gnu",
-    machine="x86-64",
-))
+# What every artifact for one instruction set shares: the cross compiler that links it, the
+# Debian package that provides it, and the ELF machine the artifact must carry.
+_X86_64 = dict(cross_compiler="x86_64-linux-gnu-g++", compiler_package="g++-x86-64-linux-gnu", machine="x86-64")
+_AARCH64 = dict(cross_compiler="aarch64-linux-gnu-g++", compiler_package="g++-aarch64-linux-gnu", machine="aarch64")
 
-register_target(TargetSpec(
-    name="arm64",
-    description="64-bit Arm Linux (aarch64) with NEON: phones, Raspberry Pi 4/5, Jetson CPUs",
-    tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
-    cross_compiler="aarch64-linux-gnu-g++",
-    compiler_package="g++-aarch64-linux-gnu",
-    machine="aarch64",
-))
 
-register_target(TargetSpec(
-    name="arm64-dotprod",
-    description="aarch64 with NEON and the int8 dot product (sdot/udot): Cortex-A55/A76 and later",
-    tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]},
-    cross_compiler="aarch64-linux-gnu-g++",
-    compiler_package="g++-aarch64-linux-gnu",
-    machine="aarch64",
-))
+def _linux_cpu(name: str, description: str, mtriple: str, isa: dict[str, Any], **llvm: Any) -> TargetSpec:
+    """A Linux CPU target: LLVM at ``mtriple`` with ``llvm``'s mcpu/mattr, linked per ``isa``."""
+    return register_target(TargetSpec(name=name, description=description,
+                                      tvm_target={"kind": "llvm", "mtriple": mtriple, **llvm}, **isa))
 
-register_target(TargetSpec(
-    name="arm64-i8mm",
-    description="aarch64 with NEON, dotprod and the int8 matrix multiply (smmla): Armv8.6, Cortex-A710/X2, Neoverse V1/N2 and later",
-    tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]},
-    cross_compiler="aarch64-linux-gnu-g++",
-    compiler_package="g++-aarch64-linux-gnu",
-    machine="aarch64",
-))
 
-register_target(TargetSpec(
-    name="x86_64-vnni",
-    description="x86-64 with AVX-512 and AVX-512 VNNI (x86-64-v4 + vpdpbusd: Ice Lake, Sapphire Rapids, Zen 4 and later)",
-    tvm_target={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]},
-    cross_compiler="x86_64-linux-gnu-g++",
-    compiler_package="g++-x86-64-linux-gnu",
-    machine="x86-64",
-))
+_linux_cpu("x86_64", "any x86-64 Linux with AVX2 and FMA (x86-64-v3: Haswell, Zen and later)",
+           "x86_64-linux-gnu", _X86_64, mcpu="x86-64-v3")
+_linux_cpu("arm64", "64-bit Arm Linux (aarch64) with NEON: phones, Raspberry Pi 4/5, Jetson CPUs",
+           "aarch64-linux-gnu", _AARCH64, mattr=["+neon"])
+_linux_cpu("arm64-dotprod", "aarch64 with NEON and the int8 dot product (sdot/udot): Cortex-A55/A76 and later",
+           "aarch64-linux-gnu", _AARCH64, mcpu="cortex-a76", mattr=["+neon", "+dotprod"])
+_linux_cpu("arm64-i8mm", "aarch64 with NEON, dotprod and the int8 matrix multiply (smmla): Armv8.6, "
+           "Cortex-A710/X2, Neoverse V1/N2 and later",
+           "aarch64-linux-gnu", _AARCH64, mattr=["+neon", "+dotprod", "+i8mm"])
+_linux_cpu("x86_64-vnni", "x86-64 with AVX-512 and AVX-512 VNNI (x86-64-v4 + vpdpbusd: Ice Lake, Sapphire Rapids, "
+           "Zen 4 and later)", "x86_64-linux-gnu", _X86_64, mcpu="x86-64-v4", mattr=["+avx512vnni"])
+_linux_cpu("armv7", "32-bit Arm Linux with NEON and hard float (armv7-a: Raspberry Pi 2/3 32-bit OS, older SoCs)",
+           "armv7a-linux-gnueabihf",
+           dict(cross_compiler="arm-linux-gnueabihf-g++", compiler_package="g++-arm-linux-gnueabihf", machine="arm",
+                # libgcc's int64<->float helpers with the hard-float convention
+                link_sources=("armv7_float_abi.c",)),
+           mattr=["+neon", "+vfp4"], **{"mfloat-abi": "hard"})
 
-register_target(TargetSpec(
-    name="armv7",
-    description="32-bit Arm Linux with NEON and hard float (armv7-a: Raspberry Pi 2/3 32-bit OS, older SoCs)",
-    tvm_target={"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mattr": ["+neon", "+vfp4"], "mfloat-abi": "hard"},
-    cross_compiler="arm-linux-gnueabihf-g++",
-    compiler_package="g++-arm-linux-gnueabihf",
-    machine="arm",
-    link_sources=("armv7_float_abi.c",),  # libgcc's int64<->float helpers with the hard-float convention
-))
-
-for _version in ("v68", "v73"):
-    register_target(TargetSpec(
-        name=f"hexagon-{_version}",
-        description=f"Qualcomm Hexagon {_version} DSP with 128-byte HVX vectors; an object archive (no Hexagon linker here)",
-        tvm_target={"kind": "llvm", "mtriple": "hexagon", "mcpu": f"hexagon{_version}",
-                    "mattr": [f"+hvx{_version}", "+hvx-length128b"]},
+def _hexagon(name: str, description: str, version: str, *mattr: str) -> TargetSpec:
+    """A Hexagon DSP with 128-byte HVX vectors: an object archive (no Hexagon linker here)."""
+    return register_target(TargetSpec(
+        name=name,
+        description=description,
+        tvm_target={"kind": "llvm", "mtriple": "hexagon", "mcpu": f"hexagon{version}",
+                    "mattr": [f"+hvx{version}", "+hvx-length128b", *mattr]},
         artifact="tar",
         machine="hexagon",
     ))
 
+
+for _version in ("v68", "v73"):
+    _hexagon(f"hexagon-{_version}", f"Qualcomm Hexagon {_version} DSP with 128-byte HVX vectors; an object archive "
+             "(no Hexagon linker here)", _version)
+
 # QEMU 7.2 (the emulator edgeq checks Hexagon kernels with) executes HVX integer instructions
 # but not v68's HVX float ones (qf32/IEEE vmpy, vadd: its decoder asserts). This target keeps HVX
 # for integer code and leaves float math scalar, so float kernels can be checked under emulation.
-register_target(TargetSpec(
-    name="hexagon-v68-hvx-int",
-    description="Hexagon v68 with 128-byte HVX for integer code, float math scalar (what qemu-hexagon 7.2 can execute)",
-    tvm_target={"kind": "llvm", "mtriple": "hexagon", "mcpu": "hexagonv68",
-                "mattr": ["+hvxv68", "+hvx-length128b", "-hvx-qfloat", "-hvx-ieee-fp"]},
-    artifact="tar",
-    machine="hexagon",
-))
+_hexagon("hexagon-v68-hvx-int", "Hexagon v68 with 128-byte HVX for integer code, float math scalar (what "
+         "qemu-hexagon 7.2 can execute)", "v68", "-hvx-qfloat", "-hvx-ieee-fp")
 
 for _arch, _gpus in (("sm_80", "A100/A30"), ("sm_90", "H100/H200")):
     register_target(TargetSpec(

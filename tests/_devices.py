@@ -6,7 +6,6 @@ a test needing one of them fails instead of skipping when it is missing."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -36,7 +35,7 @@ def require_harness_device(name: str) -> None:
     from edgeq.runtime.device import device_dir, device_spec
 
     spec = device_spec(name)
-    missing = sorted({pkg for prog, pkg in spec.apt_packages.items() if shutil.which(prog) is None})
+    missing = spec.missing_packages()
     if missing:
         skip_or_fail(name, f"the {name} device needs the Debian packages {' '.join(missing)} (edgeq device start {name})")
     if spec.root_marker and not (device_dir(name) / "rootfs" / spec.root_marker).exists():
@@ -59,3 +58,47 @@ def tiny_llama_w4():
     qmodel = edgeq.quantize(LlamaForCausalLM(cfg).eval(), "w4g64-rtn")
     quantize_embeddings(qmodel, 4, 64)
     return qmodel
+
+
+def integer_digits_cnn(digits, digits_model, out, targets=()) -> tuple:
+    """(the w8a8-dyadic digits CNN, its integer-only ONNX file in ``out``, an artifact compiled
+    from it for each of ``targets``): the integer model every device runs bit for bit."""
+    import edgeq
+    from edgeq.passes.integerize import export_integer
+
+    qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])
+    path = export_integer(qmodel, digits.x_test[:1], out / "digits_int.onnx")
+    return (qmodel, path, *(edgeq.compile(path, target=t, out_dir=out) for t in targets))
+
+
+def run_checked(artifact, device: str, host, inputs):
+    """Run ``artifact`` on the harness ``device``, every kernel call also run by the ``host``
+    build's kernel of the same name: (outputs, the executor with its ``checks`` and ``calls``)."""
+    from edgeq.runtime.kernel_harness import HarnessExecutor
+
+    ex = HarnessExecutor(artifact.path, device, check_against=host.path)
+    try:
+        return ex.run(inputs), ex
+    finally:
+        ex.close()
+
+
+def assert_kernels_match(checks, float_bar: float) -> None:
+    """Integer (and bool) kernel outputs equal the host's bit for bit; float ones within
+    ``float_bar`` of the output's scale."""
+    import numpy as np
+
+    for c in checks:
+        if np.issubdtype(np.dtype(c.dtype), np.integer) or c.dtype == "bool":
+            assert c.mismatches == 0, c
+        else:
+            assert c.max_rel <= float_bar, c
+
+
+def assert_bit_exact_report(report: dict, executors: set[str], elements: int) -> None:
+    """An ``edgeq validate --json`` report in which each of ``executors`` (and nothing else)
+    gave the reference's ``elements`` output values exactly."""
+    by_executor = {r["numerics"]["executor"]: r["numerics"] for r in report["results"]}
+    assert set(by_executor) == executors
+    for numerics in by_executor.values():
+        assert numerics["mismatches"] == 0 and numerics["elements"] == elements, numerics

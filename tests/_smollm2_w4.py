@@ -10,17 +10,35 @@ from pathlib import Path
 _CACHE: dict[str, object] = {}
 
 
+def quantize_smollm2_w4(model, tokenizer):
+    """(the model at W4 g64 RTN with its 4-bit g64 tied table, the prompt's token ids [1, 6])."""
+    import edgeq
+    from edgeq.quant.embedding import quantize_embeddings
+
+    qmodel = edgeq.quantize(model, "w4g64-rtn")
+    quantize_embeddings(qmodel, 4, 64)
+    return qmodel, tokenizer("The capital of France is", return_tensors="pt").input_ids
+
+
+def smollm2_w4_first_layers(smollm2, layers: int):
+    """``quantize_smollm2_w4`` of SmolLM2-135M cut to its first ``layers`` decoder layers (real
+    weights; same shapes and ops)."""
+    from transformers import LlamaForCausalLM
+
+    model, tokenizer = smollm2
+    config = type(model.config).from_dict({**model.config.to_dict(), "num_hidden_layers": layers})
+    small = LlamaForCausalLM(config).eval()
+    small.load_state_dict(model.state_dict(), strict=False)
+    return quantize_smollm2_w4(small, tokenizer)
+
+
 def smollm2_w4_onnx(smollm2, tmp_path_factory) -> Path:
     if "onnx" not in _CACHE:
         import torch
 
         import edgeq
-        from edgeq.quant.embedding import quantize_embeddings
 
-        model, tokenizer = smollm2
-        qmodel = edgeq.quantize(model, "w4g64-rtn")
-        quantize_embeddings(qmodel, 4, 64)
-        ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+        qmodel, ids = quantize_smollm2_w4(*smollm2)
         with torch.no_grad():
             _CACHE["onnx"] = edgeq.export(qmodel, ids, tmp_path_factory.mktemp("smollm2_w4") / "smollm2_w4.onnx")
     return _CACHE["onnx"]

@@ -66,3 +66,15 @@ def check_device(device: str) -> None:
 
     if not is_harness_device(device):
         parse_device_url(device)
+
+
+def parse_dim_sizes(items: list[str], option: str, error) -> dict[str, int]:
+    """A repeatable ``--option NAME=N`` (a symbolic dimension's size): ``["seq=8"]`` ->
+    ``{"seq": 8}``; ``error`` (the command's EdgeqError subclass) for anything else."""
+    sizes = {}
+    for item in items:
+        name, _, size = item.partition("=")
+        if not name or not size.isdigit() or int(size) < 1:
+            raise error(f"{option} {item!r}: expected NAME=N with N >= 1, e.g. seq=128")
+        sizes[name] = int(size)
+    return sizes

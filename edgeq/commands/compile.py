@@ -32,15 +32,10 @@ def register(sub) -> None:
 
 def parse_specialize(items) -> dict[str, int]:
     """``["seq=128"]`` -> ``{"seq": 128}``; a CompileError for anything else."""
+    from edgeq.commands._args import parse_dim_sizes
     from edgeq.errors import CompileError
 
-    sizes = {}
-    for item in items:
-        dim, _, size = item.partition("=")
-        if not dim or not size.isdigit() or int(size) < 1:
-            raise CompileError(f"--specialize {item!r}: expected DIM=N with N >= 1, e.g. seq=128")
-        sizes[dim] = int(size)
-    return sizes
+    return parse_dim_sizes(items, "--specialize", CompileError)
 
 
 def run(args) -> int:

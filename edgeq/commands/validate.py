@@ -63,12 +63,7 @@ def run(args) -> int:
 
 def parse_dims(items) -> dict[str, int]:
     """``["seq=8"]`` -> ``{"seq": 8}``; a RuntimeExecError for anything else."""
+    from edgeq.commands._args import parse_dim_sizes
     from edgeq.errors import RuntimeExecError
 
-    dims = {}
-    for item in items:
-        name, _, size = item.partition("=")
-        if not name or not size.isdigit() or int(size) < 1:
-            raise RuntimeExecError(f"--dim {item!r}: expected NAME=SIZE with SIZE >= 1")
-        dims[name] = int(size)
-    return dims
+    return parse_dim_sizes(items, "--dim", RuntimeExecError)

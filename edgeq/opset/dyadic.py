@@ -175,6 +175,11 @@ def rescale_multiplier(from_scale, to_scale, count: int = 1) -> tuple[np.ndarray
     return dyadic_multiplier(ratio)
 
 
+def accumulator_multiplier(input_scale, weight_scale, output_scale) -> tuple[np.ndarray, np.ndarray]:
+    """(b, c) that bring an integer conv/matmul's int32 accumulator (S_in * S_w) to S_out."""
+    return rescale_multiplier(accumulator_scale(input_scale, weight_scale), output_scale)
+
+
 ACTIVATION_RANGES = {None: (None, None), "relu": (0.0, None), "relu6": (0.0, 6.0)}  # float clips that fuse
 
 
@@ -187,6 +192,11 @@ def clip_bounds(scale, zero_point: int, qmin: int, qmax: int, lo_value: float | 
     lo = qmin if lo_value is None else max(qmin, int(zero_point) + int(np.rint(lo_value / s)))
     hi = qmax if hi_value is None else min(qmax, int(zero_point) + int(np.rint(hi_value / s)))
     return lo, hi
+
+
+def activation_clip_bounds(scale, zero_point: int, qmin: int, qmax: int, act: str | None) -> tuple[int, int]:
+    """:func:`clip_bounds` of the activation ``act`` (None, "relu" or "relu6") fused into the requantize."""
+    return clip_bounds(scale, zero_point, qmin, qmax, *ACTIVATION_RANGES[act])
 
 
 def hard_gate_offsets(input_scale) -> tuple[int, int]:

@@ -15,13 +15,13 @@ from onnx.defs import OpSchema
 from onnxscript import ir, values
 from onnxscript import opset21 as op
 
-from edgeq.maths.groups import dequantize_packed
+from edgeq.maths import groups
 from edgeq.opset.registry import register_translation
 
 
 @torch.library.custom_op("edgeq::lowbit_embedding", mutates_args=())
 def lowbit_embedding(ids: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    return dequantize_packed(qweight[ids], scales[ids], zeros[ids], bits, group_size)
+    return groups.dequantize_packed(qweight[ids], scales[ids], zeros[ids], bits, group_size)
 
 
 @lowbit_embedding.register_fake
@@ -61,7 +61,7 @@ register_translation(torch.ops.edgeq.lowbit_embedding.default, _onnx_lowbit_embe
 @torch.library.custom_op("edgeq::dequantize_packed", mutates_args=())
 def dequantize_packed(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     """The whole packed table ``[N, P]`` dequantized to float32 ``[N, K]`` (a conv weight)."""
-    return dequantize_packed(qweight, scales, zeros, bits, group_size)
+    return groups.dequantize_packed(qweight, scales, zeros, bits, group_size)
 
 
 @dequantize_packed.register_fake

@@ -22,22 +22,27 @@ from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, re
 
 FLOATS = ["tensor(float)", "tensor(float16)"]
 
+# The packed weight as LowBitLinear takes it; ops that add to LowBitLinear (LowRankLinear) take
+# these inputs first and these attributes.
+PACKED_WEIGHT_INPUTS = [
+    OpSchema.FormalParameter("X", "T", "activations [..., K]"),
+    OpSchema.FormalParameter("QWeight", "tensor(uint8)", "packed unsigned weights [N, packed_length(K, bits)], packed along K"),
+    OpSchema.FormalParameter("Scales", "S", "group scales [N, K / group_size]"),
+    OpSchema.FormalParameter("Zeros", "tensor(uint8)", "group zero points [N, K / group_size], unsigned"),
+]
+PACKED_WEIGHT_ATTRIBUTES = [
+    OpSchema.Attribute("bits", OpSchema.AttrType.INT, "weight bits: 2, 3, 4 or 8"),
+    OpSchema.Attribute("group_size", OpSchema.AttrType.INT, "weights per scale along K (K for per-channel)"),
+]
+BIAS_INPUT = OpSchema.FormalParameter("Bias", "T", "bias [N]", param_option=OpSchema.FormalParameterOption.Optional)
+
 SCHEMA = OpSchema(
     "LowBitLinear", DOMAIN, OPSET_VERSION,
     doc="Y = X @ dequant(QWeight)^T + Bias with packed low-bit weights and group-wise scales and zero points.",
-    inputs=[
-        OpSchema.FormalParameter("X", "T", "activations [..., K]"),
-        OpSchema.FormalParameter("QWeight", "tensor(uint8)", "packed unsigned weights [N, packed_length(K, bits)], packed along K"),
-        OpSchema.FormalParameter("Scales", "S", "group scales [N, K / group_size]"),
-        OpSchema.FormalParameter("Zeros", "tensor(uint8)", "group zero points [N, K / group_size], unsigned"),
-        OpSchema.FormalParameter("Bias", "T", "bias [N]", param_option=OpSchema.FormalParameterOption.Optional),
-    ],
+    inputs=[*PACKED_WEIGHT_INPUTS, BIAS_INPUT],
     outputs=[OpSchema.FormalParameter("Y", "T", "[..., N], X's type")],
     type_constraints=[("T", FLOATS, "activation type"), ("S", FLOATS, "scale type")],
-    attributes=[
-        OpSchema.Attribute("bits", OpSchema.AttrType.INT, "weight bits: 2, 3, 4 or 8"),
-        OpSchema.Attribute("group_size", OpSchema.AttrType.INT, "weights per scale along K (K for per-channel)"),
-    ],
+    attributes=PACKED_WEIGHT_ATTRIBUTES,
 )
 
 DOC = """\
@@ -53,11 +58,16 @@ def function(attrs: dict, opset: int) -> onnx.FunctionProto:
     has_bias = attrs.get("num_inputs", 5) >= 5
     inputs = ["X", "QWeight", "Scales", "Zeros"] + (["Bias"] if has_bias else [])
     b = FunctionBuilder("LowBitLinear", inputs, ["Y"], ["bits", "group_size"], opset)
-    w = dequantize_groups(b, unpack_weights(b, "QWeight", bits), "Scales", "Zeros", group_size, like="X")
-    y = b.op("MatMul", "X", b.op("Transpose", w, perm=[1, 0]), out=None if has_bias else "Y")
+    y = dequantized_matmul(b, bits, group_size, out=None if has_bias else "Y")
     if has_bias:
         b.op("Add", y, "Bias", out="Y")
     return b.build()
+
+
+def dequantized_matmul(b: FunctionBuilder, bits: int, group_size: int, out: str | None = None) -> str:
+    """``X @ dequant(QWeight, Scales, Zeros)^T`` in the function body ``b`` is building."""
+    w = dequantize_groups(b, unpack_weights(b, "QWeight", bits), "Scales", "Zeros", group_size, like="X")
+    return b.op("MatMul", "X", b.op("Transpose", w, perm=[1, 0]), out=out)
 
 
 def reference(x, qweight, scales, zeros, bias=None, *, bits: int, group_size: int) -> np.ndarray:

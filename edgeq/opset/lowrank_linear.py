@@ -16,29 +16,30 @@ import torch
 from onnx.defs import OpSchema
 from onnxscript import values
 
+from edgeq.opset._function import FunctionBuilder
+from edgeq.opset.lowbit_linear import (
+    BIAS_INPUT,
+    FLOATS,
+    PACKED_WEIGHT_ATTRIBUTES,
+    PACKED_WEIGHT_INPUTS,
+    dequantized_matmul,
+    lowbit_linear,
+)
 from edgeq.opset.registry import DOMAIN, OPSET_VERSION, EdgeqOp, register_op, register_translation
-from edgeq.opset._function import FunctionBuilder, dequantize_groups, unpack_weights
-from edgeq.opset.lowbit_linear import FLOATS, lowbit_linear
 from edgeq.opset.lowbit_linear import reference as lowbit_reference
 
 SCHEMA = OpSchema(
     "LowRankLinear", DOMAIN, OPSET_VERSION,
     doc="Y = X @ dequant(QWeight)^T + (X @ U) @ V + Bias: LowBitLinear plus a low-rank branch.",
     inputs=[
-        OpSchema.FormalParameter("X", "T", "activations [..., K]"),
-        OpSchema.FormalParameter("QWeight", "tensor(uint8)", "packed weights [N, packed_length(K, bits)] (as LowBitLinear)"),
-        OpSchema.FormalParameter("Scales", "S", "group scales [N, K / group_size]"),
-        OpSchema.FormalParameter("Zeros", "tensor(uint8)", "group zero points [N, K / group_size]"),
+        *PACKED_WEIGHT_INPUTS,
         OpSchema.FormalParameter("U", "F", "low-rank factor [K, rank]"),
         OpSchema.FormalParameter("V", "F", "low-rank factor [rank, N]"),
-        OpSchema.FormalParameter("Bias", "T", "bias [N]", param_option=OpSchema.FormalParameterOption.Optional),
+        BIAS_INPUT,
     ],
     outputs=[OpSchema.FormalParameter("Y", "T", "[..., N], X's type")],
     type_constraints=[("T", FLOATS, "activation type"), ("S", FLOATS, "scale type"), ("F", FLOATS, "factor type")],
-    attributes=[
-        OpSchema.Attribute("bits", OpSchema.AttrType.INT, "weight bits: 2, 3, 4 or 8"),
-        OpSchema.Attribute("group_size", OpSchema.AttrType.INT, "weights per scale along K"),
-    ],
+    attributes=PACKED_WEIGHT_ATTRIBUTES,
 )
 
 DOC = """\
@@ -54,8 +55,7 @@ def function(attrs: dict, opset: int) -> onnx.FunctionProto:
     has_bias = attrs.get("num_inputs", 7) >= 7
     inputs = ["X", "QWeight", "Scales", "Zeros", "U", "V"] + (["Bias"] if has_bias else [])
     b = FunctionBuilder("LowRankLinear", inputs, ["Y"], ["bits", "group_size"], opset)
-    w = dequantize_groups(b, unpack_weights(b, "QWeight", bits), "Scales", "Zeros", group_size, like="X")
-    base = b.op("MatMul", "X", b.op("Transpose", w, perm=[1, 0]))
+    base = dequantized_matmul(b, bits, group_size)
     branch = b.op("MatMul", b.op("MatMul", "X", b.op("CastLike", "U", "X")), b.op("CastLike", "V", "X"))
     y = b.op("Add", base, branch, out=None if has_bias else "Y")
     if has_bias:

@@ -37,19 +37,8 @@ from torch import nn
 
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import symmetric_per_channel
-from edgeq.opset.dyadic import (
-    ACTIVATION_RANGES,
-    INT32_MAX,
-    INT32_MIN,
-    accumulator_scale,
-    bias_int32,
-    clip_bounds,
-    hard_gate_offsets,
-    hardsigmoid_multiplier,
-    hardswish_multiplier,
-    product_multiplier,
-    rescale_multiplier,
-)
+from edgeq.opset import dyadic as formulas
+from edgeq.opset.dyadic import INT32_MAX, INT32_MIN
 from edgeq.opset.qdq import dequantize_linear, quantize_linear
 from edgeq.quant.base import as_is, calib_batches, register_export_rule, register_quantizer
 from edgeq.quant.fold import fold_batchnorm
@@ -61,7 +50,7 @@ ACT_MIN, ACT_MAX = 0, 255  # uint8 activations
 
 def activation_bounds(qp: "QParams", act: str | None) -> tuple[int, int]:
     """The uint8 bounds of a requantize to ``qp`` with the clip ``act`` fused in."""
-    return clip_bounds(qp.scale, qp.zero_point, ACT_MIN, ACT_MAX, *ACTIVATION_RANGES[act])
+    return formulas.activation_clip_bounds(qp.scale, qp.zero_point, ACT_MIN, ACT_MAX, act)
 
 
 @dataclass(frozen=True)
@@ -181,8 +170,8 @@ class IntWeightLayer(nn.Module):
         self.qdq = qdq
         self.in_zp = qp_in.zero_point
         s_w = qdq.weight_scale.numpy()
-        self.register_buffer("bias_int32", torch.from_numpy(bias_int32(qdq.bias.numpy(), qp_in.scale, s_w)).to(torch.int64))
-        b, c = rescale_multiplier(accumulator_scale(qp_in.scale, s_w), qp_out.scale)
+        self.register_buffer("bias_int32", torch.from_numpy(formulas.bias_int32(qdq.bias.numpy(), qp_in.scale, s_w)).to(torch.int64))
+        b, c = formulas.accumulator_multiplier(qp_in.scale, s_w, qp_out.scale)
         shape = (-1, 1, 1) if qdq.conv else (-1,)
         self.multiplier, self.shift = b.reshape(shape), c.reshape(shape)
         self.out_zp = qp_out.zero_point
@@ -206,8 +195,8 @@ class IntAdd(nn.Module):
     def __init__(self, qp_a: QParams, qp_b: QParams, qp_out: QParams, act: str | None):
         super().__init__()
         self.zp_a, self.zp_b = qp_a.zero_point, qp_b.zero_point
-        self.ma, self.sa = rescale_multiplier(np.float32(qp_a.scale), qp_out.scale)
-        self.mb, self.sb = rescale_multiplier(np.float32(qp_b.scale), qp_out.scale)
+        self.ma, self.sa = formulas.rescale_multiplier(np.float32(qp_a.scale), qp_out.scale)
+        self.mb, self.sb = formulas.rescale_multiplier(np.float32(qp_b.scale), qp_out.scale)
         self.out_zp = qp_out.zero_point
         self.lo, self.hi = activation_bounds(qp_out, act)
 
@@ -223,7 +212,7 @@ class IntRequantize(nn.Module):
     def __init__(self, qp_in: QParams, qp_out: QParams, act: str | None):
         super().__init__()
         self.in_zp = qp_in.zero_point
-        self.m, self.s = rescale_multiplier(np.float32(qp_in.scale), qp_out.scale)
+        self.m, self.s = formulas.rescale_multiplier(np.float32(qp_in.scale), qp_out.scale)
         self.out_zp = qp_out.zero_point
         self.lo, self.hi = activation_bounds(qp_out, act)
 
@@ -241,7 +230,7 @@ class IntAvgPool(nn.Module):
             raise QuantizationError(f"integer average pooling needs padding=0 and ceil_mode=False, got {pool}")
         self.kernel, self.stride = k, _pair(pool.stride or pool.kernel_size)
         self.in_zp = qp_in.zero_point
-        self.m, self.s = rescale_multiplier(np.float32(qp_in.scale), qp_out.scale, count=k[0] * k[1])
+        self.m, self.s = formulas.rescale_multiplier(np.float32(qp_in.scale), qp_out.scale, count=k[0] * k[1])
         self.out_zp = qp_out.zero_point
 
     def forward(self, q):
@@ -259,7 +248,7 @@ class IntGlobalAvgPool(nn.Module):
 
     def forward(self, q):
         sums = (q - self.in_zp).sum(dim=(2, 3), keepdim=self.keepdim)
-        m, s = rescale_multiplier(np.float32(self.in_scale), self.out_qp.scale, count=q.shape[2] * q.shape[3])
+        m, s = formulas.rescale_multiplier(np.float32(self.in_scale), self.out_qp.scale, count=q.shape[2] * q.shape[3])
         return dyadic_requantize(sums, m, s, self.out_qp.zero_point, ACT_MIN, ACT_MAX)
 
 
@@ -271,8 +260,8 @@ class IntHardGate(nn.Module):
     def __init__(self, qp_in: QParams, qp_out: QParams, swish: bool):
         super().__init__()
         self.in_zp, self.swish = qp_in.zero_point, swish
-        self.three, self.six = hard_gate_offsets(qp_in.scale)
-        rescale = hardswish_multiplier if swish else hardsigmoid_multiplier
+        self.three, self.six = formulas.hard_gate_offsets(qp_in.scale)
+        rescale = formulas.hardswish_multiplier if swish else formulas.hardsigmoid_multiplier
         self.m, self.s = rescale(qp_in.scale, qp_out.scale)
         self.out_zp = qp_out.zero_point
 
@@ -289,7 +278,7 @@ class IntMul(nn.Module):
     def __init__(self, qp_a: QParams, qp_b: QParams, qp_out: QParams, act: str | None):
         super().__init__()
         self.zp_a, self.zp_b = qp_a.zero_point, qp_b.zero_point
-        self.m, self.s = product_multiplier(qp_a.scale, qp_b.scale, qp_out.scale)
+        self.m, self.s = formulas.product_multiplier(qp_a.scale, qp_b.scale, qp_out.scale)
         self.out_zp = qp_out.zero_point
         self.lo, self.hi = activation_bounds(qp_out, act)
 

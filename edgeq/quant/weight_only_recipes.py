@@ -15,7 +15,6 @@ import copy
 import time
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -80,7 +79,7 @@ class GPTQRecipe(WeightOnlyRecipe):
 def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> nn.Module:
     batches = calib_batches(calib)
     if isinstance(recipe, GPTQRecipe) and not batches:
-        raise QuantizationError(f"recipe 'gptq' needs calibration data for its Hessians: pass calib=<sample inputs>")
+        raise QuantizationError("recipe 'gptq' needs calibration data for its Hessians: pass calib=<sample inputs>")
     if recipe.hadamard:
         check_rotatable(model)  # an architecture the rotation cannot handle is refused before any work
     start = time.perf_counter()

@@ -8,7 +8,6 @@ import json
 import os
 import zipfile
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 
 import edgeq
 from edgeq.errors import ExportError

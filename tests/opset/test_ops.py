@@ -56,6 +56,18 @@ def lowbit_inputs(rng, n, k, bits, group):
     }
 
 
+def check_linear_op(op_type, torch_op, inputs, bits, group) -> tuple[np.ndarray, onnx.ModelProto]:
+    """The op's function body on onnxruntime and its torch custom op both equal its numpy
+    reference on ``inputs`` (x, the packed weight, any factors, then an optional "bias");
+    returns (the reference's output, the single-node model)."""
+    y, model = run_single_node(op_type, inputs, {"bits": bits, "group_size": group})
+    expected = edgeq_ops()[op_type].reference(*inputs.values(), bits=bits, group_size=group)
+    assert_close(y, expected)
+    *operands, bias = [torch.from_numpy(v) for v in inputs.values()] + ([] if "bias" in inputs else [None])
+    assert_close(torch_op(*operands, bias, bits, group).numpy(), expected)
+    return expected, model
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("bias", [True, False])
 def test_lowbit_linear(bits, bias):
@@ -65,12 +77,7 @@ def test_lowbit_linear(bits, bias):
     inputs = {"x": x, **lowbit_inputs(rng, n, k, bits, group)}
     if bias:
         inputs["bias"] = rng.standard_normal(n).astype(np.float32)
-    y, model = run_single_node("LowBitLinear", inputs, {"bits": bits, "group_size": group})
-    expected = edgeq_ops()["LowBitLinear"].reference(*inputs.values(), bits=bits, group_size=group)
-    assert_close(y, expected)
-    t = [torch.from_numpy(v) for v in inputs.values()]
-    torch_y = lowbit_linear(t[0], t[1], t[2], t[3], t[4] if bias else None, bits, group).numpy()
-    assert_close(torch_y, expected)
+    _, model = check_linear_op("LowBitLinear", lowbit_linear, inputs, bits, group)
     # the overload names the body: one function per distinct attribute set
     assert [f.overload for f in model.functions] == [model.graph.node[0].overload]
 
@@ -125,12 +132,7 @@ def test_lowrank_linear(bits, bias):
               "v": rng.standard_normal((rank, n)).astype(np.float16)}
     if bias:
         inputs["bias"] = rng.standard_normal(n).astype(np.float32)
-    y, _ = run_single_node("LowRankLinear", inputs, {"bits": bits, "group_size": group})
-    expected = edgeq_ops()["LowRankLinear"].reference(*inputs.values(), bits=bits, group_size=group)
-    assert_close(y, expected)
-    t = [torch.from_numpy(v) for v in inputs.values()]
-    torch_y = lowrank_linear(*t[:6], t[6] if bias else None, bits, group).numpy()
-    assert_close(torch_y, expected)
+    expected, _ = check_linear_op("LowRankLinear", lowrank_linear, inputs, bits, group)
     # the branch matters: without it the result is measurably different
     base = edgeq_ops()["LowBitLinear"].reference(x, *t_np(inputs, ["qweight", "scales", "zeros"]), inputs.get("bias"), bits=bits, group_size=group)
     assert np.abs(base - expected).max() > 100 * TOL * np.abs(expected).max()
@@ -158,3 +160,15 @@ def test_unknown_edgeq_op_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     with pytest.raises(ExportError, match="'n0'.*edgeq.Mystery"):
         attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_dequantize_packed_op_runs_eagerly(bits):
+    """``edgeq::dequantize_packed`` (a weight-only conv's weight) called outside export equals the
+    maths it wraps bit for bit (it once called itself by name and recursed)."""
+    from edgeq.maths.groups import dequantize_packed
+
+    rng = np.random.default_rng(bits)
+    packed = {k: torch.from_numpy(v) for k, v in lowbit_inputs(rng, 6, 64, bits, 32).items()}
+    args = (packed["qweight"], packed["scales"].float(), packed["zeros"], bits, 32)
+    assert torch.equal(torch.ops.edgeq.dequantize_packed(*args), dequantize_packed(*args))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import OrderedDict
 
 import numpy as np
 import onnx
@@ -128,16 +129,9 @@ def test_w4a8_mobilenet_v3_is_bit_exact_and_close_to_float(tmp_path):
     assert rel <= 0.10 and cos >= 0.99, f"mobilenet_v3 w4a8-dyadic vs float: max error {rel:.4f} of max |y|, cosine {cos:.6f}"
 
 
-class _SigmoidGate(nn.Module):
-    """EfficientNet-style SE gate and SiLU: no integer form in the dyadic path."""
-
-    def __init__(self, act: nn.Module):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.act = act
-
-    def forward(self, x):
-        return self.act(self.conv(x))
+def _conv_then(tail_name: str, tail: nn.Module, kernel: int = 1) -> nn.Sequential:
+    """A 3 -> 8 channel conv, then ``tail`` under the layer name ``tail_name``."""
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 8, kernel, padding=kernel // 2), **{tail_name: tail}))
 
 
 class _ScaledByConstant(nn.Module):
@@ -147,16 +141,6 @@ class _ScaledByConstant(nn.Module):
 
     def forward(self, x):
         return self.conv(x) * 0.5
-
-
-class _PoolTo2(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 1)
-        self.pool = nn.AdaptiveAvgPool2d(2)
-
-    def forward(self, x):
-        return self.pool(self.conv(x))
 
 
 class _SqueezeExciteSigmoid(nn.Module):
@@ -171,10 +155,10 @@ class _SqueezeExciteSigmoid(nn.Module):
 
 
 @pytest.mark.parametrize("model, match", [
-    (_SigmoidGate(nn.SiLU()), r"layer 'act': SiLU has no integer-only form"),
+    (_conv_then("act", nn.SiLU(), kernel=3), r"layer 'act': SiLU has no integer-only form"),
     (_SqueezeExciteSigmoid(), r"layer 'se.gate': Sigmoid has no integer-only form"),
     (_ScaledByConstant(), r"layer 'mul': mul by a constant has no integer-only form"),
-    (_PoolTo2(), r"layer 'pool': AdaptiveAvgPool2d\(output_size=2\) has no integer-only form"),
+    (_conv_then("pool", nn.AdaptiveAvgPool2d(2)), r"layer 'pool': AdaptiveAvgPool2d\(output_size=2\) has no integer-only form"),
 ], ids=["silu", "se-sigmoid", "mul-constant", "adaptive-pool-2"])
 def test_ops_without_an_integer_form_are_refused_naming_the_layer(model, match):
     with pytest.raises(QuantizationError, match=match):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import edgeq
-from _devices import running_arm64_device
+from _devices import assert_bit_exact_report, integer_digits_cnn, running_arm64_device
 from edgeq.cli import main
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime import device as dev
@@ -86,19 +86,12 @@ def test_integer_only_cnn_on_device_is_bit_exact(device, digits, digits_model, t
     """The HAWQ-V3 integer-only CNN (w8a8-dyadic) compiled for arm64: its outputs on the device
     equal the PyTorch integer reference's on the whole test set (0 mismatches; the outputs are
     the dequantized output integers, one-to-one with them)."""
-    from edgeq.passes.integerize import export_integer
-
-    qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])
-    int_path = export_integer(qmodel, digits.x_test[:1], tmp_path / "digits_int.onnx")
-    artifact = edgeq.compile(int_path, target="arm64", out_dir=tmp_path)
+    qmodel, int_path, artifact = integer_digits_cnn(digits, digits_model, tmp_path, ("arm64",))
     code = main(["validate", str(int_path), str(artifact.path), "--device", device.url, "--reference", "digits:w8a8-dyadic",
                  "--inputs", "digits", "--exact", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0, report
-    by_executor = {r["numerics"]["executor"]: r["numerics"] for r in report["results"]}
-    assert set(by_executor) == {"onnxruntime", "tvm-rpc:arm64"}
-    for numerics in by_executor.values():
-        assert numerics["mismatches"] == 0 and numerics["elements"] == len(digits.x_test) * 10, numerics
+    assert_bit_exact_report(report, {"onnxruntime", "tvm-rpc:arm64"}, len(digits.x_test) * 10)
     assert np.array_equal(RpcExecutor(artifact.path, device.url).run([digits.x_test[:32].numpy()])[0],
                           qmodel(digits.x_test[:32]).numpy())
 

@@ -21,7 +21,14 @@ import pytest
 import torch
 
 import edgeq
-from _devices import require_harness_device, tiny_llama_w4
+from _devices import (
+    assert_bit_exact_report,
+    assert_kernels_match,
+    integer_digits_cnn,
+    require_harness_device,
+    run_checked,
+    tiny_llama_w4,
+)
 from edgeq.cli import main
 from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
 from edgeq.runtime.kernel_harness import HarnessExecutor
@@ -39,12 +46,7 @@ def armv7_device():
 
 @pytest.fixture(scope="module")
 def integer_cnn(digits, digits_model, tmp_path_factory):
-    from edgeq.passes.integerize import export_integer
-
-    out = tmp_path_factory.mktemp("armv7_int")
-    qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])
-    path = export_integer(qmodel, digits.x_test[:1], out / "digits_int.onnx")
-    return qmodel, path, edgeq.compile(path, target="cpu", out_dir=out), edgeq.compile(path, target="armv7", out_dir=out)
+    return integer_digits_cnn(digits, digits_model, tmp_path_factory.mktemp("armv7_int"), ("cpu", "armv7"))
 
 
 def test_artifact_is_arm(integer_cnn):
@@ -58,19 +60,12 @@ def test_integer_cnn_on_armv7_is_bit_exact(integer_cnn, digits, capsys):
                  "--inputs", "digits", "--exact", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0, report
-    by_executor = {r["numerics"]["executor"]: r["numerics"] for r in report["results"]}
-    assert set(by_executor) == {"onnxruntime", "harness:armv7"}
-    for numerics in by_executor.values():
-        assert numerics["mismatches"] == 0 and numerics["elements"] == len(digits.x_test) * 10, numerics
+    assert_bit_exact_report(report, {"onnxruntime", "harness:armv7"}, len(digits.x_test) * 10)
 
 
 def test_integer_cnn_kernels_match_the_host(integer_cnn, digits):
     _, _, host, armv7 = integer_cnn
-    ex = HarnessExecutor(armv7.path, DEVICE, check_against=host.path)
-    try:
-        ex.run([digits.x_test[:64].numpy()])
-    finally:
-        ex.close()
+    _, ex = run_checked(armv7, DEVICE, host, [digits.x_test[:64].numpy()])
     assert ex.checks and all(c.mismatches == 0 for c in ex.checks), [c for c in ex.checks if c.mismatches]
 
 
@@ -92,17 +87,9 @@ def test_lowbit_llama_on_armv7(tmp_path_factory, seq):
         path = edgeq.export(qmodel, torch.randint(0, 256, (1, 8)), out / "tiny_llama.onnx")
     host, armv7 = edgeq.compile(path, target="cpu", out_dir=out), edgeq.compile(path, target="armv7", out_dir=out)
     ids = np.random.default_rng(seq).integers(0, 256, (1, seq)).astype(np.int64)
-    ex = HarnessExecutor(armv7.path, DEVICE, check_against=host.path)
-    try:
-        (logits,) = ex.run([ids])
-    finally:
-        ex.close()
+    (logits,), ex = run_checked(armv7, DEVICE, host, [ids])
     assert any("packed_linear_w4" in c.name for c in ex.checks)
-    for c in ex.checks:
-        if np.issubdtype(np.dtype(c.dtype), np.integer) or c.dtype == "bool":
-            assert c.mismatches == 0, c
-        else:
-            assert c.max_rel <= FLOAT_KERNEL_BAR, c
+    assert_kernels_match(ex.checks, FLOAT_KERNEL_BAR)
     t = torch.from_numpy(ids)
     check = judge(logits, causal_lm_logits(qmodel, t), float64_logits(qmodel, t))
     assert check.ok, check

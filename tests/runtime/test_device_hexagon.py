@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import edgeq
-from _devices import require_harness_device, tiny_llama_w4
+from _devices import assert_kernels_match, integer_digits_cnn, require_harness_device, run_checked, tiny_llama_w4
 from edgeq.cli import main
 from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
 from edgeq.runtime.kernel_harness import HarnessError, HarnessExecutor
@@ -47,13 +47,8 @@ def hexagon_sim():
 @pytest.fixture(scope="module")
 def integer_cnn(digits, digits_model, tmp_path_factory):
     """(quantized model, integer-only ONNX, host artifact, hexagon-v68 artifact, hexagon-v73 artifact)."""
-    from edgeq.passes.integerize import export_integer
-
-    out = tmp_path_factory.mktemp("hexagon_int")
-    qmodel = edgeq.quantize(digits_model, "w8a8-dyadic", calib=digits.x_train[:512])
-    path = export_integer(qmodel, digits.x_test[:1], out / "digits_int.onnx")
-    builds = [edgeq.compile(path, target=t, out_dir=out) for t in ("cpu", "hexagon-v68", "hexagon-v73")]
-    return (qmodel, path, *builds)
+    return integer_digits_cnn(digits, digits_model, tmp_path_factory.mktemp("hexagon_int"),
+                              ("cpu", "hexagon-v68", "hexagon-v73"))
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +64,7 @@ def tiny_llama(tmp_path_factory):
 def test_integer_cnn_every_kernel_bit_exact_on_hexagon(digits, integer_cnn):
     qmodel, _, host, v68, _ = integer_cnn
     x = digits.x_test[:128].numpy()
-    ex = HarnessExecutor(v68.path, DEVICE, check_against=host.path)
-    try:
-        (out,) = ex.run([x])
-    finally:
-        ex.close()
+    (out,), ex = run_checked(v68, DEVICE, host, [x])
     assert np.array_equal(out, qmodel(torch.from_numpy(x)).numpy())
     kinds = {kind for kind in ("conv_integer", "matmul", "dyadic_requantize", "quantize")
              if any(kind in c.name for c in ex.checks)}
@@ -103,22 +94,14 @@ def test_validate_table_names_the_hexagon_executor(integer_cnn, capsys):
 def test_lowbit_llama_kernels_match_the_host(tiny_llama, seq):
     qmodel, _, host, hexagon = tiny_llama
     ids = np.random.default_rng(seq).integers(0, 256, (1, seq)).astype(np.int64)
-    ex = HarnessExecutor(hexagon.path, DEVICE, check_against=host.path)
-    try:
-        (logits,) = ex.run([ids])
-    finally:
-        ex.close()
+    (logits,), ex = run_checked(hexagon, DEVICE, host, [ids])
     names = " ".join(c.name for c in ex.checks)
     # the rotary sin/cos get kernels of their own at 8 tokens; at one token TVM may fuse them into
     # other kernels (their names then vary between builds), so only the GEMM run requires them
     kinds = ("packed_linear_w4", "softmax", "sigmoid", "sqrt", "take") + (("sin", "cos") if seq > 1 else ())
     for kind in kinds:
         assert kind in names, (kind, names)
-    for c in ex.checks:
-        if np.issubdtype(np.dtype(c.dtype), np.integer) or c.dtype == "bool":
-            assert c.mismatches == 0, c
-        else:
-            assert c.max_rel <= FLOAT_KERNEL_BAR, c
+    assert_kernels_match(ex.checks, FLOAT_KERNEL_BAR)
     t = torch.from_numpy(ids)
     check = judge(logits, causal_lm_logits(qmodel, t), float64_logits(qmodel, t))
     assert check.ok, check
@@ -147,33 +130,17 @@ def test_smollm2_first_block_on_hexagon(smollm2, tmp_path):
     every kernel under qemu-hexagon: integer tensors bit for bit and float kernels within 1e-6
     of the host's; the logits match onnxruntime (MatMulNBits, float activations) at 5e-5 with
     every top-1 token equal."""
-    from transformers import LlamaForCausalLM
-
-    from edgeq.quant.embedding import quantize_embeddings
+    from _smollm2_w4 import smollm2_w4_first_layers
     from edgeq.runtime.executors import OrtExecutor
     from edgeq.runtime.validate import compare
 
-    model, tokenizer = smollm2
-    config = type(model.config).from_dict({**model.config.to_dict(), "num_hidden_layers": 1})
-    block = LlamaForCausalLM(config).eval()
-    block.load_state_dict(model.state_dict(), strict=False)
-    qmodel = edgeq.quantize(block, "w4g64-rtn")
-    quantize_embeddings(qmodel, 4, 64)
-    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    qmodel, ids = smollm2_w4_first_layers(smollm2, 1)
     with torch.no_grad():
         path = edgeq.export(qmodel, ids, tmp_path / "smollm2_block0.onnx")
     host = edgeq.compile(path, target="cpu", out_dir=tmp_path)
     hexagon = edgeq.compile(path, target="hexagon-v68-hvx-int", out_dir=tmp_path)
     x = ids[:, :4].numpy()
-    ex = HarnessExecutor(hexagon.path, DEVICE, check_against=host.path)
-    try:
-        (logits,) = ex.run([x])
-    finally:
-        ex.close()
-    for c in ex.checks:
-        if np.issubdtype(np.dtype(c.dtype), np.integer) or c.dtype == "bool":
-            assert c.mismatches == 0, c
-        else:
-            assert c.max_rel <= FLOAT_KERNEL_BAR, c
+    (logits,), ex = run_checked(hexagon, DEVICE, host, [x])
+    assert_kernels_match(ex.checks, FLOAT_KERNEL_BAR)
     numerics = compare("harness:hexagon-v68-hvx-int", OrtExecutor(path).run([x])[0], logits)
     assert numerics.max_rel <= 5e-5 and numerics.top1_agreement == 1.0, numerics

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import io
 import struct
 import tarfile
 from dataclasses import replace

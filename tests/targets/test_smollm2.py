@@ -21,7 +21,7 @@ import onnx
 import pytest
 
 import edgeq
-from _smollm2_w4 import smollm2_w4_artifact, smollm2_w4_onnx
+from _smollm2_w4 import smollm2_w4_artifact, smollm2_w4_first_layers, smollm2_w4_onnx
 from edgeq.runtime.executors import TvmExecutor
 from edgeq.runtime.ort import ort_session
 from edgeq.targets import get_target, target_names
@@ -81,17 +81,8 @@ def test_full_model_compiles_for_each_family(smollm2, tmp_path_factory, name):
 def smollm2_w4_two_layers(smollm2, tmp_path_factory):
     """SmolLM2 with its first 2 decoder layers (same shapes and ops), W4 as above, exported."""
     import torch
-    from transformers import LlamaForCausalLM
 
-    from edgeq.quant.embedding import quantize_embeddings
-
-    model, tokenizer = smollm2
-    config = type(model.config).from_dict({**model.config.to_dict(), "num_hidden_layers": 2})
-    small = LlamaForCausalLM(config).eval()
-    small.load_state_dict(model.state_dict(), strict=False)
-    qmodel = edgeq.quantize(small, "w4g64-rtn")
-    quantize_embeddings(qmodel, 4, 64)
-    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    qmodel, ids = smollm2_w4_first_layers(smollm2, 2)
     with torch.no_grad():
         return edgeq.export(qmodel, ids, tmp_path_factory.mktemp("smollm2_2l") / "smollm2_w4_2layers.onnx")
 
