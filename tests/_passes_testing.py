@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeq.passes.manager import seeded_inputs
+from edgeq.pass_manager import seeded_inputs
 from edgeq.runtime.ort import ort_session
 
 

@@ -11,9 +11,10 @@ from scipy.linalg import hadamard
 
 from edgeq.cli import main
 from edgeq.errors import ModelFileError, PassError
-from edgeq.passes import manager, run_passes
+from edgeq import pass_manager as manager
+from edgeq.passes import DEFAULT_PIPELINE, run_passes
 from edgeq.passes.integerize import integerize
-from edgeq.passes.manager import Pass
+from edgeq.pass_manager import Pass
 from _passes_testing import model_from_text, op_types, qdq_linear, run
 
 RNG = np.random.default_rng(4)
@@ -48,7 +49,7 @@ def _model():
 def test_default_pipeline_verified():
     model = _model()
     out, reports = run_passes(model, verify=True)
-    assert [r.name for r in reports] == list(manager.DEFAULT_PIPELINE)
+    assert [r.name for r in reports] == list(DEFAULT_PIPELINE)
     assert op_types(out) == ["Conv", "Relu", "GlobalAveragePool", "Flatten", "MatMul"]
     assert all(r.max_rel_change is not None and r.max_rel_change <= 1e-4 for r in reports)
     feeds = manager.seeded_inputs(model, 7)
