@@ -160,7 +160,7 @@ def seeded_inputs(model: onnx.ModelProto, seed: int = 0, dynamic_dim: int = 2) -
     return random_inputs(model, seed, int_high=10, default_dim=dynamic_dim)
 
 
-def _runnable(model: onnx.ModelProto) -> onnx.ModelProto:
+def runnable(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model``, or a copy that onnxruntime runs: ops with an ONNX reference expanded, and
     ``edgeq`` nodes given their function bodies."""
     from edgeq.opset import DOMAIN, OPSET_VERSION, attach_functions
@@ -183,7 +183,7 @@ def _runnable(model: onnx.ModelProto) -> onnx.ModelProto:
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     from edgeq.runtime.ort import ort_session  # verify mode only: passes do not need a runtime
 
-    return ort_session(_runnable(model).SerializeToString()).run(None, feeds)
+    return ort_session(runnable(model).SerializeToString()).run(None, feeds)
 
 
 def _change(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, bool]:

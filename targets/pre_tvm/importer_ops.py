@@ -48,12 +48,12 @@ def _qconv(node: onnx.NodeProto, opset: int) -> list[onnx.NodeProto]:
     w = f"{node.output[0]}.weight"
     conv = helper.make_node("Conv", [x, w] + ([bias] if bias else []), list(node.output), name=node.name)
     conv.attribute.extend(node.attribute)
-    return [helper.make_node("DequantizeLinear", [weight, scale, zero], [w], name=f"{node.name}.dequantize", axis=0), conv]
+    return [helper.make_node("DequantizeLinear", [weight, scale, zero], [w], name=f"{node.output[0]}.dequantize", axis=0), conv]
 
 
 def _linear_nt(node: onnx.NodeProto, opset: int) -> list[onnx.NodeProto]:
     w = f"{node.output[0]}.weight_t"
-    return [helper.make_node("Transpose", [node.input[1]], [w], name=f"{node.name}.transpose", perm=[1, 0]),
+    return [helper.make_node("Transpose", [node.input[1]], [w], name=f"{node.output[0]}.transpose", perm=[1, 0]),
             helper.make_node("MatMul", [node.input[0], w], list(node.output), name=node.name)]
 
 
