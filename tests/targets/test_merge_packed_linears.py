@@ -65,3 +65,11 @@ def test_merged_model_matches_onnxruntime(tmp_path, rows):
     art = edgeq.compile(path, target="cpu", out_dir=tmp_path, specialize={"rows": rows})
     got = TvmExecutor(art.path).run([x, x2])[0]
     assert np.abs(got - expect).max() <= TOL * np.abs(expect).max()
+
+
+def test_merge_pass_is_verified_on_onnxruntime():
+    """The pass alone in verify mode: the merged PackedLinear runs as its reference, LowBitLinear."""
+    from _passes_testing import count, verified
+
+    out, change = verified(pack_lowbit_matmul(_qkv_model()), "merge_packed_linears")
+    assert (count(out, PACKED_LINEAR), count(out, "Split")) == (2, 1) and change <= TOL
