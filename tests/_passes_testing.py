@@ -13,9 +13,18 @@ from edgeq.passes import run_passes  # registers every pass below the back end
 from edgeq.runtime.ort import ort_session
 
 
+STANDARD_HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
+
+
 def model_from_text(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
-    model = onnx.parser.parse_model(text)
+    """A checked model from ONNX text (without a ``<...>`` header: IR 10, opset 21) and numpy
+    initializers; ``edgeq`` nodes get their function bodies."""
+    from edgeq.opset import DOMAIN, attach_functions
+
+    model = onnx.parser.parse_model(text if text.lstrip().startswith("<") else f"{STANDARD_HEADER}\n{text}")
     model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in initializers.items())
+    if any(n.domain == DOMAIN for n in model.graph.node):
+        attach_functions(model)
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -33,6 +42,19 @@ def before_after(model: onnx.ModelProto, rewrite, seed: int = 0):
     after_model = rewrite(copy)
     onnx.checker.check_model(after_model, full_check=True)
     return before, run(after_model, feeds), after_model
+
+
+def assert_rewrites(model: onnx.ModelProto, rewrite, ops: list[str], tolerance: float = 1e-5) -> onnx.ModelProto:
+    """``rewrite`` leaves ``ops`` and every output within ``tolerance`` of its scale before (0: bit
+    for bit) on onnxruntime; returns the rewritten model."""
+    before, after, out = before_after(model, rewrite)
+    assert op_types(out) == ops
+    for b, a in zip(before, after):
+        if tolerance:
+            assert np.abs(a - b).max() <= tolerance * np.abs(b).max()
+        else:
+            np.testing.assert_array_equal(a, b)
+    return out
 
 
 def verified(model: onnx.ModelProto, name: str, **options) -> tuple[onnx.ModelProto, float]:

@@ -24,7 +24,6 @@ def test_every_edgeq_node_gets_a_body():
 
 def test_standard_model_gets_no_functions():
     model = model_from_text("""
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 4] x) => (float[N, 4] y) {
     y = Relu (x)
 }

@@ -9,7 +9,6 @@ from edgeq.export_passes.drop_trace_metadata import TRACE_KEYS, drop_trace_metad
 from _passes_testing import model_from_text, verified
 
 TEXT = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 4] x) => (float[N, 4] y) {
     h = Relu (x)
     y = Neg (h)

@@ -21,7 +21,6 @@ from _passes_testing import count, lowbit_linear, model_from_text, op_types, qdq
 RNG = np.random.default_rng(4)
 
 MODEL = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 3, 6, 6] x) => (float[N, 5] y) {
     c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
     n = BatchNormalization (c, gamma, beta, mean, var)
@@ -134,7 +133,6 @@ def test_export_pipeline_is_verified():
 
 
 PRE_TVM = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 16] x) => (float[N, 6] q, float[N, 6] k, float[N, 12] logits) {
     wq = DequantizeLinear <axis = 0, block_size = 8> (q4, s, z)
     wk = DequantizeLinear <axis = 0, block_size = 8> (k4, s, z)

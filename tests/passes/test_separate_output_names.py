@@ -43,7 +43,6 @@ def test_the_manager_takes_the_repair_first_only():
 
 def test_single_assignment_graph_is_unchanged():
     model = model_from_text("""
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 4] x) => (float[N, 4] y) {
     h = Relu (x)
     y = Neg (h)
