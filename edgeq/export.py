@@ -12,8 +12,9 @@ as ``edgeq.LowBitLinear`` nodes with flat function bodies; ``weight_format`` the
   its importer cannot read int4/int2 initializers).
 
 A packed table shared by two consumers (a tied embedding and ``lm_head``) stays packed so that
-the file holds it once. The file is checked with ``onnx.checker`` and written atomically, external
-data included: on any failure nothing is left at ``path``.
+the file holds it once. These rewrites of torch's ONNX are the registered ``export`` pipeline
+(``edgeq.export_passes``, one pass each). The file is checked with ``onnx.checker`` and written
+atomically, external data included: on any failure nothing is left at ``path``.
 """
 
 from __future__ import annotations
