@@ -35,7 +35,7 @@ from torch import nn
 from edgeq import export_kv, tasks
 from edgeq._io import atomic_dir, atomic_path, check_output_file
 from edgeq.errors import ExportError
-from edgeq.export_passes import EXPORT_PIPELINE  # noqa: F401  (registers the export pipeline)
+from edgeq.export_passes import EXPORT_PIPELINE
 from edgeq.export_passes.lower_to_dequantize_linear import INT2_OPSET
 from edgeq.export_rules import export_twins
 from edgeq.opset import translation_table
@@ -126,7 +126,7 @@ def export(
     except Exception as exc:
         raise ExportError(f"torch.onnx export of {type(model).__name__} failed: {_first_line(exc)}") from None
     standard = weight_format != "edgeq"
-    proto, _ = run_passes(proto, pipeline="export", checker=False, progress=False, options={  # onnx.checker runs once, below
+    proto, _ = run_passes(proto, EXPORT_PIPELINE, checker=False, progress=False, copy=False, options={  # checker: once, below
         "expand_packed_weights": {"opset": opset, "standard": standard},
         "lower_to_dequantize_linear": {"opset": opset, "keep_lowbit_linear": not standard},
     })

@@ -277,6 +277,7 @@ def run_passes(
     pipeline: str | None = None,
     checker: bool = True,
     progress: bool = True,
+    copy: bool = True,
 ) -> tuple[onnx.ModelProto, list[PassReport]]:
     """Run ``passes`` (pass or pipeline names) in order, or the passes of ``pipeline`` (default:
     ``default``); returns the model and one report per pass.
@@ -285,14 +286,17 @@ def run_passes(
     ["node"]}}``); ``inputs`` replaces the seeded inputs of verify mode. ``checker=False`` holds
     every step to the graph rules only, for callers that run ``onnx.checker`` on the result
     themselves or hand it to a reader with its own ops; ``progress=False`` hides the bar (for callers
-that run a pipeline as one step of their own work). The input model must be a valid graph,
+that run a pipeline as one step of their own work); ``copy=False`` rewrites ``model`` itself (for
+callers that discard it, on a large model the copy is most of the time). The input model must be a valid graph,
     except that a first pass guaranteeing ``single_assignment`` may take values written twice.
     """
     options = options or {}
     names = expand_pipelines(passes) if passes is not None else list(get_pipeline(pipeline or "default"))
     chosen = [get_pass(n) for n in names]
-    current = onnx.ModelProto()
-    current.CopyFrom(model)
+    current = model
+    if copy:
+        current = onnx.ModelProto()
+        current.CopyFrom(model)
     repairs_assignment = bool(chosen) and "single_assignment" in chosen[0].guarantees
     problem = check_graph(current, checker=False, single_assignment=not repairs_assignment)
     if problem:
