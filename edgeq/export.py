@@ -12,8 +12,9 @@ as ``edgeq.LowBitLinear`` nodes with flat function bodies; ``weight_format`` the
   its importer cannot read int4/int2 initializers).
 
 A packed table shared by two consumers (a tied embedding and ``lm_head``) stays packed so that
-the file holds it once. The file is checked with ``onnx.checker`` and written atomically, external
-data included: on any failure nothing is left at ``path``.
+the file holds it once. These rewrites of torch's ONNX are the registered ``export`` pipeline
+(``edgeq.export_passes``, one pass each). The file is checked with ``onnx.checker`` and written
+atomically, external data included: on any failure nothing is left at ``path``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -35,14 +35,15 @@ from torch import nn
 from edgeq import export_kv, tasks
 from edgeq._io import atomic_dir, atomic_path, check_output_file
 from edgeq.errors import ExportError
+from edgeq.export_passes import EXPORT_PIPELINE
+from edgeq.export_passes.lower_to_dequantize_linear import INT2_OPSET
 from edgeq.export_rules import export_twins
-from edgeq.maths.packing import unpack
-from edgeq.opset import DOMAIN, attach_functions, translation_table
+from edgeq.opset import translation_table
+from edgeq.pass_manager import run_passes
 from edgeq.quant.weight_only import WeightOnlyLinear
 
 DEFAULT_OPSET = 21
 MIN_OPSET, MAX_OPSET = 18, 28  # function bodies need BitwiseAnd (18); onnxruntime loads up to 28
-INT2_OPSET = 25
 WEIGHT_FORMATS = ("auto", "dequantize_linear", "edgeq")
 # protobuf cannot serialize 2 GiB; beyond this the weights go to an external data file
 EXTERNAL_DATA_THRESHOLD = 1 << 30
@@ -124,12 +125,11 @@ def export(
         raise
     except Exception as exc:
         raise ExportError(f"torch.onnx export of {type(model).__name__} failed: {_first_line(exc)}") from None
-    separate_output_names(proto)
-    expand_packed_weights(proto, opset, standard=weight_format != "edgeq")
-    if weight_format != "edgeq":
-        lower_to_dequantize_linear(proto, opset)
-    attach_functions(proto)
-    _drop_trace_metadata(proto)
+    standard = weight_format != "edgeq"
+    proto, _ = run_passes(proto, EXPORT_PIPELINE, checker=False, progress=False, copy=False, options={  # checker: once, below
+        "expand_packed_weights": {"opset": opset, "standard": standard},
+        "lower_to_dequantize_linear": {"opset": opset, "keep_lowbit_linear": not standard},
+    })
     if generation is not None:
         export_kv.finish_proto(proto, generation)
     if external_data is None:
@@ -202,55 +202,6 @@ def _check(model: onnx.ModelProto | str) -> None:
         raise ExportError(f"exported model fails onnx.checker: {_first_line(exc)}") from None
 
 
-_TRACE_KEYS = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
-
-
-def separate_output_names(proto: onnx.ModelProto) -> int:
-    """Give back single assignment to a graph whose output names were taken by inner values.
-
-    Asked for an output named like a value it names itself (``embedding``, ``linear``), the
-    exporter writes that name twice. Every producer of an output's name but the last is renamed
-    (``<name>.inner``, with ``_`` added until free) along with the nodes that read it; the shapes
-    recorded for those names are dropped (they may be the inner value's). Returns how many."""
-    graph = proto.graph
-    outputs = {o.name for o in graph.output}
-    producers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.output:
-            if name in outputs:
-                producers[name] = producers.get(name, 0) + 1
-    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {t.name for t in graph.initializer}
-    current: dict[str, str] = {}
-    renamed = 0
-    for node in graph.node:
-        node.input[:] = [current.get(n, n) for n in node.input]
-        for i, name in enumerate(node.output):
-            if producers.get(name, 0) > 1:
-                producers[name] -= 1
-                fresh = f"{name}.inner"
-                while fresh in taken:
-                    fresh += "_"
-                taken.add(fresh)
-                node.output[i] = current[name] = fresh
-                renamed += 1
-            elif name in current:
-                del current[name]
-    if renamed:
-        kept = [v for v in graph.value_info if producers.get(v.name) is None]
-        del graph.value_info[:]
-        graph.value_info.extend(kept)
-    return renamed
-
-
-def _drop_trace_metadata(proto: onnx.ModelProto) -> None:
-    """The exporter stamps every node with a Python stack trace and FX text: bulky, and it holds
-    local paths. Module scopes (``namespace``, ``name_scopes``) stay: they say which layer a node is."""
-    for node in proto.graph.node:
-        kept = [kv for kv in node.metadata_props if kv.key not in _TRACE_KEYS]
-        del node.metadata_props[:]
-        node.metadata_props.extend(kept)
-
-
 def _initializer_bytes(proto: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in proto.graph.initializer)
 
@@ -270,115 +221,6 @@ def _dynamic_shapes(args: tuple, dynamic_dims):
         widened.append(a)
         shapes.append({axis: dims.setdefault(name, torch.export.Dim(name, min=1, max=1 << 16)) for axis, name in named.items()})
     return tuple(widened), tuple(shapes)
-
-
-def lower_to_dequantize_linear(proto: onnx.ModelProto, opset: int) -> int:
-    """Rewrite ``LowBitLinear`` nodes whose bit width has a standard dtype into
-    ``MatMul(X, DequantizeLinear(Wq^T, scales^T, zeros^T, axis=0, block_size=group_size))``
-    (+ Add bias), the form onnxruntime fuses into MatMulNBits. Returns how many were rewritten."""
-    dtypes = _standard_dtypes(opset)
-    graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    new_nodes, dropped, added, rewritten = [], set(), [], 0
-    for node in graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        weights = list(node.input[1:4])
-        if not (node.domain == DOMAIN and node.op_type == "LowBitLinear" and attrs["bits"] in dtypes
-                and all(w in inits and uses[w] == 1 for w in weights)):
-            new_nodes.append(node)
-            continue
-        bits, group = attrs["bits"], attrs["group_size"]
-        packed, scales, zeros = (onnx.numpy_helper.to_array(inits[w]) for w in weights)
-        k = packed.shape[1] * 8 // bits
-        q = unpack(torch.from_numpy(packed.copy()), bits, k).numpy()
-        base = node.name or node.output[0]
-        wq, ws, wz = f"{base}.qweight_t", f"{base}.scales_t", f"{base}.zeros_t"
-        added += [
-            onnx.numpy_helper.from_array(np.ascontiguousarray(q.T).astype(dtypes[bits]), wq),
-            onnx.numpy_helper.from_array(np.ascontiguousarray(scales.T).astype(np.float32), ws),
-            onnx.numpy_helper.from_array(np.ascontiguousarray(zeros.T).astype(dtypes[bits]), wz),
-        ]
-        dropped.update(weights)
-        w = f"{base}.weight"
-        new_nodes.append(onnx.helper.make_node("DequantizeLinear", [wq, ws, wz], [w], name=f"{base}.dequantize", axis=0, block_size=group))
-        has_bias = len(node.input) > 4 and node.input[4]
-        mm = f"{base}.matmul" if has_bias else node.output[0]
-        new_nodes.append(onnx.helper.make_node("MatMul", [node.input[0], w], [mm], name=f"{base}.matmul"))
-        if has_bias:
-            new_nodes.append(onnx.helper.make_node("Add", [mm, node.input[4]], [node.output[0]], name=f"{base}.bias"))
-        rewritten += 1
-    if rewritten:
-        kept = [t for t in graph.initializer if t.name not in dropped]
-        del graph.initializer[:]
-        graph.initializer.extend(kept + added)
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-    return rewritten
-
-
-def _standard_dtypes(opset: int) -> dict:
-    import ml_dtypes
-
-    dtypes = {4: ml_dtypes.uint4, 8: np.uint8}
-    if opset >= INT2_OPSET:
-        dtypes[2] = ml_dtypes.uint2
-    return dtypes
-
-
-def expand_packed_weights(proto: onnx.ModelProto, opset: int, standard: bool) -> int:
-    """Replace each ``edgeq.export.PackedWeight`` placeholder (a weight-only conv's weight) by
-    ``DequantizeLinear(uint4/uint8/uint2 [N, K], axis=1, block_size)`` when ``standard`` and the
-    dtype exists, else by the unpack-and-dequantize ops on the packed uint8 tensor."""
-    from edgeq.opset._function import FunctionBuilder, dequantize_groups, unpack_weights
-    from edgeq.opset.lowbit_embedding import PLACEHOLDER_DOMAIN
-
-    graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
-    dtypes = _standard_dtypes(opset)
-    new_nodes, added, dropped, count = [], [], set(), 0
-    for node in graph.node:
-        if node.domain != PLACEHOLDER_DOMAIN:
-            new_nodes.append(node)
-            continue
-        count += 1
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        bits, group = attrs["bits"], attrs["group_size"]
-        base = node.name or node.output[0]
-        if standard and bits in dtypes and all(name in inits for name in node.input):
-            packed, scales, zeros = (onnx.numpy_helper.to_array(inits[name]) for name in node.input)
-            q = unpack(torch.from_numpy(packed.copy()), bits, packed.shape[1] * 8 // bits).numpy()
-            names = [f"{base}.qweight", f"{base}.scales", f"{base}.zeros"]
-            added += [onnx.numpy_helper.from_array(q.astype(dtypes[bits]), names[0]),
-                      onnx.numpy_helper.from_array(scales.astype(np.float32), names[1]),
-                      onnx.numpy_helper.from_array(zeros.astype(dtypes[bits]), names[2])]
-            dropped.update(node.input)
-            new_nodes.append(onnx.helper.make_node("DequantizeLinear", names, list(node.output), name=base, axis=1, block_size=group))
-            continue
-        b = FunctionBuilder("PackedWeight", ["QWeight", "Scales", "Zeros"], ["W"], [], opset)
-        like = b.const(np.zeros((), np.float32), np.float32)
-        dequantize_groups(b, unpack_weights(b, "QWeight", bits), "Scales", "Zeros", group, like=like)
-        b.nodes[-1].output[0] = "W"
-        rename = dict(zip(["QWeight", "Scales", "Zeros", "W"], list(node.input) + list(node.output)))
-        for inner in b.nodes:
-            inner.input[:] = [rename.get(n, f"{base}/{n}") for n in inner.input]
-            inner.output[:] = [rename.get(n, f"{base}/{n}") for n in inner.output]
-            inner.name = f"{base}/{inner.output[0].rsplit('/', 1)[-1]}"
-            new_nodes.append(inner)
-    if count:
-        unused = {name for name in dropped if not any(name in n.input for n in new_nodes)}
-        kept = [t for t in graph.initializer if t.name not in unused]
-        del graph.initializer[:]
-        graph.initializer.extend(kept + added)
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        kept_opsets = [o for o in proto.opset_import if o.domain != PLACEHOLDER_DOMAIN]
-        del proto.opset_import[:]
-        proto.opset_import.extend(kept_opsets)
-    return count
 
 
 @contextlib.contextmanager

@@ -11,10 +11,6 @@ from edgeq.opset import attach_functions
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 21)
-
-
 def attach_edgeq_functions(model: onnx.ModelProto) -> None:
     """Give every ``edgeq`` node its function body (``edgeq.opset.attach_functions``)."""
     attach_functions(model)

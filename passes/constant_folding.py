@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeq.passes._onnx import default_opset, initializers
-from edgeq.passes.manager import Pass, register_pass
+from edgeq.pass_manager import Pass, default_opset, register_pass
+from edgeq.passes._onnx import initializers
 
 _NEVER = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",
           "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}

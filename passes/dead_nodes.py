@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx
 
-from edgeq.passes.manager import Pass, register_pass
+from edgeq.pass_manager import Pass, register_pass, register_property
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -49,6 +49,13 @@ def remove_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def has_no_dead_nodes(model: onnx.ModelProto) -> bool:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return len(remove_dead_nodes(copy).graph.node) == len(model.graph.node)
+
+
+register_property("no_dead_nodes", has_no_dead_nodes)
 register_pass(Pass(
     name="dead_nodes", run=remove_dead_nodes, doc=__doc__.splitlines()[0],
     guarantees=frozenset({"no_dead_nodes"}), tolerance=0.0,

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeq.passes._onnx import consumers, initializers, producers
-from edgeq.passes.manager import Pass, register_pass
+from edgeq.pass_manager import Pass, register_pass
 
 
 def _const(model, inits, name):

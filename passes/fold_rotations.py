@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from edgeq.opset import DOMAIN, edgeq_ops
 from edgeq.passes._onnx import constant_value as _constant_value, consumers, initializers, producers
 from edgeq.passes.dead_nodes import remove_dead_nodes
-from edgeq.passes.manager import Pass, register_pass
+from edgeq.pass_manager import Pass, register_pass
 
 IDENTITY_ATOL = 1e-6
 

@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgeq.passes._onnx import constant_value, consumers, initializers
-from edgeq.passes.manager import Pass, register_pass
+from edgeq.pass_manager import Pass, register_pass
 
 
 def _channel_vector(value: np.ndarray | None, k: int) -> np.ndarray | None:

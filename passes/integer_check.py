@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx
 
+from edgeq.pass_manager import register_property
 from edgeq.passes._onnx import FLOAT_TYPES, consumers, producers
 
 
@@ -66,3 +67,10 @@ def float_ops_in_integer_region(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         if id(n) in forward and id(n) in backward and id(n) not in edges
         and any(types.get(o) in FLOAT_TYPES for o in n.output if o)
     ]
+
+
+def is_integer_only(model: onnx.ModelProto) -> bool:
+    return has_integer_region(model) and not float_ops_in_integer_region(model)
+
+
+register_property("integer_only", is_integer_only)  # no float op between the input Q and the output DQ

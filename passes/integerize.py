@@ -57,7 +57,7 @@ from edgeq.opset.dyadic import (
 from edgeq.passes._onnx import attach_edgeq_functions, consumers, node_label, producers
 from edgeq.passes.dead_nodes import remove_dead_nodes
 from edgeq.passes.integer_check import float_ops_in_integer_region, region_edges
-from edgeq.passes.manager import Pass, register_pass
+from edgeq.pass_manager import Pass, register_pass
 
 SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 _RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}

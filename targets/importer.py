@@ -9,13 +9,10 @@ subclass with ``_impl_v1(cls, bb, inputs, attr, params)`` (and later versions as
 from __future__ import annotations
 
 import contextlib
-import copy
 import warnings
-from collections import defaultdict
 from typing import Iterator
 
 import onnx
-import onnx.inliner
 
 _CONVERTERS: dict[str, type] = {}
 
@@ -67,34 +64,19 @@ def supported_ops() -> set[str]:
     return set(onnx_frontend._get_convert_map()) | set(_CONVERTERS) | {"Constant", "If"}
 
 
-def value_users(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]], set[str]]:
-    """Who reads each value, for the rewrites ``prepare`` runs: the nodes taking it as an input
-    (``[]`` for none) and the names the graph returns (a returned value keeps its producer)."""
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    return consumers, {o.name for o in graph.output}
-
-
 def prepare(model: onnx.ModelProto, target: str = "cpu") -> onnx.ModelProto:
-    """The model as the importer takes it: edgeq-domain functions with no converter inlined,
-    low-bit DequantizeLinear + MatMul packed, packed linears on one input merged, 8-bit
-    DequantizeLinear + Conv kept 8-bit; a CompileError naming the first node whose op has
-    no lowering for ``target``."""
+    """A copy of the model as the importer takes it, after the ``pre_tvm`` pipeline
+    (``edgeq.targets.pre_tvm``: functions with no converter inlined, low-bit DequantizeLinear +
+    MatMul packed, packed linears on one input merged, 8-bit DequantizeLinear + Conv kept 8-bit,
+    tied weights read transposed); a CompileError naming the first node whose op has no lowering
+    for ``target``."""
     from edgeq.errors import CompileError
-    from edgeq.targets import lower_dequantize, lower_qdq_conv, lower_tied, merge_packed_linears
+    from edgeq.pass_manager import run_passes
+    from edgeq.targets.pre_tvm import PRE_TVM_PIPELINE
 
-    _load_lowerings()
-    model = copy.deepcopy(model)
     supported = supported_ops()
-    inline = {(f.domain, f.name) for f in model.functions if f.name not in supported}
-    if inline:
-        model = onnx.inliner.inline_selected_functions(model, list(inline), exclude=False)
-    model = lower_dequantize.prepare(model)
-    model = merge_packed_linears.prepare(model)
-    model = lower_qdq_conv.prepare(model)
-    model = lower_tied.prepare(model)
+    model, _ = run_passes(model, PRE_TVM_PIPELINE, checker=False, progress=False,
+                          options={"inline_functions": {"keep": supported}})
     for node in model.graph.node:
         if node.op_type not in supported:
             domain = f"{node.domain}." if node.domain else ""

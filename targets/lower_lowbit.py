@@ -5,7 +5,7 @@ float32 copy of the weight.
 
 Two ONNX forms reach it: edgeq's ``LowBitLinear`` op and standard ``DequantizeLinear`` of an
 int4/uint4/int2/uint2 initializer feeding ``MatMul`` (rewritten to ``PackedLinear`` before
-import by ``edgeq.targets.lower_dequantize``).
+import by the ``pack_lowbit_matmul`` pass, ``edgeq.targets.pre_tvm``).
 
     Y[m, n] = sum_k X[m, k] * (q[n, k] - zeros[n, k // g]) * scales[n, k // g]  (+ bias[n])
 """
@@ -15,11 +15,7 @@ from __future__ import annotations
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from edgeq.targets.importer import register_converter
-
-# The internal op name ``lower_dequantize`` rewrites standard low-bit DQ + MatMul to; its inputs
-# and attributes are LowBitLinear's: (X, qweight, scales, zeros[, bias]); bits, group_size.
-PACKED_LINEAR = "PackedLinear"
-PACKED_DOMAIN = "edgeq.tvm"
+from edgeq.targets.pre_tvm.importer_ops import PACKED_LINEAR
 
 
 def unpacked_value(qweight, n, k, bits: int):

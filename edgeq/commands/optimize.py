@@ -12,7 +12,8 @@ def register(sub) -> None:
     p.add_argument("model", nargs="?", help="input ONNX file")
     p.add_argument("output", nargs="?", help="output ONNX file")
     p.add_argument("--passes", default=None,
-                   help="comma-separated pass names, in order (default: the default pipeline); 'list' prints them")
+                   help="comma-separated pass or pipeline names (default, export, pre_tvm), in order "
+                        "(default: the default pipeline); 'list' prints them")
     p.add_argument("--verify", action="store_true",
                    help="run the model on onnxruntime before and after every pass; stop at the first that changes the outputs")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the verify inputs (default: %(default)s)")
@@ -29,20 +30,21 @@ def run(args) -> int:
     from edgeq._io import atomic_path, check_output_file
     from edgeq._table import format_table
     from edgeq.errors import PassError
-    from edgeq.passes import DEFAULT_PIPELINE, get_pass, pass_names, run_passes
-    from edgeq.targets.compile import load_onnx
+    from edgeq.pass_manager import expand_pipelines
+    from edgeq.passes import DEFAULT_PIPELINE, get_pass, get_pipeline, pass_names, pipeline_names, run_passes
+    from edgeq.targets.compile import load_onnx  # importing edgeq.targets registers the pre_tvm pipeline
 
     if args.passes == "list":
-        rows = [[n, ("yes" if n in DEFAULT_PIPELINE else ""), get_pass(n).doc.split(": ", 1)[-1]] for n in pass_names()]
-        print(format_table(["pass", "default", "what it does"], rows))
+        member = {n: ", ".join(p for p in pipeline_names() if n in get_pipeline(p)) for n in pass_names()}
+        rows = [[n, member[n], get_pass(n).doc.split(": ", 1)[-1]] for n in pass_names()]
+        print(format_table(["pass", "pipelines", "what it does"], rows))
         return 0
     if not (args.model and args.output):
         raise PassError("edgeq optimize needs an input and an output ONNX file (or --passes list)")
     names = [n.strip() for n in args.passes.split(",")] if args.passes is not None else list(DEFAULT_PIPELINE)
     if not all(names):
         raise PassError(f"--passes {args.passes!r}: empty pass name; `edgeq optimize --passes list` names them")
-    for n in names:
-        get_pass(n)  # unknown names fail before any work
+    expand_pipelines(names)  # unknown names fail before any work
     check_output_file(args.output)
     model = load_onnx(args.model)
     options = {"integerize": {"keep_float": args.keep_float}} if args.keep_float else {}

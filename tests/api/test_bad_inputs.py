@@ -92,7 +92,7 @@ def files(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture
 def broken_passes():
     """Passes that break the graph in the ways a buggy rewrite does."""
-    from edgeq.passes.manager import _PASSES, Pass, register_pass
+    from edgeq.pass_manager import _PASSES, Pass, register_pass
 
     def cycle(model):  # mm reads add's output: mm -> add -> mm
         model.graph.node[0].input[0] = "output"

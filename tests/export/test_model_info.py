@@ -12,7 +12,7 @@ from onnx import helper
 
 from edgeq.cli import main
 from edgeq.errors import ModelFileError
-from edgeq.export import lower_to_dequantize_linear
+from edgeq.export_passes.lower_to_dequantize_linear import lower_to_dequantize_linear
 from edgeq.maths.packing import pack
 from edgeq.model_info import model_info
 from edgeq.opset import DOMAIN, attach_functions

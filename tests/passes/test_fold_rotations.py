@@ -6,11 +6,11 @@ permutations cancel -- outputs within 1e-5 of their scale; a rotation between tw
 from __future__ import annotations
 
 import numpy as np
-import onnx
+import pytest
 from scipy.linalg import hadamard
 
 from edgeq.passes.fold_rotations import fold_rotations
-from _passes_testing import before_after, model_from_text, op_types
+from _passes_testing import assert_rewrites, model_from_text
 
 RNG = np.random.default_rng(2)
 K = 8
@@ -19,7 +19,6 @@ W = RNG.standard_normal((K, 5)).astype(np.float32)
 PERM = RNG.permutation(K).astype(np.int64)
 
 PAIR = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 8] x) => (float[N, 8] y) {
     r = MatMul (x, h)
     back = MatMul (r, ht)
@@ -28,7 +27,6 @@ g (float[N, 8] x) => (float[N, 8] y) {
 """
 
 ROTATE_THEN_LINEAR = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 8] x) => (float[N, 5] y) {
     r = MatMul (x, h)
     y = MatMul (r, w)
@@ -36,7 +34,6 @@ g (float[N, 8] x) => (float[N, 5] y) {
 """
 
 PERMUTE_THEN_LINEAR = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 8] x) => (float[N, 5] y) {
     p = Gather <axis = -1> (x, perm)
     y = MatMul (p, w)
@@ -44,7 +41,6 @@ g (float[N, 8] x) => (float[N, 5] y) {
 """
 
 LINEAR_THEN_PERMUTE = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 8] x) => (float[N, 8] y) {
     h1 = MatMul (x, h)
     y = Gather <axis = -1> (h1, perm)
@@ -52,7 +48,6 @@ g (float[N, 8] x) => (float[N, 8] y) {
 """
 
 INVERSE_PERMUTATIONS = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 8] x) => (float[N, 8] y) {
     p = Gather <axis = -1> (x, perm)
     q = Gather <axis = -1> (p, inv)
@@ -61,7 +56,6 @@ g (float[N, 8] x) => (float[N, 8] y) {
 """
 
 ONLINE = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 8] x, float[8, 8] w_dynamic) => (float[N, 8] y) {
     a = MatMul (x, w_dynamic)
     r = MatMul (a, h)
@@ -70,47 +64,16 @@ g (float[N, 8] x, float[8, 8] w_dynamic) => (float[N, 8] y) {
 """
 
 
-def _close(before, after):
-    for b, a in zip(before, after):
-        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
-
-
-def test_orthogonal_pair_cancels():
-    before, after, out = before_after(model_from_text(PAIR, h=H, ht=np.ascontiguousarray(H.T)), fold_rotations)
-    assert op_types(out) == ["Relu"]
-    _close(before, after)
-
-
-def test_rotation_merges_into_next_weight():
-    before, after, out = before_after(model_from_text(ROTATE_THEN_LINEAR, h=H, w=W), fold_rotations)
-    assert op_types(out) == ["MatMul"]
-    _close(before, after)
-
-
-def test_permutation_merges_into_weight_after():
-    before, after, out = before_after(model_from_text(PERMUTE_THEN_LINEAR, perm=PERM, w=W), fold_rotations)
-    assert op_types(out) == ["MatMul"]
-    _close(before, after)
-
-
-def test_permutation_merges_into_weight_before():
-    before, after, out = before_after(model_from_text(LINEAR_THEN_PERMUTE, perm=PERM, h=H), fold_rotations)
-    assert op_types(out) == ["MatMul"]
-    _close(before, after)
-
-
-def test_inverse_permutations_cancel():
-    before, after, out = before_after(model_from_text(INVERSE_PERMUTATIONS, perm=PERM, inv=np.argsort(PERM)), fold_rotations)
-    assert op_types(out) == ["Relu"]
-    for b, a in zip(before, after):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_online_rotation_between_activations_stays():
-    before, after, out = before_after(model_from_text(ONLINE, h=H), fold_rotations)
-    assert op_types(out) == ["MatMul", "MatMul", "Relu"]
-    for b, a in zip(before, after):
-        np.testing.assert_array_equal(a, b)
+@pytest.mark.parametrize("text, inits, ops, tolerance", [
+    (PAIR, {"h": H, "ht": np.ascontiguousarray(H.T)}, ["Relu"], 1e-5),  # an orthogonal pair cancels
+    (ROTATE_THEN_LINEAR, {"h": H, "w": W}, ["MatMul"], 1e-5),  # a rotation merges into the next weight
+    (PERMUTE_THEN_LINEAR, {"perm": PERM, "w": W}, ["MatMul"], 1e-5),  # a permutation into the weight after
+    (LINEAR_THEN_PERMUTE, {"perm": PERM, "h": H}, ["MatMul"], 1e-5),  # ... and into the weight before
+    (INVERSE_PERMUTATIONS, {"perm": PERM, "inv": np.argsort(PERM)}, ["Relu"], 0),
+    (ONLINE, {"h": H}, ["MatMul", "MatMul", "Relu"], 0),  # between two activations: stays
+], ids=["pair", "rotate-linear", "permute-linear", "linear-permute", "inverse-permutations", "online-stays"])
+def test_fold(text, inits, ops, tolerance):
+    assert_rewrites(model_from_text(text, **inits), fold_rotations, ops, tolerance)
 
 
 # edgeq.Hadamard: the online op merges into a constant neighbour or cancels with its inverse.
@@ -150,39 +113,12 @@ g (float[N, 16] x, float[16, 16] w_dynamic) => (float[N, 16] y) {
 """
 
 
-def _edgeq_model(text, **inits):
-    from edgeq.opset import attach_functions
-
-    model = onnx.parser.parse_model(text)
-    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in inits.items())
-    attach_functions(model)
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def test_hadamard_with_signs_merges_into_next_weight():
-    signs = RNG.choice([-1.0, 1.0], 24).astype(np.float32)
-    model = _edgeq_model(HADAMARD_THEN_LINEAR, signs=signs, w=RNG.standard_normal((24, 5)).astype(np.float32))
-    before, after, out = before_after(model, fold_rotations)
-    assert op_types(out) == ["MatMul"]
-    _close(before, after)
-
-
-def test_hadamard_merges_into_previous_weight():
-    model = _edgeq_model(LINEAR_THEN_HADAMARD, w=RNG.standard_normal((5, 16)).astype(np.float32))
-    before, after, out = before_after(model, fold_rotations)
-    assert op_types(out) == ["MatMul"]
-    _close(before, after)
-
-
-def test_hadamard_pair_cancels():
-    before, after, out = before_after(_edgeq_model(HADAMARD_PAIR), fold_rotations)
-    assert op_types(out) == ["Relu"]
-    _close(before, after)
-
-
-def test_online_hadamard_stays():
-    before, after, out = before_after(_edgeq_model(HADAMARD_BETWEEN_ACTIVATIONS), fold_rotations)
-    assert op_types(out) == ["MatMul", "Hadamard", "Relu"]
-    for b, a in zip(before, after):
-        np.testing.assert_array_equal(a, b)
+@pytest.mark.parametrize("text, inits, ops, tolerance", [
+    (HADAMARD_THEN_LINEAR, {"signs": RNG.choice([-1.0, 1.0], 24).astype(np.float32),
+                            "w": RNG.standard_normal((24, 5)).astype(np.float32)}, ["MatMul"], 1e-5),
+    (LINEAR_THEN_HADAMARD, {"w": RNG.standard_normal((5, 16)).astype(np.float32)}, ["MatMul"], 1e-5),
+    (HADAMARD_PAIR, {}, ["Relu"], 1e-5),
+    (HADAMARD_BETWEEN_ACTIVATIONS, {}, ["MatMul", "Hadamard", "Relu"], 0),  # online: stays
+], ids=["signs-into-next-weight", "into-previous-weight", "pair-cancels", "online-stays"])
+def test_fold_hadamard(text, inits, ops, tolerance):
+    assert_rewrites(model_from_text(text, **inits), fold_rotations, ops, tolerance)

@@ -5,9 +5,10 @@ the output scale); a scale that also feeds a non-MatMul consumer stays."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgeq.passes.fold_scales import fold_scales
-from _passes_testing import before_after, model_from_text, op_types
+from _passes_testing import assert_rewrites, model_from_text
 
 RNG = np.random.default_rng(1)
 K, N = 6, 5
@@ -17,7 +18,6 @@ G = RNG.uniform(0.5, 2.0, K).astype(np.float32)
 BETA = RNG.standard_normal(K).astype(np.float32)
 
 MUL_TWO_MATMULS = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 3, 6] x) => (float[N, 3, 5] y1, float[N, 3, 5] y2) {
     s = Mul (x, gamma)
     y1 = MatMul (s, w1)
@@ -26,7 +26,6 @@ g (float[N, 3, 6] x) => (float[N, 3, 5] y1, float[N, 3, 5] y2) {
 """
 
 SMOOTHQUANT_DIV = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 6] x) => (float[N, 5] y) {
     s = Div (x, smooth)
     y = MatMul (s, w1)
@@ -34,7 +33,6 @@ g (float[N, 6] x) => (float[N, 5] y) {
 """
 
 LAYERNORM = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 6] x) => (float[N, 5] y) {
     n = LayerNormalization <axis = -1> (x, gamma, beta)
     y = MatMul (n, w1)
@@ -50,7 +48,6 @@ g (float[N, 6] x) => (float[N, 5] y) {
 """
 
 SHARED = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 6] x) => (float[N, 5] y, float[N, 6] r) {
     s = Mul (x, gamma)
     y = MatMul (s, w1)
@@ -59,39 +56,17 @@ g (float[N, 6] x) => (float[N, 5] y, float[N, 6] r) {
 """
 
 
-def _close(before, after):
-    for b, a in zip(before, after):
-        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
-
-
-def test_norm_gamma_folds_into_both_matmuls():
-    before, after, out = before_after(model_from_text(MUL_TWO_MATMULS, gamma=G, w1=W1, w2=W2), fold_scales)
-    assert op_types(out) == ["MatMul", "MatMul"]
-    _close(before, after)
-
-
-def test_smoothquant_division_folds():
-    before, after, out = before_after(model_from_text(SMOOTHQUANT_DIV, smooth=G, w1=W1), fold_scales)
-    assert op_types(out) == ["MatMul"]
-    _close(before, after)
+@pytest.mark.parametrize("text, inits, ops, tolerance", [
+    (MUL_TWO_MATMULS, {"gamma": G, "w1": W1, "w2": W2}, ["MatMul", "MatMul"], 1e-5),  # norm gamma into both
+    (SMOOTHQUANT_DIV, {"smooth": G, "w1": W1}, ["MatMul"], 1e-5),
+    (RMSNORM, {"gamma": G, "w1": W1}, ["RMSNormalization", "MatMul"], 1e-5),
+    (SHARED, {"gamma": G, "w1": W1}, ["Mul", "MatMul", "Relu"], 0),  # a non-MatMul user: stays
+], ids=["mul-two-matmuls", "smoothquant-div", "rmsnormalization", "shared-stays"])
+def test_fold(text, inits, ops, tolerance):
+    assert_rewrites(model_from_text(text, **inits), fold_scales, ops, tolerance)
 
 
 def test_layernorm_gamma_folds_and_beta_is_rescaled():
-    before, after, out = before_after(model_from_text(LAYERNORM, gamma=G, beta=BETA, w1=W1), fold_scales)
-    assert op_types(out) == ["LayerNormalization", "MatMul"]
+    out = assert_rewrites(model_from_text(LAYERNORM, gamma=G, beta=BETA, w1=W1), fold_scales, ["LayerNormalization", "MatMul"])
     gamma = next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[1])
     np.testing.assert_array_equal(np.frombuffer(gamma.raw_data, np.float32), np.ones(K, np.float32))
-    _close(before, after)
-
-
-def test_rmsnormalization_gamma_folds():
-    before, after, out = before_after(model_from_text(RMSNORM, gamma=G, w1=W1), fold_scales)
-    assert op_types(out) == ["RMSNormalization", "MatMul"]
-    _close(before, after)
-
-
-def test_scale_with_a_non_matmul_user_stays():
-    before, after, out = before_after(model_from_text(SHARED, gamma=G, w1=W1), fold_scales)
-    assert op_types(out) == ["Mul", "MatMul", "Relu"]
-    for b, a in zip(before, after):
-        np.testing.assert_array_equal(a, b)

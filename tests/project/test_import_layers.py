@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("edgeq.models",)),
     ("opset", ("edgeq.opset",)),
     ("quant", ("edgeq.recipes", "edgeq.quant", "edgeq.model_spec")),  # model_spec reads quantized files
-    ("export", ("edgeq.export", "edgeq.export_kv", "edgeq.export_rules", "edgeq.model_info", "edgeq.tasks")),
+    ("manager", ("edgeq.pass_manager",)),  # every layer from export up runs its rewrites as registered passes
+    ("export", ("edgeq.export", "edgeq.export_kv", "edgeq.export_passes", "edgeq.export_rules", "edgeq.model_info", "edgeq.tasks")),
     ("passes", ("edgeq.passes",)),
     ("targets", ("edgeq.targets",)),
     ("runtime", ("edgeq.runtime",)),

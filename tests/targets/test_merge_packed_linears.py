@@ -1,4 +1,4 @@
-"""Horizontal fusion of packed linears on one input (targets/merge_packed_linears.py): before
+"""Horizontal fusion of packed linears on one input (targets/pre_tvm/merge_packed_linears.py): before
 (three DequantizeLinear + MatMul on X, onnxruntime) and after (one PackedLinear and a Split,
 compiled) agree, at one row (GEMV) and at 32 rows (GEMM), and the weights are only reordered."""
 
@@ -13,8 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 import edgeq
 from edgeq.runtime.executors import TvmExecutor
 from edgeq.runtime.ort import ort_session
-from edgeq.targets import lower_dequantize, merge_packed_linears
-from edgeq.targets.lower_lowbit import PACKED_LINEAR
+from edgeq.targets.pre_tvm.importer_ops import PACKED_LINEAR
+from edgeq.targets.pre_tvm.merge_packed_linears import merge_packed_linears
+from edgeq.targets.pre_tvm.pack_lowbit_matmul import pack_lowbit_matmul
 
 K, GROUP, WIDTHS = 192, 64, (96, 48, 48)  # q, k, v style: one input, three widths
 TOL = 1e-5  # float32 sums of 192 products: a few ulps of the output's scale
@@ -43,8 +44,8 @@ def _qkv_model() -> onnx.ModelProto:
 
 
 def test_rewrite_merges_the_shared_input_group_only():
-    before = lower_dequantize.prepare(_qkv_model())
-    after = merge_packed_linears.prepare(onnx.ModelProto.FromString(before.SerializeToString()))
+    before = pack_lowbit_matmul(_qkv_model())
+    after = merge_packed_linears(onnx.ModelProto.FromString(before.SerializeToString()))
     count = lambda m, op: sum(n.op_type == op for n in m.graph.node)  # noqa: E731
     assert (count(before, PACKED_LINEAR), count(after, PACKED_LINEAR), count(after, "Split")) == (4, 2, 1)
     fused = next(n for n in after.graph.node if n.op_type == PACKED_LINEAR and n.input[0] == "x")
@@ -64,3 +65,11 @@ def test_merged_model_matches_onnxruntime(tmp_path, rows):
     art = edgeq.compile(path, target="cpu", out_dir=tmp_path, specialize={"rows": rows})
     got = TvmExecutor(art.path).run([x, x2])[0]
     assert np.abs(got - expect).max() <= TOL * np.abs(expect).max()
+
+
+def test_merge_pass_is_verified_on_onnxruntime():
+    """The pass alone in verify mode: the merged PackedLinear runs as its reference, LowBitLinear."""
+    from _passes_testing import count, verified
+
+    out, change = verified(pack_lowbit_matmul(_qkv_model()), "merge_packed_linears")
+    assert (count(out, PACKED_LINEAR), count(out, "Split")) == (2, 1) and change <= TOL

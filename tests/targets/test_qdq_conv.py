@@ -63,3 +63,14 @@ def test_auto_pad_conv_is_left_to_the_float_path(tmp_path):
     model = _model(auto_pad="SAME_UPPER")
     assert [n.op_type for n in prepare(model).graph.node] == ["DequantizeLinear", "Conv"]
     _compile_and_compare(model, tmp_path)
+
+
+@pytest.mark.parametrize("per_channel,bias", [(True, True), (False, False)])
+def test_qdq_conv_pass_is_verified_on_onnxruntime(per_channel, bias):
+    """The ``qdq_conv`` pass alone, in verify mode: QConv runs as its ONNX reference (DQ + Conv)."""
+    from _passes_testing import count, verified
+
+    out, change = verified(_model(per_channel=per_channel, bias=bias), "qdq_conv")
+    assert (count(out, "QConv"), count(out, "DequantizeLinear")) == (1, 0) and change <= 1e-6
+    unchanged, _ = verified(_model(auto_pad="SAME_UPPER"), "qdq_conv")
+    assert count(unchanged, "QConv") == 0

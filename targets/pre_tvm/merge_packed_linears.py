@@ -1,4 +1,4 @@
-"""Packed low-bit linears that read the same input become one kernel (horizontal fusion).
+"""merge_packed_linears: packed low-bit linears that read the same input become one kernel (horizontal fusion).
 
 An attention block's q/k/v projections and an MLP's gate/up projections all multiply the same
 activations. As separate kernels each one re-reads and re-packs X, and each is one more VM call
@@ -17,25 +17,20 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeq.targets.lower_lowbit import PACKED_DOMAIN, PACKED_LINEAR
+from edgeq.pass_manager import Pass, default_opset, register_pass, register_property
+from edgeq.targets.pre_tvm.importer_ops import PACKED_DOMAIN, PACKED_LINEAR
 
 MERGEABLE = {(PACKED_DOMAIN, PACKED_LINEAR), ("edgeq", "LowBitLinear")}
 MIN_SPLIT_OPSET = 13  # Split takes its sizes as an input from opset 13
 
 
-def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+def merge_packed_linears(model: onnx.ModelProto) -> onnx.ModelProto:
     """Merge every group of mergeable nodes sharing input, attributes and weight layout."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < MIN_SPLIT_OPSET:
+    if default_opset(model) < MIN_SPLIT_OPSET:
         return model
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    groups: dict[tuple, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        key = _merge_key(node, inits)
-        if key is not None:
-            groups[key].append(node)
-    merged = {id(group[0]): group for group in groups.values() if len(group) > 1}
+    merged = {id(group[0]): group for group in _groups(graph, inits)}
     if not merged:
         return model
     new_nodes, drop = [], {id(n) for group in merged.values() for n in group}
@@ -51,6 +46,16 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return model
+
+
+def _groups(graph: onnx.GraphProto, inits: dict) -> list[list[onnx.NodeProto]]:
+    """The groups of two or more nodes that merge."""
+    groups: dict[tuple, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        key = _merge_key(node, inits)
+        if key is not None:
+            groups[key].append(node)
+    return [group for group in groups.values() if len(group) > 1]
 
 
 def _merge_key(node: onnx.NodeProto, inits: dict) -> tuple | None:
@@ -81,3 +86,15 @@ def _merge(group: list[onnx.NodeProto], inits: dict, graph: onnx.GraphProto) -> 
     fused.attribute.extend(first.attribute)
     split = helper.make_node("Split", [base, sizes.name], [n.output[0] for n in group], name=f"{base}.split", axis=-1)
     return [fused, split]
+
+
+def has_no_mergeable_linears(model: onnx.ModelProto) -> bool:
+    graph = model.graph
+    return default_opset(model) < MIN_SPLIT_OPSET or not _groups(graph, {t.name: t for t in graph.initializer})
+
+
+register_property("packed_linears_merged", has_no_mergeable_linears)  # no two packed linears left to merge
+register_pass(Pass(
+    name="merge_packed_linears", run=merge_packed_linears, doc=__doc__.splitlines()[0],
+    guarantees=frozenset({"packed_linears_merged"}),
+))

@@ -1,6 +1,7 @@
-"""The pass manager: the default pipeline keeps a model's outputs (verify mode on), a pass that
-changes the outputs beyond its tolerance is stopped and named, an integer-only graph is held to
-bit-exactness, ``requires`` is enforced, and ``edgeq optimize`` runs it from the command line."""
+"""The pass manager (``edgeq.pass_manager``): the default pipeline keeps a model's outputs (verify
+mode on), a pass that changes the outputs beyond its tolerance is stopped and named, an
+integer-only graph is held to bit-exactness, ``requires`` is enforced, the ``export`` and
+``pre_tvm`` pipelines run verified by name, and ``edgeq optimize`` runs them from the command line."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from scipy.linalg import hadamard
 
 from edgeq.cli import main
 from edgeq.errors import ModelFileError, PassError
-from edgeq.passes import manager, run_passes
+from edgeq import pass_manager as manager
+from edgeq.passes import DEFAULT_PIPELINE, run_passes
 from edgeq.passes.integerize import integerize
-from edgeq.passes.manager import Pass
-from _passes_testing import model_from_text, op_types, qdq_linear, run
+from edgeq.pass_manager import Pass
+from _passes_testing import count, lowbit_linear, model_from_text, op_types, qdq_linear, run
 
 RNG = np.random.default_rng(4)
 
 MODEL = """
-<ir_version: 10, opset_import: ["" : 21]>
 g (float[N, 3, 6, 6] x) => (float[N, 5] y) {
     c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
     n = BatchNormalization (c, gamma, beta, mean, var)
@@ -48,7 +49,7 @@ def _model():
 def test_default_pipeline_verified():
     model = _model()
     out, reports = run_passes(model, verify=True)
-    assert [r.name for r in reports] == list(manager.DEFAULT_PIPELINE)
+    assert [r.name for r in reports] == list(DEFAULT_PIPELINE)
     assert op_types(out) == ["Conv", "Relu", "GlobalAveragePool", "Flatten", "MatMul"]
     assert all(r.max_rel_change is not None and r.max_rel_change <= 1e-4 for r in reports)
     feeds = manager.seeded_inputs(model, 7)
@@ -119,3 +120,52 @@ def test_cli_verifies_on_given_inputs(tmp_path, capsys):
     assert '"max_rel_change"' in capsys.readouterr().out
     assert main(["optimize", str(src), str(dst), "--inputs", str(tmp_path / "missing.npz")]) == ModelFileError.exit_code
     assert "missing.npz" in capsys.readouterr().err
+
+
+def test_export_pipeline_is_verified():
+    model, _ = lowbit_linear(bits=4)
+    entry = model.graph.node[0].metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.stack_trace", "File model.py"
+    out, reports = run_passes(model, pipeline="export", verify=True)
+    assert [r.name for r in reports] == list(manager.get_pipeline("export"))
+    assert op_types(out) == ["DequantizeLinear", "MatMul"] and not out.graph.node[1].metadata_props
+    assert all(r.max_rel_change <= 1e-5 for r in reports)
+
+
+PRE_TVM = """
+g (float[N, 16] x) => (float[N, 6] q, float[N, 6] k, float[N, 12] logits) {
+    wq = DequantizeLinear <axis = 0, block_size = 8> (q4, s, z)
+    wk = DequantizeLinear <axis = 0, block_size = 8> (k4, s, z)
+    q = MatMul (x, wq)
+    k = MatMul (x, wk)
+    table_t = Transpose <perm = [1, 0]> (table)
+    logits = MatMul (x, table_t)
+}
+"""
+
+
+def test_pre_tvm_pipeline_is_verified(tmp_path, capsys):
+    """The importer's preparations by name, verified on onnxruntime (their ops through references)."""
+    import ml_dtypes
+
+    import edgeq.targets  # noqa: F401  (registers pre_tvm)
+
+    model = model_from_text(
+        PRE_TVM, q4=RNG.integers(-8, 8, (16, 6)).astype(ml_dtypes.int4), k4=RNG.integers(-8, 8, (16, 6)).astype(ml_dtypes.int4),
+        s=RNG.uniform(0.01, 0.1, (2, 6)).astype(np.float32), z=np.zeros((2, 6), ml_dtypes.int4),
+        table=RNG.standard_normal((12, 16)).astype(np.float32))
+    out, reports = run_passes(model, pipeline="pre_tvm", verify=True)
+    assert [r.name for r in reports] == list(manager.get_pipeline("pre_tvm"))
+    assert (count(out, "PackedLinear"), count(out, "Split"), count(out, "LinearTransposedWeight")) == (1, 1, 1)
+    assert all(r.max_rel_change <= 1e-5 for r in reports)
+    src, dst = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save_model(model, str(src))
+    assert main(["optimize", str(src), str(dst), "--passes", "pre_tvm", "--verify"]) == 0
+    assert "tied_matmul" in capsys.readouterr().out
+    assert main(["optimize", "--passes", "list"]) == 0
+    assert "pre_tvm" in capsys.readouterr().out
+
+
+def test_unknown_pipeline_is_named():
+    with pytest.raises(PassError, match=r"unknown pipeline 'fold_all'; known pipelines: default, export"):
+        run_passes(_model(), pipeline="fold_all")

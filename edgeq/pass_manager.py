@@ -1,12 +1,17 @@
-"""The pass manager: named ONNX-to-ONNX passes, what each requires and guarantees, a default
-pipeline, and a verify mode.
+"""The pass manager: named ONNX-to-ONNX passes, what each requires and guarantees, named
+pipelines, and a verify mode. Every ONNX rewrite of edgeq registers here, wherever it lives:
+``edgeq.export_passes`` (the ``export`` pipeline, after torch's exporter), ``edgeq.passes`` (the
+``default`` pipeline and ``integerize``) and ``edgeq.targets.pre_tvm`` (the ``pre_tvm`` pipeline,
+before TVM's importer). The manager sits below all three so that each layer can run its own.
 
 A pass declares properties (names in ``PROPERTIES``, each a predicate on the model) that must
 hold before it runs (``requires``) and that hold after it (``guarantees``); the manager checks
 both, so a pass that breaks its promise is named. In verify mode the manager runs the model on
 onnxruntime before and after every pass, on seeded (or given) inputs, and stops at the first
 pass that changes the outputs beyond that pass's tolerance, naming it. Integer outputs, and
-every output of an integer-only graph, must stay bit for bit.
+every output of an integer-only graph, must stay bit for bit. Ops that only a later stage reads
+(the TVM importer's ``edgeq.tvm`` ops) run in verify mode through the standard ONNX their module
+registers with ``register_onnx_reference``.
 """
 
 from __future__ import annotations
@@ -22,14 +27,13 @@ from edgeq._inputs import random_inputs
 from edgeq.errors import PassError
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's standard ONNX opset (21 when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 21)
+
+
 def _has_no(op_type: str) -> Callable[[onnx.ModelProto], bool]:
     return lambda model: all(n.op_type != op_type for n in model.graph.node)
-
-
-def _integer_only(model: onnx.ModelProto) -> bool:
-    from edgeq.passes.integer_check import float_ops_in_integer_region, has_integer_region
-
-    return has_integer_region(model) and not float_ops_in_integer_region(model)
 
 
 def _qdq(model: onnx.ModelProto) -> bool:
@@ -37,20 +41,24 @@ def _qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type == "QuantizeLinear" and n.input[0] in inputs for n in model.graph.node)
 
 
-def _no_dead_nodes(model: onnx.ModelProto) -> bool:
-    from edgeq.passes.dead_nodes import remove_dead_nodes
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return len(remove_dead_nodes(copy).graph.node) == len(model.graph.node)
+def _single_assignment(model: onnx.ModelProto) -> bool:
+    return _assigned_twice(model.graph) is None
 
 
+# Each property is a predicate on the model; pass modules add their own (``register_property``).
 PROPERTIES: dict[str, Callable[[onnx.ModelProto], bool]] = {
     "qdq": _qdq,  # activations quantized by QuantizeLinear from the graph input on
-    "integer_only": _integer_only,  # no float op between the input Q and the output DQ
     "no_batchnorm": _has_no("BatchNormalization"),
-    "no_dead_nodes": _no_dead_nodes,
+    "single_assignment": _single_assignment,  # every value name is written by one node
 }
+
+
+def register_property(name: str, predicate: Callable[[onnx.ModelProto], bool]) -> None:
+    PROPERTIES[name] = predicate
+
+
+def _holds(name: str, model: onnx.ModelProto) -> bool:
+    return name in PROPERTIES and PROPERTIES[name](model)
 
 
 @dataclass(frozen=True)
@@ -75,16 +83,34 @@ class Pass:
 
 
 _PASSES: dict[str, Pass] = {}
+_PIPELINES: dict[str, tuple[str, ...]] = {}
+_REFERENCES: dict[tuple[str, str], Callable[[onnx.NodeProto, int], list[onnx.NodeProto]]] = {}
 CHECKER_MAX_BYTES = (1 << 31) - (1 << 20)  # onnx.checker takes a model proto only below protobuf's 2 GiB
-DEFAULT_PIPELINE = ("constant_folding", "fold_batchnorm", "fold_scales", "fold_rotations", "dead_nodes")
 
 
 def register_pass(p: Pass) -> Pass:
     unknown = (p.requires | p.guarantees) - set(PROPERTIES)
     if unknown:
         raise PassError(f"pass {p.name!r} names unknown properties {sorted(unknown)}")
+    if p.name in _PIPELINES:
+        raise PassError(f"pass {p.name!r} has the name of a pipeline")
     _PASSES[p.name] = p
     return p
+
+
+def register_pipeline(name: str, passes: Sequence[str]) -> tuple[str, ...]:
+    """Name an ordered list of passes; ``run_passes(model, pipeline=name)`` and ``edgeq optimize
+    --passes name`` run it."""
+    if name in _PASSES:
+        raise PassError(f"pipeline {name!r} has the name of a pass")
+    _PIPELINES[name] = tuple(passes)
+    return _PIPELINES[name]
+
+
+def register_onnx_reference(domain: str, op_type: str, expand: Callable[[onnx.NodeProto, int], list[onnx.NodeProto]]) -> None:
+    """How verify mode runs an op that onnxruntime cannot: ``expand(node, opset)`` gives standard
+    ONNX (or ``edgeq`` ops, which get their function bodies) computing the same outputs."""
+    _REFERENCES[(domain, op_type)] = expand
 
 
 def get_pass(name: str) -> Pass:
@@ -93,8 +119,30 @@ def get_pass(name: str) -> Pass:
     return _PASSES[name]
 
 
+def get_pipeline(name: str) -> tuple[str, ...]:
+    if name not in _PIPELINES:
+        raise PassError(f"unknown pipeline {name!r}; known pipelines: {', '.join(sorted(_PIPELINES))} "
+                        "(import edgeq.targets to register pre_tvm)")
+    return _PIPELINES[name]
+
+
 def pass_names() -> list[str]:
     return sorted(_PASSES)
+
+
+def pipeline_names() -> list[str]:
+    return sorted(_PIPELINES)
+
+
+def expand_pipelines(names: Sequence[str]) -> list[str]:
+    """Pass names, with each pipeline name replaced by its passes (unknown names fail here)."""
+    out: list[str] = []
+    for name in names:
+        if name in _PIPELINES:
+            out += _PIPELINES[name]
+        else:
+            out.append(get_pass(name).name)
+    return out
 
 
 @dataclass
@@ -112,10 +160,30 @@ def seeded_inputs(model: onnx.ModelProto, seed: int = 0, dynamic_dim: int = 2) -
     return random_inputs(model, seed, int_high=10, default_dim=dynamic_dim)
 
 
+def runnable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy that onnxruntime runs: ops with an ONNX reference expanded, and
+    ``edgeq`` nodes given their function bodies."""
+    from edgeq.opset import DOMAIN, OPSET_VERSION, attach_functions
+
+    referenced = any((n.domain, n.op_type) in _REFERENCES for n in model.graph.node)
+    if not referenced and all(n.domain != DOMAIN for n in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    opset = default_opset(copy)
+    nodes = [m for n in copy.graph.node
+             for m in (_REFERENCES[(n.domain, n.op_type)](n, opset) if (n.domain, n.op_type) in _REFERENCES else [n])]
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    if any(n.domain == DOMAIN for n in nodes) and not any(o.domain == DOMAIN for o in copy.opset_import):
+        copy.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    return attach_functions(copy)
+
+
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     from edgeq.runtime.ort import ort_session  # verify mode only: passes do not need a runtime
 
-    return ort_session(model.SerializeToString()).run(None, feeds)
+    return ort_session(runnable(model).SerializeToString()).run(None, feeds)
 
 
 def _change(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, bool]:
@@ -142,11 +210,25 @@ def _change(before: list[np.ndarray], after: list[np.ndarray]) -> tuple[float, b
     return worst, int_changed
 
 
-def check_graph(model: onnx.ModelProto, checker: bool = True) -> str | None:
-    """Why ``model`` is not a valid graph, or None: an input no node, initializer or graph input
-    defines, a cycle, a graph output nothing produces, then ``onnx.checker`` (full check, shape
-    inference included) when ``checker``."""
+def _assigned_twice(graph: onnx.GraphProto) -> str | None:
+    seen: set[str] = set()
+    for node in graph.node:
+        for out in node.output:
+            if out and out in seen:
+                return out
+            seen.add(out)
+    return None
+
+
+def check_graph(model: onnx.ModelProto, checker: bool = True, single_assignment: bool = True) -> str | None:
+    """Why ``model`` is not a valid graph, or None: a value written by two nodes (when
+    ``single_assignment``; without it the rest of the graph rules cannot be told and are
+    skipped), an input no node, initializer or graph input defines, a cycle, a graph output
+    nothing produces, then ``onnx.checker`` (full check, shape inference included) when ``checker``."""
     graph = model.graph
+    twice = _assigned_twice(graph)
+    if twice is not None:
+        return f"value {twice!r} is written by two nodes" if single_assignment else None
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
     produced_by = {out: node for node in graph.node for out in node.output}
     for node in graph.node:
@@ -187,33 +269,48 @@ def check_graph(model: onnx.ModelProto, checker: bool = True) -> str | None:
 
 def run_passes(
     model: onnx.ModelProto,
-    passes: Sequence[str] = DEFAULT_PIPELINE,
+    passes: Sequence[str] | None = None,
     verify: bool = False,
     inputs: dict[str, np.ndarray] | None = None,
     seed: int = 0,
     options: dict[str, dict] | None = None,
+    pipeline: str | None = None,
+    checker: bool = True,
+    progress: bool = True,
+    copy: bool = True,
 ) -> tuple[onnx.ModelProto, list[PassReport]]:
-    """Run ``passes`` in order; returns the model and one report per pass.
+    """Run ``passes`` (pass or pipeline names) in order, or the passes of ``pipeline`` (default:
+    ``default``); returns the model and one report per pass.
 
     ``options`` maps a pass name to keyword arguments for it (``{"integerize": {"keep_float":
-    ["node"]}}``); ``inputs`` replaces the seeded inputs of verify mode.
+    ["node"]}}``); ``inputs`` replaces the seeded inputs of verify mode. ``checker=False`` holds
+    every step to the graph rules only, for callers that run ``onnx.checker`` on the result
+    themselves or hand it to a reader with its own ops; ``progress=False`` hides the bar (for callers
+that run a pipeline as one step of their own work); ``copy=False`` rewrites ``model`` itself (for
+callers that discard it, on a large model the copy is most of the time). The input model must be a valid graph,
+    except that a first pass guaranteeing ``single_assignment`` may take values written twice.
     """
     options = options or {}
-    chosen = [get_pass(n) for n in passes]
-    current = onnx.ModelProto()
-    current.CopyFrom(model)
-    problem = check_graph(current, checker=False)
+    names = expand_pipelines(passes) if passes is not None else list(get_pipeline(pipeline or "default"))
+    chosen = [get_pass(n) for n in names]
+    current = model
+    if copy:
+        current = onnx.ModelProto()
+        current.CopyFrom(model)
+    repairs_assignment = bool(chosen) and "single_assignment" in chosen[0].guarantees
+    problem = check_graph(current, checker=False, single_assignment=not repairs_assignment)
     if problem:
         raise PassError(f"the input model is not a valid graph: {problem}")
-    checked = check_graph(current) is None  # a model the checker already rejects is held to the graph rules only
+    # a model the checker already rejects is held to the graph rules only
+    checked = checker and _single_assignment(current) and check_graph(current) is None
     feeds = inputs if inputs is not None else (seeded_inputs(model, seed) if verify else None)
     before = _run(current, feeds) if verify else None
     reports = []
-    for p in tqdm(chosen, desc="passes", leave=False, disable=len(chosen) < 3):
+    for p in tqdm(chosen, desc="passes", leave=False, disable=not progress or len(chosen) < 3):
         for prop in sorted(p.requires):
             if not PROPERTIES[prop](current):
                 raise PassError(f"pass {p.name!r} requires {prop!r}, which the model does not satisfy; run a pass that guarantees it first")
-        exact = verify and _integer_only(current)
+        exact = verify and _holds("integer_only", current)
         n_before = len(current.graph.node)
         current = p.run(current, **options.get(p.name, {}))
         problem = check_graph(current, checker=checked)
