@@ -12,6 +12,7 @@ from tvm import relax
 from tvm.s_tir.dlight import ApplyDefaultSchedule
 
 from edgeq.targets import fast_exp
+from edgeq.targets.gqa_attention import GqaSchedule
 from edgeq.targets.schedules.conv import Conv
 from edgeq.targets.schedules.elementwise import Elementwise
 from edgeq.targets.schedules.matmul import Matmul
@@ -45,7 +46,7 @@ def keep_symbolic_arange_unfused(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
 def kernel_rules(act_bits: int = 32) -> list:
     """edgeq's own kernels, which no tuning database replaces."""
-    return [PackedLinear(act_bits)]
+    return [PackedLinear(act_bits), GqaSchedule()]
 
 
 def default_rules() -> list:

@@ -18,6 +18,13 @@ schedule), with the float kernel's signature, so it replaces the packed-linear P
 Weight rows go to threads four at a time (four independent dot-product chains), activation rows
 two at a time (each unpacked weight vector serves both), and the weights are prefetched a few
 rows ahead: beyond L2 they stream from DRAM.
+
+At many rows (prefill) on x86 the lanes are output columns instead (``gemm_columns``): each thread
+task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2) weight rows once into a tile of 4-byte words laid out
+column after column, and every dot-product instruction multiplies one such word per column by four
+int8 activations of one row broadcast to all lanes (``vpdpbusd zmm, zmm, dword{1to16}``). The
+group's rescale is then one vector of columns (convert, zero-point term, scale) per 8 to 16
+dot products instead of a horizontal sum per output.
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ ACT_BITS = (8, 32)  # 32: float activations (the default)
 ROWS_PER_TASK = (4, 2, 1)
 TILE_ROWS = 2  # activation rows per register tile (prefill): each unpacked weight vector serves them all
 PREFETCH_ROWS = 16  # weight rows ahead of the one being read (15-30% at 576×49152 and 4096², 1 thread)
+# x86 prefill GEMM (see ``_gemm_tile``): from this many activation rows on, each thread task
+# unpacks its weight columns once into a column-major tile and the int32 lanes are output columns
+GEMM_MIN_ROWS = 8
+# vector bytes -> (column vectors, activation rows) per register tile: 2 × 4 int32 and 2 × 4 float32
+# accumulators of 16 columns fill half of AVX-512's 32 registers; AVX2 has 16 of 8 columns
+GEMM_TILES = {64: (2, 4), 32: (2, 2)}
 GROUP_CHUNK = 16  # groups whose rescales are computed ahead of the dot products (stack buffers < 1 KiB)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
 
@@ -73,6 +86,14 @@ def vector_bytes(isa: str, bits: int, group: int) -> int:
         return 0
     nbytes = group * bits // 8
     return next((w for w in _WIDTHS[isa] if nbytes % w == 0), 0)
+
+
+def gemm_columns(isa: str, bits: int, group: int) -> int:
+    """Vector bytes of the column-lane GEMM (many rows) on ``isa``, 0 where it has none: x86
+    only (on arm64 ``smmla`` already pairs rows), groups of whole 4-byte words."""
+    if isa not in ("avx512vnni", "avxvnni", "avx512bw", "avx2") or not vector_bytes(isa, bits, group):
+        return 0
+    return 64 if isa in ("avx512vnni", "avx512bw") else 32
 
 
 def signed_weights(isa: str, bits: int) -> bool:
@@ -211,8 +232,92 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         for l in T.unroll(4):
             y[i0 + l % 2, j0 + l // 2] = bias_of(j0 + l // 2) + (accf[l] - corr[l])
 
+    gemm = gemm_columns(isa, bits, group) if n_dim % 4 == 0 else 0
+    cols = gemm // 4
+    col_tiles, tile_rows = GEMM_TILES.get(gemm, (1, 1))
+    if gemm and n_dim % (cols * col_tiles):
+        col_tiles = 1
+    if gemm and n_dim % cols:
+        gemm = 0
+    # many rows: the column-lane GEMM; a symbolic number of rows picks one at run time
+    if not gemm:
+        gemm_rows = "never"
+    elif isinstance(rows, tvm.tirx.IntImm) or isinstance(rows, int):
+        gemm_rows = "always" if int(rows) >= GEMM_MIN_ROWS else "never"
+    else:
+        gemm_rows = "runtime"
+
+    chunks, k_words = nbytes // 4, k_dim * bits // 32  # 4-byte words per group, per weight row
+    word_mask = ((1 << bits) - 1) * 0x01010101
+    i8v, u8v, i32v = f"int8x{gemm}", f"uint8x{gemm}", f"int32x{cols}"
+
     @T.macro(hygienic=True)
-    def body(x, qweight, scales, zeros, y, bias_of):
+    def gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, j0, i0, rt):
+        """Output rows i0 .. i0 + rt × columns j0 .. j0 + col_tiles·cols, int32 lane = column."""
+        accf = T.alloc_buffer((col_tiles, rt, cols), "float32")
+        acc = T.alloc_buffer((col_tiles, rt, cols), "int32")
+        for ct in T.unroll(col_tiles):
+            for ii in T.unroll(rt):
+                accf[ct, ii, T.ramp(0, 1, cols)] = T.Broadcast(T.float32(0), cols)
+        for g in range(groups):
+            for ct in T.unroll(col_tiles):
+                for ii in T.unroll(rt):
+                    acc[ct, ii, T.ramp(0, 1, cols)] = T.Broadcast(T.int32(0), cols)
+            for c in T.unroll(chunks):
+                for h in T.unroll(per_byte):
+                    for ct in T.unroll(col_tiles):
+                        for ii in T.unroll(rt):
+                            acc[ct, ii, T.ramp(0, 1, cols)] = _dot(
+                                isa, gemm, acc[ct, ii, T.ramp(0, 1, cols)],
+                                T.reinterpret(u8v, wt[ct, g * chunks + c, h, T.ramp(0, 1, cols)]),
+                                T.reinterpret(i8v, T.Broadcast(xq32[i0 + ii, g, h, c], cols)))
+            for ct in T.unroll(col_tiles):
+                for ii in T.unroll(rt):
+                    accf[ct, ii, T.ramp(0, 1, cols)] = accf[ct, ii, T.ramp(0, 1, cols)] + (
+                        T.Cast(f"float32x{cols}", acc[ct, ii, T.ramp(0, 1, cols)])
+                        - wz[ct, g, T.ramp(0, 1, cols)] * T.Broadcast(T.Cast("float32", xsum[i0 + ii, g]), cols)
+                    ) * (ws[ct, g, T.ramp(0, 1, cols)] * T.Broadcast(xd[i0 + ii, g], cols))
+        for ct in T.unroll(col_tiles):
+            for ii in T.unroll(rt):
+                y[i0 + ii, T.ramp(j0 + ct * cols, 1, cols)] = accf[ct, ii, T.ramp(0, 1, cols)] + bias_vec(j0 + ct * cols)
+
+    @T.macro(hygienic=True)
+    def gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum):
+        """Every row through ``gemm_tile``; per thread task the weight columns unpacked once."""
+        qw32 = T.decl_buffer((n_dim, k_words), "uint32", data=qweight.data)
+        xq32 = T.decl_buffer((rows, groups, per_byte, chunks), "int32", data=xq.data)
+        for jt in T.parallel(n_dim // (cols * col_tiles)):
+            wt = T.alloc_buffer((col_tiles, k_words, per_byte, cols), "uint32")
+            ws = T.alloc_buffer((col_tiles, groups, cols), "float32")
+            wz = T.alloc_buffer((col_tiles, groups, cols), "float32")
+            for ct, kw, col in T.grid(col_tiles, k_words, cols):
+                for h in T.unroll(per_byte):
+                    wt[ct, kw, h, col] = (qw32[jt * cols * col_tiles + ct * cols + col, kw] >> T.uint32(h * bits)) & T.uint32(word_mask)
+            for ct, g, col in T.grid(col_tiles, groups, cols):
+                ws[ct, g, col] = T.Cast("float32", scales[jt * cols * col_tiles + ct * cols + col, g])
+                wz[ct, g, col] = T.Cast("float32", zeros[jt * cols * col_tiles + ct * cols + col, g])
+            for it in range(rows // tile_rows):
+                gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, jt * cols * col_tiles, it * tile_rows, tile_rows)
+            for i in T.serial(rows // tile_rows * tile_rows, rows):
+                gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, jt * cols * col_tiles, i, 1)
+
+    @T.macro(hygienic=True)
+    def gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum):
+        """Weight rows to threads, each row's bytes the lanes (decode; arm64 at any rows)."""
+        for jo in T.parallel(n_dim // rows_per_task):
+            if pairs:  # i8mm: pairs of rows through smmla, an odd last row through sdot
+                for ip in range(rows // 2):
+                    pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * 2, ip * 2)
+                for i in T.serial(rows // 2 * 2, rows):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i, 1)
+            else:  # tiles of TILE_ROWS activation rows, then the rest one by one
+                for it in range(rows // TILE_ROWS):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS)
+                for i in T.serial(rows // TILE_ROWS * TILE_ROWS, rows):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i, 1)
+
+    @T.macro(hygienic=True)
+    def body(x, qweight, scales, zeros, y, bias_of, bias_vec):
         xq = T.alloc_buffer((rows, groups, per_byte, nbytes), "int8")
         xd = T.alloc_buffer((rows, groups), "float32")
         xsum = T.alloc_buffer((rows, groups), "int32")
@@ -233,28 +338,26 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                     xq[i, g, h, b] = q
                     total[0] = total[0] + T.Cast("int32", q)
                 xsum[i, g] = total[0]
-        for jo in T.parallel(n_dim // rows_per_task):
-            if pairs:  # i8mm: pairs of rows through smmla, an odd last row through sdot
-                for ip in range(rows // 2):
-                    pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * 2, ip * 2)
-                for i in T.serial(rows // 2 * 2, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i, 1)
-            else:  # tiles of TILE_ROWS activation rows, then the rest one by one
-                for it in range(rows // TILE_ROWS):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS)
-                for i in T.serial(rows // TILE_ROWS * TILE_ROWS, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i, 1)
+        if gemm_rows == "never":
+            gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum)
+        elif gemm_rows == "always":
+            gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+        elif rows >= GEMM_MIN_ROWS:
+            gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+        else:
+            gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum)
 
     if b_shape is None:
         @T.prim_func(private=True)
         def kernel(x: T.Buffer(x_shape, x_dtype), qweight: T.Buffer(w_shape, "uint8"), scales: T.Buffer(s_shape, s_dtype),
                    zeros: T.Buffer(z_shape, z_dtype), y: T.Buffer(y_shape, "float32")):
-            body(x, qweight, scales, zeros, y, lambda j: T.float32(0))
+            body(x, qweight, scales, zeros, y, lambda j: T.float32(0), lambda j: T.Broadcast(T.float32(0), cols))
     else:
         @T.prim_func(private=True)
         def kernel(x: T.Buffer(x_shape, x_dtype), qweight: T.Buffer(w_shape, "uint8"), scales: T.Buffer(s_shape, s_dtype),
                    zeros: T.Buffer(z_shape, z_dtype), bias: T.Buffer(b_shape, b_dtype), y: T.Buffer(y_shape, "float32")):
-            body(x, qweight, scales, zeros, y, lambda j: T.Cast("float32", bias[j]))
+            body(x, qweight, scales, zeros, y, lambda j: T.Cast("float32", bias[j]),
+                 lambda j: T.Cast(f"float32x{cols}", bias[T.ramp(j, 1, cols)]))
     out = kernel.with_attr("tirx.is_scheduled", True).with_attr("tirx.noalias", True).with_attr(ISA_ATTR, isa)
     if func.attrs and "global_symbol" in func.attrs:
         out = out.with_attr("global_symbol", func.attrs["global_symbol"])

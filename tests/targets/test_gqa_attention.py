@@ -8,6 +8,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from edgeq.targets.cpu_pipeline import schedule_kernels
 from edgeq.targets.gqa_attention import grouped_query_attention
 
 HEADS, KV_HEADS, SEQ, PAST, HEAD_DIM = 4, 2, 3, 5, 16
@@ -60,6 +61,11 @@ def test_grouped_attention_reads_the_cache_in_place():
                                                               (1, KV_HEADS, PAST, HEAD_DIM))]
     expected = run(before, args)
     np.testing.assert_allclose(run(after, args), expected, rtol=1e-5, atol=1e-6)
+    # edgeq's CPU schedules of the two kernels (GqaSchedule): the same values
+    scheduled = schedule_kernels(after, tvm.target.Target("llvm"))
+    kernels = {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert all(kernels[name].attrs["tirx.is_scheduled"] for name in ("gqa_scores", "gqa_values"))
+    np.testing.assert_allclose(run(scheduled, args), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_without_repeat_is_left_alone():

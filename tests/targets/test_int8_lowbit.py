@@ -32,7 +32,7 @@ from edgeq.errors import CompileError
 from edgeq.maths.packing import pack
 from edgeq.targets import compile as compile_model
 from edgeq.targets import get_target
-from edgeq.targets.int8_lowbit import dot_isa, int8_kernel, vector_bytes
+from edgeq.targets.int8_lowbit import GEMM_MIN_ROWS, dot_isa, gemm_columns, int8_kernel, vector_bytes
 from edgeq.targets.lower_lowbit import packed_linear_te
 from edgeq.targets.registry import _cpu_flags
 
@@ -109,6 +109,25 @@ def test_integer_dot_products_bit_exact(isa, bits, group):
     got = _run(_build(m, k, n, bits, group, isa), x, q, scales, zeros, bits)
     expected = x.astype(np.int64) @ (q - np.repeat(zeros, group, 1)).astype(np.int64).T
     assert np.array_equal(got, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("isa", [isa for isa in RUNNABLE if isa in ("avx512vnni", "avx2")])  # vpdpbusd; vpmaddubsw
+@pytest.mark.parametrize("bits,group,n", [(4, 32, 48), (2, 64, 64), (8, 32, 64)])
+def test_prefill_gemm_bit_exact(isa, bits, group, n):
+    """The column-lane GEMM (prefill: a symbolic number of rows, from GEMM_MIN_ROWS on; register
+    tiles of rows plus single leftover rows; one or two column vectors per task) and, below
+    GEMM_MIN_ROWS, the per-row kernel of the same function: integer parts and bias bit for bit."""
+    if not gemm_columns(isa, bits, group):
+        pytest.skip(f"{isa} keeps the float kernel for {bits}-bit weights")
+    rng = np.random.default_rng(bits * 10 + group)
+    k = 256
+    fn = _build(te.var("rows"), k, n, bits, group, isa, bias=True)
+    for m in (3, GEMM_MIN_ROWS + 3):
+        x, q, scales, zeros = _exact_inputs(rng, m, k, n, bits, group)
+        bias = rng.integers(-50, 50, n).astype(np.float32)
+        got = _run(fn, x, q, scales, zeros, bits, bias)
+        expected = x.astype(np.int64) @ (q - np.repeat(zeros, group, 1)).astype(np.int64).T + bias.astype(np.int64)
+        assert np.array_equal(got, expected.astype(np.float32)), f"rows {m}"
 
 
 @pytest.mark.parametrize("isa", RUNNABLE)
