@@ -422,6 +422,13 @@ def render(cells: list[Cell]) -> str:
         "presets refuse the model before any work, naming the first such layer",
         "(`tests/api/test_support_matrix.py::test_unfitting_layers_are_refused_without_skip`).",
         "",
+        "Hadamard (QuaRot) is refused by design outside the decoders of `edgeq.quant.architectures`",
+        "(docs/ARCHITECTURES.md): it folds each norm into the linears that read it and rotates the",
+        "residual stream. BERT, RoBERTa and MiniLM normalize after the residual add (post-LayerNorm),",
+        "so no norm sits in front of those linears and the stream passes through a LayerNorm, which",
+        "does not commute with a rotation; a CNN has no stream of linears to rotate. ViT is pre-LayerNorm",
+        "like GPT-2 and could take GPT-2's centring, but no ViT layout is registered.",
+        "",
         "| architecture | " + " | ".join(f"{f} (`{FAMILIES[f][0]}`)" for f in families) + " |",
         "|---|" + "---|" * len(families),
     ]
