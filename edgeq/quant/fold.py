@@ -3,9 +3,9 @@
 W' = W * gamma / sqrt(var + eps) (per output channel), b' = (b - mean) * gamma / sqrt(var + eps) + beta.
 Quantizers fold first so that weights are quantized as they will be computed.
 
-The pairs are found on the model's torch.fx graph (:func:`trace`) and folded in the model itself
-(the conv takes the folded weights, the BatchNorm becomes an ``nn.Identity``): a Hugging Face model
-stays one, with its config and its outputs.
+The pairs are found on the model's torch.fx graph (:func:`trace`); a Hugging Face model is folded
+in itself (the conv takes the folded weights, the BatchNorm becomes an ``nn.Identity``), so that
+it stays one, with its config and its outputs.
 """
 
 from __future__ import annotations
@@ -113,35 +113,48 @@ def trace(model: nn.Module, example: tuple | None = None, why: str = "to fold Ba
 
 def fold_batchnorm(model: nn.Module, example: tuple | None = None) -> nn.Module:
     """Return a copy of ``model`` with every BatchNorm that directly follows a conv/linear folded away
-    (``example``: inputs that settle branches on traced values, see :func:`trace`).
+    (``example``: inputs whose shapes settle Python that reads them, see :func:`trace`).
 
     The pairs come from the traced graph, so they are found wherever they sit in the module tree:
-    a BatchNorm called once, on the output of a conv/linear called once whose only user it is.
-    A model without BatchNorm is returned as an (untraced) copy.
+    a BatchNorm on the output of a conv/linear whose only user it is. A Hugging Face model is
+    folded in itself (each such conv and BatchNorm called once; the BatchNorm becomes an
+    ``nn.Identity``), so that it stays one; any other module comes back as the traced
+    GraphModule. A model without BatchNorm is returned as an (untraced) copy.
     """
     model = copy.deepcopy(model).eval()
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return model
     root = traceable(model)
     gm = trace(root, example)
-    prefix = "model." if root is not model else ""
+    in_place = root is not model
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    modules = dict(root.named_modules())
-    for node in gm.graph.nodes:
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
             continue
         producer = node.args[0]
         if not (isinstance(producer, torch.fx.Node) and producer.op == "call_module"):
             continue
         layer = modules[producer.target]
-        if not isinstance(layer, _FOLDABLE) or len(producer.users) != 1 or calls[producer.target] != 1 or calls[node.target] != 1:
+        if not isinstance(layer, _FOLDABLE) or len(producer.users) != 1:
             continue
-        _set(model, producer.target.removeprefix(prefix), fold_bn_into(layer, modules[node.target]))
-        _set(model, node.target.removeprefix(prefix), nn.Identity())
-    return model.eval()
+        fused = fold_bn_into(layer, modules[node.target])
+        if in_place:
+            if calls[producer.target] == 1 and calls[node.target] == 1:
+                _set(model, producer.target.removeprefix("model."), fused)
+                _set(model, node.target.removeprefix("model."), nn.Identity())
+            continue
+        _set(gm, producer.target, fused)
+        node.replace_all_uses_with(producer)
+        gm.graph.erase_node(node)
+    if in_place:
+        return model.eval()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm.eval()
 
 
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
