@@ -59,7 +59,9 @@ from edgeq.passes.dead_nodes import remove_dead_nodes
 from edgeq.passes.integer_check import float_ops_in_integer_region, region_edges
 from edgeq.pass_manager import Pass, register_pass
 
-SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
+# ops that move uint8 values without changing them: they keep their input's scale and zero point
+# (MaxPool too: the max of quantized values is the quantized max, quantization being monotone)
+SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "MaxPool"}
 _RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127)}
 
 

@@ -172,6 +172,18 @@ def architecture_of(model: nn.Module, needed_for: str = "this method") -> Decode
     return arch
 
 
+def decoder_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The decoder blocks of ``model`` (what block-by-block methods such as GPTQ walk): the
+    registered architecture's ``layers`` path; for a model type edgeq does not describe, the common
+    Hugging Face layout ``model.layers`` where it is a non-empty ``ModuleList``; else None (not a
+    decoder: the caller treats the model as one pass)."""
+    arch = find_architecture(model)
+    if arch is not None:
+        return arch.blocks(model)
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) and len(layers) > 0 else None
+
+
 def tied_embeddings(model: nn.Module) -> bool:
     """Whether ``lm_head`` shares its weight with the token embedding in this instance."""
     head, table = model.get_output_embeddings(), model.get_input_embeddings()

@@ -41,7 +41,7 @@ from edgeq.opset import dyadic as formulas
 from edgeq.opset.dyadic import INT32_MAX, INT32_MIN
 from edgeq.opset.qdq import dequantize_linear, quantize_linear
 from edgeq.quant.base import as_is, calib_batches, register_export_rule, register_quantizer
-from edgeq.quant.fold import fold_batchnorm
+from edgeq.quant.fold import fold_batchnorm, trace, traceable
 from edgeq.quant.w8a8 import affine_uint8_params
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
@@ -295,14 +295,14 @@ def _pair(v) -> tuple[int, int]:
 
 _RELU_FUNCS = {F.relu, torch.relu}
 _RELU6_FUNCS = {F.relu6}
-_ADD_FUNCS = {operator.add, torch.add}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _MUL_FUNCS = {operator.mul, torch.mul}
 _SHAPE_FUNCS = {torch.flatten, torch.reshape}
 _SHAPE_METHODS = {"flatten", "view", "reshape"}
 _GATE_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid"}
 _GATE_FUNCS = {F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid"}
 SUPPORTED_OPS = ("Conv2d (grouped and depthwise too), Linear, ReLU, ReLU6, Hardswish, Hardsigmoid, add and "
-                 "multiply of two tensors, AvgPool2d, AdaptiveAvgPool2d(1) / mean over H and W, flatten/reshape")
+                 "multiply of two tensors, AvgPool2d, MaxPool2d, AdaptiveAvgPool2d(1) / mean over H and W, flatten/reshape")
 
 
 def _op_name(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -359,6 +359,8 @@ def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
             return "gap"
         if isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):
             return "shape"
+        if isinstance(m, nn.MaxPool2d) and not m.return_indices:  # max commutes with a monotone quantization:
+            return "shape"  # the same uint8 values, scale and zero point (padding is never the max)
     if node.op == "call_function":
         if node.target in _RELU_FUNCS:
             return "relu"
@@ -402,12 +404,13 @@ class _Plan:
     quant_points: list[torch.fx.Node]  # nodes whose output is quantized (after any fused ReLU)
 
 
-def _plan(model: nn.Module) -> _Plan:
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as exc:
-        raise QuantizationError(f"cannot trace {type(model).__name__} for integer-only quantization: {exc}") from None
+def _plan(model: nn.Module, example: tuple) -> _Plan:
+    gm = trace(traceable(model), example, "for integer-only quantization")
     modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):  # folded BatchNorms (and no-op layers): out of the way of ReLU fusion
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Identity):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
     kinds = {n.name: _kind(n, modules) for n in gm.graph.nodes if n.op != "get_attr"}
     fused: dict[str, torch.fx.Node] = {}
     points: list[torch.fx.Node] = []
@@ -590,10 +593,11 @@ def quantize_dyadic(model: nn.Module, recipe: DyadicRecipe, calib) -> DyadicMode
     batches = calib_batches(calib)
     if not batches:
         raise QuantizationError("recipe 'dyadic' calibrates activation ranges: pass calib=<sample inputs>")
-    folded = fold_batchnorm(copy.deepcopy(model).eval())
+    example = tuple(batches[0]) if isinstance(batches[0], (tuple, list)) else (batches[0],)
+    folded = fold_batchnorm(model, example)
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()):
         raise QuantizationError(f"{type(model).__name__}: a BatchNorm does not follow a conv/linear and cannot be folded")
-    plan = _plan(folded)
+    plan = _plan(folded, example)
     qparams = _calibrate(plan, batches, recipe.act_percentile)
     return _build(plan, qparams, recipe)
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import (GroupQuant, check_grid, clip_ratios, group_params, quantize_with, resolve_group_size,
                                 search_group_params)
+from edgeq.quant.architectures import decoder_blocks
 from edgeq.quant.base import set_submodule
 from edgeq.quant.weight_only import flat_weight, from_float_layer
 
@@ -212,12 +213,6 @@ def _quantize_layer(name: str, layer: nn.Module, hessian: torch.Tensor, recipe) 
                               static_groups=getattr(recipe, "static_groups", False))
     return from_float_layer(layer, gq.q.to(layer.weight.device), gq.scales.to(layer.weight.device),
                             gq.zeros.to(layer.weight.device), recipe.bits)
-
-
-def decoder_blocks(model: nn.Module) -> nn.ModuleList | None:
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    return layers if isinstance(layers, nn.ModuleList) and len(layers) > 0 else None
 
 
 def gptq_quantize_model(model: nn.Module, layers: dict[str, nn.Module], recipe, batches: list,

@@ -10,7 +10,6 @@ zero_point = round(-min / scale).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +129,8 @@ def quantize_w8a8(model: nn.Module, recipe: W8A8Recipe, calib) -> nn.Module:
     batches = calib_batches(calib)
     if not batches:
         raise QuantizationError("recipe 'w8a8' calibrates activation ranges: pass calib=<sample inputs>")
-    qmodel = fold_batchnorm(copy.deepcopy(model).eval())
+    first = batches[0]
+    qmodel = fold_batchnorm(model, tuple(first) if isinstance(first, (tuple, list)) else (first,))
     layers = quantizable_layers(qmodel, recipe, kinds=(nn.Conv2d, nn.Linear))
     ranges = observe_input_ranges(qmodel, layers, batches, recipe.act_percentile)
     for name, layer in layers.items():
