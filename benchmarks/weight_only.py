@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import edgeq  # noqa: E402
 from edgeq.models.wikitext import SEQ_LEN, calibration_windows, window_nll, windows_of, wikitext_tokens  # noqa: E402
+from edgeq.quant.lopro import LoProLinear  # noqa: E402
+from edgeq.quant.serialize import quantized_layers  # noqa: E402
 from edgeq.quant.weight_only import WeightOnlyLinear  # noqa: E402
 
 GRIDS = ("w4g128", "w3g128", "w2g64")
@@ -51,19 +53,28 @@ def load_model(gguf: str | None):
 
 
 def quantized_stats(model) -> tuple[int, int, int]:
-    """(layers, weights, bytes) over the weight-only layers."""
-    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    """(layers, weights, bytes) over the outermost quantized layers (a LoPRo layer counts its
+    core, permutation and factors once)."""
+    layers = list(quantized_layers(model).values())
     return len(layers), sum(m.in_features * m.out_features for m in layers), sum(m.weight_bytes() for m in layers)
 
 
 def dequantized_float(model):
-    """The same model with each WeightOnlyLinear as a float Linear of its dequantized weight
-    (identical outputs; avoids unpacking 210 weights on every forward of the evaluation)."""
+    """The same model with each WeightOnlyLinear (and LoProLinear) as a float Linear of its
+    dequantized weight (identical outputs up to float rounding; avoids unpacking 210 weights on
+    every forward of the evaluation)."""
     from edgeq.quant import set_submodule
 
-    for name, m in list(model.named_modules()):
+    for name, m in quantized_layers(model).items():
         if type(m) is WeightOnlyLinear:
             set_submodule(model, name, m.to_float())
+        elif type(m) is LoProLinear:
+            linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(m.dequantized_weight())
+                if m.bias is not None:
+                    linear.bias.copy_(m.bias)
+            set_submodule(model, name, linear)
     return model
 
 
@@ -114,10 +125,10 @@ def main(argv=None) -> int:
         rows.clear()
     Path(args.json).write_text(json.dumps(rows, indent=2))
     for preset in args.configs:
-        method = preset.split("-", 1)[1]
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        qmodel = edgeq.quantize(model, preset, calib=calib_batches if "gptq" in method else None)
+        needs_calib = edgeq.recipes.resolve_recipe(preset).needs_calibration
+        qmodel = edgeq.quantize(model, preset, calib=calib_batches if needs_calib else None)
         if device.type == "cuda":
             torch.cuda.synchronize()
         qtime = time.perf_counter() - t0
