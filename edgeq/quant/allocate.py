@@ -40,8 +40,7 @@ from edgeq.errors import QuantizationError
 from edgeq.maths.groups import group_params
 from edgeq.maths.packing import packed_length
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
-from edgeq.quant.gptq import (HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model,
-                              gptq_quantize_weight)
+from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
 from edgeq.quant.lopro import lopro_linear
 from edgeq.quant.quarot import check_rotatable, rotate_decoder
 from edgeq.quant.weight_only import flat_weight
@@ -157,8 +156,7 @@ def layer_options(name: str, layer: nn.Module, recipe: AllocatedRecipe) -> list[
     in_features = flat_weight(layer).shape[1]
     out = [("gptq", b, g) for b, g in layer_grids(in_features, recipe.grids)] if recipe.grids else []
     if recipe.lopro_grids and isinstance(layer, nn.Linear) and in_features % recipe.lopro_block_size == 0:
-        out += [("lopro", b, g) for b, g in layer_grids(in_features, recipe.lopro_grids)
-                if g % 8 == 0 or g == in_features]
+        out += [("lopro", b, g) for b, g in layer_grids(in_features, recipe.lopro_grids)]
     if not out:
         raise QuantizationError(f"layer {name}: none of the grids {list(recipe.grids)} / LoPRo grids "
                                 f"{list(recipe.lopro_grids)} fits its {in_features} inputs")
