@@ -59,6 +59,20 @@ def quantized_stats(model) -> tuple[int, int, int]:
     return len(layers), sum(m.in_features * m.out_features for m in layers), sum(m.weight_bytes() for m in layers)
 
 
+def plan_summary(model) -> dict[str, int] | None:
+    """An allocator's plan as layer counts per option ("lopro W3 g192": 97), else None."""
+    plan = getattr(getattr(model, "edgeq_recipe", None), "plan", None)
+    if not plan:
+        return None
+    from edgeq.quant.allocate import plan_rows
+
+    counts: dict[str, int] = {}
+    for method, bits, group in plan_rows(model.edgeq_recipe).values():
+        key = f"{method} W{bits} g{group}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def dequantized_float(model):
     """The same model with each WeightOnlyLinear (and LoProLinear) as a float Linear of its
     dequantized weight (identical outputs up to float rounding; avoids unpacking 210 weights on
@@ -138,7 +152,7 @@ def main(argv=None) -> int:
         ppl = math.exp(nll.mean().item())
         rows.append({"config": preset, "ppl": ppl, "bits_per_weight": 8 * nbytes / weights, "linear_bytes": nbytes,
                      "layers": layers, "quantize_s": qtime, "eval_s": time.perf_counter() - t1,
-                     "window_nll": nll.tolist()})
+                     "window_nll": nll.tolist(), "plan": plan_summary(qmodel)})
         print(f"{preset}: ppl {ppl:.3f}, {8 * nbytes / weights:.3f} bits/weight, {layers} layers, "
               f"quantize {qtime:.1f} s", flush=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -196,6 +210,9 @@ def report(rows, args) -> int:
                                  [[s["config"], f"{s['ratio']:.4f}", f"{100 * s['se']:.2f}%",
                                    f"{s['low']:.4f}-{s['high']:.4f}", str(s["needed"]), str(s["settled"])]
                                   for s in stability]))
+    plans = [f"{r['config']}: " + ", ".join(f"{k} x{v}" for k, v in r["plan"].items()) for r in rows if r.get("plan")]
+    if plans:
+        notes.append("Allocator plans (layers per option): " + "; ".join(plans) + ".")
     if missing:
         notes.append("Not run (time): " + ", ".join(missing) + ".")
     if args.from_json:
