@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import edgeq  # noqa: E402
 from edgeq.models.wikitext import SEQ_LEN, calibration_windows, window_nll, windows_of, wikitext_tokens  # noqa: E402
+from edgeq.quant.lopro import LoProLinear  # noqa: E402
+from edgeq.quant.serialize import quantized_layers  # noqa: E402
 from edgeq.quant.weight_only import WeightOnlyLinear  # noqa: E402
 
 GRIDS = ("w4g128", "w3g128", "w2g64")
@@ -51,19 +53,42 @@ def load_model(gguf: str | None):
 
 
 def quantized_stats(model) -> tuple[int, int, int]:
-    """(layers, weights, bytes) over the weight-only layers."""
-    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    """(layers, weights, bytes) over the outermost quantized layers (a LoPRo layer counts its
+    core, permutation and factors once)."""
+    layers = list(quantized_layers(model).values())
     return len(layers), sum(m.in_features * m.out_features for m in layers), sum(m.weight_bytes() for m in layers)
 
 
+def plan_summary(model) -> dict[str, int] | None:
+    """An allocator's plan as layer counts per option ("lopro W3 g192": 97), else None."""
+    plan = getattr(getattr(model, "edgeq_recipe", None), "plan", None)
+    if not plan:
+        return None
+    from edgeq.quant.allocate import plan_rows
+
+    counts: dict[str, int] = {}
+    for method, bits, group in plan_rows(model.edgeq_recipe).values():
+        key = f"{method} W{bits} g{group}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def dequantized_float(model):
-    """The same model with each WeightOnlyLinear as a float Linear of its dequantized weight
-    (identical outputs; avoids unpacking 210 weights on every forward of the evaluation)."""
+    """The same model with each WeightOnlyLinear (and LoProLinear) as a float Linear of its
+    dequantized weight (identical outputs up to float rounding; avoids unpacking 210 weights on
+    every forward of the evaluation)."""
     from edgeq.quant import set_submodule
 
-    for name, m in list(model.named_modules()):
+    for name, m in quantized_layers(model).items():
         if type(m) is WeightOnlyLinear:
             set_submodule(model, name, m.to_float())
+        elif type(m) is LoProLinear:
+            linear = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(m.dequantized_weight())
+                if m.bias is not None:
+                    linear.bias.copy_(m.bias)
+            set_submodule(model, name, linear)
     return model
 
 
@@ -114,10 +139,10 @@ def main(argv=None) -> int:
         rows.clear()
     Path(args.json).write_text(json.dumps(rows, indent=2))
     for preset in args.configs:
-        method = preset.split("-", 1)[1]
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        qmodel = edgeq.quantize(model, preset, calib=calib_batches if "gptq" in method else None)
+        needs_calib = edgeq.recipes.resolve_recipe(preset).needs_calibration
+        qmodel = edgeq.quantize(model, preset, calib=calib_batches if needs_calib else None)
         if device.type == "cuda":
             torch.cuda.synchronize()
         qtime = time.perf_counter() - t0
@@ -127,7 +152,7 @@ def main(argv=None) -> int:
         ppl = math.exp(nll.mean().item())
         rows.append({"config": preset, "ppl": ppl, "bits_per_weight": 8 * nbytes / weights, "linear_bytes": nbytes,
                      "layers": layers, "quantize_s": qtime, "eval_s": time.perf_counter() - t1,
-                     "window_nll": nll.tolist()})
+                     "window_nll": nll.tolist(), "plan": plan_summary(qmodel)})
         print(f"{preset}: ppl {ppl:.3f}, {8 * nbytes / weights:.3f} bits/weight, {layers} layers, "
               f"quantize {qtime:.1f} s", flush=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -185,6 +210,9 @@ def report(rows, args) -> int:
                                  [[s["config"], f"{s['ratio']:.4f}", f"{100 * s['se']:.2f}%",
                                    f"{s['low']:.4f}-{s['high']:.4f}", str(s["needed"]), str(s["settled"])]
                                   for s in stability]))
+    plans = [f"{r['config']}: " + ", ".join(f"{k} x{v}" for k, v in r["plan"].items()) for r in rows if r.get("plan")]
+    if plans:
+        notes.append("Allocator plans (layers per option): " + "; ".join(plans) + ".")
     if missing:
         notes.append("Not run (time): " + ", ".join(missing) + ".")
     if args.from_json:

@@ -110,8 +110,8 @@ def run(args) -> int:
     for name, m in quantized_layers(qmodel).items():
         grid = getattr(m, "core", m)  # low-rank methods: the packed core's bits and group
         key = (name if getattr(recipe, "plan", None) is not None else re.sub(r"\.\d+\.", ".*.", name, count=1))
-        r = rows.setdefault(key, {"layer": key, "count": 0, "bits": grid.bits, "group_size": grid.group_size,
-                                  "weights": 0, "bytes": 0})
+        r = rows.setdefault(key, {"layer": key, "count": 0, "form": type(m).__name__, "bits": grid.bits,
+                                  "group_size": grid.group_size, "weights": 0, "bytes": 0})
         r["count"] += 1
         r["weights"] += m.in_features * m.out_features
         r["bytes"] += m.weight_bytes()
@@ -125,11 +125,11 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    table = [[r["layer"], r["count"], r["bits"], r["group_size"], f"{8 * r['bytes'] / r['weights']:.3f}",
+    table = [[r["layer"], r["count"], r["form"], r["bits"], r["group_size"], f"{8 * r['bytes'] / r['weights']:.3f}",
               f"{r['bytes'] / 1024:.1f} KiB"] for r in rows.values()]
-    table.append(["total", sum(r["count"] for r in rows.values()), "", "", f"{result['bits_per_weight']:.3f}",
+    table.append(["total", sum(r["count"] for r in rows.values()), "", "", "", f"{result['bits_per_weight']:.3f}",
                   f"{total_b / 1024:.1f} KiB"])
-    print(format_table(["layer", "count", "bits", "group", "bits/weight", "bytes"], table,
+    print(format_table(["layer", "count", "form", "bits", "group", "bits/weight", "bytes"], table,
                        title=f"{args.model} {args.preset or f'--bits {args.bits}'}: quantized in {seconds:.1f} s"))
     print()
     print(format_table(["vs float model", "max abs", "max rel", "cosine", "top-1 agree"], vs_float.rows(),

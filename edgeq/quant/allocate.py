@@ -1,6 +1,7 @@
-"""Per-layer bit allocation under a whole-model budget: each layer gets its own GPTQ grid
-(bits, group) so that the quantized layers average at most ``budget`` bits per weight, with
-every stored byte counted (packed integers, float16 scales, uint8 zeros).
+"""Per-layer bit allocation under a whole-model budget: each layer gets its own method and grid
+(GPTQ or LoPRo at some bits and group) so that the quantized layers average at most ``budget``
+bits per weight, with every stored byte counted (packed integers, float16 scales, uint8 zeros,
+LoPRo's permutation and any low-rank factors).
 
 Sensitivity, measured once on the calibration data (one forward and backward pass per window):
 
@@ -12,10 +13,16 @@ columns compensating costs ``δ_j² / U_jj²`` (``U = chol(H⁻¹)`` upper, in a
 factor), with ``δ_j²`` the round-to-nearest step² / 12 of ``j``'s group on the original weight.
 For a model without a language-model loss (no ``labels``), ``F = 1``: plain output error.
 
+``sensitivity="measured"`` (needed for LoPRo options, which have no closed-form estimate) runs
+each option's own solve instead: the layer is quantized with the Hessian of the even calibration
+windows and ``e_lo(c) = (ΔW H' ΔWᵀ)_oo`` is its output error on the odd windows (``H'``), so an
+option is charged what it costs on data its solve did not see, in the same units as above.
+
 Plan: minimise Σ s(l, c) over one grid per layer subject to Σ_l n_l · bits(l, c) ≤ budget · Σ_l n_l,
 an integer program (LQ-LoRA's memory-budget ILP shape) solved by ``scipy.optimize.milp`` (HiGHS).
-The plan is stored in the recipe (``plan``: (layer, bits, group) rows), so a saved model's
-metadata says which grid each layer has, and a recipe with a plan quantizes without re-planning.
+The plan is stored in the recipe (``plan``: (layer, method, bits, group) rows, method "gptq" or
+"lopro"), so a saved model's metadata says which grid each layer has, and a recipe with a plan
+quantizes without re-planning.
 """
 
 from __future__ import annotations
@@ -34,22 +41,31 @@ from edgeq.maths.groups import group_params
 from edgeq.maths.packing import packed_length
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
 from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
+from edgeq.quant.lopro import lopro_linear
 from edgeq.quant.quarot import check_rotatable, rotate_decoder
 from edgeq.quant.weight_only import flat_weight
 from edgeq.quant.weight_only_recipes import GPTQRecipe
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 DEFAULT_GRIDS = ((2, 32), (2, 64), (2, 128), (3, 32), (3, 64), (3, 128), (4, 32), (4, 64), (4, 128), (8, 128))
+# LoPRo (rank 0, Hadamard blocks of 64) options of the presets, per budget: the pairs measured on
+# SmolLM2-135M (benchmarks/RESULTS.md); g192 divides its 576 and 1536 inputs
+LOPRO_GRIDS = {2.5: ((2, 192), (3, 192)), 3.25: ((3, 192), (4, 192))}
+METHODS = ("gptq", "lopro")
 
 
 @dataclass(frozen=True)
 class AllocatedRecipe(Recipe):
-    """GPTQ with a grid per layer chosen to meet ``budget`` bits per weight (see module docstring).
+    """GPTQ or LoPRo with a grid per layer chosen to meet ``budget`` bits per weight (see module
+    docstring).
 
-    grids: the (bits, group) choices; a group that does not divide a layer's inputs becomes the
-    largest power of two below it that does. plan: (layer, bits, group) rows; empty means
-    "measure and solve" (the quantized model's recipe holds the plan it used). The GPTQ knobs
-    and ``hadamard`` (QuaRot rotation first) are those of ``GPTQRecipe``."""
+    grids / lopro_grids: the GPTQ / LoPRo (bits, group) choices; a group that does not divide a
+    layer's inputs becomes the largest power of two below it that does. sensitivity: "estimate"
+    (GPTQ's closed form, GPTQ grids only) or "measured" (each option's held-out output error).
+    plan: (layer, method, bits, group) rows; empty means "measure and solve" (the quantized
+    model's recipe holds the plan it used). The GPTQ knobs and ``hadamard`` (QuaRot rotation
+    first) are those of ``GPTQRecipe``; ``lopro_*`` are LoPRo's (``LoProRecipe``; no salient block,
+    int8 factors)."""
 
     METHOD = "allocated"
     budget: float = 2.5
@@ -63,6 +79,12 @@ class AllocatedRecipe(Recipe):
     static_groups: bool = False
     block_size: int = 128
     clip_steps: int = 0
+    sensitivity: str = "estimate"
+    lopro_grids: tuple[tuple[int, int], ...] = ()
+    lopro_block_size: int = 64
+    lopro_rank: int = 0
+    lopro_rank_min_gain: float = 0.0
+    lopro_clip_steps: int = 20
 
     @property
     def needs_calibration(self) -> bool:
@@ -77,6 +99,7 @@ class LayerOption:
     group_size: int
     bits_per_weight: float
     sensitivity: float
+    method: str = "gptq"
 
 
 def stored_bits_per_weight(out_features: int, in_features: int, bits: int, group_size: int) -> float:
@@ -128,19 +151,59 @@ def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, 
     return (scale.square() / 12 * group_cost).sum(dim=1)
 
 
-def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches: list, grids,
-                        damp: float = 0.01) -> dict[str, list[LayerOption]]:
+def layer_options(name: str, layer: nn.Module, recipe: AllocatedRecipe) -> list[tuple[str, int, int]]:
+    """The (method, bits, group) options of one layer: LoPRo only for a Linear whose inputs its
+    Hadamard blocks divide."""
+    in_features = flat_weight(layer).shape[1]
+    out = [("gptq", b, g) for b, g in layer_grids(in_features, recipe.grids)] if recipe.grids else []
+    if recipe.lopro_grids and isinstance(layer, nn.Linear) and in_features % recipe.lopro_block_size == 0:
+        out += [("lopro", b, g) for b, g in layer_grids(in_features, recipe.lopro_grids)]
+    if not out:
+        raise QuantizationError(f"layer {name}: none of the grids {list(recipe.grids)} / LoPRo grids "
+                                f"{list(recipe.lopro_grids)} fits its {in_features} inputs")
+    return out
+
+
+def quantize_option(name: str, layer: nn.Module, hessian: torch.Tensor, recipe: AllocatedRecipe,
+                    method: str, bits: int, group: int) -> nn.Module:
+    """One layer quantized at one option, in its inference form (WeightOnlyLinear / LoProLinear)."""
+    if method == "gptq":
+        base = GPTQRecipe(bits=bits, group_size=group, symmetric=recipe.symmetric, damp=recipe.damp,
+                          act_order=recipe.act_order, static_groups=recipe.static_groups,
+                          block_size=recipe.block_size, clip_steps=recipe.clip_steps)
+        return _quantize_layer(name, layer, hessian, base)
+    if method == "lopro":
+        try:
+            return lopro_linear(layer.weight, hessian, bits=bits, group_size=group, rank=recipe.lopro_rank,
+                                block_size=recipe.lopro_block_size, salient_blocks=0, factor_dtype="int8",
+                                clip_steps=recipe.lopro_clip_steps, bias=layer.bias,
+                                rank_min_gain=recipe.lopro_rank_min_gain, seed=recipe.seed)
+        except QuantizationError as e:
+            raise QuantizationError(f"layer {name}: {e}") from None
+    raise QuantizationError(f"recipe 'allocated': layer {name}: unknown method {method!r}; choose one of {METHODS}")
+
+
+def _dequantized(q: nn.Module) -> torch.Tensor:
+    return q.dequantized_weight().reshape(q.out_features, -1).float()
+
+
+def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches: list,
+                        recipe: AllocatedRecipe) -> dict[str, list[LayerOption]]:
     """Each layer's options (module docstring), from one float pass with gradients per window."""
+    measured = recipe.sensitivity == "measured"
     hessians = {name: HessianAccumulator(layer) for name, layer in layers.items()}
+    held_out = {name: HessianAccumulator(layer) for name, layer in layers.items()} if measured else {}
     fisher = {name: torch.zeros(flat_weight(layer).shape[0]) for name, layer in layers.items()}
     language_model = hasattr(model, "get_input_embeddings") and getattr(model, "config", None) is not None
+    window_index = [0]
 
     def capture(name):
         def add_fisher(grad) -> None:
             fisher[name] += grad.detach().float().square().reshape(-1, grad.shape[-1]).sum(0)
 
         def hook(module, args, output):
-            hessians[name].add(args[0])
+            # measured: even windows fit the options, odd ones judge them
+            (held_out if measured and window_index[0] % 2 else hessians)[name].add(args[0])
             if output.requires_grad:
                 output.register_hook(add_fisher)
         return hook
@@ -161,21 +224,33 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
                 else:
                     with torch.no_grad():
                         model(*window) if isinstance(window, (tuple, list)) else model(window)
+                window_index[0] += 1
     finally:
         for h in hooks:
             h.remove()
         for p, g in grads.items():
             p.requires_grad_(g)
+    if measured and window_index[0] < 2:
+        raise QuantizationError("recipe 'allocated' with sensitivity='measured' needs at least 2 calibration "
+                                "windows (even ones fit each option, odd ones measure its error)")
     options = {}
+    bar = tqdm(total=sum(len(layer_options(n, m, recipe)) for n, m in layers.items()), desc="options", leave=False)
     for name, layer in layers.items():
-        weight = flat_weight(layer)
-        if not layer_grids(weight.shape[1], grids):
-            raise QuantizationError(f"layer {name}: none of the grids {list(grids)} fits its {weight.shape[1]} inputs")
+        weight = flat_weight(layer).detach().float()
         f = fisher[name] if language_model else torch.ones(weight.shape[0])
-        options[name] = [
-            LayerOption(bits, group, stored_bits_per_weight(*weight.shape, bits, group),
-                        float((f * gptq_error_estimate(weight, hessians[name].h, bits, group, damp)).sum()))
-            for bits, group in layer_grids(weight.shape[1], grids)]
+        options[name] = []
+        for method, bits, group in layer_options(name, layer, recipe):
+            if measured:
+                q = quantize_option(name, layer, hessians[name].h, recipe, method, bits, group)
+                delta = _dequantized(q) - weight
+                error = ((delta @ held_out[name].h) * delta).sum(dim=1)
+                bpw = 8 * q.weight_bytes() / weight.numel()
+            else:
+                error = gptq_error_estimate(weight, hessians[name].h, bits, group, recipe.damp)
+                bpw = stored_bits_per_weight(*weight.shape, bits, group)
+            options[name].append(LayerOption(bits, group, bpw, float((f * error).sum()), method))
+            bar.update(1)
+    bar.close()
     return options
 
 
@@ -207,8 +282,28 @@ def solve_plan(options: dict[str, list[LayerOption]], weights: dict[str, int], b
     return {names[i]: o for (i, o), x in zip(flat, result.x) if x > 0.5}
 
 
+def plan_rows(recipe: AllocatedRecipe) -> dict[str, tuple[str, int, int]]:
+    """The recipe's plan by layer: (method, bits, group); a row without a method (recipes saved
+    before LoPRo joined the options) is GPTQ."""
+    plan = {}
+    for row in recipe.plan:
+        name, *grid = row
+        plan[name] = tuple(grid) if len(grid) == 3 else ("gptq", *grid)
+    return plan
+
+
+def check_allocated(recipe: AllocatedRecipe) -> None:
+    if recipe.sensitivity not in ("estimate", "measured"):
+        raise QuantizationError(f"recipe 'allocated': sensitivity must be 'estimate' or 'measured', got {recipe.sensitivity!r}")
+    if recipe.lopro_grids and recipe.sensitivity != "measured" and not recipe.plan:
+        raise QuantizationError("recipe 'allocated': LoPRo options have no error estimate; use sensitivity='measured'")
+    if not recipe.grids and not recipe.lopro_grids:
+        raise QuantizationError("recipe 'allocated': no options (grids and lopro_grids are both empty)")
+
+
 @register_quantizer(AllocatedRecipe)
 def quantize_allocated(model: nn.Module, recipe: AllocatedRecipe, calib) -> nn.Module:
+    check_allocated(recipe)
     batches = calib_batches(calib)
     if not batches:
         raise QuantizationError("recipe 'allocated' needs calibration data (sensitivity and GPTQ): pass calib=<sample inputs>")
@@ -220,24 +315,22 @@ def quantize_allocated(model: nn.Module, recipe: AllocatedRecipe, calib) -> nn.M
     if recipe.hadamard:
         rotate_decoder(qmodel, recipe.seed)
     layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
-    plan = {name: (bits, group) for name, bits, group in recipe.plan}
+    plan = plan_rows(recipe)
     report = {}
     if not plan:
-        options = measure_sensitivity(qmodel, layers, batches, recipe.grids, recipe.damp)
+        options = measure_sensitivity(qmodel, layers, batches, recipe)
         weights = {n: flat_weight(m).numel() for n, m in layers.items()}
         chosen = solve_plan(options, weights, recipe.budget)
-        plan = {name: (o.bits, o.group_size) for name, o in chosen.items()}
-        report = {name: {"bits": o.bits, "group_size": o.group_size, "bits_per_weight": o.bits_per_weight,
-                         "sensitivity": o.sensitivity} for name, o in chosen.items()}
+        plan = {name: (o.method, o.bits, o.group_size) for name, o in chosen.items()}
+        report = {name: {"method": o.method, "bits": o.bits, "group_size": o.group_size,
+                         "bits_per_weight": o.bits_per_weight, "sensitivity": o.sensitivity}
+                  for name, o in chosen.items()}
     missing = [n for n in layers if n not in plan]
     if missing:
         raise QuantizationError(f"recipe 'allocated': the plan has no grid for layer {missing[0]!r}")
-    base = GPTQRecipe(symmetric=recipe.symmetric, damp=recipe.damp, act_order=recipe.act_order,
-                      static_groups=recipe.static_groups, block_size=recipe.block_size, clip_steps=recipe.clip_steps)
 
     def quantize_layer(name, layer, hessian, _recipe):
-        bits, group = plan[name]
-        return _quantize_layer(name, layer, hessian, dataclasses.replace(base, bits=bits, group_size=group))
+        return quantize_option(name, layer, hessian, recipe, *plan[name])
 
     gptq_quantize_model(qmodel, layers, recipe, batches, quantize_layer=quantize_layer)
     qmodel.edgeq_recipe = dataclasses.replace(recipe, plan=tuple((n, *plan[n]) for n in layers))
@@ -250,3 +343,5 @@ register_recipe_type(AllocatedRecipe)
 for _budget in (2.5, 3.25):
     register_preset(f"mix{_budget}-gptq", AllocatedRecipe(skip=("lm_head",), budget=_budget))
     register_preset(f"mix{_budget}-hadamard-gptq", AllocatedRecipe(skip=("lm_head",), budget=_budget, hadamard=True))
+    register_preset(f"mix{_budget}-lopro", AllocatedRecipe(skip=("lm_head",), budget=_budget, grids=(),
+                                                           lopro_grids=LOPRO_GRIDS[_budget], sensitivity="measured"))

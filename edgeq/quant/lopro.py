@@ -254,6 +254,11 @@ def quantize_lopro(model: nn.Module, recipe: LoProRecipe, calib=None) -> nn.Modu
 register_recipe_type(LoProRecipe)
 register_preset("w3-lopro", LoProRecipe(bits=3, skip=("lm_head",)))
 register_preset("w2-lopro", LoProRecipe(bits=2, skip=("lm_head",)))
+# permuted block-Hadamard GPTQ alone (no low-rank branch, no salient block): the issue-#20 budgets
+register_preset("w3g192-lopro-rank0", LoProRecipe(bits=3, group_size=192, rank=0, block_size=64, salient_blocks=0,
+                                                  skip=("lm_head",)))
+register_preset("w2g64-lopro-rank0", LoProRecipe(bits=2, group_size=64, rank=0, block_size=64, salient_blocks=0,
+                                                 skip=("lm_head",)))
 
 
 # --- export ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The per-layer bit allocator (issue #20): the integer program's plan is the optimum and meets
-the budget; the GPTQ error estimate ranks grids as GPTQ itself does; a tiny Llama quantized
-within a budget keeps its plan through save/load, exports, compiles for cpu (matching PyTorch
-within the float floor rule) and cross-compiles for arm64."""
+the budget; the GPTQ error estimate ranks grids as GPTQ itself does; the measured sensitivity is
+each option's output error on the held-out calibration windows; a tiny Llama quantized within a
+budget (GPTQ grids, and LoPRo with GPTQ grids) keeps its plan through save/load, exports,
+compiles for cpu (matching PyTorch within the float floor rule) and cross-compiles for arm64."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def _tiny_llama():
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      architectures=["LlamaForCausalLM"])
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -76,18 +78,82 @@ def test_budget_met_and_plan_in_the_recipe(allocated_llama):
     layers = {n: m for n, m in allocated_llama.named_modules() if isinstance(m, WeightOnlyLinear)}
     stored = 8 * sum(m.weight_bytes() for m in layers.values()) / sum(m.in_features * m.out_features for m in layers.values())
     assert stored <= 3.0 and len(layers) == 14
-    plan = {name: (bits, group) for name, bits, group in allocated_llama.edgeq_recipe.plan}
-    assert plan == {n: (m.bits, m.group_size) for n, m in layers.items()}
+    plan = {name: (method, bits, group) for name, method, bits, group in allocated_llama.edgeq_recipe.plan}
+    assert plan == {n: ("gptq", m.bits, m.group_size) for n, m in layers.items()}
     assert len(set(plan.values())) > 1  # a mixed plan, not one grid everywhere
     again = edgeq.recipes.resolve_recipe(allocated_llama.edgeq_recipe.to_json())
     assert again == allocated_llama.edgeq_recipe
 
 
-def test_allocated_llama_compiles_and_matches_pytorch(allocated_llama, tmp_path):
+@pytest.fixture(scope="module")
+def lopro_allocated_llama():
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
+    recipe = AllocatedRecipe(skip=("lm_head",), budget=3.0, grids=((2, 32), (4, 32)), hadamard=True,
+                             lopro_grids=((2, 32), (3, 64), (4, 64)), lopro_block_size=32, sensitivity="measured")
+    return edgeq.quantize(_tiny_llama(), recipe, calib=[calib])
+
+
+def test_measured_sensitivity_is_the_held_out_output_error():
+    """Without a language-model loss, an option's sensitivity is its output error on the odd
+    windows, (2/n)·|X_odd (W - Ŵ)ᵀ|², with Ŵ solved on the even windows' Hessian."""
+    from edgeq.quant.allocate import measure_sensitivity, quantize_option
+
+    g = torch.Generator().manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16)).eval()
+    fit, judge_x = (torch.randn(128, 64, generator=g) * torch.logspace(0, 1, 64) for _ in range(2))
+    recipe = AllocatedRecipe(grids=((2, 32),), lopro_grids=((3, 64),), lopro_block_size=32, sensitivity="measured")
+    options = measure_sensitivity(model, {"0": model[0]}, [fit, judge_x], recipe)["0"]
+    assert [(o.method, o.bits, o.group_size) for o in options] == [("gptq", 2, 32), ("lopro", 3, 64)]
+    acc = HessianAccumulator(model[0])
+    acc.add(fit)
+    for o in options:
+        q = quantize_option("0", model[0], acc.h, recipe, o.method, o.bits, o.group_size)
+        expected = 2 / 128 * (judge_x @ (q.dequantized_weight() - model[0].weight).T).square().sum()
+        assert o.sensitivity == pytest.approx(expected.item(), rel=1e-4)
+        assert o.bits_per_weight == pytest.approx(8 * q.weight_bytes() / (64 * 16))
+    assert options[1].bits_per_weight == pytest.approx(3 + 24 / 64 + 16 / 16)  # LoPRo's int16 permutation counted
+    with pytest.raises(QuantizationError, match="at least 2 calibration windows"):
+        measure_sensitivity(model, {"0": model[0]}, [fit], recipe)
+
+
+def test_lopro_options_plan_meets_budget_and_reloads(lopro_allocated_llama, tmp_path):
+    from edgeq.quant.lopro import LoProLinear
+    from edgeq.quant.serialize import load_quantized, quantized_layers, save_quantized
+
+    layers = quantized_layers(lopro_allocated_llama)
+    stored = 8 * sum(m.weight_bytes() for m in layers.values()) / sum(m.in_features * m.out_features for m in layers.values())
+    assert stored <= 3.0 and len(layers) == 14
+    plan = {row[0]: tuple(row[1:]) for row in lopro_allocated_llama.edgeq_recipe.plan}
+    assert plan == {n: ("lopro" if isinstance(m, LoProLinear) else "gptq", getattr(m, "core", m).bits,
+                        getattr(m, "core", m).group_size) for n, m in layers.items()}
+    assert {method for method, _, _ in plan.values()} == {"gptq", "lopro"}  # both kinds in one model
+    report = lopro_allocated_llama.edgeq_allocation
+    assert {n: (r["method"], r["bits"], r["group_size"]) for n, r in report.items()} == plan
+    path = save_quantized(lopro_allocated_llama, tmp_path / "mixed.safetensors", source="huggingface")
+    loaded = load_quantized(path)
+    assert loaded.edgeq_recipe == lopro_allocated_llama.edgeq_recipe
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, lopro_allocated_llama(ids).logits, rtol=0, atol=0)
+
+
+def test_legacy_plan_rows_are_gptq_and_lopro_needs_measuring():
+    from edgeq.quant.allocate import plan_rows
+
+    assert plan_rows(AllocatedRecipe(plan=(("a", 3, 64), ("b", "lopro", 2, 192)))) == {
+        "a": ("gptq", 3, 64), "b": ("lopro", 2, 192)}
+    with pytest.raises(QuantizationError, match="sensitivity='measured'"):
+        edgeq.quantize(_tiny_llama(), AllocatedRecipe(skip=("lm_head",), lopro_grids=((3, 64),)),
+                       calib=[torch.zeros(2, 8, dtype=torch.long)])
+
+
+def test_allocated_llama_compiles_and_matches_pytorch(lopro_allocated_llama, tmp_path):
+    """Rotation, GPTQ and LoPRo layers in one model (the plan holds both methods)."""
     from edgeq.runtime.executors import TvmExecutor
     from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
     from edgeq.targets import get_target
 
+    allocated_llama = lopro_allocated_llama
     ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
     onnx_path = edgeq.export(allocated_llama, ids, tmp_path / "llama.onnx")
     artifact = edgeq.compile(onnx_path, target="cpu", out_dir=tmp_path)
@@ -113,7 +179,7 @@ def test_cli_bits_budget_reports_the_plan(tmp_path, capsys):
     assert main(["quantize", "digits-cnn", "--bits", "4", "-o", str(out), "--calib", "16", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["bits_per_weight"] <= 4.0 and result["recipe"]["method"] == "allocated"
-    assert {row["layer"] for row in result["layers"]} == {name for name, _, _ in result["recipe"]["plan"]}
+    assert {row["layer"] for row in result["layers"]} == {row[0] for row in result["recipe"]["plan"]}
     from edgeq.quant.serialize import load_quantized
 
     loaded = load_quantized(out)  # the plan travels in the file's recipe metadata
