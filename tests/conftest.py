@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config, items):
     """With ``--dist loadgroup``: every test in its file's group, and the longest groups first (the
     device group, then files with a ``slow`` test), so no long file starts last while the other
     worker idles (``make test`` passes ``--no-loadscope-reorder``, which keeps this order)."""
-    if getattr(config.option, "dist", "no") != "loadgroup":
+    if not getattr(config.option, "loadgroup", False):  # what xdist sets on its workers for --dist loadgroup
         return
     group_of = _group_of_files(items)
     slow = {group_of[item.path] for item in items if item.get_closest_marker("slow")}
