@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgeq-installed
 PYTEST_ARGS ?=
+# pytest-xdist workers: CI's machine has 2 cores (tests/conftest.py groups what must not run
+# concurrently and sizes each worker's thread pools); `make test TEST_WORKERS=auto` uses every core
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test clean
 
@@ -23,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeq demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 clean:
 	rm -rf edgeq-demo build *.egg-info

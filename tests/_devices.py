@@ -9,6 +9,11 @@ import os
 
 import pytest
 
+# Tests that talk to the emulated arm64 device run in one pytest-xdist group (tests/conftest.py):
+# its RPC server serves one session at a time, and one test stops it for a while.
+ARM64_DEVICE = "arm64-device"
+uses_arm64_device = pytest.mark.xdist_group(ARM64_DEVICE)
+
 
 def required_devices() -> set[str]:
     return {d.strip() for d in os.environ.get("EDGEQ_REQUIRE_DEVICE", "").split(",") if d.strip()}

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from _devices import uses_arm64_device
 from edgeq.cli import main
 
 REL = 1e-4  # of the reference's largest magnitude
@@ -138,6 +139,7 @@ def test_save_pretrained_folder_through_every_stage(llama, llama_artifacts, llam
     assert results["tvm"]["numerics"]["max_rel"] < REL and results["tvm vs float"]["numerics"]["cosine"] >= 0.95
 
 
+@uses_arm64_device
 def test_save_pretrained_folder_cross_compiles_for_arm64(llama_artifacts, llama_inputs, tmp_path, capsys):
     """The arm64 build exists; where the emulated device runs, ``edgeq run --device`` matches PyTorch."""
     from edgeq.runtime import device as dev

@@ -26,6 +26,7 @@ from edgeq.runtime.generation import (
     pick_token,
 )
 from edgeq.runtime.tokenizer import load_tokenizer, prompt_ids
+from _devices import uses_arm64_device
 from _generation import tiny_llama, tiny_llama_folder, tiny_tokenizer
 
 NEW_TOKENS = 32
@@ -256,6 +257,7 @@ def test_cli_names_the_context_error(hf_folder, tmp_path, capsys):
 
 
 @pytest.mark.device
+@uses_arm64_device
 def test_cli_generates_on_the_arm64_device(hf_folder, tmp_path, capsys):
     """The model folder quantized, exported, compiled for arm64 and run over RPC with the cache on
     the emulated device: the same ids as PyTorch."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import edgeq
+from _devices import uses_arm64_device
 from _cnn_models import SqueezeExcite, cnn_inputs, tiny_mobilenet_v2, tiny_mobilenet_v3
 from edgeq.errors import QuantizationError
 from edgeq.passes.integer_check import float_ops_in_integer_region
@@ -104,6 +105,7 @@ def test_arm64_cross_compile(arm64_artifact):
 
 
 @pytest.mark.device
+@uses_arm64_device
 @pytest.mark.parametrize("mobilenet", ["mobilenet_v3"], indirect=True)
 def test_arm64_device_is_bit_exact(mobilenet, arm64_artifact):
     from _devices import skip_or_fail

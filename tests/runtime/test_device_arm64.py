@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import edgeq
-from _devices import assert_bit_exact_report, integer_digits_cnn, running_arm64_device
+from _devices import assert_bit_exact_report, integer_digits_cnn, running_arm64_device, uses_arm64_device
 from edgeq.cli import main
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime import device as dev
@@ -31,7 +31,7 @@ from edgeq.runtime.executors import TorchExecutor
 from edgeq.runtime.report import validate_model
 from edgeq.runtime.rpc import RpcExecutor
 
-pytestmark = pytest.mark.device
+pytestmark = [pytest.mark.device, uses_arm64_device]
 
 
 @pytest.fixture(scope="module")

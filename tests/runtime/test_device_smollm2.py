@@ -15,9 +15,9 @@ import pytest
 
 from _smollm2_w4 import smollm2_w4_artifact, smollm2_w4_onnx
 from edgeq.cli import main
-from _devices import running_arm64_device
+from _devices import running_arm64_device, uses_arm64_device
 
-pytestmark = [pytest.mark.device, pytest.mark.slow]
+pytestmark = [pytest.mark.device, pytest.mark.slow, uses_arm64_device]
 
 SEQ = 4
 VOCAB = 49152

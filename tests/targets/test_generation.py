@@ -24,6 +24,7 @@ from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
 from edgeq.runtime.tvm_generation import TvmCausalLMSession
 from edgeq.targets.registry import get_target
 
+from _devices import uses_arm64_device
 from _kv_cache import VOCAB, OrtSession, greedy, quantized, tiny_causal_lm
 
 NEW_TOKENS = 32
@@ -165,6 +166,7 @@ def _have(program: str) -> bool:
 
 
 @pytest.mark.device
+@uses_arm64_device
 @pytest.mark.parametrize("name", ["float", "w4"])
 def test_greedy_generation_on_the_arm64_device(llamas, tmp_path_factory, name):
     from _devices import running_arm64_device
@@ -205,6 +207,7 @@ def test_greedy_generation_of_other_architectures(other_archs, tmp_path, arch):
 
 
 @pytest.mark.device
+@uses_arm64_device
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_of_other_architectures_on_the_arm64_device(other_archs, tmp_path, arch):
     from _devices import running_arm64_device

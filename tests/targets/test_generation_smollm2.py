@@ -18,6 +18,7 @@ from edgeq.quant.embedding import quantize_embeddings
 from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
 from edgeq.runtime.tvm_generation import TvmCausalLMSession
 
+from _devices import uses_arm64_device
 from _kv_cache import OrtSession, greedy
 
 pytestmark = pytest.mark.slow
@@ -63,6 +64,7 @@ def test_onnxruntime_and_tvm_on_the_host(smollm2_kv, tmp_path):
 
 
 @pytest.mark.device
+@uses_arm64_device
 def test_tvm_on_the_arm64_device(smollm2_kv, tmp_path):
     from _devices import running_arm64_device
 

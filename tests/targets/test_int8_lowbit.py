@@ -35,6 +35,7 @@ from edgeq.targets import get_target
 from edgeq.targets.int8_lowbit import GEMM_MIN_ROWS, dot_isa, gemm_columns, int8_kernel, vector_bytes
 from edgeq.targets.lower_lowbit import packed_linear_te
 from edgeq.targets.registry import _cpu_flags
+from _devices import uses_arm64_device
 
 HOST_FLAGS = _cpu_flags()
 # x86 instruction families and the /proc/cpuinfo flags the host needs to run them
@@ -276,6 +277,7 @@ def test_matches_onnxruntime_accuracy_level_4(w4_model, tmp_path):
 
 
 @pytest.mark.device
+@uses_arm64_device
 @pytest.mark.parametrize("target", ["arm64-dotprod", "arm64-i8mm"])
 def test_arm64_kernels_bit_exact_on_the_device(tmp_path, target):
     """sdot (and smmla for pairs of rows, sdot for the odd last one) on the emulated arm64 device:
