@@ -3,8 +3,11 @@ this host or on a device over RPC.
 
 It follows the causal-LM session protocol of ``edgeq.runtime.generation``: ``prefill(ids)`` and
 ``decode(token)`` return the last position's logits, ``position`` counts the tokens in the cache,
-``max_context`` bounds it. The cache never leaves the runtime: each call's ``present`` arrays
-(remote arrays over RPC) are the next call's ``past``; only the logits come back to the host.
+``max_context`` bounds it. The cache never leaves the runtime: one ``[1, kv_heads, max_context,
+head_dim]`` array per layer and K/V (remote arrays over RPC), allocated by ``reset``, which each
+call writes its new positions into in place and passes back (or, for an artifact whose attention
+kept the appending form, each call's ``present`` arrays become the next call's ``past``); only the
+logits come back to the host.
 """
 
 from __future__ import annotations
@@ -50,12 +53,16 @@ class TvmCausalLMSession:
             lib = bounded(lambda: self._session.load_module(name), call_timeout_s, f"loading {self.where}")
             self.device = self._session.cpu()
             self.vm = bounded(lambda: relax.VirtualMachine(lib, self.device), call_timeout_s, f"starting the VM for {self.where}")
+        # ids, mask, positions, the caches and, when they are written in place, cache_length
+        arity = self.vm._get_function_arity(self.generation["functions"]["decode"])
+        self._in_place = arity == 3 + 2 * self.generation["num_layers"] + 1
         self.reset()
 
     def reset(self) -> None:
-        """Empty the cache (arrays of length 0 on the device)."""
+        """Empty the cache (full-length arrays written in place, whose positions past ``position``
+        are never read; else arrays of length 0 that each call returns appended to)."""
         g = self.generation
-        shape = (1, g["num_kv_heads"], 0, g["head_dim"])
+        shape = (1, g["num_kv_heads"], self.max_context if self._in_place else 0, g["head_dim"])
         self._cache = [self._tvm.runtime.empty(shape, "float32", self.device) for _ in range(2 * g["num_layers"])]
         self.position = 0
 
@@ -96,7 +103,9 @@ class TvmCausalLMSession:
             args = [tvm.runtime.tensor(ids[None], self.device),
                     tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
-            self.vm.set_input(function, *args, *self._cache)
+            if self._in_place:  # cache_length: its shape is the number of tokens cached
+                args.append(tvm.runtime.empty((pos,), "int8", self.device))
+            self.vm.set_input(function, *args[:3], *self._cache, *args[3:])
             self.vm.invoke_stateful(function)
             outputs = list(self.vm.get_outputs(function))
             return outputs[0].numpy()[0, -1], outputs[1:]

@@ -68,7 +68,7 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     del out["main"]
     out[FUNCTIONS["prefill"]] = prefill
     out[FUNCTIONS["decode"]] = decode
-    return grouped_query_attention(out, FUNCTIONS.values()), model
+    return grouped_query_attention(out, FUNCTIONS.values(), settings["max_context"]), model
 
 
 # ops whose first input is the activations and that act row by row (an lm_head)

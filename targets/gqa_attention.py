@@ -24,7 +24,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.s_tir.dlight.base import ScheduleRule
 
 _OPS = {name: tvm.ir.Op.get(f"relax.{name}") for name in
-        ("matmul", "multiply", "reshape", "permute_dims", "broadcast_to", "expand_dims")}
+        ("matmul", "multiply", "reshape", "permute_dims", "broadcast_to", "expand_dims", "concat")}
 
 # FuseOps would inline the producers of Q (the rotary embedding) into the reduction, recomputing
 # them for every cache position: the kernels fuse with nothing
@@ -33,21 +33,63 @@ KERNEL_ATTR = "edgeq.gqa"  # "scores" or "values" on the two PrimFuncs, for GqaS
 SCORE_LANES = 16  # float lanes of head_dim summed at once per cache position (one AVX-512 vector)
 
 
-def grouped_query_attention(mod: tvm.IRModule, functions) -> tvm.IRModule:
+def grouped_query_attention(mod: tvm.IRModule, functions, max_context: int | None = None) -> tvm.IRModule:
     """``mod`` with the attention matmuls of the Relax ``functions`` (names) reading the cache
-    ungrouped; the repeat / transpose / scale bindings they leave unused are removed."""
-    rewriter = _Rewriter(mod)
-    for name in functions:
+    ungrouped; the repeat / transpose / scale bindings they leave unused are removed.
+
+    With ``max_context``, each cache parameter ``[1, kv_heads, past, head_dim]`` that the graph
+    appends to (``concat``) becomes a ``[1, kv_heads, max_context, head_dim]`` array that
+    ``write_cache_func`` writes the new positions into in place, the rewritten attention reads its
+    first ``past + seq`` positions and the function returns it: no copy of the cache per step. The
+    functions then take a last parameter ``cache_length`` (see ``_Rewriter.finish``). When some
+    other op still reads an appended cache (attention in another form), nothing is kept in place."""
+    names = list(functions)
+    out = _rewrite(mod, names, max_context)
+    if max_context is not None and any(_reads_a_replaced_cache(out[name], mod[name]) for name in names):
+        out = _rewrite(mod, names, None)
+    return out
+
+
+def _rewrite(mod, names, max_context):
+    rewriter = _Rewriter(mod, max_context)
+    for name in names:
         gv = mod.get_global_var(name)
-        rewriter.builder_.update_func(gv, rewriter.visit_expr(mod[gv]))
-    return relax.transform.DeadCodeElimination(list(functions))(rewriter.builder_.get())
+        rewriter.start(mod[gv])
+        func = rewriter.visit_expr(mod[gv])
+        rewriter.builder_.update_func(gv, rewriter.finish(func))
+    return relax.transform.DeadCodeElimination(names)(rewriter.builder_.get())
 
 
-def scores_te(q, k, q_scale: float, k_scale: float):
+def _reads_a_replaced_cache(new, old) -> bool:
+    """Whether ``new`` still reads a parameter of ``old`` that it no longer takes."""
+    kept = list(new.params)
+    used = relax.analysis.free_vars(new.body)
+    return any(any(u.same_as(p) for u in used) and not any(k.same_as(p) for k in kept) for p in old.params)
+
+
+def write_cache_func(heads: int, max_context: int, head_dim: int, dtype: str):
+    """``cache[0, h, position_ids[0, s], d] = new[0, h, s, d]``, in place (``call_tir_inplace``)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True)
+    def write_cache(var_cache: T.handle, var_new: T.handle, var_positions: T.handle):
+        T.func_attr({"op_pattern": 8})  # opaque: fused into nothing (FuseTIR would mix its buffers up)
+        seq = T.int64()
+        cache = T.match_buffer(var_cache, (1, heads, max_context, head_dim), dtype)
+        new = T.match_buffer(var_new, (1, heads, seq, head_dim), dtype)
+        positions = T.match_buffer(var_positions, (1, seq), "int64")
+        for h, s, d in T.grid(T.int64(heads), seq, T.int64(head_dim)):
+            cache[0, h, positions[0, s], d] = new[0, h, s, d]
+
+    return write_cache
+
+
+def scores_te(q, k, q_scale: float, k_scale: float, length=None):
+    """``length``: the cache positions read (the first ones of ``k``), default all."""
     group = q.shape[1] // k.shape[1]
     d = te.reduce_axis((0, q.shape[3]), name="d")
     return te.compute(
-        (q.shape[0], q.shape[1], q.shape[2], k.shape[2]),
+        (q.shape[0], q.shape[1], q.shape[2], k.shape[2] if length is None else length),
         lambda b, h, s, p: te.sum(q[b, h, s, d] * tvm.tirx.const(q_scale, q.dtype)
                                   * (k[b, h // group, p, d] * tvm.tirx.const(k_scale, k.dtype)), axis=d),
         name="gqa_scores")
@@ -55,7 +97,7 @@ def scores_te(q, k, q_scale: float, k_scale: float):
 
 def values_te(probs, v):
     group = probs.shape[1] // v.shape[1]
-    p = te.reduce_axis((0, v.shape[2]), name="p")
+    p = te.reduce_axis((0, probs.shape[3]), name="p")  # the first positions of v when it is a larger cache
     return te.compute((probs.shape[0], probs.shape[1], probs.shape[2], v.shape[3]),
                       lambda b, h, s, d: te.sum(probs[b, h, s, p] * v[b, h // group, p, d], axis=p),
                       name="gqa_values")
@@ -127,12 +169,34 @@ def _swaps_last_two(call) -> bool:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod):
+    def __init__(self, mod, max_context):
         super().__init__(mod)
+        self.max_context = max_context
+
+    def start(self, func):
+        self._params = {p.name: p for p in func.params}
+        self._full = {}  # cache parameter name -> its [1, kv_heads, max_context, head_dim] replacement
+        self._written = {}  # cache parameter name -> the full cache after this step's in-place write
+
+    def finish(self, func):
+        """``func`` with the cache parameters written in place replaced by the full caches and a last
+        parameter ``cache_length``, an int8 tensor ``[past]`` whose shape is the number of tokens
+        already cached (an ``R.Shape`` would do, but does not pass over RPC)."""
+        if not self._written:
+            return func
+        params = [self._full.get(p.name, p) for p in func.params]
+        past = _shape(self._params[next(iter(self._written))])[2]
+        params.append(relax.Var("cache_length", relax.TensorType([past], "int8")))
+        return relax.Function(params, func.body, None, func.is_pure, func.attrs)
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not isinstance(call, relax.Call) or call.op != _OPS["matmul"]:
+        if not isinstance(call, relax.Call):
+            return call
+        if call.op == _OPS["concat"]:
+            self._write_in_place(call)
+            return call
+        if call.op != _OPS["matmul"]:
             return call
         lhs, rhs = call.args
         keys = self._scaled(rhs)
@@ -141,13 +205,59 @@ class _Rewriter(PyExprMutator):
             key = self._ungrouped(self._through(self._reshapes(key_t), "permute_dims", _swaps_last_two))
             query = self._scaled(lhs)
             if key is not None and self._fits(query[0], key):
-                return self.builder_.call_te(scores_te, query[0], key, query[1], k_scale, primfunc_name_hint="gqa_scores",
+                full, length = self._in_place(key)
+                return self.builder_.call_te(scores_te, query[0], full, query[1], k_scale, length,
+                                             primfunc_name_hint="gqa_scores",
                                              primfunc_attrs={**_OPAQUE, KERNEL_ATTR: "scores"})
         value = self._ungrouped(rhs)
         if value is not None and self._fits(lhs, value, last_is_head_dim=False):
-            return self.builder_.call_te(values_te, lhs, value, primfunc_name_hint="gqa_values",
+            full, _ = self._in_place(value)
+            return self.builder_.call_te(values_te, lhs, full, primfunc_name_hint="gqa_values",
                                          primfunc_attrs={**_OPAQUE, KERNEL_ATTR: "values"})
         return call
+
+    def visit_tuple_(self, tup):
+        tup = super().visit_tuple_(tup)
+        fields = [self._in_place(f)[0] if isinstance(f, relax.Var) else f for f in tup.fields]
+        return relax.Tuple(fields) if any(not a.same_as(b) for a, b in zip(fields, tup.fields)) else tup
+
+    def _cache_parameter(self, concat):
+        """The name of the ``[1, kv_heads, past, head_dim]`` parameter that ``concat`` appends new
+        positions to (axis 2), else None."""
+        if self.max_context is None or not isinstance(concat.args[0], relax.Tuple) or len(concat.args[0].fields) != 2:
+            return None
+        past = concat.args[0].fields[0]
+        shape = _shape(past) if isinstance(past, relax.Var) else None
+        if shape is None or len(shape) != 4 or int(concat.attrs.axis) not in (2, -2):
+            return None
+        if past.name not in self._params or not self._params[past.name].same_as(past) or not isinstance(shape[2], tvm.tirx.Var):
+            return None
+        return past.name
+
+    def _write_in_place(self, concat):
+        """Emit the in-place write of ``concat``'s new positions into the full cache (at the
+        positions ``position_ids`` gives: the session's ``past .. past + seq``)."""
+        name = self._cache_parameter(concat)
+        positions = self._params.get("position_ids")
+        if name is None or positions is None or name in self._written:
+            return
+        past, new = concat.args[0].fields
+        _, heads, _, head_dim = _shape(past)
+        full_ty = relax.TensorType([1, heads, self.max_context, head_dim], past.ty.dtype)
+        self._full[name] = relax.Var(name, full_ty)
+        write = self.builder_.add_func(write_cache_func(int(heads), self.max_context, int(head_dim), past.ty.dtype),
+                                       "write_cache")
+        self._written[name] = self.builder_.emit(
+            relax.op.call_tir_inplace(write, [self._full[name], new, positions], 0, full_ty))
+
+    def _in_place(self, cache):
+        """(the full cache written in place, the positions to read) for ``cache`` (a concat of a
+        cache parameter and new positions), else (``cache``, None)."""
+        concat = self._bound(cache, "concat")
+        name = self._cache_parameter(concat) if concat is not None else None
+        if name not in self._written:
+            return cache, None
+        return self._written[name], _shape(cache)[2]
 
     def _bound(self, expr, op):
         """The call of ``op`` that ``expr`` (a variable) is bound to, else None."""
