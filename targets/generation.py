@@ -7,8 +7,10 @@ entry points over one set of weights:
 
 Both return ``(logits [1, 1, vocab], *present)``: only the last position's logits, which is all
 a generation step uses, so the ``lm_head`` runs on one row per prefill call (``last_position_only``)
-and only one row travels back from a device. The cache is the model's own ``past``/``present`` tensors:
-a session keeps the returned ``present`` arrays in the runtime's memory (on the device over
+and only one row travels back from a device. The cache is the model's own ``past``/``present`` tensors,
+written in place where the attention is recognised (``gqa_attention``: each cache a
+``[1, kv_heads, max_context, head_dim]`` array, ``past`` given by a last int8 ``[past]`` argument's
+shape): a session keeps the returned ``present`` arrays in the runtime's memory (on the device over
 RPC) and passes them back as ``past``; nothing but the logits goes to the host. ``past`` is
 bounded by ``max_context`` (``tir_var_upper_bound``), so Relax plans every intermediate buffer
 statically for the largest step. The two functions read the same ``Constant`` objects, which the
