@@ -53,16 +53,17 @@ class TvmCausalLMSession:
             lib = bounded(lambda: self._session.load_module(name), call_timeout_s, f"loading {self.where}")
             self.device = self._session.cpu()
             self.vm = bounded(lambda: relax.VirtualMachine(lib, self.device), call_timeout_s, f"starting the VM for {self.where}")
-        # ids, mask, positions, the caches and, when they are written in place, cache_length
+        # ids, mask, positions, the caches and, when they are written in place, cache_length;
+        # cache_in_place is False for an artifact whose attention kept the appending form (GPT-2)
         arity = self.vm._get_function_arity(self.generation["functions"]["decode"])
-        self._in_place = arity == 3 + 2 * self.generation["num_layers"] + 1
+        self.cache_in_place = arity == 3 + 2 * self.generation["num_layers"] + 1
         self.reset()
 
     def reset(self) -> None:
         """Empty the cache (full-length arrays written in place, whose positions past ``position``
         are never read; else arrays of length 0 that each call returns appended to)."""
         g = self.generation
-        shape = (1, g["num_kv_heads"], self.max_context if self._in_place else 0, g["head_dim"])
+        shape = (1, g["num_kv_heads"], self.max_context if self.cache_in_place else 0, g["head_dim"])
         self._cache = [self._tvm.runtime.empty(shape, "float32", self.device) for _ in range(2 * g["num_layers"])]
         self.position = 0
 
@@ -103,7 +104,7 @@ class TvmCausalLMSession:
             args = [tvm.runtime.tensor(ids[None], self.device),
                     tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
-            if self._in_place:  # cache_length: its shape is the number of tokens cached
+            if self.cache_in_place:  # cache_length: its shape is the number of tokens cached
                 args.append(tvm.runtime.empty((pos,), "int8", self.device))
             self.vm.set_input(function, *args[:3], *self._cache, *args[3:])
             self.vm.invoke_stateful(function)
