@@ -23,8 +23,16 @@ def temps(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".edgeq-tmp-" in p.name] if folder.exists() else []
 
 
+def _interruptible() -> None:
+    """A shell's Ctrl-C reaches a foreground command with SIGINT at its default action; a pytest-xdist
+    worker ignores SIGINT, and an ignored signal stays ignored across exec (Python then installs no
+    KeyboardInterrupt handler), so the child gets the default back before it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, **kw) -> subprocess.Popen:
-    return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible, **kw)
 
 
 def wait_for_temp(proc: subprocess.Popen, folder: Path, timeout_s: float = 120.0) -> list[Path]:
