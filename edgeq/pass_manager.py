@@ -302,7 +302,7 @@ callers that discard it, on a large model the copy is most of the time). The inp
     if problem:
         raise PassError(f"the input model is not a valid graph: {problem}")
     # a model the checker already rejects is held to the graph rules only
-    checked = checker and _single_assignment(current) and check_graph(current) is None
+    checked = checker and check_graph(current) is None
     feeds = inputs if inputs is not None else (seeded_inputs(model, seed) if verify else None)
     before = _run(current, feeds) if verify else None
     reports = []

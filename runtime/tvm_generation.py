@@ -104,9 +104,9 @@ class TvmCausalLMSession:
             args = [tvm.runtime.tensor(ids[None], self.device),
                     tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
-            if self.cache_in_place:  # cache_length: its shape is the number of tokens cached
-                args.append(tvm.runtime.empty((pos,), "int8", self.device))
-            self.vm.set_input(function, *args[:3], *self._cache, *args[3:])
+            # cache_length: its shape is the number of tokens cached
+            cache_length = [tvm.runtime.empty((pos,), "int8", self.device)] if self.cache_in_place else []
+            self.vm.set_input(function, *args, *self._cache, *cache_length)
             self.vm.invoke_stateful(function)
             outputs = list(self.vm.get_outputs(function))
             return outputs[0].numpy()[0, -1], outputs[1:]

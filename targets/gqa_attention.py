@@ -109,12 +109,10 @@ class GqaSchedule(ScheduleRule):
     def apply(self, func, target, tunable):
         kind = func.attrs.get(KERNEL_ATTR) if func.attrs is not None else None
         if kind == "scores":
-            sch = _schedule_scores(func)
-        elif kind == "values":
-            sch = _schedule_values(func)
-        else:
-            return None
-        return sch
+            return _schedule_scores(func)
+        if kind == "values":
+            return _schedule_values(func)
+        return None
 
 
 def _schedule_scores(func):

@@ -18,6 +18,7 @@ import torch.fx
 from torch import nn
 
 from edgeq.errors import QuantizationError
+from edgeq.quant.base import set_submodule
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -144,10 +145,10 @@ def fold_batchnorm(model: nn.Module, example: tuple | None = None) -> nn.Module:
         fused = fold_bn_into(layer, modules[node.target])
         if in_place:
             if calls[producer.target] == 1 and calls[node.target] == 1:
-                _set(model, producer.target.removeprefix("model."), fused)
-                _set(model, node.target.removeprefix("model."), nn.Identity())
+                set_submodule(model, producer.target.removeprefix("model."), fused)
+                set_submodule(model, node.target.removeprefix("model."), nn.Identity())
             continue
-        _set(gm, producer.target, fused)
+        set_submodule(gm, producer.target, fused)
         node.replace_all_uses_with(producer)
         gm.graph.erase_node(node)
     if in_place:
@@ -156,7 +157,3 @@ def fold_batchnorm(model: nn.Module, example: tuple | None = None) -> nn.Module:
     gm.recompile()
     return gm.eval()
 
-
-def _set(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, attr = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
