@@ -232,7 +232,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         for l in T.unroll(4):
             y[i0 + l % 2, j0 + l // 2] = bias_of(j0 + l // 2) + (accf[l] - corr[l])
 
-    gemm = gemm_columns(isa, bits, group) if n_dim % 4 == 0 else 0
+    gemm = gemm_columns(isa, bits, group)
     cols = gemm // 4
     col_tiles, tile_rows = GEMM_TILES.get(gemm, (1, 1))
     if gemm and n_dim % (cols * col_tiles):
@@ -242,7 +242,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     # many rows: the column-lane GEMM; a symbolic number of rows picks one at run time
     if not gemm:
         gemm_rows = "never"
-    elif isinstance(rows, tvm.tirx.IntImm) or isinstance(rows, int):
+    elif isinstance(rows, (tvm.tirx.IntImm, int)):
         gemm_rows = "always" if int(rows) >= GEMM_MIN_ROWS else "never"
     else:
         gemm_rows = "runtime"
