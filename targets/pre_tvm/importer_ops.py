@@ -7,8 +7,6 @@ them, each through its converter (``lower_lowbit``, ``lower_qdq_conv``, ``lower_
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import onnx
 from onnx import helper
 
@@ -25,16 +23,6 @@ def use_domain(model: onnx.ModelProto) -> None:
     """Import ``edgeq.tvm`` once a pass has written one of its ops."""
     if not any(o.domain == PACKED_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(PACKED_DOMAIN, 1))
-
-
-def value_users(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]], set[str]]:
-    """Who reads each value: the nodes taking it as an input (``[]`` for none) and the names the
-    graph returns (a returned value keeps its producer)."""
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    return consumers, {o.name for o in graph.output}
 
 
 def _packed_linear(node: onnx.NodeProto, opset: int) -> list[onnx.NodeProto]:

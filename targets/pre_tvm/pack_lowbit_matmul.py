@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.maths.packing import pack
 from edgeq.pass_manager import Pass, register_pass, register_property
-from edgeq.targets.pre_tvm.importer_ops import PACKED_DOMAIN, PACKED_LINEAR, use_domain, value_users
+from edgeq.passes._onnx import consumers
+from edgeq.targets.pre_tvm.importer_ops import PACKED_DOMAIN, PACKED_LINEAR, use_domain
 
 BITS = {TensorProto.INT2: 2, TensorProto.UINT2: 2, TensorProto.INT4: 4, TensorProto.UINT4: 4,
         TensorProto.INT8: 8, TensorProto.UINT8: 8}
@@ -30,13 +31,13 @@ def pack_lowbit_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrite low-bit DQ + MatMul to PackedLinear and widen the remaining 2/4-bit initializers."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers, graph_outputs = value_users(graph)
+    users_of, graph_outputs = consumers(graph), {o.name for o in graph.output}
     drop: set[int] = set()
     new_inits: list[TensorProto] = []
     for index, node in enumerate(graph.node):
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
             continue
-        users = consumers[node.output[0]]
+        users = users_of.get(node.output[0], [])
         weight = inits[node.input[0]]
         if (weight.data_type in BITS and len(weight.dims) == 2 and node.output[0] not in graph_outputs and users
                 and all(u.op_type == "MatMul" and list(u.input).index(node.output[0]) == 1 for u in users)

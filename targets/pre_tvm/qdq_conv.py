@@ -13,7 +13,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgeq.pass_manager import Pass, register_pass, register_property
-from edgeq.targets.pre_tvm.importer_ops import PACKED_DOMAIN, QCONV, use_domain, value_users
+from edgeq.passes._onnx import consumers
+from edgeq.targets.pre_tvm.importer_ops import PACKED_DOMAIN, QCONV, use_domain
 
 _EIGHT_BIT = {TensorProto.INT8, TensorProto.UINT8}
 _CONV_ATTRS = ("pads", "strides", "dilations", "group")
@@ -22,11 +23,11 @@ _CONV_ATTRS = ("pads", "strides", "dilations", "group")
 def _matches(graph: onnx.GraphProto):
     """(index of the DequantizeLinear, its Conv users) for each match."""
     inits = {t.name: t for t in graph.initializer}
-    consumers, graph_outputs = value_users(graph)
+    users_of, graph_outputs = consumers(graph), {o.name for o in graph.output}
     for index, node in enumerate(graph.node):
         if not _is_weight_dequantize(node, inits) or node.output[0] in graph_outputs:
             continue
-        users = consumers[node.output[0]]
+        users = users_of.get(node.output[0], [])
         if users and all(_fits(u, node.output[0]) for u in users):
             yield index, node, users
 
