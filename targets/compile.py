@@ -36,7 +36,8 @@ class Artifact:
     tvm_target: dict | None = None
     weight_bytes: int | None = None  # bytes of the constants the artifact holds
     onnx_weight_bytes: int | None = None  # bytes of the ONNX file's initializers (packed)
-    device_code: str | None = None  # GPU targets: the PTX for the named architecture, when built
+    device_code: str | None = None  # GPU targets: the PTX for the named architecture, when built (in the .json: its
+    # file name, beside the library, so a moved artifact folder still finds it)
     specialized: dict | None = None  # input dimensions fixed at compile time, by name
     tuned_kernels: int | None = None  # kernels whose schedule came from a tuning database (edgeq tune)
     generation: dict | None = None  # KV-cache LMs: prefill/decode functions, cache geometry, max context
@@ -62,6 +63,8 @@ class Artifact:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{meta}: not JSON ({exc})") from None
         _check_metadata(meta, data)
+        if data.get("device_code"):
+            data["device_code"] = str(path.parent / data["device_code"])
         return cls(path=path, **data)
 
 
@@ -362,5 +365,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
             act_bits=act_bits, int8_kernels=int8_kernels if act_bits == 8 else None,
         )
         meta = {k: v for k, v in asdict(artifact).items() if k != "path"}
+        if device_code:
+            meta["device_code"] = device_code.name
         atomic_write_text(artifact.meta_path, json.dumps(meta, indent=2, default=str))
     return artifact

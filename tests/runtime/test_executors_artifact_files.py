@@ -44,6 +44,14 @@ def test_the_intact_artifact_loads_and_runs(artifact_copy):
     assert np.array_equal(TvmExecutor(artifact_copy).run([x])[0], np.maximum(x, 0))
 
 
+def test_device_code_is_found_beside_a_moved_library(artifact_copy):
+    """The .json names the PTX file, not where it was written, so a copied artifact folder reads
+    its own PTX."""
+    artifact_copy.with_suffix(".ptx").write_text("// ptx")
+    _edit(artifact_copy, lambda d: d.update(device_code=artifact_copy.with_suffix(".ptx").name))
+    assert Path(Artifact.load(artifact_copy).device_code).read_text() == "// ptx"
+
+
 def _edit(lib, change):
     meta = lib.with_suffix(".json")
     data = json.loads(meta.read_text())
