@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeq.maths.packing import pack
 from edgeq.pass_manager import Pass, register_pass, register_property
 from edgeq.passes._onnx import consumers
+from edgeq.passes.dead_nodes import remove_dead_nodes
 from edgeq.targets.pre_tvm.importer_ops import PACKED_DOMAIN, PACKED_LINEAR, use_domain
 
 BITS = {TensorProto.INT2: 2, TensorProto.UINT2: 2, TensorProto.INT4: 4, TensorProto.UINT4: 4,
@@ -55,7 +56,7 @@ def pack_lowbit_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(new_inits)
-    _remove_unused_initializers(graph)
+    remove_dead_nodes(model)  # the DQ nodes' unpacked weights, now unread
     for t in graph.initializer:
         if t.data_type in _NARROW:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(_NARROW[t.data_type]), t.name))
@@ -95,14 +96,6 @@ def _packed_linear_inputs(node, inits):
         numpy_helper.from_array(np.ascontiguousarray(zeros + offset).astype(np.uint8), f"{base}.zeros"),
     ]
     return tensors, bits, group
-
-
-def _remove_unused_initializers(graph) -> None:
-    used = {name for node in graph.node for name in node.input}
-    used |= {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 def has_no_narrow_initializers(model: onnx.ModelProto) -> bool:
