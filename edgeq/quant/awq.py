@@ -168,7 +168,7 @@ def _input_statistics(block: nn.Module, sites: list[_Site], hidden: list, kwargs
     sums: dict[int, list] = {id(s): [None, None, 0] for s in sites}
 
     def hook(_module, args, key):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
         entry = sums[key]
         entry[0] = x.T @ x if entry[0] is None else entry[0] + x.T @ x
         entry[1] = x.abs().sum(0) if entry[1] is None else entry[1] + x.abs().sum(0)
@@ -188,7 +188,7 @@ def _input_statistics(block: nn.Module, sites: list[_Site], hidden: list, kwargs
 def _search(readers: list[tuple[str, nn.Linear]], hessian: torch.Tensor, mean_abs: torch.Tensor, bits: int,
             group_size: int | None, symmetric: bool, group_fallback: bool, grid: int) -> AwqGroup:
     """The α on the grid with the least output error of the group's readers."""
-    weights = [(name, lin.weight.detach().double()) for name, lin in readers]
+    weights = [(name, lin.weight.detach().float()) for name, lin in readers]
     h = hessian.to(weights[0][1].device)
     base = mean_abs.clamp(min=1e-4).to(h.device)
     best = None
@@ -199,7 +199,7 @@ def _search(readers: list[tuple[str, nn.Linear]], hessian: torch.Tensor, mean_ab
         err = 0.0
         for name, w in weights:
             g = resolve_group_size(group_size, w.shape[1], group_fallback, name)
-            deq = quantize_groups((w * s).float(), bits, g, symmetric, layer=name).dequantize().double() / s
+            deq = quantize_groups(w * s, bits, g, symmetric, layer=name).dequantize() / s
             delta = deq - w
             err += float(((delta @ h) * delta).sum())
         if step == 0:
