@@ -95,6 +95,16 @@ def apply_awq(model: nn.Module, batches: list, bits: int, group_size: int | None
     arch = architecture_of(model, "AWQ scaling")
     if arch.conv1d:
         hf_conv1d_as_linear(model, Recipe())
+    # many small matmuls: one thread avoids OpenMP spin-waits on a loaded machine (as GPTQ's column loop)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _search_and_fold(model, arch, batches, bits, group_size, symmetric, group_fallback, grid, skip)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _search_and_fold(model, arch, batches, bits, group_size, symmetric, group_fallback, grid, skip) -> dict[str, AwqGroup]:
     blocks = arch.blocks(model)
     found: dict[str, AwqGroup] = {}
     captured = _capture_block_inputs(model, blocks[0], batches)

@@ -163,3 +163,13 @@ def test_awq_quantized_llama_exports_and_matches_pytorch(awq_llama, tmp_path):
     arm = edgeq.compile(path, target="arm64", out_dir=tmp_path / "arm64")
     header = arm.path.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_awq_quantized_llama_saves_and_reloads(awq_llama, tmp_path):
+    """The scales are plain weights: a saved AWQ model reloads to the same logits."""
+    from edgeq.quant.serialize import load_quantized, save_quantized
+
+    _, qmodel = awq_llama
+    path = save_quantized(qmodel, tmp_path / "awq.safetensors", "huggingface")
+    x = ids(3)
+    assert torch.equal(logits(load_quantized(path), x), logits(qmodel, x))
