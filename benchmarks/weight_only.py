@@ -1,6 +1,6 @@
 """SmolLM2-135M weight-only quantization: WikiText-2 perplexity, bits per weight and
-quantization time for float32, RTN, GPTQ, Hadamard+RTN and Hadamard+GPTQ at W4 g128, W3 g128
-and W2 g64.
+quantization time for float32, RTN, GPTQ, Hadamard+RTN, Hadamard+GPTQ, AWQ+RTN and AWQ+GPTQ at
+W4 g128, W3 g128 and W2 g64.
 
 Every linear layer of the 30 decoder blocks is quantized (210 layers, asymmetric, float16
 scales, uint8 zeros); lm_head and the embeddings stay float32 (with Hadamard they are rotated,
@@ -32,7 +32,7 @@ from edgeq.quant.serialize import quantized_layers  # noqa: E402
 from edgeq.quant.weight_only import WeightOnlyLinear  # noqa: E402
 
 GRIDS = ("w4g128", "w3g128", "w2g64")
-METHODS = ("rtn", "gptq", "gptq-static", "hadamard-rtn", "hadamard-gptq", "hadamard-gptq-static")
+METHODS = ("rtn", "gptq", "gptq-static", "hadamard-rtn", "hadamard-gptq", "hadamard-gptq-static", "awq-rtn", "awq-gptq")
 # run order: the comparisons the issue's "Done when" needs first, so a cut-short run has them
 PRIORITY = ("w3g128-rtn", "w3g128-gptq", "w3g128-hadamard-gptq", "w2g64-rtn", "w2g64-gptq", "w2g64-hadamard-gptq",
             "w4g128-gptq", "w4g128-rtn", "w4g128-hadamard-gptq", "w4g128-hadamard-rtn", "w3g128-hadamard-rtn",
@@ -210,6 +210,10 @@ def report(rows, args) -> int:
                                  [[s["config"], f"{s['ratio']:.4f}", f"{100 * s['se']:.2f}%",
                                    f"{s['low']:.4f}-{s['high']:.4f}", str(s["needed"]), str(s["settled"])]
                                   for s in stability]))
+    pairs = awq_pairs(rows)
+    if pairs:
+        notes.append("AWQ against the same method without it, paired per window (ratio of perplexities, standard error "
+                     "of the log ratio): " + "; ".join(pairs) + ".")
     plans = [f"{r['config']}: " + ", ".join(f"{k} x{v}" for k, v in r["plan"].items()) for r in rows if r.get("plan")]
     if plans:
         notes.append("Allocator plans (layers per option): " + "; ".join(plans) + ".")
@@ -222,6 +226,21 @@ def report(rows, args) -> int:
     if not args.no_append:
         append_results("Weight-only quantization of SmolLM2-135M (WikiText-2)", table, "\n".join(notes))
     return 0
+
+
+def awq_pairs(rows) -> list[str]:
+    """``X-awq-M`` against ``X-M`` on the same windows: exp(mean of the per-window NLL difference)
+    and the standard error of that mean (the paired comparison ``ratio_stability`` makes with float)."""
+    by = {r["config"]: r for r in rows}
+    out = []
+    for name, r in by.items():
+        base = by.get(name.replace("-awq-", "-"))
+        if "-awq-" not in name or base is None or len(base["window_nll"]) != len(r["window_nll"]):
+            continue
+        d = torch.tensor(r["window_nll"], dtype=torch.float64) - torch.tensor(base["window_nll"], dtype=torch.float64)
+        se = d.std().item() / math.sqrt(d.numel()) if d.numel() > 1 else float("nan")
+        out.append(f"{name} / {base['config']} {math.exp(d.mean().item()):.3f} ({100 * se:.2f}%)")
+    return out
 
 
 def ratio_stability(rows, tolerance: float = 0.01) -> list[dict]:

@@ -4,7 +4,7 @@ Every ``nn.Linear``/``nn.Conv2d`` not matched by ``skip`` becomes a ``WeightOnly
 ``WeightOnlyConv2d``. Presets skip ``lm_head`` (kept in float, as are embeddings, which are not
 linear layers), so on an LLM they quantize every linear of the decoder blocks.
 
-Preset names: ``w{bits}g{group}-[hadamard-]{rtn|gptq|gptq-static}`` (``-static``: GPTQ with static groups) (with ``group_fallback``: a layer whose
+Preset names: ``w{bits}g{group}-[hadamard-|awq-]{rtn|gptq|gptq-static}`` (``-static``: GPTQ with static groups) (with ``group_fallback``: a layer whose
 input width the group does not divide gets the largest power-of-two group that does); ``w8-rtn`` and ``w4-rtn`` are per
 output channel (``group_size=None``).
 """
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import check_grid, quantize_groups, resolve_group_size
+from edgeq.quant.awq import apply_awq
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer, set_submodule
 from edgeq.quant.gptq import gptq_quantize_model
 from edgeq.quant.quarot import check_rotatable, rotate_decoder
@@ -38,6 +39,9 @@ class WeightOnlyRecipe(Recipe):
     power of two below it that does (presets set it: SmolLM2's 576-wide inputs get g64 at g128).
     hadamard: QuaRot rotation of a decoder (``edgeq.quant.quarot``; the architectures in
     ``edgeq.quant.architectures``) before quantizing (``seed`` picks its signs).
+    awq: search per-channel activation-aware scales on calibration data and fold them into the
+    float model before quantizing (``edgeq.quant.awq``; after the rotation where both are set);
+    ``awq_grid`` steps of the exponent α in [0, 1].
     """
 
     bits: int = 4
@@ -47,6 +51,12 @@ class WeightOnlyRecipe(Recipe):
     group_fallback: bool = False
     hadamard: bool = False
     seed: int = 0
+    awq: bool = False
+    awq_grid: int = 20
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.awq
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,9 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
     batches = calib_batches(calib)
     if isinstance(recipe, GPTQRecipe) and not batches:
         raise QuantizationError("recipe 'gptq' needs calibration data for its Hessians: pass calib=<sample inputs>")
+    if recipe.awq and not batches:
+        raise QuantizationError(f"recipe '{recipe.method}' with awq=True needs calibration data for its activation "
+                                "statistics: pass calib=<sample inputs>")
     if recipe.hadamard:
         check_rotatable(model)  # an architecture the rotation cannot handle is refused before any work
     start = time.perf_counter()
@@ -93,6 +106,9 @@ def quantize_weight_only(model: nn.Module, recipe: WeightOnlyRecipe, calib) -> n
     if recipe.hadamard:
         rotate_decoder(qmodel, recipe.seed)
         layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
+    if recipe.awq:
+        qmodel.edgeq_awq = apply_awq(qmodel, batches, recipe.bits, recipe.group_size, symmetric=recipe.symmetric,
+                                     group_fallback=recipe.group_fallback, grid=recipe.awq_grid, skip=recipe.skip)
     if isinstance(recipe, GPTQRecipe):
         gptq_quantize_model(qmodel, layers, recipe, batches)
     else:
@@ -120,6 +136,10 @@ for _bits, _group in ((b, g) for b in (4, 3, 2) for g in (128, 64, 32)):
         register_preset(f"w{_bits}g{_group}-{_tag}gptq-static",
                         GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group, group_fallback=True,
                                    hadamard=_hadamard, static_groups=True))
+    register_preset(f"w{_bits}g{_group}-awq-rtn", RTNRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
+                                                            group_fallback=True, awq=True))
+    register_preset(f"w{_bits}g{_group}-awq-gptq", GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
+                                                              group_fallback=True, awq=True))
 register_preset("w8-rtn", RTNRecipe(skip=("lm_head",), bits=8, group_size=None, symmetric=True))
 register_preset("w4-rtn", RTNRecipe(skip=("lm_head",), bits=4, group_size=None))
 register_preset("w4-gptq", GPTQRecipe(skip=("lm_head",), bits=4, group_size=None))
