@@ -15,9 +15,15 @@ stays the exact reference.
 
 The kernel is written in TVMScript (the instructions are LLVM intrinsics on whole vectors; no
 schedule), with the float kernel's signature, so it replaces the packed-linear PrimFunc as is.
-Weight rows go to threads four at a time (four independent dot-product chains), activation rows
-two at a time (each unpacked weight vector serves both), and the weights are prefetched a few
-rows ahead: beyond L2 they stream from DRAM.
+Each call is ONE parallel region (``pragma_parallel_launch_point``): TVM's thread pool splits every
+parallel loop statically, so each region costs a fork/join and a wait for the slowest thread
+(long when the machine is loaded and a worker is descheduled). Inside it the thread tasks quantize
+the activations' (row, group) blocks between them, meet at a barrier, and share the int8 rows for
+the dot products. Weight rows go to threads four at a time (four independent dot-product chains),
+activation rows two at a time (each unpacked weight vector serves both); each group's int32 sums
+are rescaled into float lanes as soon as they are complete, the zero-point terms summed over the
+groups in vectors after the weights, and the weights are prefetched a few rows ahead: beyond L2
+they stream from DRAM.
 
 At many rows (prefill) on x86 the lanes are output columns instead (``gemm_columns``): each thread
 task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2) weight rows once into a tile of 4-byte words laid out
