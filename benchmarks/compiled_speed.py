@@ -36,7 +36,12 @@ GEMV_SHAPES = [("4096→4096", 4096, 4096, 128), ("q/o 576→576", 576, 576, 64)
 
 
 def timed_in_turns(fns: dict, warmup: int = 5, runs: int = 50, rounds: int = 3, pause_s: float = 0.0) -> dict:
-    """Median wall-clock milliseconds of each peer in ``fns``, timed in ``rounds`` turns of
+    """Median wall-clock milliseconds of each peer in ``fns`` (see ``samples_in_turns``)."""
+    return {name: 1e3 * float(np.median(t)) for name, t in samples_in_turns(fns, warmup, runs, rounds, pause_s).items()}
+
+
+def samples_in_turns(fns: dict, warmup: int = 5, runs: int = 50, rounds: int = 3, pause_s: float = 0.0) -> dict:
+    """Wall-clock seconds of each call of each peer in ``fns``, timed in ``rounds`` turns of
     ``runs / rounds`` back-to-back calls per peer, so that the machine's slow and fast spells fall
     on every peer alike. Calls are not alternated one by one: onnxruntime's and TVM's pool
     threads spin for a while after a call and would slow the next peer down; each turn's
@@ -52,7 +57,7 @@ def timed_in_turns(fns: dict, warmup: int = 5, runs: int = 50, rounds: int = 3, 
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def matmulnbits_model(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, block: int, level: int) -> onnx.ModelProto:

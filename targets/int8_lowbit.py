@@ -15,9 +15,15 @@ stays the exact reference.
 
 The kernel is written in TVMScript (the instructions are LLVM intrinsics on whole vectors; no
 schedule), with the float kernel's signature, so it replaces the packed-linear PrimFunc as is.
-Weight rows go to threads four at a time (four independent dot-product chains), activation rows
-two at a time (each unpacked weight vector serves both), and the weights are prefetched a few
-rows ahead: beyond L2 they stream from DRAM.
+Each call is ONE parallel region (``pragma_parallel_launch_point``): TVM's thread pool splits every
+parallel loop statically, so each region costs a fork/join and a wait for the slowest thread
+(long when the machine is loaded and a worker is descheduled). Inside it the thread tasks quantize
+the activations' (row, group) blocks between them, meet at a barrier, and share the int8 rows for
+the dot products. Weight rows go to threads four at a time (four independent dot-product chains),
+activation rows two at a time (each unpacked weight vector serves both); each group's int32 sums
+are rescaled into float lanes as soon as they are complete, the zero-point terms summed over the
+groups in vectors after the weights, and the weights are prefetched a few rows ahead: beyond L2
+they stream from DRAM.
 
 At many rows (prefill) on x86 the lanes are output columns instead (``gemm_columns``): each thread
 task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2) weight rows once into a tile of 4-byte words laid out
@@ -42,7 +48,8 @@ GEMM_MIN_ROWS = 8
 # vector bytes -> (column vectors, activation rows) per register tile: 2 × 4 int32 and 2 × 4 float32
 # accumulators of 16 columns fill half of AVX-512's 32 registers; AVX2 has 16 of 8 columns
 GEMM_TILES = {64: (2, 4), 32: (2, 2)}
-GROUP_CHUNK = 16  # groups whose rescales are computed ahead of the dot products (stack buffers < 1 KiB)
+CORRECTION_LANES = (16, 8, 4, 2)  # groups per vector in the zero-point terms, widest that fits (then one by one)
+QUANT_LANES = 16  # float32 activations per vector when quantizing (every group is a multiple of 16)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
 
 
@@ -149,7 +156,8 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     pairs = isa == "i8mm" and n_dim % 2 == 0
     rows_per_task = 2 if pairs else next(t for t in ROWS_PER_TASK if n_dim % t == 0)
     offset = 128.0 if signed else 0.0
-    chunk = next(c for c in range(min(groups, GROUP_CHUNK), 0, -1) if groups % c == 0)
+    corr_lanes = next((c for c in CORRECTION_LANES if c <= groups), CORRECTION_LANES[-1])
+    corr_vectors = groups // corr_lanes  # then the groups left over one by one
     f32v = f"float32x{lanes}"
     dot = lambda acc, w, x: _dot(isa, width, acc, w, x)  # noqa: E731
     wbytes = lambda qweight, j, start, h, count: _weight_bytes(qweight, j, start, count, h, bits, signed)  # noqa: E731
@@ -161,49 +169,49 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                                       T.int32(0), T.int32(3), T.int32(1)))
 
     @T.macro(hygienic=True)
-    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, j0, i0, rt):
+    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, j0, i0, rt):
         """Output rows i0 .. i0 + rt, weight rows j0 .. j0 + rows_per_task: one dot product per
-        weight row, activation row and group; each weight vector is unpacked once for the rt rows.
-        The group scales (and zero-point terms) of a chunk of groups are gathered first,
-        contiguous in g, so that the dot-product loop only broadcasts them."""
+        weight row, activation row and group, rescaled into float lanes at once; each weight
+        vector is unpacked once for the rt rows. The zero-point terms, s · (z - offset) · d · Σxq
+        per group, are summed after the weights, in vectors over the groups."""
         accf = T.alloc_buffer((rows_per_task, rt, lanes), "float32")
-        corr = T.alloc_buffer((rows_per_task, rt, chunk), "float32")
-        ws = T.alloc_buffer((rows_per_task, chunk), "float32")
         acc = T.alloc_buffer((rows_per_task, rt, lanes), "int32")
+        corr = T.alloc_buffer((rows_per_task, rt, corr_lanes), "float32")
         for jj, ii in T.grid(rows_per_task, rt):
             accf[jj, ii, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
-            for c in range(chunk):
-                corr[jj, ii, c] = T.float32(0)
-        for go in range(groups // chunk):
+        for g in range(groups):
             for jj in T.unroll(rows_per_task):
-                for c in range(chunk):
-                    ws[jj, c] = T.Cast("float32", scales[j0 + jj, go * chunk + c])
+                prefetch(qweight, j0 + jj, g * nbytes)
                 for ii in T.unroll(rt):
-                    for c in range(chunk):
-                        corr[jj, ii, c] = corr[jj, ii, c] + ws[jj, c] * xd[i0 + ii, go * chunk + c] * (T.Cast("float32", zeros[j0 + jj, go * chunk + c]) - T.float32(offset)) * T.Cast("float32", xsum[i0 + ii, go * chunk + c])
-            for c in range(chunk):
-                for jj in T.unroll(rows_per_task):
-                    prefetch(qweight, j0 + jj, (go * chunk + c) * nbytes)
-                    for ii in T.unroll(rt):
-                        acc[jj, ii, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
-                    for s in T.unroll(steps):
-                        for h in T.unroll(per_byte):
-                            for ii in T.unroll(rt):
-                                acc[jj, ii, T.ramp(0, 1, lanes)] = dot(
-                                    acc[jj, ii, T.ramp(0, 1, lanes)],
-                                    wbytes(qweight, j0 + jj, (go * chunk + c) * nbytes + s * width, h, width),
-                                    xq[i0 + ii, go * chunk + c, h, T.ramp(s * width, 1, width)])
-                    for ii in T.unroll(rt):
-                        accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
-                                                             + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
-                                                             * T.Broadcast(ws[jj, c] * xd[i0 + ii, go * chunk + c], lanes))
+                    acc[jj, ii, T.ramp(0, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                for s in T.unroll(steps):
+                    for h in T.unroll(per_byte):
+                        for ii in T.unroll(rt):
+                            acc[jj, ii, T.ramp(0, 1, lanes)] = dot(
+                                acc[jj, ii, T.ramp(0, 1, lanes)],
+                                wbytes(qweight, j0 + jj, g * nbytes + s * width, h, width),
+                                xq[i0 + ii, g, h, T.ramp(s * width, 1, width)])
+                for ii in T.unroll(rt):
+                    accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
+                                                         + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
+                                                         * T.Broadcast(T.Cast("float32", scales[j0 + jj, g]) * xd[i0 + ii, g], lanes))
         for jj, ii in T.grid(rows_per_task, rt):
+            corr[jj, ii, T.ramp(0, 1, corr_lanes)] = T.Broadcast(T.float32(0), corr_lanes)
+            for gv in range(corr_vectors):
+                corr[jj, ii, T.ramp(0, 1, corr_lanes)] = corr[jj, ii, T.ramp(0, 1, corr_lanes)] + (
+                    T.Cast(f"float32x{corr_lanes}", scales[j0 + jj, T.ramp(gv * corr_lanes, 1, corr_lanes)])
+                    * (T.Cast(f"float32x{corr_lanes}", zeros[j0 + jj, T.ramp(gv * corr_lanes, 1, corr_lanes)])
+                       - T.Broadcast(T.float32(offset), corr_lanes))
+                    * xds[i0 + ii, T.ramp(gv * corr_lanes, 1, corr_lanes)])
+            for g in T.serial(corr_vectors * corr_lanes, groups):
+                corr[jj, ii, 0] = corr[jj, ii, 0] + (T.Cast("float32", scales[j0 + jj, g])
+                                                     * (T.Cast("float32", zeros[j0 + jj, g]) - T.float32(offset)) * xds[i0 + ii, g])
             total = T.alloc_buffer((1,), "float32")
             total[0] = bias_of(j0 + jj)
             for l in range(lanes):
                 total[0] = total[0] + accf[jj, ii, l]
-            for c in range(chunk):
-                total[0] = total[0] - corr[jj, ii, c]
+            for l in range(corr_lanes):
+                total[0] = total[0] - corr[jj, ii, l]
             y[i0 + ii, j0 + jj] = total[0]
 
     @T.macro(hygienic=True)
@@ -282,6 +290,55 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                 y[i0 + ii, T.ramp(j0 + ct * cols, 1, cols)] = accf[ct, ii, T.ramp(0, 1, cols)] + bias_vec(j0 + ct * cols)
 
     @T.macro(hygienic=True)
+    def quantize_group(x, xq, xd, xsum, xds, i, g):
+        """Group g of row i of x to int8: d = max|x| / 127, xq = round(x · 127 / max|x|),
+        de-interleaved (xq[i, g, h, b] = x[i, g·G + b·per_byte + h]) to match the packed bytes;
+        Σxq and d · Σxq for the zero-point terms. In vectors of QUANT_LANES floats."""
+        amax = T.alloc_buffer((QUANT_LANES,), "float32")
+        total = T.alloc_buffer((QUANT_LANES,), "int32")
+        row = T.alloc_buffer((group,), "int8")
+        amax[T.ramp(0, 1, QUANT_LANES)] = T.Broadcast(T.float32(0), QUANT_LANES)
+        for v in range(group // QUANT_LANES):
+            amax[T.ramp(0, 1, QUANT_LANES)] = T.max(amax[T.ramp(0, 1, QUANT_LANES)], T.abs(
+                T.Cast(f"float32x{QUANT_LANES}", x[i, T.ramp(g * group + v * QUANT_LANES, 1, QUANT_LANES)])))
+        for l in range(1, QUANT_LANES):
+            amax[0] = T.max(amax[0], amax[l])
+        xd[i, g] = amax[0] / T.float32(127)
+        inv = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+        total[T.ramp(0, 1, QUANT_LANES)] = T.Broadcast(T.int32(0), QUANT_LANES)
+        for v in range(group // QUANT_LANES):
+            row[T.ramp(v * QUANT_LANES, 1, QUANT_LANES)] = T.Cast(f"int8x{QUANT_LANES}", T.max(T.min(
+                T.round(T.Cast(f"float32x{QUANT_LANES}", x[i, T.ramp(g * group + v * QUANT_LANES, 1, QUANT_LANES)])
+                        * T.Broadcast(inv, QUANT_LANES)),
+                T.Broadcast(T.float32(127), QUANT_LANES)), T.Broadcast(T.float32(-127), QUANT_LANES)))
+            total[T.ramp(0, 1, QUANT_LANES)] = total[T.ramp(0, 1, QUANT_LANES)] + T.Cast(
+                f"int32x{QUANT_LANES}", row[T.ramp(v * QUANT_LANES, 1, QUANT_LANES)])
+        for l in range(1, QUANT_LANES):
+            total[0] = total[0] + total[l]
+        xsum[i, g] = total[0]
+        xds[i, g] = xd[i, g] * T.Cast("float32", total[0])
+        for h in T.unroll(per_byte):
+            for v in range(nbytes // QUANT_LANES):
+                xq[i, g, h, T.ramp(v * QUANT_LANES, 1, QUANT_LANES)] = T.Shuffle(
+                    [row[T.ramp(v * QUANT_LANES * per_byte, 1, QUANT_LANES * per_byte)]],
+                    [h + per_byte * t for t in range(QUANT_LANES)])
+
+    @T.macro(hygienic=True)
+    def gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum, xds):
+        """Weight rows to threads, each row's bytes the lanes (decode; arm64 at any rows)."""
+        for jo in T.parallel(n_dim // rows_per_task):
+            if pairs:  # i8mm: pairs of rows through smmla, an odd last row through sdot
+                for ip in range(rows // 2):
+                    pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * 2, ip * 2)
+                for i in T.serial(rows // 2 * 2, rows):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1)
+            else:  # tiles of TILE_ROWS activation rows, then the rest one by one
+                for it in range(rows // TILE_ROWS):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS)
+                for i in T.serial(rows // TILE_ROWS * TILE_ROWS, rows):
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1)
+
+    @T.macro(hygienic=True)
     def gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum):
         """Every row through ``gemm_tile``; per thread task the weight columns unpacked once."""
         qw32 = T.decl_buffer((n_dim, k_words), "uint32", data=qweight.data)
@@ -302,50 +359,26 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                 gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, jt * cols * col_tiles, i, 1)
 
     @T.macro(hygienic=True)
-    def gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum):
-        """Weight rows to threads, each row's bytes the lanes (decode; arm64 at any rows)."""
-        for jo in T.parallel(n_dim // rows_per_task):
-            if pairs:  # i8mm: pairs of rows through smmla, an odd last row through sdot
-                for ip in range(rows // 2):
-                    pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * 2, ip * 2)
-                for i in T.serial(rows // 2 * 2, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i, 1)
-            else:  # tiles of TILE_ROWS activation rows, then the rest one by one
-                for it in range(rows // TILE_ROWS):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS)
-                for i in T.serial(rows // TILE_ROWS * TILE_ROWS, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * rows_per_task, i, 1)
-
-    @T.macro(hygienic=True)
     def body(x, qweight, scales, zeros, y, bias_of, bias_vec):
+        """One parallel region per call (each is a fork/join and a wait for the slowest thread):
+        the thread tasks quantize the activations' groups between them, meet at a barrier, then
+        share the int8 rows for the dot products."""
         xq = T.alloc_buffer((rows, groups, per_byte, nbytes), "int8")
         xd = T.alloc_buffer((rows, groups), "float32")
         xsum = T.alloc_buffer((rows, groups), "int32")
-        # int8 activations: per row and group, d = max|x| / 127, xq = round(x · 127 / max|x|),
-        # de-interleaved (xq[i, g, h, b] = x[i, g·G + b·per_byte + h]) to match the packed bytes
-        for i in T.parallel(rows):
-            for g in range(groups):
-                amax = T.alloc_buffer((1,), "float32")
-                total = T.alloc_buffer((1,), "int32")
-                amax[0] = T.float32(0)
-                for k in range(group):
-                    amax[0] = T.max(amax[0], T.abs(T.Cast("float32", x[i, g * group + k])))
-                xd[i, g] = amax[0] / T.float32(127)
-                inv = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
-                total[0] = 0
-                for h, b in T.grid(per_byte, nbytes):
-                    q = T.Cast("int8", T.max(T.min(T.round(T.Cast("float32", x[i, g * group + b * per_byte + h]) * inv), T.float32(127)), T.float32(-127)))
-                    xq[i, g, h, b] = q
-                    total[0] = total[0] + T.Cast("int32", q)
-                xsum[i, g] = total[0]
-        if gemm_rows == "never":
-            gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum)
-        elif gemm_rows == "always":
-            gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
-        elif rows >= GEMM_MIN_ROWS:
-            gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
-        else:
-            gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum)
+        xds = T.alloc_buffer((rows, groups), "float32")
+        with T.attr(0, "pragma_parallel_launch_point", 1):
+            with T.attr(0, "pragma_parallel_barrier_when_finish", 1):
+                for ig in T.parallel(rows * groups):
+                    quantize_group(x, xq, xd, xsum, xds, ig // groups, ig % groups)
+            if gemm_rows == "never":
+                gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum, xds)
+            elif gemm_rows == "always":
+                gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+            elif rows >= GEMM_MIN_ROWS:
+                gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+            else:
+                gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum, xds)
 
     if b_shape is None:
         @T.prim_func(private=True)

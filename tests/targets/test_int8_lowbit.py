@@ -113,11 +113,33 @@ def test_integer_dot_products_bit_exact(isa, bits, group):
 
 
 @pytest.mark.parametrize("isa", [isa for isa in RUNNABLE if isa in ("avx512vnni", "avx2")])  # vpdpbusd; vpmaddubsw
-@pytest.mark.parametrize("bits,group,n", [(4, 32, 48), (2, 64, 64), (8, 32, 64)])
+@pytest.mark.parametrize("m,k,n,bits,group", [
+    (1, 576, 12, 4, 64),  # SmolLM2's K: 9 groups, one left after the zero-point terms' vectors of 8
+    (2, 64, 7, 4, 64),  # one group per row; 7 weight rows: tasks of one row
+    (1, 224, 10, 4, 32),  # 7 groups; tasks of two rows
+    (3, 256, 6, 8, 128),  # 8-bit weights, two vector steps per group
+])
+def test_one_row_kernel_shape_classes_bit_exact(isa, m, k, n, bits, group):
+    """The decode kernel (quantization by the thread tasks, a barrier, the dot products) on the
+    shape classes that take other paths: groups left over, one group per row, leftover weight
+    rows, several steps per group; integer parts and bias bit for bit."""
+    if not vector_bytes(isa, bits, group):
+        pytest.skip(f"{isa} keeps the float kernel for {bits}-bit weights")
+    rng = np.random.default_rng(m * 1000 + k + n)
+    x, q, scales, zeros = _exact_inputs(rng, m, k, n, bits, group)
+    bias = rng.integers(-50, 50, n).astype(np.float32)
+    got = _run(_build(m, k, n, bits, group, isa, bias=True), x, q, scales, zeros, bits, bias)
+    expected = x.astype(np.int64) @ (q - np.repeat(zeros, group, 1)).astype(np.int64).T + bias.astype(np.int64)
+    assert np.array_equal(got, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("isa", [isa for isa in RUNNABLE if isa in ("avx512vnni", "avx2")])  # vpdpbusd; vpmaddubsw
+@pytest.mark.parametrize("bits,group,n", [(4, 32, 48), (2, 64, 64), (8, 32, 64), (4, 256, 64), (4, 32, 40)])
 def test_prefill_gemm_bit_exact(isa, bits, group, n):
     """The column-lane GEMM (prefill: a symbolic number of rows, from GEMM_MIN_ROWS on; register
-    tiles of rows plus single leftover rows; one or two column vectors per task) and, below
-    GEMM_MIN_ROWS, the per-row kernel of the same function: integer parts and bias bit for bit."""
+    tiles of rows plus single leftover rows; one or two column vectors per task; one group per
+    row) and, below GEMM_MIN_ROWS or where the columns do not fill its vectors (40 on AVX-512),
+    the per-row kernel of the same function: integer parts and bias bit for bit."""
     if not gemm_columns(isa, bits, group):
         pytest.skip(f"{isa} keeps the float kernel for {bits}-bit weights")
     rng = np.random.default_rng(bits * 10 + group)

@@ -6,8 +6,8 @@ schedule nothing and their statement order varies from run to run; so is the
 ``tirx.is_scheduled`` marker, see ``_unmarked``.)
 
 Kernel kinds covered: packed W4 linears grouped and per-channel (lane kernel), W3 (the rfactor
-schedule), a prefill GEMM (16 rows, specialized), int8-activation kernels (``act_bits=8`` on
-arm64-dotprod and x86_64-vnni), a W8 embedding, a 4-bit tied lm_head, the digits CNN in float
+schedule), a prefill GEMM (16 rows, specialized), ``act_bits=8`` on arm64-dotprod and x86_64-vnni
+(symbolic batch: float kernels; batch 1: the int8-activation kernels), a W8 embedding, a 4-bit tied lm_head, the digits CNN in float
 (conv, matmul, rows, reductions, elementwise) and integer-only. Named targets (not the host's
 ``cpu``), so the hashes do not depend on the machine.
 
@@ -70,6 +70,10 @@ CASES = (
     ("llama-w4g32-seq16-x86_64", "llama-w4g32", "x86_64", 32, {"seq": 16}),
     ("llama-w4g32-act8-arm64-dotprod", "llama-w4g32", "arm64-dotprod", 8, None),
     ("llama-w4g32-act8-x86_64-vnni", "llama-w4g32", "x86_64-vnni", 8, None),
+    # batch 1, seq symbolic: the int8-activation kernels themselves (one-row kernel and prefill
+    # GEMM picked at run time; sdot on arm64), which symbolic batches leave on the float schedule
+    ("llama-w4g32-act8-batch1-arm64-dotprod", "llama-w4g32", "arm64-dotprod", 8, {"batch": 1}),
+    ("llama-w4g32-act8-batch1-x86_64-vnni", "llama-w4g32", "x86_64-vnni", 8, {"batch": 1}),
     ("llama-w4g32-embedding8-tied-x86_64", "llama-w4g32-embedding8-tied", "x86_64", 32, None),
     ("llama-w4g32-embedding4-tied-x86_64", "llama-w4g32-embedding4-tied", "x86_64", 32, None),
     ("digits-float-x86_64", "digits-float", "x86_64", 32, None),
