@@ -294,6 +294,8 @@ def profile_edgeq(path: Path, ids: list[int], threads: int, steps: int = 20) -> 
     from edgeq.runtime.tvm_generation import TvmCausalLMSession
 
     session = TvmCausalLMSession(path, threads=threads)
+    if not session.cache_in_place:
+        raise RuntimeError(f"{path}: the profile steps back over an in-place cache; this artifact appends")
     prompt = np.array(ids, np.int64)
 
     def prefill():
