@@ -3,6 +3,7 @@ run on one machine.
 
     python benchmarks/generation.py                   # prompt 128 tokens, 128 new, 2 threads
     python benchmarks/generation.py --rounds 1 --no-append
+    python benchmarks/generation.py --profile --skip "edgeq-tvm w4g128,edgeq-tvm w4g64"   # per kernel
 
 Rows: edgeq's TVM generation artifact (W4 g128 RTN, and W4 g64 RTN, the W4 preset nearest the
 4.5 bits/weight quoted for the GGUF's Q4_1), edgeq's KV-cache ONNX file on onnxruntime (MatMulNBits at accuracy level 4, int8
@@ -283,6 +284,59 @@ def in_fresh_process(spec: dict, cache: Path, timeout: float = 900) -> dict:
 
 # ---------------------------------------------------------------- the run
 
+def profile_edgeq(path: Path, ids: list[int], threads: int, steps: int = 20) -> dict:
+    """Per-kernel time of one decode step (at the prompt's context) and one prefill of the prompt
+    on an edgeq TVM artifact, VM builtins each their own row (``edgeq.runtime.profile.vm_op_times``),
+    and the uninstrumented minimum of each over the same number of runs."""
+    import numpy as np
+
+    from edgeq.runtime.profile import vm_op_times
+    from edgeq.runtime.tvm_generation import TvmCausalLMSession
+
+    session = TvmCausalLMSession(path, threads=threads)
+    if not session.cache_in_place:
+        raise RuntimeError(f"{path}: the profile steps back over an in-place cache; this artifact appends")
+    prompt = np.array(ids, np.int64)
+
+    def prefill():
+        session.reset()
+        session.prefill(prompt)
+
+    def decode():  # each step at the prompt's context: the cache grows by one, then is cut back
+        session.decode(5)
+        session.position -= 1
+
+    out = {}
+    for kind, run, repeat in (("prefill", prefill, 3), ("decode", decode, steps)):
+        prefill()
+        run()  # warm-up
+        plain = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            run()
+            plain.append(time.perf_counter() - start)
+        ops = vm_op_times(session.vm, run, repeat, split_builtins=True)
+        out[kind] = {"min_ms": min(plain) * 1e3, "ops": [o.to_dict() for o in ops]}
+    return out
+
+
+def profile_table(profile: dict, top: int = 14) -> str:
+    """Kernel kinds (instances summed) by time, per step, for prefill and decode side by side."""
+    merged = {}
+    for kind in ("decode", "prefill"):
+        total = sum(o["total_ms"] for o in profile[kind]["ops"])
+        for o in profile[kind]["ops"]:
+            row = merged.setdefault(o["op"], {"decode": [0, 0.0], "prefill": [0, 0.0]})
+            row[kind][0] += o["calls"]
+            row[kind][1] += 100 * o["total_ms"] / total
+    order = sorted(merged, key=lambda k: -(merged[k]["decode"][1] + merged[k]["prefill"][1]))[:top]
+    rows = [[k[:60], merged[k]["decode"][0], f"{merged[k]['decode'][1]:.1f}", merged[k]["prefill"][0],
+             f"{merged[k]['prefill'][1]:.1f}"] for k in order]
+    rows.append(["VM calls per step (kernels + builtins)", sum(o["calls"] for o in profile["decode"]["ops"]), "",
+                 sum(o["calls"] for o in profile["prefill"]["ops"]), ""])
+    return markdown_table(["kernel or VM builtin", "decode calls", "decode %", "prefill calls", "prefill %"], rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -292,10 +346,17 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. llama.cpp,edgeq-tvm)")
     parser.add_argument("--no-append", action="store_true", help="print the table without writing RESULTS.md")
     parser.add_argument("--rebuild-tvm", action="store_true", help="compile edgeq's TVM artifacts again (after a kernel change)")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-kernel profile of one decode step and one prefill of edgeq's W4 g128 act_bits=8 artifact, "
+                             "instead of the speed table")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(json.loads(args.one))))
+        spec = json.loads(args.one)
+        if spec["name"] == "profile":
+            print(json.dumps(profile_edgeq(Path(spec["path"]), spec["ids"], spec["threads"])))
+        else:
+            print(json.dumps(measure_one(spec)))
         return 0
 
     from edgeq.models.smollm2 import find_smollm2_gguf
@@ -308,6 +369,8 @@ def main() -> int:
     ids = prompt_ids(hf, args.prompt_tokens)
     artifacts = edgeq_artifacts(cache, hf, "edgeq-tvm" not in skip, args.prompt_tokens + args.new_tokens, args.rebuild_tvm,
                                 frozenset(skip))
+    if args.profile:
+        return profile_main(args, cache, artifacts["tvm-w4g128-a8"], ids)
     rows = {}  # name -> (spec, size bytes, note)
     for tag in EDGEQ_PRESETS:
         if f"tvm-{tag}" in artifacts:
@@ -386,6 +449,25 @@ def main() -> int:
         append_results("Generation speed: SmolLM2-135M, KV cache, edgeq vs llama.cpp, onnxruntime-genai, PyTorch",
                        table, notes)
     print(notes)
+    return 0
+
+
+def profile_main(args, cache: Path, artifact: Path, ids: list[int]) -> int:
+    load_before = os.getloadavg()[0]
+    profile = in_fresh_process({"name": "profile", "path": str(artifact), "ids": ids, "threads": args.threads}, cache)
+    load_after = os.getloadavg()[0]
+    table = profile_table(profile)
+    notes = (f"{artifact}: one decode step at a context of {args.prompt_tokens} tokens (minimum of 20 uninstrumented: "
+             f"{profile['decode']['min_ms']:.2f} ms) and one prefill of {args.prompt_tokens} tokens (minimum of 3: "
+             f"{profile['prefill']['min_ms']:.1f} ms), {args.threads} threads; % of the instrumented time summed over "
+             "the VM's calls (a Python hook around each call: it adds microseconds per call and lets the thread "
+             "pool idle between kernels, so small and parallel kernels read high). Kernel instances are summed by "
+             f"kind; VM builtins are rows of their own. CPU flags: {cpu_flags()}. 1-minute load average "
+             f"{load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs.")
+    print(table)
+    print(notes)
+    if not args.no_append:
+        append_results("Generation profile: SmolLM2-135M edgeq TVM W4 g128 act_bits=8, per kernel", table, notes)
     return 0
 
 

@@ -74,6 +74,15 @@ def latency(executor: Executor, inputs: Inputs, warmup: int = 5, repeat: int = 5
 def tvm_op_times(executor: TvmExecutor, inputs: Inputs, repeat: int = 10) -> list[OpTime]:
     """Time of every function the Relax VM calls, per run, VM builtins (allocation, shape
     checks) summed into one ``vm.builtin`` row."""
+    executor.run(inputs)  # warm-up, uninstrumented
+    return vm_op_times(executor.vm, lambda: executor.run(inputs), repeat)
+
+
+def vm_op_times(vm, run, repeat: int = 10, split_builtins: bool = False) -> list[OpTime]:
+    """Time of every function the Relax VM ``vm`` calls in ``run()``, per run (``repeat`` runs);
+    the VM builtins in one ``vm.builtin`` row, or each its own (``split_builtins``). The hook
+    costs microseconds per call and lets a thread pool idle between kernels: compare rows of one
+    profile, and take whole-step times from uninstrumented runs."""
     totals: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
     started: dict[str, float] = {}
@@ -82,18 +91,17 @@ def tvm_op_times(executor: TvmExecutor, inputs: Inputs, repeat: int = 10) -> lis
         if before_run:
             started[symbol] = time.perf_counter()
         else:
-            key = "vm.builtin" if symbol.startswith("vm.builtin") else symbol
+            key = "vm.builtin" if symbol.startswith("vm.builtin") and not split_builtins else symbol
             totals[key] += time.perf_counter() - started.pop(symbol)
             calls[key] += 1
         return 0
 
-    executor.run(inputs)  # warm-up, uninstrumented
-    executor.vm.set_instrument(instrument)
+    vm.set_instrument(instrument)
     try:
         for _ in range(repeat):
-            executor.run(inputs)
+            run()
     finally:
-        executor.vm.set_instrument(lambda *args: 0)
+        vm.set_instrument(lambda *args: 0)
     return sorted(
         (OpTime(name, _function_kind(name), calls[name] // repeat, totals[name] * 1e3 / repeat) for name in totals),
         key=lambda o: -o.total_ms,

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeq.errors import ContextLengthError, ModelFileError, RuntimeExecError, first_line
 from edgeq.runtime.rpc import CALL_TIMEOUT_S, bounded, connect, parse_device_url
+from edgeq.targets.generation import CACHE_APPENDING, CACHE_IN_PLACE
 
 
 class TvmCausalLMSession:
@@ -53,10 +54,19 @@ class TvmCausalLMSession:
             lib = bounded(lambda: self._session.load_module(name), call_timeout_s, f"loading {self.where}")
             self.device = self._session.cpu()
             self.vm = bounded(lambda: relax.VirtualMachine(lib, self.device), call_timeout_s, f"starting the VM for {self.where}")
-        # ids, mask, positions, the caches and, when they are written in place, cache_length;
-        # cache_in_place is False for an artifact whose attention kept the appending form (GPT-2)
-        arity = self.vm._get_function_arity(self.generation["functions"]["decode"])
-        self.cache_in_place = arity == 3 + 2 * self.generation["num_layers"] + 1
+        # the form the compile recorded: full caches written in place, with a last cache_length
+        # argument, or (attention the compile did not recognise, GPT-2) caches returned appended
+        form = self.generation.get("cache")
+        if form not in (CACHE_IN_PLACE, CACHE_APPENDING):
+            raise ModelFileError(f"{self.artifact.meta_path}: its generation entry records no cache form "
+                                 f"(cache: {form!r}); compile the KV-cache file again with this edgeq")
+        self.cache_in_place = form == CACHE_IN_PLACE
+        # on this host, the attention mask (all ones) and cache_length (only its shape is read) are
+        # views of two arrays allocated once, sized to the context: no allocation per step
+        self._ones = self._lengths = None
+        if self._session is None and self.max_context is not None:
+            self._ones = tvm.runtime.tensor(np.ones((1, self.max_context), np.int64), self.device)
+            self._lengths = tvm.runtime.empty((self.max_context,), "int8", self.device)
         self.reset()
 
     def reset(self) -> None:
@@ -101,12 +111,16 @@ class TvmCausalLMSession:
         function = self.generation["functions"][kind]
 
         def call():
-            args = [tvm.runtime.tensor(ids[None], self.device),
-                    tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
+            if self._ones is not None:
+                mask = self._ones._create_view((1, pos + n))
+                cache_length = self._lengths._create_view((pos,))
+            else:
+                mask = tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device)
+                cache_length = tvm.runtime.empty((pos,), "int8", self.device)
+            args = [tvm.runtime.tensor(ids[None], self.device), mask,
                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
             # cache_length: its shape is the number of tokens cached
-            cache_length = [tvm.runtime.empty((pos,), "int8", self.device)] if self.cache_in_place else []
-            self.vm.set_input(function, *args, *self._cache, *cache_length)
+            self.vm.set_input(function, *args, *self._cache, *([cache_length] if self.cache_in_place else []))
             self.vm.invoke_stateful(function)
             outputs = list(self.vm.get_outputs(function))
             return outputs[0].numpy()[0, -1], outputs[1:]

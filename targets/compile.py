@@ -280,14 +280,14 @@ def _import(onnx_path, model, spec, specialize):
 
 
 def _import_generation(onnx_path, model, spec, metadata, specialize, max_context, prefill_chunk):
-    from edgeq.targets.generation import generation_module, generation_settings
+    from edgeq.targets.generation import cache_form, generation_module, generation_settings
 
     if specialize:
         raise CompileError(f"{onnx_path}: a KV-cache file keeps seq and past symbolic; bound them with max_context, not specialize")
     settings = generation_settings(metadata, max_context, prefill_chunk, onnx_path)
     try:
         mod, model = generation_module(model, settings, spec.name)
-        return mod, model, settings
+        return mod, model, {**settings, "cache": cache_form(mod)}
     except EdgeqError as exc:
         raise type(exc)(f"{onnx_path}: {exc}") from None
     except Exception as exc:

@@ -14,6 +14,7 @@ from tvm.s_tir.dlight import ApplyDefaultSchedule
 from edgeq.targets import fast_exp
 from edgeq.targets.gqa_attention import GqaSchedule
 from edgeq.targets.schedules.conv import Conv
+from edgeq.targets.schedules._loops import VAR_UPPER_BOUND
 from edgeq.targets.schedules.elementwise import Elementwise
 from edgeq.targets.schedules.matmul import Matmul
 from edgeq.targets.schedules.packed_linear import PackedLinear
@@ -64,11 +65,31 @@ def schedule_kernels(mod: tvm.IRModule, target: tvm.target.Target, act_bits: int
 
 def schedule_defaults(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Every PrimFunc still unscheduled gets the first default rule that fits; one no rule takes
-    compiles as before (one scalar thread)."""
+    compiles as before (one scalar thread). The rules size symbolic extents by the Relax
+    functions' ``tir_var_upper_bound`` (``with_var_upper_bounds``)."""
     if not is_cpu(target):
         return mod
     with target:
-        return ApplyDefaultSchedule(*default_rules())(mod)
+        return ApplyDefaultSchedule(*default_rules())(with_var_upper_bounds(mod))
+
+
+def with_var_upper_bounds(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with each PrimFunc that has symbolic dimensions carrying the largest value the
+    Relax functions' ``tir_var_upper_bound`` give each name (a generation artifact: ``past`` up to
+    the context, ``seq`` up to the prefill chunk), so a rule can tell a kernel that stays small
+    (a decode step's mask over ``past + 1`` positions) from one that does not."""
+    bounds: dict[str, int] = {}
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function) and func.attrs is not None and "tir_var_upper_bound" in func.attrs:
+            for name, bound in func.attrs["tir_var_upper_bound"].items():
+                bounds[str(name)] = max(bounds.get(str(name), 0), int(bound))
+    if not bounds:
+        return mod
+    out = mod.clone()
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and _symbolic(func):
+            out[gv] = func.with_attr(VAR_UPPER_BOUND, bounds)
+    return out
 
 
 

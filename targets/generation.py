@@ -27,6 +27,8 @@ from edgeq.errors import CompileError
 
 FUNCTIONS = {"prefill": "prefill", "decode": "decode"}
 DEFAULT_PREFILL_CHUNK = 256
+# the artifact's ``generation["cache"]``: how a session passes the cache (see ``cache_form``)
+CACHE_IN_PLACE, CACHE_APPENDING = "in_place", "appending"
 
 
 def generation_settings(metadata: dict, max_context: int | None, prefill_chunk: int | None, path) -> dict:
@@ -71,6 +73,14 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     out[FUNCTIONS["prefill"]] = prefill
     out[FUNCTIONS["decode"]] = decode
     return grouped_query_attention(out, FUNCTIONS.values(), settings["max_context"]), model
+
+
+def cache_form(mod) -> str:
+    """``CACHE_IN_PLACE`` when ``decode`` takes full-length caches that it writes in place, with a
+    last ``cache_length`` argument (``gqa_attention``); else ``CACHE_APPENDING``: each call returns
+    its ``past`` with the new positions appended (attention in a form not recognised, GPT-2)."""
+    params = mod[FUNCTIONS["decode"]].params
+    return CACHE_IN_PLACE if params and params[-1].name == "cache_length" else CACHE_APPENDING
 
 
 # ops whose first input is the activations and that act row by row (an lm_head)

@@ -35,6 +35,35 @@ def _work(sch, loops) -> int | None:
     return total
 
 
+VAR_UPPER_BOUND = "edgeq.var_upper_bound"  # PrimFunc attr: symbolic dimension name -> its largest value
+
+
+def worth_threads(sch, loops) -> bool:
+    """Whether the work of ``loops`` may reach PARALLEL_MIN_WORK: a static extent is counted; a
+    symbolic one (a KV cache's ``past``) at the largest value the function's ``VAR_UPPER_BOUND``
+    gives it, else assumed large. A launch over the thread pool costs microseconds: a decode
+    step's small kernels (a mask add or softmax over ``past + 1`` positions) run faster on one."""
+    work = _work(sch, loops)
+    if work is not None:
+        return work >= PARALLEL_MIN_WORK
+    attrs = sch.mod["main"].attrs
+    bounds = attrs.get(VAR_UPPER_BOUND) if attrs is not None else None
+    if not bounds:
+        return True
+    from tvm import sym
+
+    analyzer = sym.Analyzer()
+    total = 1
+    for loop in loops:
+        extent = sch.get(loop).extent
+        for var in tirx.analysis.undefined_vars(extent):
+            if var.name not in bounds:
+                return True
+            analyzer.update(var, sym.ConstIntBound(0, int(bounds[var.name])), override=True)
+        total *= analyzer.const_int_bound(extent).max_value
+    return total >= PARALLEL_MIN_WORK
+
+
 def _parallel(sch, loops, work) -> None:
     """Fuse ``loops`` and spread them over threads when the kernel is big enough."""
     if not loops:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _extent, _main_blocks, _work
+from edgeq.targets.schedules._loops import LoopRule, _extent, _main_blocks, _work, worth_threads
 
 
 
@@ -18,8 +18,9 @@ def _elementwise(func, target, lanes):
         if not loops:
             continue
         work = _work(sch, loops)
+        threads = worth_threads(sch, loops)
         if work is None and not _is_hexagon(target):  # LLVM's Hexagon backend crashes (segfault) on it
-            _elementwise_symbolic(sch, loops, lanes)
+            _elementwise_symbolic(sch, loops, lanes, threads)
             continue
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         if work is not None and work % lanes == 0 and work >= lanes:
@@ -27,7 +28,7 @@ def _elementwise(func, target, lanes):
             sch.vectorize(inner)
         else:
             outer = fused
-        if work is None or work >= PARALLEL_MIN_WORK:
+        if threads:
             sch.parallel(outer)
     return sch
 
@@ -36,10 +37,11 @@ def _is_hexagon(target) -> bool:
     return str(target.attrs.get("mtriple", "")).startswith("hexagon")
 
 
-def _elementwise_symbolic(sch, loops, lanes) -> None:
+def _elementwise_symbolic(sch, loops, lanes, threads: bool = True) -> None:
     """A symbolic extent (a KV cache's ``past + seq``): fusing every loop would put a division by
     it in each element's index. The innermost loops of static extent (the head dimension) are
-    fused into vector lanes instead, and only the outer ones into the parallel loop."""
+    fused into vector lanes instead, and only the outer ones into the loop (parallel when
+    ``threads``)."""
     static = 0
     while static < len(loops) and _extent(sch, loops[len(loops) - 1 - static]) is not None:
         static += 1
@@ -53,7 +55,7 @@ def _elementwise_symbolic(sch, loops, lanes) -> None:
             outer = [*outer, rest]
         else:
             outer = [*outer, fused_inner]
-    if outer:
+    if outer and threads:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 

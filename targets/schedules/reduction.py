@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _extent, _main_blocks, _vectorize_tail, _work
+from edgeq.targets.schedules._loops import LoopRule, _extent, _main_blocks, _vectorize_tail, worth_threads
 
 
 
@@ -28,8 +28,7 @@ def _reduction(func, target, lanes):
             _vectorize_tail(sch, block, lanes)
             lead = len(loops) - 1 if len(loops) > 1 else 0
         rows = [lp for lp in loops[:lead] if _extent(sch, lp) != 1]
-        work = _work(sch, loops)
-        if rows and (work is None or work >= PARALLEL_MIN_WORK):
+        if rows and worth_threads(sch, loops):
             sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
     return sch
 

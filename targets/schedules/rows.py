@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _extent, _vectorize_tail, _work
+from edgeq.targets.schedules._loops import LoopRule, _extent, _vectorize_tail, worth_threads
 
 
 
@@ -31,9 +31,9 @@ def _rows(func, target, lanes):
     rows = [lp for lp in out_loops[:-1] if _extent(sch, lp) != 1]
     if not rows:
         return None
-    work = _work(sch, out_loops)
+    threads = worth_threads(sch, out_loops)
     fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
-    if work is None or work >= PARALLEL_MIN_WORK:
+    if threads:
         sch.parallel(fused)
     for info in reversed(infos[:-1]):
         sch.compute_at(info.block_rv, fused)

@@ -121,3 +121,34 @@ def test_arm64_dotprod_integer_matmul_uses_sdot():
     func = te.create_prim_func([a, b, c])
     assert re.search(r"\bsdot\s+v\d+\.4s", _asm(func, "arm64-dotprod")), "no sdot in the arm64-dotprod int8 matmul"
     assert re.search(r"\bv\d+\.(16b|8h|4s)", _asm(func, "arm64")), "no NEON vector code in the arm64 int8 matmul"
+
+
+def _mask_add_module(bound: int | None) -> tvm.IRModule:
+    """A decode step's mask add, ``[1, 9, 1, past]`` scores plus a ``[1, 1, 1, past]`` mask, in a
+    Relax function whose ``tir_var_upper_bound`` gives ``past`` (when ``bound``)."""
+    past = tvm.tirx.Var("past", "int64")
+    bb = relax.BlockBuilder()
+    scores = relax.Var("scores", relax.TensorType([1, 9, 1, past], "float32"))
+    mask = relax.Var("mask", relax.TensorType([1, 1, 1, past], "float32"))
+    with bb.function("main", [scores, mask], {} if bound is None else {"tir_var_upper_bound": {"past": bound}}):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.add(scores, mask))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("bound,threads", [(None, True), (256, False), (1 << 16, True)])
+def test_symbolic_kernels_take_threads_by_their_upper_bound(bound, threads):
+    """A kernel over ``past`` positions runs on one thread when the function's upper bound of
+    ``past`` keeps it below PARALLEL_MIN_WORK (a launch over the pool costs more than the work),
+    on the pool when the bound is large or unknown; either way it computes the sum."""
+    spec = get_target("cpu")
+    tvm_target = spec.tvm()
+    with tvm_target:
+        mod = cpu_pipeline.schedule_defaults(relax.get_default_pipeline(tvm_target)(_mask_add_module(bound)), tvm_target)
+    assert ("T.parallel" in mod["add"].script()) == threads
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm_target, relax_pipeline=None), tvm.cpu())
+    rng = np.random.default_rng(0)
+    scores, mask = rng.normal(size=(1, 9, 1, 130)).astype(np.float32), rng.normal(size=(1, 1, 1, 130)).astype(np.float32)
+    out = vm["main"](tvm.runtime.tensor(scores), tvm.runtime.tensor(mask)).numpy()
+    np.testing.assert_array_equal(out, scores + mask)

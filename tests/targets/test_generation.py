@@ -76,7 +76,7 @@ def test_artifact_metadata_and_one_copy_of_the_weights(llamas):
     meta = read_generation_metadata(path)
     assert art.outputs[0] == {"name": "logits", "dtype": "float32", "shape": [1, 1, VOCAB]}  # the last position only
     assert art.generation == {**meta, "max_context": MAX_CONTEXT, "prefill_chunk": 4, "batch": 1,
-                              "functions": {"prefill": "prefill", "decode": "decode"}}
+                              "functions": {"prefill": "prefill", "decode": "decode"}, "cache": "in_place"}
     # the two functions share the packed weights: the artifact holds them once, as packed as the file
     assert art.weight_bytes <= 1.2 * art.onnx_weight_bytes, (art.weight_bytes, art.onnx_weight_bytes)
 
@@ -207,6 +207,7 @@ def test_greedy_generation_of_other_architectures(other_archs, tmp_path, arch):
     art = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
     session = TvmCausalLMSession(art.path)
     # GPT-2's exported attention reads the appended cache outside the rewritten pattern: appending form
+    assert art.generation["cache"] == ("appending" if arch == "gpt2" else "in_place")
     assert session.cache_in_place == (arch != "gpt2")
     check_generation(model, path, session)
 
@@ -225,6 +226,23 @@ def test_greedy_generation_of_other_architectures_on_the_arm64_device(other_arch
         check_generation(model, path, session)
     finally:
         session.close()
+
+
+def test_an_artifact_without_its_cache_form_is_refused(llamas, tmp_path):
+    """The cache form comes from the artifact's metadata (written by the compile), not from the
+    compiled functions' signatures: metadata without it asks for a new compile."""
+    import json
+    import shutil
+
+    from edgeq.errors import ModelFileError
+
+    art = llamas["w4"][2]
+    shutil.copy(art.path, tmp_path / art.path.name)
+    meta = json.loads(art.meta_path.read_text())
+    del meta["generation"]["cache"]
+    (tmp_path / art.meta_path.name).write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="no cache form"):
+        TvmCausalLMSession(tmp_path / art.path.name)
 
 
 def test_compile_cli_writes_a_generation_artifact(llamas, tmp_path, capsys):
