@@ -13,8 +13,13 @@ columns compensating costs ``δ_j² / U_jj²`` (``U = chol(H⁻¹)`` upper, in a
 factor), with ``δ_j²`` the round-to-nearest step² / 12 of ``j``'s group on the original weight.
 For a model without a language-model loss (no ``labels``), ``F = 1``: plain output error.
 
-``sensitivity="measured"`` (needed for LoPRo options, which have no closed-form estimate) runs
-each option's own solve instead: the layer is quantized with the Hessian of the even calibration
+A LoPRo option's solve is GPTQ on the permuted, block-rotated residual in that order (no
+act-order), so the same closed form applies in its basis, with ``H' = Bᵀ Pᵀ H P B``: one
+factorisation per layer and option, no solve, so the plan costs one calibration pass and the
+final block-sequential pass solves each layer once.
+
+``sensitivity="measured"`` runs each option's own solve instead (every option of every layer,
+then the chosen one again in the final pass): the layer is quantized with the Hessian of the even calibration
 windows and ``e_lo(c) = (ΔW H' ΔWᵀ)_oo`` is its output error on the odd windows (``H'``), so an
 option is charged what it costs on data its solve did not see, in the same units as above.
 
@@ -41,8 +46,9 @@ from edgeq.maths.groups import group_params
 from edgeq.maths.packing import packed_length
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
 from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
-from edgeq.quant.lopro import lopro_linear
+from edgeq.quant.lopro import lopro_basis, lopro_linear
 from edgeq.quant.quarot import check_rotatable, rotate_decoder
+from edgeq.quant.r1svd import factor_bytes
 from edgeq.quant.weight_only import flat_weight
 from edgeq.quant.weight_only_recipes import GPTQRecipe
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
@@ -61,7 +67,8 @@ class AllocatedRecipe(Recipe):
 
     grids / lopro_grids: the GPTQ / LoPRo (bits, group) choices; a group that does not divide a
     layer's inputs becomes the largest power of two below it that does. sensitivity: "estimate"
-    (GPTQ's closed form, GPTQ grids only) or "measured" (each option's held-out output error).
+    (GPTQ's closed form, in LoPRo's basis for its options) or "measured" (each option's held-out
+    output error, one solve per option).
     plan: (layer, method, bits, group) rows; empty means "measure and solve" (the quantized
     model's recipe holds the plan it used). The GPTQ knobs and ``hadamard`` (QuaRot rotation
     first) are those of ``GPTQRecipe``; ``lopro_*`` are LoPRo's (``LoProRecipe``; no salient block,
@@ -132,13 +139,14 @@ def _packs(in_features: int, bits: int) -> bool:
 
 
 def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int,
-                        damp: float = 0.01) -> torch.Tensor:
-    """Per output row, GPTQ's expected error ``Σ_j δ_j² / U_jj²`` (module docstring) [out]."""
+                        damp: float = 0.01, act_order: bool = True) -> torch.Tensor:
+    """Per output row, GPTQ's expected error ``Σ_j δ_j² / U_jj²`` (module docstring) [out];
+    ``act_order=False``: columns solved in their given order (LoPRo's, already sorted)."""
     w = weight.detach().float()
     h = hessian.detach().double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
-    perm = torch.argsort(torch.diag(h), descending=True)
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(h.shape[0])
     hp = h[perm][:, perm]
     hp.diagonal().add_(damp * torch.mean(torch.diag(hp)))
     u = _inverse_cholesky_upper(hp, "sensitivity")
@@ -149,6 +157,21 @@ def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, 
     scale, _ = group_params(w.reshape(out_features, in_features // group_size, group_size), bits, False)
     group_cost = cost.reshape(in_features // group_size, group_size).sum(dim=1).float()
     return (scale.square() / 12 * group_cost).sum(dim=1)
+
+
+def lopro_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, recipe: "AllocatedRecipe", bits: int,
+                         group_size: int) -> tuple[torch.Tensor, float]:
+    """LoPRo's solve is GPTQ on the permuted, block-rotated residual, in that order: the same
+    closed form in its basis, per output row [out], with its bits per weight as stored (core,
+    permutation and low-rank factors)."""
+    b = lopro_basis(weight, hessian, bits=bits, group_size=group_size, rank=recipe.lopro_rank,
+                    block_size=recipe.lopro_block_size, salient_blocks=0, factor_dtype="int8", seed=recipe.seed,
+                    rank_min_gain=recipe.lopro_rank_min_gain)
+    out_features, in_features = weight.shape
+    error = gptq_error_estimate(b.rest, b.hessian, bits, group_size, recipe.damp, act_order=False)
+    nbytes = (stored_bits_per_weight(out_features, in_features, bits, group_size) * weight.numel() / 8
+              + 2 * in_features + factor_bytes(b.factors))
+    return error, 8 * nbytes / weight.numel()
 
 
 def layer_options(name: str, layer: nn.Module, recipe: AllocatedRecipe) -> list[tuple[str, int, int]]:
@@ -245,6 +268,8 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
                 delta = _dequantized(q) - weight
                 error = ((delta @ held_out[name].h) * delta).sum(dim=1)
                 bpw = 8 * q.weight_bytes() / weight.numel()
+            elif method == "lopro":
+                error, bpw = lopro_error_estimate(weight, hessians[name].h, recipe, bits, group)
             else:
                 error = gptq_error_estimate(weight, hessians[name].h, bits, group, recipe.damp)
                 bpw = stored_bits_per_weight(*weight.shape, bits, group)
@@ -295,8 +320,6 @@ def plan_rows(recipe: AllocatedRecipe) -> dict[str, tuple[str, int, int]]:
 def check_allocated(recipe: AllocatedRecipe) -> None:
     if recipe.sensitivity not in ("estimate", "measured"):
         raise QuantizationError(f"recipe 'allocated': sensitivity must be 'estimate' or 'measured', got {recipe.sensitivity!r}")
-    if recipe.lopro_grids and recipe.sensitivity != "measured" and not recipe.plan:
-        raise QuantizationError("recipe 'allocated': LoPRo options have no error estimate; use sensitivity='measured'")
     if not recipe.grids and not recipe.lopro_grids:
         raise QuantizationError("recipe 'allocated': no options (grids and lopro_grids are both empty)")
 

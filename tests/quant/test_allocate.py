@@ -137,14 +137,34 @@ def test_lopro_options_plan_meets_budget_and_reloads(lopro_allocated_llama, tmp_
         torch.testing.assert_close(loaded(ids).logits, lopro_allocated_llama(ids).logits, rtol=0, atol=0)
 
 
-def test_legacy_plan_rows_are_gptq_and_lopro_needs_measuring():
+def test_legacy_plan_rows_are_gptq():
     from edgeq.quant.allocate import plan_rows
 
     assert plan_rows(AllocatedRecipe(plan=(("a", 3, 64), ("b", "lopro", 2, 192)))) == {
         "a": ("gptq", 3, 64), "b": ("lopro", 2, 192)}
-    with pytest.raises(QuantizationError, match="sensitivity='measured'"):
-        edgeq.quantize(_tiny_llama(), AllocatedRecipe(skip=("lm_head",), lopro_grids=((3, 64),)),
-                       calib=[torch.zeros(2, 8, dtype=torch.long)])
+
+
+def test_lopro_error_estimate_tracks_its_solve_and_counts_its_bytes():
+    """LoPRo's closed form (GPTQ's, in the permuted block-rotated basis) is its solve's error up to
+    one factor common to every grid, and its bits per weight are the layer's stored bytes."""
+    from edgeq.quant.allocate import lopro_error_estimate, quantize_option
+
+    g = torch.Generator().manual_seed(1)
+    layer = torch.nn.Linear(256, 64)
+    w = layer.weight.detach()
+    x = (torch.randn(2048, 32, generator=g) @ torch.randn(32, 256, generator=g)
+         + 0.3 * torch.randn(2048, 256, generator=g)) * torch.logspace(0, 1.5, 256)
+    acc = HessianAccumulator(layer)
+    acc.add(x)
+    recipe = AllocatedRecipe(lopro_grids=((2, 64),), lopro_block_size=64, lopro_clip_steps=0)
+    ratios = []
+    for bits, group in ((2, 64), (2, 128), (3, 128), (4, 128)):
+        q = quantize_option("l", layer, acc.h, recipe, "lopro", bits, group)
+        d = q.dequantized_weight() - w
+        error, bpw = lopro_error_estimate(w, acc.h, recipe, bits, group)
+        ratios.append(error.sum().item() / ((d @ acc.h) * d).sum().item())
+        assert bpw == pytest.approx(8 * q.weight_bytes() / w.numel())
+    assert max(ratios) / min(ratios) < 1.3, ratios  # measured 3.4-4.0
 
 
 def test_allocated_llama_compiles_and_matches_pytorch(lopro_allocated_llama, tmp_path):
