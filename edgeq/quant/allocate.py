@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
-from edgeq.maths.groups import group_params
+from edgeq.maths.groups import check_grid, group_params
 from edgeq.maths.packing import packed_length
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
 from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
@@ -142,7 +142,12 @@ def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, 
                         damp: float = 0.01, act_order: bool = True) -> torch.Tensor:
     """Per output row, GPTQ's expected error ``Σ_j δ_j² / U_jj²`` (module docstring) [out];
     ``act_order=False``: columns solved in their given order (LoPRo's, already sorted)."""
-    w = weight.detach().float()
+    return grid_error(weight, column_costs(hessian, damp, act_order), bits, group_size)
+
+
+def column_costs(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = True) -> torch.Tensor:
+    """``1 / U_jj²`` per column [in], in the original column order: what one unit of rounding
+    variance on column ``j`` costs after the later columns compensate (the same for every grid)."""
     h = hessian.detach().double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
@@ -150,28 +155,52 @@ def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, 
     hp = h[perm][:, perm]
     hp.diagonal().add_(damp * torch.mean(torch.diag(hp)))
     u = _inverse_cholesky_upper(hp, "sensitivity")
-    cost = torch.empty(w.shape[1], dtype=torch.float64)
+    cost = torch.empty(h.shape[0], dtype=torch.float64)
     cost[perm] = 1.0 / torch.diag(u).square()
     cost[dead] = 0
+    return cost
+
+
+def grid_error(weight: torch.Tensor, costs: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Per output row, ``Σ_j δ_j² · costs_j`` with ``δ²`` the round-to-nearest step² / 12 of the group [out]."""
+    w = weight.detach().float()
     out_features, in_features = w.shape
     scale, _ = group_params(w.reshape(out_features, in_features // group_size, group_size), bits, False)
-    group_cost = cost.reshape(in_features // group_size, group_size).sum(dim=1).float()
+    group_cost = costs.reshape(in_features // group_size, group_size).sum(dim=1).float()
     return (scale.square() / 12 * group_cost).sum(dim=1)
 
 
-def lopro_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, recipe: "AllocatedRecipe", bits: int,
-                         group_size: int) -> tuple[torch.Tensor, float]:
-    """LoPRo's solve is GPTQ on the permuted, block-rotated residual, in that order: the same
-    closed form in its basis, per output row [out], with its bits per weight as stored (core,
-    permutation and low-rank factors)."""
-    b = lopro_basis(weight, hessian, bits=bits, group_size=group_size, rank=recipe.lopro_rank,
-                    block_size=recipe.lopro_block_size, salient_blocks=0, factor_dtype="int8", seed=recipe.seed,
-                    rank_min_gain=recipe.lopro_rank_min_gain)
-    out_features, in_features = weight.shape
-    error = gptq_error_estimate(b.rest, b.hessian, bits, group_size, recipe.damp, act_order=False)
-    nbytes = (stored_bits_per_weight(out_features, in_features, bits, group_size) * weight.numel() / 8
-              + 2 * in_features + factor_bytes(b.factors))
-    return error, 8 * nbytes / weight.numel()
+class OptionEstimates:
+    """One layer's closed-form estimates (module docstring): the factorisations a grid does not
+    change (GPTQ's column costs; LoPRo's basis and its costs, where the rank does not depend on the
+    grid) are made once and shared by the layer's options."""
+
+    def __init__(self, weight: torch.Tensor, hessian: torch.Tensor, recipe: "AllocatedRecipe"):
+        self.weight, self.hessian, self.recipe = weight, hessian, recipe
+        self._gptq_costs = None
+        self._lopro = None
+
+    def gptq(self, bits: int, group_size: int) -> tuple[torch.Tensor, float]:
+        if self._gptq_costs is None:
+            self._gptq_costs = column_costs(self.hessian, self.recipe.damp)
+        return (grid_error(self.weight, self._gptq_costs, bits, group_size),
+                stored_bits_per_weight(*self.weight.shape, bits, group_size))
+
+    def lopro(self, bits: int, group_size: int) -> tuple[torch.Tensor, float]:
+        """LoPRo's solve is GPTQ on the permuted, block-rotated residual, in that order: the same
+        closed form in its basis, with its bits per weight as stored (core, permutation, factors)."""
+        r = self.recipe
+        check_grid(bits, group_size, self.weight.shape[1], "LoPRo low-bit columns")
+        if self._lopro is None or r.lopro_rank_min_gain > 0:  # a chosen rank depends on the grid
+            b = lopro_basis(self.weight, self.hessian, bits=bits, group_size=group_size, rank=r.lopro_rank,
+                            block_size=r.lopro_block_size, salient_blocks=0, factor_dtype="int8", seed=r.seed,
+                            rank_min_gain=r.lopro_rank_min_gain)
+            self._lopro = b, column_costs(b.hessian, r.damp, act_order=False)
+        b, costs = self._lopro
+        out_features, in_features = self.weight.shape
+        nbytes = (stored_bits_per_weight(out_features, in_features, bits, group_size) * self.weight.numel() / 8
+                  + 2 * in_features + factor_bytes(b.factors))
+        return grid_error(b.rest, costs, bits, group_size), 8 * nbytes / self.weight.numel()
 
 
 def layer_options(name: str, layer: nn.Module, recipe: AllocatedRecipe) -> list[tuple[str, int, int]]:
@@ -262,17 +291,15 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
         weight = flat_weight(layer).detach().float()
         f = fisher[name] if language_model else torch.ones(weight.shape[0])
         options[name] = []
+        estimates = OptionEstimates(weight, hessians[name].h, recipe)
         for method, bits, group in layer_options(name, layer, recipe):
             if measured:
                 q = quantize_option(name, layer, hessians[name].h, recipe, method, bits, group)
                 delta = _dequantized(q) - weight
                 error = ((delta @ held_out[name].h) * delta).sum(dim=1)
                 bpw = 8 * q.weight_bytes() / weight.numel()
-            elif method == "lopro":
-                error, bpw = lopro_error_estimate(weight, hessians[name].h, recipe, bits, group)
             else:
-                error = gptq_error_estimate(weight, hessians[name].h, bits, group, recipe.damp)
-                bpw = stored_bits_per_weight(*weight.shape, bits, group)
+                error, bpw = {"gptq": estimates.gptq, "lopro": estimates.lopro}[method](bits, group)
             options[name].append(LayerOption(bits, group, bpw, float((f * error).sum()), method))
             bar.update(1)
     bar.close()

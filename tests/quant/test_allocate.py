@@ -147,7 +147,7 @@ def test_legacy_plan_rows_are_gptq():
 def test_lopro_error_estimate_tracks_its_solve_and_counts_its_bytes():
     """LoPRo's closed form (GPTQ's, in the permuted block-rotated basis) is its solve's error up to
     one factor common to every grid, and its bits per weight are the layer's stored bytes."""
-    from edgeq.quant.allocate import lopro_error_estimate, quantize_option
+    from edgeq.quant.allocate import OptionEstimates, quantize_option
 
     g = torch.Generator().manual_seed(1)
     layer = torch.nn.Linear(256, 64)
@@ -158,10 +158,11 @@ def test_lopro_error_estimate_tracks_its_solve_and_counts_its_bytes():
     acc.add(x)
     recipe = AllocatedRecipe(lopro_grids=((2, 64),), lopro_block_size=64, lopro_clip_steps=0)
     ratios = []
+    estimates = OptionEstimates(w, acc.h, recipe)  # one basis shared by the grids
     for bits, group in ((2, 64), (2, 128), (3, 128), (4, 128)):
         q = quantize_option("l", layer, acc.h, recipe, "lopro", bits, group)
         d = q.dequantized_weight() - w
-        error, bpw = lopro_error_estimate(w, acc.h, recipe, bits, group)
+        error, bpw = estimates.lopro(bits, group)
         ratios.append(error.sum().item() / ((d @ acc.h) * d).sum().item())
         assert bpw == pytest.approx(8 * q.weight_bytes() / w.numel())
     assert max(ratios) / min(ratios) < 1.3, ratios  # measured 3.4-4.0
