@@ -116,6 +116,27 @@ def test_measured_sensitivity_is_the_held_out_output_error():
         measure_sensitivity(model, {"0": model[0]}, [fit], recipe)
 
 
+def test_estimated_lopro_plan_solves_each_layer_once(monkeypatch):
+    """sensitivity='estimate' plans LoPRo options from the closed form: one solve per layer (the
+    final pass), a mixed plan within the budget."""
+    import edgeq.quant.allocate as allocate
+    from edgeq.quant.lopro import LoProLinear
+    from edgeq.quant.serialize import quantized_layers
+
+    solves = []
+    real = allocate.quantize_option
+    monkeypatch.setattr(allocate, "quantize_option", lambda name, *a: solves.append(name) or real(name, *a))
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
+    recipe = AllocatedRecipe(skip=("lm_head",), budget=3.0, grids=(), lopro_grids=((2, 32), (2, 64), (3, 64), (4, 64)),
+                             lopro_block_size=32)
+    model = edgeq.quantize(_tiny_llama(), recipe, calib=[calib])
+    layers = quantized_layers(model)
+    assert sorted(solves) == sorted(layers) and all(isinstance(m, LoProLinear) for m in layers.values())
+    stored = 8 * sum(m.weight_bytes() for m in layers.values()) / sum(m.in_features * m.out_features for m in layers.values())
+    assert 2.7 < stored <= 3.0
+    assert len({row[1:] for row in model.edgeq_recipe.plan}) > 1
+
+
 def test_lopro_options_plan_meets_budget_and_reloads(lopro_allocated_llama, tmp_path):
     from edgeq.quant.lopro import LoProLinear
     from edgeq.quant.serialize import load_quantized, quantized_layers, save_quantized
