@@ -18,6 +18,11 @@ act-order), so the same closed form applies in its basis, with ``H' = Bᵀ Pᵀ 
 factorisation per layer and option, no solve, so the plan costs one calibration pass and the
 final block-sequential pass solves each layer once.
 
+``sensitivity="held-out"`` keeps the closed form but fits on the even calibration windows and
+charges on the odd ones: GPTQ's weight error is ``ΔW = Ẽ U`` (``Ẽ_j = δ_j / U_jj``), so column
+``j`` costs ``(U J Uᵀ)_jj · δ_j² / U_jj²`` with ``J`` the odd windows' Hessian (what overfitting
+a few windows costs, which the in-sample form cannot see).
+
 ``sensitivity="measured"`` runs each option's own solve instead (every option of every layer,
 then the chosen one again in the final pass): the layer is quantized with the Hessian of the even calibration
 windows and ``e_lo(c) = (ΔW H' ΔWᵀ)_oo`` is its output error on the odd windows (``H'``), so an
@@ -46,7 +51,7 @@ from edgeq.maths.groups import check_grid, group_params
 from edgeq.maths.packing import packed_length
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
 from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
-from edgeq.quant.lopro import lopro_basis, lopro_linear
+from edgeq.quant.lopro import lopro_basis, lopro_linear, solve_basis_hessian
 from edgeq.quant.quarot import check_rotatable, rotate_decoder
 from edgeq.quant.r1svd import factor_bytes
 from edgeq.quant.weight_only import flat_weight
@@ -58,6 +63,7 @@ DEFAULT_GRIDS = ((2, 32), (2, 64), (2, 128), (3, 32), (3, 64), (3, 128), (4, 32)
 # SmolLM2-135M (benchmarks/RESULTS.md); g192 divides its 576 and 1536 inputs
 LOPRO_GRIDS = {2.5: ((2, 192), (3, 192)), 3.25: ((3, 192), (4, 192))}
 METHODS = ("gptq", "lopro")
+SENSITIVITIES = ("estimate", "held-out", "measured")
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,9 @@ class AllocatedRecipe(Recipe):
 
     grids / lopro_grids: the GPTQ / LoPRo (bits, group) choices; a group that does not divide a
     layer's inputs becomes the largest power of two below it that does. sensitivity: "estimate"
-    (GPTQ's closed form, in LoPRo's basis for its options) or "measured" (each option's held-out
-    output error, one solve per option).
+    (GPTQ's closed form, in LoPRo's basis for its options), "held-out" (the same form fitted on the
+    even windows, charged on the odd ones) or "measured" (each option's held-out output error, one
+    solve per option).
     plan: (layer, method, bits, group) rows; empty means "measure and solve" (the quantized
     model's recipe holds the plan it used). The GPTQ knobs and ``hadamard`` (QuaRot rotation
     first) are those of ``GPTQRecipe``; ``lopro_*`` are LoPRo's (``LoProRecipe``; no salient block,
@@ -145,9 +152,14 @@ def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, 
     return grid_error(weight, column_costs(hessian, damp, act_order), bits, group_size)
 
 
-def column_costs(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = True) -> torch.Tensor:
+def column_costs(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = True,
+                 judge: torch.Tensor | None = None) -> torch.Tensor:
     """``1 / U_jj²`` per column [in], in the original column order: what one unit of rounding
-    variance on column ``j`` costs after the later columns compensate (the same for every grid)."""
+    variance on column ``j`` costs after the later columns compensate (the same for every grid).
+
+    GPTQ's weight error is ``ΔW = Ẽ U`` (``Ẽ_j = e_j / U_jj``, rounding errors assumed
+    independent), so on inputs of another Hessian ``judge`` (held-out windows) a column costs
+    ``(U J Uᵀ)_jj / U_jj²`` instead; with ``J = H`` that is ``1 / U_jj²`` (``U H Uᵀ = I``)."""
     h = hessian.detach().double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
@@ -156,7 +168,11 @@ def column_costs(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = Tr
     hp.diagonal().add_(damp * torch.mean(torch.diag(hp)))
     u = _inverse_cholesky_upper(hp, "sensitivity")
     cost = torch.empty(h.shape[0], dtype=torch.float64)
-    cost[perm] = 1.0 / torch.diag(u).square()
+    if judge is None:
+        cost[perm] = 1.0 / torch.diag(u).square()
+    else:
+        jp = judge.detach().double()[perm][:, perm]
+        cost[perm] = ((u @ jp) * u).sum(dim=1) / torch.diag(u).square()
     cost[dead] = 0
     return cost
 
@@ -175,14 +191,15 @@ class OptionEstimates:
     change (GPTQ's column costs; LoPRo's basis and its costs, where the rank does not depend on the
     grid) are made once and shared by the layer's options."""
 
-    def __init__(self, weight: torch.Tensor, hessian: torch.Tensor, recipe: "AllocatedRecipe"):
-        self.weight, self.hessian, self.recipe = weight, hessian, recipe
+    def __init__(self, weight: torch.Tensor, hessian: torch.Tensor, recipe: "AllocatedRecipe",
+                 judge: torch.Tensor | None = None):
+        self.weight, self.hessian, self.recipe, self.judge = weight, hessian, recipe, judge
         self._gptq_costs = None
         self._lopro = None
 
     def gptq(self, bits: int, group_size: int) -> tuple[torch.Tensor, float]:
         if self._gptq_costs is None:
-            self._gptq_costs = column_costs(self.hessian, self.recipe.damp)
+            self._gptq_costs = column_costs(self.hessian, self.recipe.damp, judge=self.judge)
         return (grid_error(self.weight, self._gptq_costs, bits, group_size),
                 stored_bits_per_weight(*self.weight.shape, bits, group_size))
 
@@ -195,7 +212,8 @@ class OptionEstimates:
             b = lopro_basis(self.weight, self.hessian, bits=bits, group_size=group_size, rank=r.lopro_rank,
                             block_size=r.lopro_block_size, salient_blocks=0, factor_dtype="int8", seed=r.seed,
                             rank_min_gain=r.lopro_rank_min_gain)
-            self._lopro = b, column_costs(b.hessian, r.damp, act_order=False)
+            judge = None if self.judge is None else solve_basis_hessian(self.judge, b.perm, r.lopro_block_size, 0)
+            self._lopro = b, column_costs(b.hessian, r.damp, act_order=False, judge=judge)
         b, costs = self._lopro
         out_features, in_features = self.weight.shape
         nbytes = (stored_bits_per_weight(out_features, in_features, bits, group_size) * self.weight.numel() / 8
@@ -243,8 +261,9 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
                         recipe: AllocatedRecipe) -> dict[str, list[LayerOption]]:
     """Each layer's options (module docstring), from one float pass with gradients per window."""
     measured = recipe.sensitivity == "measured"
+    split = recipe.sensitivity in ("measured", "held-out")
     hessians = {name: HessianAccumulator(layer) for name, layer in layers.items()}
-    held_out = {name: HessianAccumulator(layer) for name, layer in layers.items()} if measured else {}
+    held_out = {name: HessianAccumulator(layer) for name, layer in layers.items()} if split else {}
     fisher = {name: torch.zeros(flat_weight(layer).shape[0]) for name, layer in layers.items()}
     language_model = hasattr(model, "get_input_embeddings") and getattr(model, "config", None) is not None
     window_index = [0]
@@ -255,7 +274,7 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
 
         def hook(module, args, output):
             # measured: even windows fit the options, odd ones judge them
-            (held_out if measured and window_index[0] % 2 else hessians)[name].add(args[0])
+            (held_out if split and window_index[0] % 2 else hessians)[name].add(args[0])
             if output.requires_grad:
                 output.register_hook(add_fisher)
         return hook
@@ -282,16 +301,16 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
             h.remove()
         for p, g in grads.items():
             p.requires_grad_(g)
-    if measured and window_index[0] < 2:
-        raise QuantizationError("recipe 'allocated' with sensitivity='measured' needs at least 2 calibration "
-                                "windows (even ones fit each option, odd ones measure its error)")
+    if split and window_index[0] < 2:
+        raise QuantizationError(f"recipe 'allocated' with sensitivity={recipe.sensitivity!r} needs at least 2 "
+                                "calibration windows (even ones fit each option, odd ones measure its error)")
     options = {}
     bar = tqdm(total=sum(len(layer_options(n, m, recipe)) for n, m in layers.items()), desc="options", leave=False)
     for name, layer in layers.items():
         weight = flat_weight(layer).detach().float()
         f = fisher[name] if language_model else torch.ones(weight.shape[0])
         options[name] = []
-        estimates = OptionEstimates(weight, hessians[name].h, recipe)
+        estimates = OptionEstimates(weight, hessians[name].h, recipe, held_out[name].h if split else None)
         for method, bits, group in layer_options(name, layer, recipe):
             if measured:
                 q = quantize_option(name, layer, hessians[name].h, recipe, method, bits, group)
@@ -345,8 +364,8 @@ def plan_rows(recipe: AllocatedRecipe) -> dict[str, tuple[str, int, int]]:
 
 
 def check_allocated(recipe: AllocatedRecipe) -> None:
-    if recipe.sensitivity not in ("estimate", "measured"):
-        raise QuantizationError(f"recipe 'allocated': sensitivity must be 'estimate' or 'measured', got {recipe.sensitivity!r}")
+    if recipe.sensitivity not in SENSITIVITIES:
+        raise QuantizationError(f"recipe 'allocated': sensitivity must be one of {SENSITIVITIES}, got {recipe.sensitivity!r}")
     if not recipe.grids and not recipe.lopro_grids:
         raise QuantizationError("recipe 'allocated': no options (grids and lopro_grids are both empty)")
 

@@ -182,15 +182,19 @@ def lopro_basis(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: int
     importance = torch.diag(hessian) if hessian is not None else r.square().sum(dim=0)
     perm = torch.argsort(importance, descending=True, stable=True)
     rp = r[:, perm]
-    h_rot = None
-    if hessian is not None:
-        hp = hessian.float()[perm][:, perm]
-        # basis of the solve: [rotated rest | salient]; H' = B^T Hp B with B = blockdiag(Hd..., I)
-        basis = torch.zeros(k, k)
-        basis[ks:, :k - ks] = torch.block_diag(*[hadamard_matrix(block_size)] * ((k - ks) // block_size))
-        basis[torch.arange(ks), torch.arange(k - ks, k)] = 1.0
-        h_rot = basis.T @ hp @ basis
+    h_rot = None if hessian is None else solve_basis_hessian(hessian, perm, block_size, ks)
     return LoProBasis(perm, buffers, block_hadamard(rp[:, ks:], block_size), rp[:, :ks], h_rot)
+
+
+def solve_basis_hessian(hessian: torch.Tensor, perm: torch.Tensor, block_size: int, ks: int) -> torch.Tensor:
+    """``hessian`` in the basis of LoPRo's solve, ``[rotated rest | salient]``: ``H' = Bᵀ Hp B``
+    with ``Hp`` permuted by ``perm`` and ``B = blockdiag(Hd..., I)``."""
+    k = perm.numel()
+    hp = hessian.float()[perm][:, perm]
+    basis = torch.zeros(k, k)
+    basis[ks:, :k - ks] = torch.block_diag(*[hadamard_matrix(block_size)] * ((k - ks) // block_size))
+    basis[torch.arange(ks), torch.arange(k - ks, k)] = 1.0
+    return basis.T @ hp @ basis
 
 
 def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: int, group_size: int, rank: int,

@@ -189,6 +189,28 @@ def test_lopro_error_estimate_tracks_its_solve_and_counts_its_bytes():
     assert max(ratios) / min(ratios) < 1.3, ratios  # measured 3.4-4.0
 
 
+def test_held_out_estimate_tracks_the_held_out_error():
+    """sensitivity='held-out': with ΔW = Ẽ U, column j costs (U J Uᵀ)_jj / U_jj² on the judging
+    windows' Hessian J; across GPTQ and LoPRo grids it follows the held-out error of the solve."""
+    from edgeq.quant.allocate import OptionEstimates, quantize_option
+
+    g = torch.Generator().manual_seed(1)
+    layer = torch.nn.Linear(256, 64)
+    w = layer.weight.detach()
+    mix = torch.randn(32, 256, generator=g)
+    fit, judge = HessianAccumulator(layer), HessianAccumulator(layer)
+    for acc, n in ((fit, 300), (judge, 4000)):  # a small fitting set, as 2-bit GPTQ on few windows
+        acc.add((torch.randn(n, 32, generator=g) @ mix + 0.3 * torch.randn(n, 256, generator=g)) * torch.logspace(0, 1.5, 256))
+    recipe = AllocatedRecipe(lopro_grids=((2, 64),), lopro_block_size=64, lopro_clip_steps=0)
+    estimates = OptionEstimates(w, fit.h, recipe, judge.h)
+    ratios = []
+    for method, bits, group in (("lopro", 2, 64), ("lopro", 3, 128), ("lopro", 4, 128), ("gptq", 2, 64), ("gptq", 4, 128)):
+        d = quantize_option("l", layer, fit.h, recipe, method, bits, group).dequantized_weight().reshape(64, -1) - w
+        error, _ = getattr(estimates, method)(bits, group)
+        ratios.append(error.sum().item() / ((d @ judge.h) * d).sum().item())
+    assert 0.6 < min(ratios) and max(ratios) < 1.1, ratios  # measured 0.71-1.00
+
+
 def test_allocated_llama_compiles_and_matches_pytorch(lopro_allocated_llama, tmp_path):
     """Rotation, GPTQ and LoPRo layers in one model (the plan holds both methods)."""
     from edgeq.runtime.executors import TvmExecutor
