@@ -117,7 +117,7 @@ def test_measured_sensitivity_is_the_held_out_output_error():
 
 
 def test_estimated_lopro_plan_solves_each_layer_once(monkeypatch):
-    """sensitivity='estimate' plans LoPRo options from the closed form: one solve per layer (the
+    """sensitivity='held-out' plans LoPRo options from the closed form: one solve per layer (the
     final pass), a mixed plan within the budget."""
     import edgeq.quant.allocate as allocate
     from edgeq.quant.lopro import LoProLinear
@@ -128,7 +128,7 @@ def test_estimated_lopro_plan_solves_each_layer_once(monkeypatch):
     monkeypatch.setattr(allocate, "quantize_option", lambda name, *a: solves.append(name) or real(name, *a))
     calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
     recipe = AllocatedRecipe(skip=("lm_head",), budget=3.0, grids=(), lopro_grids=((2, 32), (2, 64), (3, 64), (4, 64)),
-                             lopro_block_size=32)
+                             lopro_block_size=32, sensitivity="held-out")
     model = edgeq.quantize(_tiny_llama(), recipe, calib=[calib])
     layers = quantized_layers(model)
     assert sorted(solves) == sorted(layers) and all(isinstance(m, LoProLinear) for m in layers.values())
