@@ -13,8 +13,18 @@ columns compensating costs ``δ_j² / U_jj²`` (``U = chol(H⁻¹)`` upper, in a
 factor), with ``δ_j²`` the round-to-nearest step² / 12 of ``j``'s group on the original weight.
 For a model without a language-model loss (no ``labels``), ``F = 1``: plain output error.
 
-``sensitivity="measured"`` (needed for LoPRo options, which have no closed-form estimate) runs
-each option's own solve instead: the layer is quantized with the Hessian of the even calibration
+A LoPRo option's solve is GPTQ on the permuted, block-rotated residual in that order (no
+act-order), so the same closed form applies in its basis, with ``H' = Bᵀ Pᵀ H P B``: one
+factorisation per layer and option, no solve, so the plan costs one calibration pass and the
+final block-sequential pass solves each layer once.
+
+``sensitivity="held-out"`` keeps the closed form but fits on the even calibration windows and
+charges on the odd ones: GPTQ's weight error is ``ΔW = Ẽ U`` (``Ẽ_j = δ_j / U_jj``), so column
+``j`` costs ``(U J Uᵀ)_jj · δ_j² / U_jj²`` with ``J`` the odd windows' Hessian (what overfitting
+a few windows costs, which the in-sample form cannot see).
+
+``sensitivity="measured"`` runs each option's own solve instead (every option of every layer,
+then the chosen one again in the final pass): the layer is quantized with the Hessian of the even calibration
 windows and ``e_lo(c) = (ΔW H' ΔWᵀ)_oo`` is its output error on the odd windows (``H'``), so an
 option is charged what it costs on data its solve did not see, in the same units as above.
 
@@ -37,12 +47,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edgeq.errors import QuantizationError
-from edgeq.maths.groups import group_params
+from edgeq.maths.groups import check_grid, group_params
 from edgeq.maths.packing import packed_length
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
 from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
-from edgeq.quant.lopro import lopro_linear
+from edgeq.quant.lopro import lopro_basis, lopro_linear, solve_basis_hessian
 from edgeq.quant.quarot import check_rotatable, rotate_decoder
+from edgeq.quant.r1svd import factor_bytes
 from edgeq.quant.weight_only import flat_weight
 from edgeq.quant.weight_only_recipes import GPTQRecipe
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
@@ -52,6 +63,7 @@ DEFAULT_GRIDS = ((2, 32), (2, 64), (2, 128), (3, 32), (3, 64), (3, 128), (4, 32)
 # SmolLM2-135M (benchmarks/RESULTS.md); g192 divides its 576 and 1536 inputs
 LOPRO_GRIDS = {2.5: ((2, 192), (3, 192)), 3.25: ((3, 192), (4, 192))}
 METHODS = ("gptq", "lopro")
+SENSITIVITIES = ("estimate", "held-out", "measured")
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,9 @@ class AllocatedRecipe(Recipe):
 
     grids / lopro_grids: the GPTQ / LoPRo (bits, group) choices; a group that does not divide a
     layer's inputs becomes the largest power of two below it that does. sensitivity: "estimate"
-    (GPTQ's closed form, GPTQ grids only) or "measured" (each option's held-out output error).
+    (GPTQ's closed form, in LoPRo's basis for its options), "held-out" (the same form fitted on the
+    even windows, charged on the odd ones) or "measured" (each option's held-out output error, one
+    solve per option).
     plan: (layer, method, bits, group) rows; empty means "measure and solve" (the quantized
     model's recipe holds the plan it used). The GPTQ knobs and ``hadamard`` (QuaRot rotation
     first) are those of ``GPTQRecipe``; ``lopro_*`` are LoPRo's (``LoProRecipe``; no salient block,
@@ -132,23 +146,79 @@ def _packs(in_features: int, bits: int) -> bool:
 
 
 def gptq_error_estimate(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int,
-                        damp: float = 0.01) -> torch.Tensor:
-    """Per output row, GPTQ's expected error ``Σ_j δ_j² / U_jj²`` (module docstring) [out]."""
-    w = weight.detach().float()
+                        damp: float = 0.01, act_order: bool = True) -> torch.Tensor:
+    """Per output row, GPTQ's expected error ``Σ_j δ_j² / U_jj²`` (module docstring) [out];
+    ``act_order=False``: columns solved in their given order (LoPRo's, already sorted)."""
+    return grid_error(weight, column_costs(hessian, damp, act_order), bits, group_size)
+
+
+def column_costs(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = True,
+                 judge: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 / U_jj²`` per column [in], in the original column order: what one unit of rounding
+    variance on column ``j`` costs after the later columns compensate (the same for every grid).
+
+    GPTQ's weight error is ``ΔW = Ẽ U`` (``Ẽ_j = e_j / U_jj``, rounding errors assumed
+    independent), so on inputs of another Hessian ``judge`` (held-out windows) a column costs
+    ``(U J Uᵀ)_jj / U_jj²`` instead; with ``J = H`` that is ``1 / U_jj²`` (``U H Uᵀ = I``)."""
     h = hessian.detach().double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
-    perm = torch.argsort(torch.diag(h), descending=True)
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(h.shape[0])
     hp = h[perm][:, perm]
     hp.diagonal().add_(damp * torch.mean(torch.diag(hp)))
     u = _inverse_cholesky_upper(hp, "sensitivity")
-    cost = torch.empty(w.shape[1], dtype=torch.float64)
-    cost[perm] = 1.0 / torch.diag(u).square()
+    cost = torch.empty(h.shape[0], dtype=torch.float64)
+    if judge is None:
+        cost[perm] = 1.0 / torch.diag(u).square()
+    else:
+        jp = judge.detach().double()[perm][:, perm]
+        cost[perm] = ((u @ jp) * u).sum(dim=1) / torch.diag(u).square()
     cost[dead] = 0
+    return cost
+
+
+def grid_error(weight: torch.Tensor, costs: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Per output row, ``Σ_j δ_j² · costs_j`` with ``δ²`` the round-to-nearest step² / 12 of the group [out]."""
+    w = weight.detach().float()
     out_features, in_features = w.shape
     scale, _ = group_params(w.reshape(out_features, in_features // group_size, group_size), bits, False)
-    group_cost = cost.reshape(in_features // group_size, group_size).sum(dim=1).float()
+    group_cost = costs.reshape(in_features // group_size, group_size).sum(dim=1).float()
     return (scale.square() / 12 * group_cost).sum(dim=1)
+
+
+class OptionEstimates:
+    """One layer's closed-form estimates (module docstring): the factorisations a grid does not
+    change (GPTQ's column costs; LoPRo's basis and its costs, where the rank does not depend on the
+    grid) are made once and shared by the layer's options."""
+
+    def __init__(self, weight: torch.Tensor, hessian: torch.Tensor, recipe: "AllocatedRecipe",
+                 judge: torch.Tensor | None = None):
+        self.weight, self.hessian, self.recipe, self.judge = weight, hessian, recipe, judge
+        self._gptq_costs = None
+        self._lopro = None
+
+    def gptq(self, bits: int, group_size: int) -> tuple[torch.Tensor, float]:
+        if self._gptq_costs is None:
+            self._gptq_costs = column_costs(self.hessian, self.recipe.damp, judge=self.judge)
+        return (grid_error(self.weight, self._gptq_costs, bits, group_size),
+                stored_bits_per_weight(*self.weight.shape, bits, group_size))
+
+    def lopro(self, bits: int, group_size: int) -> tuple[torch.Tensor, float]:
+        """LoPRo's solve is GPTQ on the permuted, block-rotated residual, in that order: the same
+        closed form in its basis, with its bits per weight as stored (core, permutation, factors)."""
+        r = self.recipe
+        check_grid(bits, group_size, self.weight.shape[1], "LoPRo low-bit columns")
+        if self._lopro is None or r.lopro_rank_min_gain > 0:  # a chosen rank depends on the grid
+            b = lopro_basis(self.weight, self.hessian, bits=bits, group_size=group_size, rank=r.lopro_rank,
+                            block_size=r.lopro_block_size, salient_blocks=0, factor_dtype="int8", seed=r.seed,
+                            rank_min_gain=r.lopro_rank_min_gain)
+            judge = None if self.judge is None else solve_basis_hessian(self.judge, b.perm, r.lopro_block_size, 0)
+            self._lopro = b, column_costs(b.hessian, r.damp, act_order=False, judge=judge)
+        b, costs = self._lopro
+        out_features, in_features = self.weight.shape
+        nbytes = (stored_bits_per_weight(out_features, in_features, bits, group_size) * self.weight.numel() / 8
+                  + 2 * in_features + factor_bytes(b.factors))
+        return grid_error(b.rest, costs, bits, group_size), 8 * nbytes / self.weight.numel()
 
 
 def layer_options(name: str, layer: nn.Module, recipe: AllocatedRecipe) -> list[tuple[str, int, int]]:
@@ -191,8 +261,9 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
                         recipe: AllocatedRecipe) -> dict[str, list[LayerOption]]:
     """Each layer's options (module docstring), from one float pass with gradients per window."""
     measured = recipe.sensitivity == "measured"
+    split = recipe.sensitivity in ("measured", "held-out")
     hessians = {name: HessianAccumulator(layer) for name, layer in layers.items()}
-    held_out = {name: HessianAccumulator(layer) for name, layer in layers.items()} if measured else {}
+    held_out = {name: HessianAccumulator(layer) for name, layer in layers.items()} if split else {}
     fisher = {name: torch.zeros(flat_weight(layer).shape[0]) for name, layer in layers.items()}
     language_model = hasattr(model, "get_input_embeddings") and getattr(model, "config", None) is not None
     window_index = [0]
@@ -203,7 +274,7 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
 
         def hook(module, args, output):
             # measured: even windows fit the options, odd ones judge them
-            (held_out if measured and window_index[0] % 2 else hessians)[name].add(args[0])
+            (held_out if split and window_index[0] % 2 else hessians)[name].add(args[0])
             if output.requires_grad:
                 output.register_hook(add_fisher)
         return hook
@@ -230,15 +301,16 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
             h.remove()
         for p, g in grads.items():
             p.requires_grad_(g)
-    if measured and window_index[0] < 2:
-        raise QuantizationError("recipe 'allocated' with sensitivity='measured' needs at least 2 calibration "
-                                "windows (even ones fit each option, odd ones measure its error)")
+    if split and window_index[0] < 2:
+        raise QuantizationError(f"recipe 'allocated' with sensitivity={recipe.sensitivity!r} needs at least 2 "
+                                "calibration windows (even ones fit each option, odd ones measure its error)")
     options = {}
     bar = tqdm(total=sum(len(layer_options(n, m, recipe)) for n, m in layers.items()), desc="options", leave=False)
     for name, layer in layers.items():
         weight = flat_weight(layer).detach().float()
         f = fisher[name] if language_model else torch.ones(weight.shape[0])
         options[name] = []
+        estimates = OptionEstimates(weight, hessians[name].h, recipe, held_out[name].h if split else None)
         for method, bits, group in layer_options(name, layer, recipe):
             if measured:
                 q = quantize_option(name, layer, hessians[name].h, recipe, method, bits, group)
@@ -246,8 +318,7 @@ def measure_sensitivity(model: nn.Module, layers: dict[str, nn.Module], batches:
                 error = ((delta @ held_out[name].h) * delta).sum(dim=1)
                 bpw = 8 * q.weight_bytes() / weight.numel()
             else:
-                error = gptq_error_estimate(weight, hessians[name].h, bits, group, recipe.damp)
-                bpw = stored_bits_per_weight(*weight.shape, bits, group)
+                error, bpw = {"gptq": estimates.gptq, "lopro": estimates.lopro}[method](bits, group)
             options[name].append(LayerOption(bits, group, bpw, float((f * error).sum()), method))
             bar.update(1)
     bar.close()
@@ -293,10 +364,8 @@ def plan_rows(recipe: AllocatedRecipe) -> dict[str, tuple[str, int, int]]:
 
 
 def check_allocated(recipe: AllocatedRecipe) -> None:
-    if recipe.sensitivity not in ("estimate", "measured"):
-        raise QuantizationError(f"recipe 'allocated': sensitivity must be 'estimate' or 'measured', got {recipe.sensitivity!r}")
-    if recipe.lopro_grids and recipe.sensitivity != "measured" and not recipe.plan:
-        raise QuantizationError("recipe 'allocated': LoPRo options have no error estimate; use sensitivity='measured'")
+    if recipe.sensitivity not in SENSITIVITIES:
+        raise QuantizationError(f"recipe 'allocated': sensitivity must be one of {SENSITIVITIES}, got {recipe.sensitivity!r}")
     if not recipe.grids and not recipe.lopro_grids:
         raise QuantizationError("recipe 'allocated': no options (grids and lopro_grids are both empty)")
 

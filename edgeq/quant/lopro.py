@@ -142,11 +142,23 @@ class LoProLinear(nn.Module):
                 f"bits_per_weight={self.bits_per_weight:.3f}")
 
 
-def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: int, group_size: int, rank: int,
-                 block_size: int, salient_blocks: int, salient_bits: int = 8, factor_dtype: str = "float16",
-                 quantizer: str = "gptq", power_iters: int = 2, clip_steps: int = 0, bias=None,
-                 seed: int = 0, rank_min_gain: float = 0.0) -> LoProLinear:
-    """Decompose and quantize one weight [out, in]; ``hessian`` [in, in] (None: RTN, weight-norm importance)."""
+@dataclass
+class LoProBasis:
+    """What LoPRo solves, before its solve: the permutation, the stored low-rank factors, the
+    rotated low-bit columns ``rest`` [out, k - ks], the salient columns [out, ks] and the Hessian in
+    the solve's basis ``[rotated rest | salient]`` (None without data)."""
+
+    perm: torch.Tensor
+    factors: dict[str, torch.Tensor]
+    rest: torch.Tensor
+    salient: torch.Tensor
+    hessian: torch.Tensor | None
+
+
+def lopro_basis(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: int, group_size: int, rank: int,
+                block_size: int, salient_blocks: int, factor_dtype: str = "float16", power_iters: int = 2,
+                seed: int = 0, rank_min_gain: float = 0.0) -> LoProBasis:
+    """Low-rank split, permutation and block rotation of one weight [out, in] (module docstring)."""
     w = weight.detach().float()
     n, k = w.shape
     if k % block_size:
@@ -156,8 +168,6 @@ def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: in
     if ks >= k:
         raise QuantizationError(f"{salient_blocks} salient blocks of {block_size} leave no low-bit columns of {k}")
     check_grid(bits, group_size, k - ks, "LoPRo low-bit columns")
-    if quantizer == "gptq" and hessian is None:
-        raise QuantizationError("LoPRo with quantizer='gptq' needs calibration data (a Hessian)")
     residual_error = None
     if rank_min_gain > 0:
         col_weight = torch.diag(hessian).float() if hessian is not None else torch.ones(k)
@@ -172,25 +182,44 @@ def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: in
     importance = torch.diag(hessian) if hessian is not None else r.square().sum(dim=0)
     perm = torch.argsort(importance, descending=True, stable=True)
     rp = r[:, perm]
-    rest = block_hadamard(rp[:, ks:], block_size)
-    salient_w = rp[:, :ks]
+    h_rot = None if hessian is None else solve_basis_hessian(hessian, perm, block_size, ks)
+    return LoProBasis(perm, buffers, block_hadamard(rp[:, ks:], block_size), rp[:, :ks], h_rot)
+
+
+def solve_basis_hessian(hessian: torch.Tensor, perm: torch.Tensor, block_size: int, ks: int) -> torch.Tensor:
+    """``hessian`` in the basis of LoPRo's solve, ``[rotated rest | salient]``: ``H' = Bᵀ Hp B``
+    with ``Hp`` permuted by ``perm`` and ``B = blockdiag(Hd..., I)``."""
+    k = perm.numel()
+    hp = hessian.float()[perm][:, perm]
+    basis = torch.zeros(k, k)
+    basis[ks:, :k - ks] = torch.block_diag(*[hadamard_matrix(block_size)] * ((k - ks) // block_size))
+    basis[torch.arange(ks), torch.arange(k - ks, k)] = 1.0
+    return basis.T @ hp @ basis
+
+
+def lopro_linear(weight: torch.Tensor, hessian: torch.Tensor | None, *, bits: int, group_size: int, rank: int,
+                 block_size: int, salient_blocks: int, salient_bits: int = 8, factor_dtype: str = "float16",
+                 quantizer: str = "gptq", power_iters: int = 2, clip_steps: int = 0, bias=None,
+                 seed: int = 0, rank_min_gain: float = 0.0) -> LoProLinear:
+    """Decompose and quantize one weight [out, in]; ``hessian`` [in, in] (None: RTN, weight-norm importance)."""
+    if quantizer == "gptq" and hessian is None:
+        raise QuantizationError("LoPRo with quantizer='gptq' needs calibration data (a Hessian)")
+    b = lopro_basis(weight, hessian, bits=bits, group_size=group_size, rank=rank, block_size=block_size,
+                    salient_blocks=salient_blocks, factor_dtype=factor_dtype, power_iters=power_iters, seed=seed,
+                    rank_min_gain=rank_min_gain)
+    ks = b.salient.shape[1]
+    salient_w = b.salient
     if quantizer == "gptq":
-        hp = hessian.float()[perm][:, perm]
-        # basis of the solve: [rotated rest | salient]; H' = B^T Hp B with B = blockdiag(Hd..., I)
-        basis = torch.zeros(k, k)
-        basis[ks:, :k - ks] = torch.block_diag(*[hadamard_matrix(block_size)] * ((k - ks) // block_size))
-        basis[torch.arange(ks), torch.arange(k - ks, k)] = 1.0
-        h_rot = basis.T @ hp @ basis
         # GPTQ in this order, the salient columns last and left in float to absorb the updates
-        gq, salient_w = gptq_solve(torch.cat([rest, salient_w], dim=1), h_rot.double(), bits, group_size,
-                                   n_quant=k - ks, clip_steps=clip_steps)
+        gq, salient_w = gptq_solve(torch.cat([b.rest, b.salient], dim=1), b.hessian.double(), bits, group_size,
+                                   n_quant=b.rest.shape[1], clip_steps=clip_steps)
         core = WeightOnlyLinear.from_integers(gq.q, gq.scales, gq.zeros, bits)
     elif quantizer == "rtn":
-        core = rtn_linear(rest, bits, group_size)
+        core = rtn_linear(b.rest, bits, group_size)
     else:
         raise QuantizationError(f"LoPRo quantizer must be 'gptq' or 'rtn', got {quantizer!r}")
     salient = rtn_linear(salient_w, salient_bits, ks) if ks else None
-    return LoProLinear(perm, block_size, core, salient, buffers, bias)
+    return LoProLinear(b.perm, block_size, core, salient, b.factors, bias)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,27 @@ def test_measured_sensitivity_is_the_held_out_output_error():
         measure_sensitivity(model, {"0": model[0]}, [fit], recipe)
 
 
+def test_estimated_lopro_plan_solves_each_layer_once(monkeypatch):
+    """sensitivity='held-out' plans LoPRo options from the closed form: one solve per layer (the
+    final pass), a mixed plan within the budget."""
+    import edgeq.quant.allocate as allocate
+    from edgeq.quant.lopro import LoProLinear
+    from edgeq.quant.serialize import quantized_layers
+
+    solves = []
+    real = allocate.quantize_option
+    monkeypatch.setattr(allocate, "quantize_option", lambda name, *a: solves.append(name) or real(name, *a))
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
+    recipe = AllocatedRecipe(skip=("lm_head",), budget=3.0, grids=(), lopro_grids=((2, 32), (2, 64), (3, 64), (4, 64)),
+                             lopro_block_size=32, sensitivity="held-out")
+    model = edgeq.quantize(_tiny_llama(), recipe, calib=[calib])
+    layers = quantized_layers(model)
+    assert sorted(solves) == sorted(layers) and all(isinstance(m, LoProLinear) for m in layers.values())
+    stored = 8 * sum(m.weight_bytes() for m in layers.values()) / sum(m.in_features * m.out_features for m in layers.values())
+    assert 2.7 < stored <= 3.0
+    assert len({row[1:] for row in model.edgeq_recipe.plan}) > 1
+
+
 def test_lopro_options_plan_meets_budget_and_reloads(lopro_allocated_llama, tmp_path):
     from edgeq.quant.lopro import LoProLinear
     from edgeq.quant.serialize import load_quantized, quantized_layers, save_quantized
@@ -137,14 +158,57 @@ def test_lopro_options_plan_meets_budget_and_reloads(lopro_allocated_llama, tmp_
         torch.testing.assert_close(loaded(ids).logits, lopro_allocated_llama(ids).logits, rtol=0, atol=0)
 
 
-def test_legacy_plan_rows_are_gptq_and_lopro_needs_measuring():
+def test_legacy_plan_rows_are_gptq():
     from edgeq.quant.allocate import plan_rows
 
     assert plan_rows(AllocatedRecipe(plan=(("a", 3, 64), ("b", "lopro", 2, 192)))) == {
         "a": ("gptq", 3, 64), "b": ("lopro", 2, 192)}
-    with pytest.raises(QuantizationError, match="sensitivity='measured'"):
-        edgeq.quantize(_tiny_llama(), AllocatedRecipe(skip=("lm_head",), lopro_grids=((3, 64),)),
-                       calib=[torch.zeros(2, 8, dtype=torch.long)])
+
+
+def test_lopro_error_estimate_tracks_its_solve_and_counts_its_bytes():
+    """LoPRo's closed form (GPTQ's, in the permuted block-rotated basis) is its solve's error up to
+    one factor common to every grid, and its bits per weight are the layer's stored bytes."""
+    from edgeq.quant.allocate import OptionEstimates, quantize_option
+
+    g = torch.Generator().manual_seed(1)
+    layer = torch.nn.Linear(256, 64)
+    w = layer.weight.detach()
+    x = (torch.randn(2048, 32, generator=g) @ torch.randn(32, 256, generator=g)
+         + 0.3 * torch.randn(2048, 256, generator=g)) * torch.logspace(0, 1.5, 256)
+    acc = HessianAccumulator(layer)
+    acc.add(x)
+    recipe = AllocatedRecipe(lopro_grids=((2, 64),), lopro_block_size=64, lopro_clip_steps=0)
+    ratios = []
+    estimates = OptionEstimates(w, acc.h, recipe)  # one basis shared by the grids
+    for bits, group in ((2, 64), (2, 128), (3, 128), (4, 128)):
+        q = quantize_option("l", layer, acc.h, recipe, "lopro", bits, group)
+        d = q.dequantized_weight() - w
+        error, bpw = estimates.lopro(bits, group)
+        ratios.append(error.sum().item() / ((d @ acc.h) * d).sum().item())
+        assert bpw == pytest.approx(8 * q.weight_bytes() / w.numel())
+    assert max(ratios) / min(ratios) < 1.3, ratios  # measured 3.4-4.0
+
+
+def test_held_out_estimate_tracks_the_held_out_error():
+    """sensitivity='held-out': with ΔW = Ẽ U, column j costs (U J Uᵀ)_jj / U_jj² on the judging
+    windows' Hessian J; across GPTQ and LoPRo grids it follows the held-out error of the solve."""
+    from edgeq.quant.allocate import OptionEstimates, quantize_option
+
+    g = torch.Generator().manual_seed(1)
+    layer = torch.nn.Linear(256, 64)
+    w = layer.weight.detach()
+    mix = torch.randn(32, 256, generator=g)
+    fit, judge = HessianAccumulator(layer), HessianAccumulator(layer)
+    for acc, n in ((fit, 300), (judge, 4000)):  # a small fitting set, as 2-bit GPTQ on few windows
+        acc.add((torch.randn(n, 32, generator=g) @ mix + 0.3 * torch.randn(n, 256, generator=g)) * torch.logspace(0, 1.5, 256))
+    recipe = AllocatedRecipe(lopro_grids=((2, 64),), lopro_block_size=64, lopro_clip_steps=0)
+    estimates = OptionEstimates(w, fit.h, recipe, judge.h)
+    ratios = []
+    for method, bits, group in (("lopro", 2, 64), ("lopro", 3, 128), ("lopro", 4, 128), ("gptq", 2, 64), ("gptq", 4, 128)):
+        d = quantize_option("l", layer, fit.h, recipe, method, bits, group).dequantized_weight().reshape(64, -1) - w
+        error, _ = getattr(estimates, method)(bits, group)
+        ratios.append(error.sum().item() / ((d @ judge.h) * d).sum().item())
+    assert 0.6 < min(ratios) and max(ratios) < 1.1, ratios  # measured 0.71-1.00
 
 
 def test_allocated_llama_compiles_and_matches_pytorch(lopro_allocated_llama, tmp_path):
