@@ -25,12 +25,13 @@ are rescaled into float lanes as soon as they are complete, the zero-point terms
 groups in vectors after the weights, and the weights are prefetched a few rows ahead: beyond L2
 they stream from DRAM.
 
-At many rows (prefill) on x86 the lanes are output columns instead (``gemm_columns``): each thread
-task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2) weight rows once into a tile of 4-byte words laid out
-column after column, and every dot-product instruction multiplies one such word per column by four
-int8 activations of one row broadcast to all lanes (``vpdpbusd zmm, zmm, dword{1to16}``). The
-group's rescale is then one vector of columns (convert, zero-point term, scale) per 8 to 16
-dot products instead of a horizontal sum per output.
+At many rows (prefill) the lanes are output columns instead (``gemm_columns``): each thread
+task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2; 4 × 4 on arm64) weight rows once into a tile of
+4-byte words laid out column after column, and every dot-product instruction multiplies one such
+word per column by four int8 activations of one row broadcast to all lanes (``vpdpbusd zmm, zmm,
+dword{1to16}``; ``sdot v.4s, v.16b, v.4b[0]`` on arm64, for ``i8mm`` targets too). The group's
+rescale is then one vector of columns (convert, zero-point term, scale) per 4 to 16 dot products
+instead of a horizontal sum per output.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ ACT_BITS = (8, 32)  # 32: float activations (the default)
 ROWS_PER_TASK = (4, 2, 1)
 TILE_ROWS = 2  # activation rows per register tile (prefill): each unpacked weight vector serves them all
 PREFETCH_ROWS = 16  # weight rows ahead of the one being read (15-30% at 576×49152 and 4096², 1 thread)
-# x86 prefill GEMM (see ``_gemm_tile``): from this many activation rows on, each thread task
+# prefill GEMM (see ``gemm_tile``): from this many activation rows on, each thread task
 # unpacks its weight columns once into a column-major tile and the int32 lanes are output columns
 GEMM_MIN_ROWS = 8
 # vector bytes -> (column vectors, activation rows) per register tile: 2 × 4 int32 and 2 × 4 float32
-# accumulators of 16 columns fill half of AVX-512's 32 registers; AVX2 has 16 of 8 columns
-GEMM_TILES = {64: (2, 4), 32: (2, 2)}
+# accumulators of 16 columns fill half of AVX-512's 32 registers; AVX2 has 16 of 8 columns; arm64's
+# 32 NEON registers of 4 columns take 4 × 2 int32 and 4 × 2 float32 (16 columns per task)
+GEMM_TILES = {64: (2, 4), 32: (2, 2), 16: (4, 2)}
 CORRECTION_LANES = (16, 8, 4, 2)  # groups per vector in the zero-point terms, widest that fits (then one by one)
 QUANT_LANES = 16  # float32 activations per vector when quantizing (every group is a multiple of 16)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
@@ -96,11 +98,11 @@ def vector_bytes(isa: str, bits: int, group: int) -> int:
 
 
 def gemm_columns(isa: str, bits: int, group: int) -> int:
-    """Vector bytes of the column-lane GEMM (many rows) on ``isa``, 0 where it has none: x86
-    only (on arm64 ``smmla`` already pairs rows), groups of whole 4-byte words."""
-    if isa not in ("avx512vnni", "avxvnni", "avx512bw", "avx2") or not vector_bytes(isa, bits, group):
+    """Vector bytes of the column-lane GEMM (many rows) on ``isa``, 0 where it has none (groups
+    of whole 4-byte words): x86 the widest register, arm64 ``sdot`` on 16 bytes (4 columns)."""
+    if not vector_bytes(isa, bits, group):
         return 0
-    return 64 if isa in ("avx512vnni", "avx512bw") else 32
+    return {"avx512vnni": 64, "avx512bw": 64, "avxvnni": 32, "avx2": 32}.get(isa, 16)
 
 
 def signed_weights(isa: str, bits: int) -> bool:
@@ -257,7 +259,19 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
 
     chunks, k_words = nbytes // 4, k_dim * bits // 32  # 4-byte words per group, per weight row
     word_mask = ((1 << bits) - 1) * 0x01010101
+    # 8-bit weights for sdot: each byte shifted by 128, the zero points with them
+    signed_word = (lambda word: word ^ T.uint32(0x80808080)) if signed else (lambda word: word)  # noqa: E731
+    signed_zero = (lambda z: z - T.float32(offset)) if signed else (lambda z: z)  # noqa: E731
     i8v, u8v, i32v = f"int8x{gemm}", f"uint8x{gemm}", f"int32x{cols}"
+    by_lane = isa in ("dotprod", "i8mm")  # arm64: sdot by element (every group has 4k words)
+
+    def dot_by_lane(acc, wt, ct, kw, h, words):
+        """``acc`` plus the dot products of weight words kw .. kw + 3 with the four activation
+        words ``words`` (int32 × 4), each broadcast from its lane: ``sdot v.4s, v.16b, v.4b[l]``."""
+        for lane in range(4):
+            acc = _dot(isa, gemm, acc, T.reinterpret(u8v, wt[ct, kw + lane, h, T.ramp(0, 1, cols)]),
+                       T.reinterpret(i8v, T.Shuffle([words], [lane] * cols)))
+        return acc
 
     @T.macro(hygienic=True)
     def gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, j0, i0, rt):
@@ -271,14 +285,23 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
             for ct in T.unroll(col_tiles):
                 for ii in T.unroll(rt):
                     acc[ct, ii, T.ramp(0, 1, cols)] = T.Broadcast(T.int32(0), cols)
-            for c in T.unroll(chunks):
-                for h in T.unroll(per_byte):
-                    for ct in T.unroll(col_tiles):
-                        for ii in T.unroll(rt):
-                            acc[ct, ii, T.ramp(0, 1, cols)] = _dot(
-                                isa, gemm, acc[ct, ii, T.ramp(0, 1, cols)],
-                                T.reinterpret(u8v, wt[ct, g * chunks + c, h, T.ramp(0, 1, cols)]),
-                                T.reinterpret(i8v, T.Broadcast(xq32[i0 + ii, g, h, c], cols)))
+            if by_lane:  # one load of four activation words per row, then sdot on each lane
+                for c4 in T.unroll(chunks // 4):
+                    for h in T.unroll(per_byte):
+                        for ct in T.unroll(col_tiles):
+                            for ii in T.unroll(rt):
+                                acc[ct, ii, T.ramp(0, 1, cols)] = dot_by_lane(
+                                    acc[ct, ii, T.ramp(0, 1, cols)], wt, ct, g * chunks + c4 * 4, h,
+                                    xq32[i0 + ii, g, h, T.ramp(c4 * 4, 1, 4)])
+            else:
+                for c in T.unroll(chunks):
+                    for h in T.unroll(per_byte):
+                        for ct in T.unroll(col_tiles):
+                            for ii in T.unroll(rt):
+                                acc[ct, ii, T.ramp(0, 1, cols)] = _dot(
+                                    isa, gemm, acc[ct, ii, T.ramp(0, 1, cols)],
+                                    T.reinterpret(u8v, wt[ct, g * chunks + c, h, T.ramp(0, 1, cols)]),
+                                    T.reinterpret(i8v, T.Broadcast(xq32[i0 + ii, g, h, c], cols)))
             for ct in T.unroll(col_tiles):
                 for ii in T.unroll(rt):
                     accf[ct, ii, T.ramp(0, 1, cols)] = accf[ct, ii, T.ramp(0, 1, cols)] + (
@@ -349,10 +372,11 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
             wz = T.alloc_buffer((col_tiles, groups, cols), "float32")
             for ct, kw, col in T.grid(col_tiles, k_words, cols):
                 for h in T.unroll(per_byte):
-                    wt[ct, kw, h, col] = (qw32[jt * cols * col_tiles + ct * cols + col, kw] >> T.uint32(h * bits)) & T.uint32(word_mask)
+                    wt[ct, kw, h, col] = signed_word(
+                        (qw32[jt * cols * col_tiles + ct * cols + col, kw] >> T.uint32(h * bits)) & T.uint32(word_mask))
             for ct, g, col in T.grid(col_tiles, groups, cols):
                 ws[ct, g, col] = T.Cast("float32", scales[jt * cols * col_tiles + ct * cols + col, g])
-                wz[ct, g, col] = T.Cast("float32", zeros[jt * cols * col_tiles + ct * cols + col, g])
+                wz[ct, g, col] = signed_zero(T.Cast("float32", zeros[jt * cols * col_tiles + ct * cols + col, g]))
             for it in range(rows // tile_rows):
                 gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, jt * cols * col_tiles, it * tile_rows, tile_rows)
             for i in T.serial(rows // tile_rows * tile_rows, rows):
