@@ -29,9 +29,12 @@ At many rows (prefill) the lanes are output columns instead (``gemm_columns``): 
 task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2; 4 × 4 on arm64) weight rows once into a tile of
 4-byte words laid out column after column, and every dot-product instruction multiplies one such
 word per column by four int8 activations of one row broadcast to all lanes (``vpdpbusd zmm, zmm,
-dword{1to16}``; ``sdot v.4s, v.16b, v.4b[0]`` on arm64, for ``i8mm`` targets too). The group's
-rescale is then one vector of columns (convert, zero-point term, scale) per 4 to 16 dot products
-instead of a horizontal sum per output.
+dword{1to16}``; ``sdot v.4s, v.16b, v.4b[l]`` on arm64). The group's rescale is then one vector
+of columns (convert, zero-point term, scale) per 4 to 16 dot products instead of a horizontal sum
+per output. With i8mm (an even number of columns) the prefill tile is ``smmla``'s instead: each
+thread task unpacks 4 column pairs once, 8 bytes of K per column side by side, and each
+instruction multiplies one pair by the same 8 bytes of two activation rows into a 2 × 2 int32 tile
+(an odd last row is paired with itself).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ GEMM_MIN_ROWS = 8
 # accumulators of 16 columns fill half of AVX-512's 32 registers; AVX2 has 16 of 8 columns; arm64's
 # 32 NEON registers of 4 columns take 4 × 2 int32 and 4 × 2 float32 (16 columns per task)
 GEMM_TILES = {64: (2, 4), 32: (2, 2), 16: (4, 2)}
+MMLA_COLUMN_PAIRS = 4  # i8mm prefill GEMM: column pairs per register tile of 2 rows (4 × 2 × 2 int32)
 CORRECTION_LANES = (16, 8, 4, 2)  # groups per vector in the zero-point terms, widest that fits (then one by one)
 QUANT_LANES = 16  # float32 activations per vector when quantizing (every group is a multiple of 16)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
@@ -249,8 +253,9 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         col_tiles = 1
     if gemm and n_dim % cols:
         gemm = 0
-    # many rows: the column-lane GEMM; a symbolic number of rows picks one at run time
-    if not gemm:
+    # many rows: the column-lane GEMM (smmla on column pairs where i8mm has them); a symbolic
+    # number of rows picks one at run time
+    if not (gemm or pairs):
         gemm_rows = "never"
     elif isinstance(rows, (tvm.tirx.IntImm, int)):
         gemm_rows = "always" if int(rows) >= GEMM_MIN_ROWS else "never"
@@ -311,6 +316,63 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         for ct in T.unroll(col_tiles):
             for ii in T.unroll(rt):
                 y[i0 + ii, T.ramp(j0 + ct * cols, 1, cols)] = accf[ct, ii, T.ramp(0, 1, cols)] + bias_vec(j0 + ct * cols)
+
+    col_pairs = MMLA_COLUMN_PAIRS if n_dim % (2 * MMLA_COLUMN_PAIRS) == 0 else 1
+    mm_steps = nbytes // 8  # 8 bytes of K per column and row in each smmla
+
+    @T.macro(hygienic=True)
+    def mmla_tile(wt, ws, wz, y, bias_of, xq, xd, xsum, j0, i0, i1):
+        """Output rows i0, i1 × columns j0 .. j0 + 2·col_pairs by ``smmla``: per column pair p
+        the int32 lanes (j0 + 2p, i0), (j0 + 2p, i1), (j0 + 2p + 1, i0), (j0 + 2p + 1, i1), each
+        group rescaled as one vector; i1 = i0 for an odd last row (its lanes written twice)."""
+        accf = T.alloc_buffer((col_pairs, 4), "float32")
+        acc = T.alloc_buffer((col_pairs, 4), "int32")
+        xs4 = T.alloc_buffer((4,), "float32")
+        xd4 = T.alloc_buffer((4,), "float32")
+        for p in T.unroll(col_pairs):
+            accf[p, T.ramp(0, 1, 4)] = T.Broadcast(T.float32(0), 4)
+        for g in range(groups):
+            for p in T.unroll(col_pairs):
+                acc[p, T.ramp(0, 1, 4)] = T.Broadcast(T.int32(0), 4)
+            for s in T.unroll(mm_steps):
+                for h in T.unroll(per_byte):
+                    for p in T.unroll(col_pairs):
+                        acc[p, T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
+                            "int32x4", "llvm.aarch64.neon.smmla.v4i32.v16i8", acc[p, T.ramp(0, 1, 4)],
+                            wt[p, g, s, h, T.ramp(0, 1, 16)],
+                            T.vectorcombine("int8x16", xq[i0, g, h, T.ramp(s * 8, 1, 8)], xq[i1, g, h, T.ramp(s * 8, 1, 8)]))
+            for l in T.unroll(4):
+                xs4[l] = T.Cast("float32", xsum[i0 + (i1 - i0) * (l % 2), g])
+                xd4[l] = xd[i0 + (i1 - i0) * (l % 2), g]
+            for p in T.unroll(col_pairs):
+                accf[p, T.ramp(0, 1, 4)] = accf[p, T.ramp(0, 1, 4)] + (
+                    T.Cast("float32x4", acc[p, T.ramp(0, 1, 4)]) - wz[p, g, T.ramp(0, 1, 4)] * xs4[T.ramp(0, 1, 4)]
+                ) * (ws[p, g, T.ramp(0, 1, 4)] * xd4[T.ramp(0, 1, 4)])
+        for p in T.unroll(col_pairs):
+            for l in T.unroll(4):
+                y[i0 + (i1 - i0) * (l % 2), j0 + 2 * p + l // 2] = accf[p, l] + bias_of(j0 + 2 * p + l // 2)
+
+    @T.macro(hygienic=True)
+    def mmla_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum):
+        """Every row pair through ``mmla_tile``; per thread task the weight columns unpacked once,
+        in pairs of 8 bytes of K per column (smmla's 2 × 8 operand)."""
+        for jt in T.parallel(n_dim // (2 * col_pairs)):
+            wt = T.alloc_buffer((col_pairs, groups, mm_steps, per_byte, 16), "int8")
+            ws = T.alloc_buffer((col_pairs, groups, 4), "float32")
+            wz = T.alloc_buffer((col_pairs, groups, 4), "float32")
+            for p, g, s in T.grid(col_pairs, groups, mm_steps):
+                for h in T.unroll(per_byte):
+                    wt[p, g, s, h, T.ramp(0, 1, 16)] = T.reinterpret("int8x16", T.vectorcombine(
+                        "uint8x16" if not signed else "int8x16",
+                        wbytes(qweight, jt * 2 * col_pairs + 2 * p, g * nbytes + s * 8, h, 8),
+                        wbytes(qweight, jt * 2 * col_pairs + 2 * p + 1, g * nbytes + s * 8, h, 8)))
+            for p, g, l in T.grid(col_pairs, groups, 4):
+                ws[p, g, l] = T.Cast("float32", scales[jt * 2 * col_pairs + 2 * p + l // 2, g])
+                wz[p, g, l] = signed_zero(T.Cast("float32", zeros[jt * 2 * col_pairs + 2 * p + l // 2, g]))
+            for ip in range(rows // 2):
+                mmla_tile(wt, ws, wz, y, bias_of, xq, xd, xsum, jt * 2 * col_pairs, ip * 2, ip * 2 + 1)
+            for i in T.serial(rows // 2 * 2, rows):
+                mmla_tile(wt, ws, wz, y, bias_of, xq, xd, xsum, jt * 2 * col_pairs, i, i)
 
     @T.macro(hygienic=True)
     def quantize_group(x, xq, xd, xsum, xds, i, g):
@@ -383,6 +445,14 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                 gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, jt * cols * col_tiles, i, 1)
 
     @T.macro(hygienic=True)
+    def many_rows(qweight, scales, zeros, y, bias_of, bias_vec, xq, xd, xsum):
+        """Prefill: smmla on column pairs (i8mm), else the column-lane GEMM."""
+        if pairs:
+            mmla_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum)
+        else:
+            gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+
+    @T.macro(hygienic=True)
     def body(x, qweight, scales, zeros, y, bias_of, bias_vec):
         """One parallel region per call (each is a fork/join and a wait for the slowest thread):
         the thread tasks quantize the activations' groups between them, meet at a barrier, then
@@ -398,9 +468,9 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
             if gemm_rows == "never":
                 gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum, xds)
             elif gemm_rows == "always":
-                gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+                many_rows(qweight, scales, zeros, y, bias_of, bias_vec, xq, xd, xsum)
             elif rows >= GEMM_MIN_ROWS:
-                gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+                many_rows(qweight, scales, zeros, y, bias_of, bias_vec, xq, xd, xsum)
             else:
                 gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum, xds)
 

@@ -261,13 +261,13 @@ def test_targets_choose_their_instruction():
 
 
 # (target, disassembler, instruction that must appear, rows): 4 rows the per-row kernels, 16 the
-# column-lane prefill GEMM (on arm64 sdot by element, i8mm targets too)
+# prefill GEMM (on arm64 sdot by element; smmla on column pairs with i8mm)
 SDOT_BY_LANE = r"\bsdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]"
 OBJECT_CODE = [("x86_64-vnni", "objdump", r"\bvpdpbusd\b", 4), ("x86_64", "objdump", r"\bvpmaddubsw\b", 4),
                ("arm64-dotprod", "aarch64-linux-gnu-objdump", r"\bsdot\s+v\d+\.4s", 4),
                ("arm64-i8mm", "aarch64-linux-gnu-objdump", r"\bsmmla\s+v\d+\.4s", 4),
                ("arm64-dotprod", "aarch64-linux-gnu-objdump", SDOT_BY_LANE, 16),
-               ("arm64-i8mm", "aarch64-linux-gnu-objdump", SDOT_BY_LANE, 16)]
+               ("arm64-i8mm", "aarch64-linux-gnu-objdump", r"\bsmmla\s+v\d+\.4s", 16)]
 
 
 @pytest.mark.parametrize("target,disassembler,instruction,rows", OBJECT_CODE)
@@ -340,12 +340,14 @@ def test_arm64_kernels_bit_exact_on_the_device(tmp_path, target):
 @pytest.mark.parametrize("target", ["arm64-dotprod", "arm64-i8mm"])
 @pytest.mark.parametrize("bits,group,n", [(4, 32, 48), (8, 32, 64), (4, 256, 36), (4, 64, 38)])
 def test_arm64_prefill_gemm_bit_exact_on_the_device(tmp_path, target, bits, group, n):
-    """The column-lane GEMM with ``sdot`` (i8mm targets too) on the emulated arm64 device, rows
-    symbolic: GEMM_MIN_ROWS + 3 rows (register tiles of 2 rows and a leftover one) through it and 3
-    rows through the per-row kernel of the same function; 16 columns per task (48), 8-bit weights
-    (signed bytes: shifted by 128), one group per row with tasks of 4 columns (36), and columns
-    that do not fill its vectors (38: the per-row kernel). Integer parts bit for bit. A
-    correctness run only: timings under qemu mean nothing."""
+    """The prefill GEMMs on the emulated arm64 device, rows symbolic: GEMM_MIN_ROWS + 3 rows
+    through them and 3 rows through the per-row kernel of the same function. dotprod: the
+    column-lane GEMM (``sdot`` by element; register tiles of 2 rows and a leftover one), 16 columns
+    per task (48, 64), one group per row with tasks of 4 columns (36), columns short of its
+    vectors (38: the per-row kernel). i8mm: ``smmla`` on 2 rows × 2 columns (5 row pairs and an
+    odd row), 4 column pairs per task (48, 64) or 1 (36, 38). 8-bit weights as signed bytes
+    (shifted by 128). Integer parts bit for bit. A correctness run only: timings under qemu mean
+    nothing."""
     from _devices import running_arm64_device
     from edgeq.runtime.rpc import RpcExecutor
 
