@@ -25,12 +25,16 @@ are rescaled into float lanes as soon as they are complete, the zero-point terms
 groups in vectors after the weights, and the weights are prefetched a few rows ahead: beyond L2
 they stream from DRAM.
 
-At many rows (prefill) on x86 the lanes are output columns instead (``gemm_columns``): each thread
-task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2) weight rows once into a tile of 4-byte words laid out
-column after column, and every dot-product instruction multiplies one such word per column by four
-int8 activations of one row broadcast to all lanes (``vpdpbusd zmm, zmm, dword{1to16}``). The
-group's rescale is then one vector of columns (convert, zero-point term, scale) per 8 to 16
-dot products instead of a horizontal sum per output.
+At many rows (prefill) the lanes are output columns instead (``gemm_columns``): each thread
+task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2; 4 × 4 on arm64) weight rows once into a tile of
+4-byte words laid out column after column, and every dot-product instruction multiplies one such
+word per column by four int8 activations of one row broadcast to all lanes (``vpdpbusd zmm, zmm,
+dword{1to16}``; ``sdot v.4s, v.16b, v.4b[l]`` on arm64). The group's rescale is then one vector
+of columns (convert, zero-point term, scale) per 4 to 16 dot products instead of a horizontal sum
+per output. With i8mm (an even number of columns) the prefill tile is ``smmla``'s instead: each
+thread task unpacks 4 column pairs once, 8 bytes of K per column side by side, and each
+instruction multiplies one pair by the same 8 bytes of two activation rows into a 2 × 2 int32 tile
+(an odd last row is paired with itself).
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ ACT_BITS = (8, 32)  # 32: float activations (the default)
 ROWS_PER_TASK = (4, 2, 1)
 TILE_ROWS = 2  # activation rows per register tile (prefill): each unpacked weight vector serves them all
 PREFETCH_ROWS = 16  # weight rows ahead of the one being read (15-30% at 576×49152 and 4096², 1 thread)
-# x86 prefill GEMM (see ``_gemm_tile``): from this many activation rows on, each thread task
+# prefill GEMM (see ``gemm_tile``): from this many activation rows on, each thread task
 # unpacks its weight columns once into a column-major tile and the int32 lanes are output columns
 GEMM_MIN_ROWS = 8
 # vector bytes -> (column vectors, activation rows) per register tile: 2 × 4 int32 and 2 × 4 float32
-# accumulators of 16 columns fill half of AVX-512's 32 registers; AVX2 has 16 of 8 columns
-GEMM_TILES = {64: (2, 4), 32: (2, 2)}
+# accumulators of 16 columns fill half of AVX-512's 32 registers; AVX2 has 16 of 8 columns; arm64's
+# 32 NEON registers of 4 columns take 4 × 2 int32 and 4 × 2 float32 (16 columns per task)
+GEMM_TILES = {64: (2, 4), 32: (2, 2), 16: (4, 2)}
+MMLA_COLUMN_PAIRS = 4  # i8mm prefill GEMM: column pairs per register tile of 2 rows (4 × 2 × 2 int32)
 CORRECTION_LANES = (16, 8, 4, 2)  # groups per vector in the zero-point terms, widest that fits (then one by one)
 QUANT_LANES = 16  # float32 activations per vector when quantizing (every group is a multiple of 16)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
@@ -96,11 +102,11 @@ def vector_bytes(isa: str, bits: int, group: int) -> int:
 
 
 def gemm_columns(isa: str, bits: int, group: int) -> int:
-    """Vector bytes of the column-lane GEMM (many rows) on ``isa``, 0 where it has none: x86
-    only (on arm64 ``smmla`` already pairs rows), groups of whole 4-byte words."""
-    if isa not in ("avx512vnni", "avxvnni", "avx512bw", "avx2") or not vector_bytes(isa, bits, group):
+    """Vector bytes of the column-lane GEMM (many rows) on ``isa``, 0 where it has none (groups
+    of whole 4-byte words): x86 the widest register, arm64 ``sdot`` on 16 bytes (4 columns)."""
+    if not vector_bytes(isa, bits, group):
         return 0
-    return 64 if isa in ("avx512vnni", "avx512bw") else 32
+    return {"avx512vnni": 64, "avx512bw": 64, "avxvnni": 32, "avx2": 32}.get(isa, 16)
 
 
 def signed_weights(isa: str, bits: int) -> bool:
@@ -247,8 +253,9 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         col_tiles = 1
     if gemm and n_dim % cols:
         gemm = 0
-    # many rows: the column-lane GEMM; a symbolic number of rows picks one at run time
-    if not gemm:
+    # many rows: the column-lane GEMM (smmla on column pairs where i8mm has them); a symbolic
+    # number of rows picks one at run time
+    if not (gemm or pairs):
         gemm_rows = "never"
     elif isinstance(rows, (tvm.tirx.IntImm, int)):
         gemm_rows = "always" if int(rows) >= GEMM_MIN_ROWS else "never"
@@ -257,7 +264,19 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
 
     chunks, k_words = nbytes // 4, k_dim * bits // 32  # 4-byte words per group, per weight row
     word_mask = ((1 << bits) - 1) * 0x01010101
+    # 8-bit weights for sdot: each byte shifted by 128, the zero points with them
+    signed_word = (lambda word: word ^ T.uint32(0x80808080)) if signed else (lambda word: word)  # noqa: E731
+    signed_zero = (lambda z: z - T.float32(offset)) if signed else (lambda z: z)  # noqa: E731
     i8v, u8v, i32v = f"int8x{gemm}", f"uint8x{gemm}", f"int32x{cols}"
+    by_lane = isa in ("dotprod", "i8mm")  # arm64: sdot by element (every group has 4k words)
+
+    def dot_by_lane(acc, wt, ct, kw, h, words):
+        """``acc`` plus the dot products of weight words kw .. kw + 3 with the four activation
+        words ``words`` (int32 × 4), each broadcast from its lane: ``sdot v.4s, v.16b, v.4b[l]``."""
+        for lane in range(4):
+            acc = _dot(isa, gemm, acc, T.reinterpret(u8v, wt[ct, kw + lane, h, T.ramp(0, 1, cols)]),
+                       T.reinterpret(i8v, T.Shuffle([words], [lane] * cols)))
+        return acc
 
     @T.macro(hygienic=True)
     def gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, j0, i0, rt):
@@ -271,14 +290,23 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
             for ct in T.unroll(col_tiles):
                 for ii in T.unroll(rt):
                     acc[ct, ii, T.ramp(0, 1, cols)] = T.Broadcast(T.int32(0), cols)
-            for c in T.unroll(chunks):
-                for h in T.unroll(per_byte):
-                    for ct in T.unroll(col_tiles):
-                        for ii in T.unroll(rt):
-                            acc[ct, ii, T.ramp(0, 1, cols)] = _dot(
-                                isa, gemm, acc[ct, ii, T.ramp(0, 1, cols)],
-                                T.reinterpret(u8v, wt[ct, g * chunks + c, h, T.ramp(0, 1, cols)]),
-                                T.reinterpret(i8v, T.Broadcast(xq32[i0 + ii, g, h, c], cols)))
+            if by_lane:  # one load of four activation words per row, then sdot on each lane
+                for c4 in T.unroll(chunks // 4):
+                    for h in T.unroll(per_byte):
+                        for ct in T.unroll(col_tiles):
+                            for ii in T.unroll(rt):
+                                acc[ct, ii, T.ramp(0, 1, cols)] = dot_by_lane(
+                                    acc[ct, ii, T.ramp(0, 1, cols)], wt, ct, g * chunks + c4 * 4, h,
+                                    xq32[i0 + ii, g, h, T.ramp(c4 * 4, 1, 4)])
+            else:
+                for c in T.unroll(chunks):
+                    for h in T.unroll(per_byte):
+                        for ct in T.unroll(col_tiles):
+                            for ii in T.unroll(rt):
+                                acc[ct, ii, T.ramp(0, 1, cols)] = _dot(
+                                    isa, gemm, acc[ct, ii, T.ramp(0, 1, cols)],
+                                    T.reinterpret(u8v, wt[ct, g * chunks + c, h, T.ramp(0, 1, cols)]),
+                                    T.reinterpret(i8v, T.Broadcast(xq32[i0 + ii, g, h, c], cols)))
             for ct in T.unroll(col_tiles):
                 for ii in T.unroll(rt):
                     accf[ct, ii, T.ramp(0, 1, cols)] = accf[ct, ii, T.ramp(0, 1, cols)] + (
@@ -288,6 +316,63 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         for ct in T.unroll(col_tiles):
             for ii in T.unroll(rt):
                 y[i0 + ii, T.ramp(j0 + ct * cols, 1, cols)] = accf[ct, ii, T.ramp(0, 1, cols)] + bias_vec(j0 + ct * cols)
+
+    col_pairs = MMLA_COLUMN_PAIRS if n_dim % (2 * MMLA_COLUMN_PAIRS) == 0 else 1
+    mm_steps = nbytes // 8  # 8 bytes of K per column and row in each smmla
+
+    @T.macro(hygienic=True)
+    def mmla_tile(wt, ws, wz, y, bias_of, xq, xd, xsum, j0, i0, i1):
+        """Output rows i0, i1 × columns j0 .. j0 + 2·col_pairs by ``smmla``: per column pair p
+        the int32 lanes (j0 + 2p, i0), (j0 + 2p, i1), (j0 + 2p + 1, i0), (j0 + 2p + 1, i1), each
+        group rescaled as one vector; i1 = i0 for an odd last row (its lanes written twice)."""
+        accf = T.alloc_buffer((col_pairs, 4), "float32")
+        acc = T.alloc_buffer((col_pairs, 4), "int32")
+        xs4 = T.alloc_buffer((4,), "float32")
+        xd4 = T.alloc_buffer((4,), "float32")
+        for p in T.unroll(col_pairs):
+            accf[p, T.ramp(0, 1, 4)] = T.Broadcast(T.float32(0), 4)
+        for g in range(groups):
+            for p in T.unroll(col_pairs):
+                acc[p, T.ramp(0, 1, 4)] = T.Broadcast(T.int32(0), 4)
+            for s in T.unroll(mm_steps):
+                for h in T.unroll(per_byte):
+                    for p in T.unroll(col_pairs):
+                        acc[p, T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
+                            "int32x4", "llvm.aarch64.neon.smmla.v4i32.v16i8", acc[p, T.ramp(0, 1, 4)],
+                            wt[p, g, s, h, T.ramp(0, 1, 16)],
+                            T.vectorcombine("int8x16", xq[i0, g, h, T.ramp(s * 8, 1, 8)], xq[i1, g, h, T.ramp(s * 8, 1, 8)]))
+            for l in T.unroll(4):
+                xs4[l] = T.Cast("float32", xsum[i0 + (i1 - i0) * (l % 2), g])
+                xd4[l] = xd[i0 + (i1 - i0) * (l % 2), g]
+            for p in T.unroll(col_pairs):
+                accf[p, T.ramp(0, 1, 4)] = accf[p, T.ramp(0, 1, 4)] + (
+                    T.Cast("float32x4", acc[p, T.ramp(0, 1, 4)]) - wz[p, g, T.ramp(0, 1, 4)] * xs4[T.ramp(0, 1, 4)]
+                ) * (ws[p, g, T.ramp(0, 1, 4)] * xd4[T.ramp(0, 1, 4)])
+        for p in T.unroll(col_pairs):
+            for l in T.unroll(4):
+                y[i0 + (i1 - i0) * (l % 2), j0 + 2 * p + l // 2] = accf[p, l] + bias_of(j0 + 2 * p + l // 2)
+
+    @T.macro(hygienic=True)
+    def mmla_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum):
+        """Every row pair through ``mmla_tile``; per thread task the weight columns unpacked once,
+        in pairs of 8 bytes of K per column (smmla's 2 × 8 operand)."""
+        for jt in T.parallel(n_dim // (2 * col_pairs)):
+            wt = T.alloc_buffer((col_pairs, groups, mm_steps, per_byte, 16), "int8")
+            ws = T.alloc_buffer((col_pairs, groups, 4), "float32")
+            wz = T.alloc_buffer((col_pairs, groups, 4), "float32")
+            for p, g, s in T.grid(col_pairs, groups, mm_steps):
+                for h in T.unroll(per_byte):
+                    wt[p, g, s, h, T.ramp(0, 1, 16)] = T.reinterpret("int8x16", T.vectorcombine(
+                        "uint8x16" if not signed else "int8x16",
+                        wbytes(qweight, jt * 2 * col_pairs + 2 * p, g * nbytes + s * 8, h, 8),
+                        wbytes(qweight, jt * 2 * col_pairs + 2 * p + 1, g * nbytes + s * 8, h, 8)))
+            for p, g, l in T.grid(col_pairs, groups, 4):
+                ws[p, g, l] = T.Cast("float32", scales[jt * 2 * col_pairs + 2 * p + l // 2, g])
+                wz[p, g, l] = signed_zero(T.Cast("float32", zeros[jt * 2 * col_pairs + 2 * p + l // 2, g]))
+            for ip in range(rows // 2):
+                mmla_tile(wt, ws, wz, y, bias_of, xq, xd, xsum, jt * 2 * col_pairs, ip * 2, ip * 2 + 1)
+            for i in T.serial(rows // 2 * 2, rows):
+                mmla_tile(wt, ws, wz, y, bias_of, xq, xd, xsum, jt * 2 * col_pairs, i, i)
 
     @T.macro(hygienic=True)
     def quantize_group(x, xq, xd, xsum, xds, i, g):
@@ -349,14 +434,23 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
             wz = T.alloc_buffer((col_tiles, groups, cols), "float32")
             for ct, kw, col in T.grid(col_tiles, k_words, cols):
                 for h in T.unroll(per_byte):
-                    wt[ct, kw, h, col] = (qw32[jt * cols * col_tiles + ct * cols + col, kw] >> T.uint32(h * bits)) & T.uint32(word_mask)
+                    wt[ct, kw, h, col] = signed_word(
+                        (qw32[jt * cols * col_tiles + ct * cols + col, kw] >> T.uint32(h * bits)) & T.uint32(word_mask))
             for ct, g, col in T.grid(col_tiles, groups, cols):
                 ws[ct, g, col] = T.Cast("float32", scales[jt * cols * col_tiles + ct * cols + col, g])
-                wz[ct, g, col] = T.Cast("float32", zeros[jt * cols * col_tiles + ct * cols + col, g])
+                wz[ct, g, col] = signed_zero(T.Cast("float32", zeros[jt * cols * col_tiles + ct * cols + col, g]))
             for it in range(rows // tile_rows):
                 gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, jt * cols * col_tiles, it * tile_rows, tile_rows)
             for i in T.serial(rows // tile_rows * tile_rows, rows):
                 gemm_tile(wt, ws, wz, y, bias_vec, xq32, xd, xsum, jt * cols * col_tiles, i, 1)
+
+    @T.macro(hygienic=True)
+    def many_rows(qweight, scales, zeros, y, bias_of, bias_vec, xq, xd, xsum):
+        """Prefill: smmla on column pairs (i8mm), else the column-lane GEMM."""
+        if pairs:
+            mmla_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum)
+        else:
+            gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
 
     @T.macro(hygienic=True)
     def body(x, qweight, scales, zeros, y, bias_of, bias_vec):
@@ -374,9 +468,9 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
             if gemm_rows == "never":
                 gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum, xds)
             elif gemm_rows == "always":
-                gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+                many_rows(qweight, scales, zeros, y, bias_of, bias_vec, xq, xd, xsum)
             elif rows >= GEMM_MIN_ROWS:
-                gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
+                many_rows(qweight, scales, zeros, y, bias_of, bias_vec, xq, xd, xsum)
             else:
                 gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum, xds)
 

@@ -260,14 +260,18 @@ def test_targets_choose_their_instruction():
         assert dot_isa(get_target("cpu").tvm()) == "avx512vnni"
 
 
-# (target, disassembler, instruction that must appear)
-OBJECT_CODE = [("x86_64-vnni", "objdump", r"\bvpdpbusd\b"), ("x86_64", "objdump", r"\bvpmaddubsw\b"),
-               ("arm64-dotprod", "aarch64-linux-gnu-objdump", r"\bsdot\s+v\d+\.4s"),
-               ("arm64-i8mm", "aarch64-linux-gnu-objdump", r"\bsmmla\s+v\d+\.4s")]
+# (target, disassembler, instruction that must appear, rows): 4 rows the per-row kernels, 16 the
+# prefill GEMM (on arm64 sdot by element; smmla on column pairs with i8mm)
+SDOT_BY_LANE = r"\bsdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]"
+OBJECT_CODE = [("x86_64-vnni", "objdump", r"\bvpdpbusd\b", 4), ("x86_64", "objdump", r"\bvpmaddubsw\b", 4),
+               ("arm64-dotprod", "aarch64-linux-gnu-objdump", r"\bsdot\s+v\d+\.4s", 4),
+               ("arm64-i8mm", "aarch64-linux-gnu-objdump", r"\bsmmla\s+v\d+\.4s", 4),
+               ("arm64-dotprod", "aarch64-linux-gnu-objdump", SDOT_BY_LANE, 16),
+               ("arm64-i8mm", "aarch64-linux-gnu-objdump", r"\bsmmla\s+v\d+\.4s", 16)]
 
 
-@pytest.mark.parametrize("target,disassembler,instruction", OBJECT_CODE)
-def test_object_code_uses_the_dot_product(w4_model, tmp_path, target, disassembler, instruction):
+@pytest.mark.parametrize("target,disassembler,instruction,rows", OBJECT_CODE)
+def test_object_code_uses_the_dot_product(w4_model, tmp_path, target, disassembler, instruction, rows):
     spec = get_target(target)
     missing = [tool for tool in (spec.cross_compiler, disassembler) if tool and shutil.which(tool) is None]
     if missing:
@@ -275,7 +279,7 @@ def test_object_code_uses_the_dot_product(w4_model, tmp_path, target, disassembl
         if os.environ.get("EDGEQ_REQUIRE_CROSS"):
             pytest.fail(message)
         pytest.skip(message)
-    art = compile_model(w4_model[0], target=target, out_dir=tmp_path, act_bits=8, specialize={"rows": 4})
+    art = compile_model(w4_model[0], target=target, out_dir=tmp_path, act_bits=8, specialize={"rows": rows})
     assert art.int8_kernels == 1
     listing = subprocess.run([disassembler, "-d", str(art.path)], capture_output=True, text=True, check=True).stdout
     assert re.search(instruction, listing), f"no {instruction} in the {target} artifact"
@@ -329,6 +333,43 @@ def test_arm64_kernels_bit_exact_on_the_device(tmp_path, target):
         executor.close()
     expected = x.astype(np.int64) @ (q - np.repeat(zeros, group, 1)).astype(np.int64).T
     assert np.array_equal(got, expected.astype(np.float32))
+
+
+@pytest.mark.device
+@uses_arm64_device
+@pytest.mark.parametrize("target", ["arm64-dotprod", "arm64-i8mm"])
+@pytest.mark.parametrize("bits,group,n", [(4, 32, 48), (8, 32, 64), (4, 256, 36), (4, 64, 38)])
+def test_arm64_prefill_gemm_bit_exact_on_the_device(tmp_path, target, bits, group, n):
+    """The prefill GEMMs on the emulated arm64 device, rows symbolic: GEMM_MIN_ROWS + 3 rows
+    through them and 3 rows through the per-row kernel of the same function. dotprod: the
+    column-lane GEMM (``sdot`` by element; register tiles of 2 rows and a leftover one), 16 columns
+    per task (48, 64), one group per row with tasks of 4 columns (36), columns short of its
+    vectors (38: the per-row kernel). i8mm: ``smmla`` on 2 rows × 2 columns (5 row pairs and an
+    odd row), 4 column pairs per task (48, 64) or 1 (36, 38). 8-bit weights as signed bytes
+    (shifted by 128). Integer parts bit for bit. A correctness run only: timings under qemu mean
+    nothing."""
+    from _devices import running_arm64_device
+    from edgeq.runtime.rpc import RpcExecutor
+
+    state = running_arm64_device()
+    if shutil.which(get_target(target).cross_compiler) is None:
+        pytest.skip(f"{get_target(target).cross_compiler} not installed")
+    assert gemm_columns(dot_isa(get_target(target).tvm()), bits, group) == 16
+    rng = np.random.default_rng(bits * 1000 + group + n)
+    k = 256
+    _, q, _, zeros = _exact_inputs(rng, 1, k, n, bits, group)
+    path = tmp_path / "exact.onnx"
+    onnx.save(dq_matmul_model(q, np.ones((n, k // group), np.float32), zeros.astype(np.int64), group, bits), path)
+    art = compile_model(path, target=target, out_dir=tmp_path, act_bits=8)
+    assert art.int8_kernels == 1
+    executor = RpcExecutor(art.path, state.url)
+    try:
+        for m in (GEMM_MIN_ROWS + 3, 3):
+            x = _exact_inputs(rng, m, k, n, bits, group)[0]
+            expected = x.astype(np.int64) @ (q - np.repeat(zeros, group, 1)).astype(np.int64).T
+            assert np.array_equal(executor.run([x])[0], expected.astype(np.float32)), f"rows {m}"
+    finally:
+        executor.close()
 
 
 def test_cli_act_bits(w4_model, tmp_path, capsys):
