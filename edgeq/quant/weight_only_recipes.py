@@ -1,4 +1,4 @@
-"""Weight-only recipes (RTN, GPTQ; optional QuaRot rotation), their presets and the handler.
+"""Weight-only recipes (RTN, GPTQ; optional QuaRot rotation and AWQ scales), their presets and the handler.
 
 Every ``nn.Linear``/``nn.Conv2d`` not matched by ``skip`` becomes a ``WeightOnlyLinear``/
 ``WeightOnlyConv2d``. Presets skip ``lm_head`` (kept in float, as are embeddings, which are not
