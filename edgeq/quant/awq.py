@@ -106,6 +106,7 @@ def apply_awq(model: nn.Module, batches: list, bits: int, group_size: int | None
 
 def _search_and_fold(model, arch, batches, bits, group_size, symmetric, group_fallback, grid, skip) -> dict[str, AwqGroup]:
     blocks = arch.blocks(model)
+    kept = Recipe(skip=skip)  # the layers the recipe leaves in float, matched as it matches them
     found: dict[str, AwqGroup] = {}
     captured = _capture_block_inputs(model, blocks[0], batches)
     hidden, kwargs = [h for h, _ in captured], [k for _, k in captured]
@@ -118,7 +119,7 @@ def _search_and_fold(model, arch, batches, bits, group_size, symmetric, group_fa
             if site.skipped is not None:
                 found[key] = AwqGroup(site.reader_names, site.fold_site, skipped=site.skipped)
                 continue
-            counted = [(name, lin) for name, lin in zip(site.reader_names, site.readers) if not is_skipped(name, Recipe(skip=skip))]
+            counted = [(name, lin) for name, lin in zip(site.reader_names, site.readers) if not is_skipped(name, kept)]
             if not counted:
                 found[key] = AwqGroup(site.reader_names, site.fold_site, skipped="every reader is skipped by the recipe")
                 continue

@@ -1,10 +1,10 @@
-"""Weight-only recipes (RTN, GPTQ; optional QuaRot rotation), their presets and the handler.
+"""Weight-only recipes (RTN, GPTQ; optional QuaRot rotation and AWQ scales), their presets and the handler.
 
 Every ``nn.Linear``/``nn.Conv2d`` not matched by ``skip`` becomes a ``WeightOnlyLinear``/
 ``WeightOnlyConv2d``. Presets skip ``lm_head`` (kept in float, as are embeddings, which are not
 linear layers), so on an LLM they quantize every linear of the decoder blocks.
 
-Preset names: ``w{bits}g{group}-[hadamard-|awq-]{rtn|gptq|gptq-static}`` (``-static``: GPTQ with static groups) (with ``group_fallback``: a layer whose
+Preset names: ``w{bits}g{group}-[hadamard-|awq-]{rtn|gptq|gptq-static}`` (``-static``: GPTQ with static groups; ``awq-``: 3 and 4 bits, rtn and gptq) (with ``group_fallback``: a layer whose
 input width the group does not divide gets the largest power-of-two group that does); ``w8-rtn`` and ``w4-rtn`` are per
 output channel (``group_size=None``).
 """
@@ -136,10 +136,11 @@ for _bits, _group in ((b, g) for b in (4, 3, 2) for g in (128, 64, 32)):
         register_preset(f"w{_bits}g{_group}-{_tag}gptq-static",
                         GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group, group_fallback=True,
                                    hadamard=_hadamard, static_groups=True))
-    register_preset(f"w{_bits}g{_group}-awq-rtn", RTNRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
-                                                            group_fallback=True, awq=True))
-    register_preset(f"w{_bits}g{_group}-awq-gptq", GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
-                                                              group_fallback=True, awq=True))
+    if _bits > 2:  # at W2 g64 AWQ made SmolLM2's GPTQ worse (benchmarks/RESULTS.md): no preset there
+        register_preset(f"w{_bits}g{_group}-awq-rtn", RTNRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
+                                                                group_fallback=True, awq=True))
+        register_preset(f"w{_bits}g{_group}-awq-gptq", GPTQRecipe(skip=("lm_head",), bits=_bits, group_size=_group,
+                                                                  group_fallback=True, awq=True))
 register_preset("w8-rtn", RTNRecipe(skip=("lm_head",), bits=8, group_size=None, symmetric=True))
 register_preset("w4-rtn", RTNRecipe(skip=("lm_head",), bits=4, group_size=None))
 register_preset("w4-gptq", GPTQRecipe(skip=("lm_head",), bits=4, group_size=None))
