@@ -59,9 +59,11 @@ from edgeq.quant.weight_only_recipes import GPTQRecipe
 from edgeq.recipes import Recipe, register_preset, register_recipe_type
 
 DEFAULT_GRIDS = ((2, 32), (2, 64), (2, 128), (3, 32), (3, 64), (3, 128), (4, 32), (4, 64), (4, 128), (8, 128))
-# LoPRo (rank 0, Hadamard blocks of 64) options of the presets, per budget: the pairs measured on
-# SmolLM2-135M (benchmarks/RESULTS.md); g192 divides its 576 and 1536 inputs
-LOPRO_GRIDS = {2.5: ((2, 192), (3, 192)), 3.25: ((3, 192), (4, 192))}
+# LoPRo (rank 0, Hadamard blocks of 64) options of the presets, per budget, planned by the held-out
+# closed form (cheap, so many options): on SmolLM2-135M with 16 calibration windows 2.50x float at
+# 2.5 bits/weight and 1.37x at 3.25 (benchmarks/RESULTS.md); 64/96/192 divide its 576 and 1536 inputs
+LOPRO_GRIDS = {2.5: ((2, 64), (2, 96), (2, 192), (3, 64), (3, 192), (4, 192)),
+               3.25: ((2, 192), (3, 64), (3, 192), (4, 64), (4, 192))}
 METHODS = ("gptq", "lopro")
 SENSITIVITIES = ("estimate", "held-out", "measured")
 
@@ -413,4 +415,4 @@ for _budget in (2.5, 3.25):
     register_preset(f"mix{_budget}-gptq", AllocatedRecipe(skip=("lm_head",), budget=_budget))
     register_preset(f"mix{_budget}-hadamard-gptq", AllocatedRecipe(skip=("lm_head",), budget=_budget, hadamard=True))
     register_preset(f"mix{_budget}-lopro", AllocatedRecipe(skip=("lm_head",), budget=_budget, grids=(),
-                                                           lopro_grids=LOPRO_GRIDS[_budget], sensitivity="measured"))
+                                                           lopro_grids=LOPRO_GRIDS[_budget], sensitivity="held-out"))
