@@ -23,7 +23,7 @@ from _tiny_models import one_thread, tiny_llama  # noqa: E402
 EXPECTED = {
     "digits-w4-rtn-auto": "bb54ef69a6d36ea2bf5d51240bdfaf4c77053cb6c985c4625cdc82ca4d198650",
     "digits-w4-rtn-edgeq": "9d4108dd7ef2b0f35a8c62b0b092b2387fc69528a2f98e7e554fcfbbc939e446",
-    "digits-w4-rtn-safetensors": "1a3e6207220293599568791a854ffd80c2b4ef1acb7666e1b4609286120a989f",
+    "digits-w4-rtn-safetensors": "1433a3b6c99063ade7926938367930c6f64307c21d07d59f1323842cfd82bb92",
     "digits-w4a8-dyadic-int": "36bb3ad04c64edbd82dd70129e6940fb04d98c547915a2f823a4ca94216b00c0",
     "digits-w8a8": "4d456abe5546342bd365025497204542e01c147d0459f195a5038c9e156fd687",
     "digits-w8a8-dyadic-int": "8550bb962d1d8bc0918ed18358403da339d6e838be99b356b91dd6fc4df0487a",
