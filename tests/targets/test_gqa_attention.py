@@ -5,8 +5,9 @@ keys), rewritten, compiled before and after and compared; a graph without the re
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tvm
-from tvm import relax
+from tvm import relax, s_tir
 
 from edgeq.targets.cpu_pipeline import schedule_kernels
 from edgeq.targets.gqa_attention import grouped_query_attention
@@ -14,9 +15,9 @@ from edgeq.targets.gqa_attention import grouped_query_attention
 HEADS, KV_HEADS, SEQ, PAST, HEAD_DIM = 4, 2, 3, 5, 16
 
 
-def attention(grouped: bool) -> tvm.IRModule:
+def attention(grouped: bool, seq: int = SEQ) -> tvm.IRModule:
     kv = KV_HEADS if grouped else HEADS
-    q = relax.Var("q", relax.TensorType((1, HEADS, SEQ, HEAD_DIM), "float32"))
+    q = relax.Var("q", relax.TensorType((1, HEADS, seq, HEAD_DIM), "float32"))
     k = relax.Var("k", relax.TensorType((1, kv, PAST, HEAD_DIM), "float32"))
     v = relax.Var("v", relax.TensorType((1, kv, PAST, HEAD_DIM), "float32"))
     bb = relax.BlockBuilder()
@@ -50,14 +51,23 @@ def calls(mod, name: str) -> int:
     return len(found)
 
 
-def test_grouped_attention_reads_the_cache_in_place():
-    before = attention(grouped=True)
+def in_parallel(func, block: str) -> bool:
+    """Whether ``block``'s outermost loop (the rows) runs on the thread pool."""
+    sch = s_tir.Schedule(func)
+    return sch.get(sch.get_loops(sch.get_sblock(block))[0]).kind == tvm.tirx.ForKind.PARALLEL
+
+
+@pytest.mark.parametrize("seq", [SEQ, 1], ids=["rows", "one_row"])
+def test_grouped_attention_reads_the_cache_in_place(seq):
+    """At one query row (decode) GqaSchedule takes its one-row schedules: same values, and for
+    this tiny cache no thread-pool launch."""
+    before = attention(grouped=True, seq=seq)
     after = grouped_query_attention(before, ["main"])
     assert calls(before, "relax.broadcast_to") == 2 and calls(after, "relax.broadcast_to") == 0
     assert calls(after, "relax.matmul") == 0 and calls(after, "relax.permute_dims") == 0
     assert {gv.name_hint for gv in after.get_global_vars()} >= {"gqa_scores", "gqa_values"}
     rng = np.random.default_rng(0)
-    args = [rng.normal(size=s).astype(np.float32) for s in ((1, HEADS, SEQ, HEAD_DIM), (1, KV_HEADS, PAST, HEAD_DIM),
+    args = [rng.normal(size=s).astype(np.float32) for s in ((1, HEADS, seq, HEAD_DIM), (1, KV_HEADS, PAST, HEAD_DIM),
                                                               (1, KV_HEADS, PAST, HEAD_DIM))]
     expected = run(before, args)
     np.testing.assert_allclose(run(after, args), expected, rtol=1e-5, atol=1e-6)
@@ -65,6 +75,8 @@ def test_grouped_attention_reads_the_cache_in_place():
     scheduled = schedule_kernels(after, tvm.target.Target("llvm"))
     kernels = {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     assert all(kernels[name].attrs["tirx.is_scheduled"] for name in ("gqa_scores", "gqa_values"))
+    assert all(in_parallel(kernels[name], block) == (seq != 1)
+               for name, block in (("gqa_scores", "gqa_scores"), ("gqa_values", "gqa_values_update")))
     np.testing.assert_allclose(run(scheduled, args), expected, rtol=1e-5, atol=1e-6)
 
 
