@@ -26,7 +26,7 @@ from tvm import relax, s_tir, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from edgeq.targets.schedules._loops import vector_lanes, worth_threads
+from edgeq.targets.schedules._loops import worth_threads
 
 _OPS = {name: tvm.ir.Op.get(f"relax.{name}") for name in
         ("matmul", "multiply", "reshape", "permute_dims", "broadcast_to", "expand_dims", "concat")}
@@ -114,7 +114,7 @@ class GqaSchedule(ScheduleRule):
     def apply(self, func, target, tunable):
         kind = func.attrs.get(KERNEL_ATTR) if func.attrs is not None else None
         if kind == "scores":
-            return _schedule_one_row_scores(func, target) if _one_row(func, "gqa_scores") else _schedule_scores(func)
+            return _schedule_one_row_scores(func) if _one_row(func, "gqa_scores") else _schedule_scores(func)
         if kind == "values":
             return _schedule_one_row_values(func) if _one_row(func, "gqa_values") else _schedule_values(func)
         return None
@@ -137,22 +137,22 @@ def _group(sch, block, heads: int) -> int:
     return 1
 
 
-def _schedule_one_row_scores(func, target):
+def _schedule_one_row_scores(func):
     """Decode's ``Q · Kᵀ``: per kv head, each cache position's row of K is read once for the
-    group's query heads (unrolled, so ``h // group`` is a constant), head_dim summed in vector
-    lanes then in a register; kv heads in parallel only when the work at the cache bound is worth
+    group's query heads (unrolled, so ``h // group`` is a constant), head_dim summed in
+    SCORE_LANES vector lanes then in a register, in the order of ``_schedule_scores`` (decode's
+    scores equal prefill's bit for bit); kv heads in parallel only when the work at the cache bound is worth
     a thread-pool launch (a launch costs microseconds, the whole kernel a few)."""
     sch = s_tir.Schedule(func)
     block = sch.get_sblock("gqa_scores")
     b, h, s, p, d = sch.get_loops(block)
     heads = int(sch.get(h).extent)
-    lanes = vector_lanes(target)
-    if int(sch.get(d).extent) % lanes:
+    if int(sch.get(d).extent) % SCORE_LANES:
         return None
     group = _group(sch, block, heads)
     parallel = worth_threads(sch, [b, h, s, p, d])
     kv, member = sch.split(h, [heads // group, group])
-    _, lane = sch.split(d, [None, lanes])
+    _, lane = sch.split(d, [None, SCORE_LANES])
     rf = sch.rfactor(lane, 0)
     b, kv, member, s, p, chunk, lane = sch.get_loops(rf)
     sch.reorder(s, p, member)
