@@ -85,3 +85,27 @@ def test_attention_without_repeat_is_left_alone():
     after = grouped_query_attention(before, ["main"])
     assert calls(after, "relax.matmul") == 2
     tvm.ir.assert_structural_equal(after["main"], before["main"])
+
+
+def test_decode_scores_equal_prefills_bit_for_bit():
+    """The one-row ``Q · Kᵀ`` sums head_dim in the generic schedule's order: decode's scores are
+    prefill's to the bit (a token decoded equals the same token prefilled)."""
+    from tvm import te, tirx
+
+    from edgeq.targets import gqa_attention
+
+    length = tirx.Var("n", "int64")
+    q = te.placeholder((1, HEADS, 1, 2 * HEAD_DIM), name="q")
+    k = te.placeholder((1, KV_HEADS, 8, 2 * HEAD_DIM), name="k")
+    func = te.create_prim_func([q, k, gqa_attention.scores_te(q, k, 0.25, 0.5, length)]).with_attr(
+        gqa_attention.KERNEL_ATTR, "scores")
+    rng = np.random.default_rng(1)
+    args = [rng.normal(size=(1, HEADS, 1, 2 * HEAD_DIM)), rng.normal(size=(1, KV_HEADS, 8, 2 * HEAD_DIM)),
+            np.zeros((1, HEADS, 1, PAST))]
+    outs = []
+    for sch in (gqa_attention._schedule_scores(func), gqa_attention.GqaSchedule().apply(func, "llvm", False)):
+        tensors = [tvm.runtime.tensor(a.astype(np.float32)) for a in args]
+        tvm.compile(sch.mod, target="llvm")(*tensors)
+        outs.append(tensors[-1].numpy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+    assert np.abs(outs[0]).max() > 0
