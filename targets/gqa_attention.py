@@ -12,7 +12,10 @@ kv head ``h // group``:
 CPU (the generic rules left them scalar, with a division by the symbolic cache length per
 element: at decode ``Q · Kᵀ`` took 17% of a step): rows (head, position) go to threads; scores
 sum 16 lanes of d per cache position (rfactor), values keep the head_dim row of outputs in
-vector registers across the cache positions. A graph in another form is left as it is.
+vector registers across the cache positions. At one query row (decode) both take a schedule of
+their own: per kv head, each cached K / V row is read once for the group's query heads, on one
+thread unless the work at the cache bound is worth a launch (``worth_threads``). A graph in
+another form is left as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import tvm.sym
 from tvm import relax, s_tir, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.s_tir.dlight.base import ScheduleRule
+
+from edgeq.targets.schedules._loops import worth_threads
 
 _OPS = {name: tvm.ir.Op.get(f"relax.{name}") for name in
         ("matmul", "multiply", "reshape", "permute_dims", "broadcast_to", "expand_dims", "concat")}
@@ -109,10 +114,86 @@ class GqaSchedule(ScheduleRule):
     def apply(self, func, target, tunable):
         kind = func.attrs.get(KERNEL_ATTR) if func.attrs is not None else None
         if kind == "scores":
-            return _schedule_scores(func)
+            return _schedule_one_row_scores(func) if _one_row(func, "gqa_scores") else _schedule_scores(func)
         if kind == "values":
-            return _schedule_values(func)
+            return _schedule_one_row_values(func) if _one_row(func, "gqa_values") else _schedule_values(func)
         return None
+
+
+def _one_row(func, name) -> bool:
+    """Whether the kernel computes one query row per head (decode: ``seq`` bound to 1)."""
+    sch = s_tir.Schedule(func)
+    extent = sch.get(sch.get_loops(sch.get_sblock(name))[2]).extent  # loops (b, h, s, ...)
+    return isinstance(extent, tvm.tirx.IntImm) and int(extent) == 1
+
+
+def _group(sch, block, heads: int) -> int:
+    """Query heads per kv head: ``heads`` over the kv heads of the cache the block reads."""
+    for region in sch.get(block).reads:
+        shape = region.source.shape
+        kv_heads = shape[1] if len(shape) == 4 else None
+        if isinstance(kv_heads, tvm.tirx.IntImm) and int(kv_heads) != heads:
+            return heads // int(kv_heads)
+    return 1
+
+
+def _schedule_one_row_scores(func):
+    """Decode's ``Q · Kᵀ``: per kv head, each cache position's row of K is read once for the
+    group's query heads (unrolled, so ``h // group`` is a constant), head_dim summed in
+    SCORE_LANES vector lanes then in a register, in the order of ``_schedule_scores`` (decode's
+    scores equal prefill's bit for bit); kv heads in parallel only when the work at the cache bound is worth
+    a thread-pool launch (a launch costs microseconds, the whole kernel a few)."""
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("gqa_scores")
+    b, h, s, p, d = sch.get_loops(block)
+    heads = int(sch.get(h).extent)
+    if int(sch.get(d).extent) % SCORE_LANES:
+        return None
+    group = _group(sch, block, heads)
+    parallel = worth_threads(sch, [b, h, s, p, d])
+    kv, member = sch.split(h, [heads // group, group])
+    _, lane = sch.split(d, [None, SCORE_LANES])
+    rf = sch.rfactor(lane, 0)
+    b, kv, member, s, p, chunk, lane = sch.get_loops(rf)
+    sch.reorder(s, p, member)
+    rows = sch.fuse(b, kv, s)
+    if parallel:
+        sch.parallel(rows)
+    sch.reverse_compute_at(block, member)
+    sch.set_scope(rf, 0, "local")
+    total = sch.cache_write(block, 0, "local")  # the lanes' sum in a register, stored once
+    sch.reverse_compute_at(total, member)
+    sch.unroll(member)
+    sch.vectorize(lane)
+    sch.unroll(chunk)
+    sch.decompose_reduction(rf, chunk)
+    sch.unroll(sch.get_loops(block)[-1])
+    return sch
+
+
+def _schedule_one_row_values(func):
+    """Decode's ``P · V``: per kv head, each cache position's row of V is read once for the
+    group's query heads, whose head_dim outputs accumulate in vector registers; one thread
+    unless the work at the cache bound is worth a launch."""
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("gqa_values")
+    b, h, s, d, p = sch.get_loops(block)
+    heads = int(sch.get(h).extent)
+    group = _group(sch, block, heads)
+    parallel = worth_threads(sch, [b, h, s, d, p])
+    kv, member = sch.split(h, [heads // group, group])
+    sch.reorder(s, member)
+    rows = sch.fuse(b, kv, s)
+    if parallel:
+        sch.parallel(rows)
+    acc = sch.cache_write(block, 0, "global")  # group x head_dim floats on the stack: registers
+    sch.reverse_compute_at(acc, rows)
+    sch.reorder(p, member, d)
+    sch.vectorize(d)
+    sch.unroll(member)
+    sch.decompose_reduction(block, p)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    return sch
 
 
 def _schedule_scores(func):

@@ -5,8 +5,9 @@ keys), rewritten, compiled before and after and compared; a graph without the re
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tvm
-from tvm import relax
+from tvm import relax, s_tir
 
 from edgeq.targets.cpu_pipeline import schedule_kernels
 from edgeq.targets.gqa_attention import grouped_query_attention
@@ -14,9 +15,9 @@ from edgeq.targets.gqa_attention import grouped_query_attention
 HEADS, KV_HEADS, SEQ, PAST, HEAD_DIM = 4, 2, 3, 5, 16
 
 
-def attention(grouped: bool) -> tvm.IRModule:
+def attention(grouped: bool, seq: int = SEQ) -> tvm.IRModule:
     kv = KV_HEADS if grouped else HEADS
-    q = relax.Var("q", relax.TensorType((1, HEADS, SEQ, HEAD_DIM), "float32"))
+    q = relax.Var("q", relax.TensorType((1, HEADS, seq, HEAD_DIM), "float32"))
     k = relax.Var("k", relax.TensorType((1, kv, PAST, HEAD_DIM), "float32"))
     v = relax.Var("v", relax.TensorType((1, kv, PAST, HEAD_DIM), "float32"))
     bb = relax.BlockBuilder()
@@ -50,14 +51,23 @@ def calls(mod, name: str) -> int:
     return len(found)
 
 
-def test_grouped_attention_reads_the_cache_in_place():
-    before = attention(grouped=True)
+def in_parallel(func, block: str) -> bool:
+    """Whether ``block``'s outermost loop (the rows) runs on the thread pool."""
+    sch = s_tir.Schedule(func)
+    return sch.get(sch.get_loops(sch.get_sblock(block))[0]).kind == tvm.tirx.ForKind.PARALLEL
+
+
+@pytest.mark.parametrize("seq", [SEQ, 1], ids=["rows", "one_row"])
+def test_grouped_attention_reads_the_cache_in_place(seq):
+    """At one query row (decode) GqaSchedule takes its one-row schedules: same values, and for
+    this tiny cache no thread-pool launch."""
+    before = attention(grouped=True, seq=seq)
     after = grouped_query_attention(before, ["main"])
     assert calls(before, "relax.broadcast_to") == 2 and calls(after, "relax.broadcast_to") == 0
     assert calls(after, "relax.matmul") == 0 and calls(after, "relax.permute_dims") == 0
     assert {gv.name_hint for gv in after.get_global_vars()} >= {"gqa_scores", "gqa_values"}
     rng = np.random.default_rng(0)
-    args = [rng.normal(size=s).astype(np.float32) for s in ((1, HEADS, SEQ, HEAD_DIM), (1, KV_HEADS, PAST, HEAD_DIM),
+    args = [rng.normal(size=s).astype(np.float32) for s in ((1, HEADS, seq, HEAD_DIM), (1, KV_HEADS, PAST, HEAD_DIM),
                                                               (1, KV_HEADS, PAST, HEAD_DIM))]
     expected = run(before, args)
     np.testing.assert_allclose(run(after, args), expected, rtol=1e-5, atol=1e-6)
@@ -65,6 +75,8 @@ def test_grouped_attention_reads_the_cache_in_place():
     scheduled = schedule_kernels(after, tvm.target.Target("llvm"))
     kernels = {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     assert all(kernels[name].attrs["tirx.is_scheduled"] for name in ("gqa_scores", "gqa_values"))
+    assert all(in_parallel(kernels[name], block) == (seq != 1)
+               for name, block in (("gqa_scores", "gqa_scores"), ("gqa_values", "gqa_values_update")))
     np.testing.assert_allclose(run(scheduled, args), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -73,3 +85,27 @@ def test_attention_without_repeat_is_left_alone():
     after = grouped_query_attention(before, ["main"])
     assert calls(after, "relax.matmul") == 2
     tvm.ir.assert_structural_equal(after["main"], before["main"])
+
+
+def test_decode_scores_equal_prefills_bit_for_bit():
+    """The one-row ``Q · Kᵀ`` sums head_dim in the generic schedule's order: decode's scores are
+    prefill's to the bit (a token decoded equals the same token prefilled)."""
+    from tvm import te, tirx
+
+    from edgeq.targets import gqa_attention
+
+    length = tirx.Var("n", "int64")
+    q = te.placeholder((1, HEADS, 1, 2 * HEAD_DIM), name="q")
+    k = te.placeholder((1, KV_HEADS, 8, 2 * HEAD_DIM), name="k")
+    func = te.create_prim_func([q, k, gqa_attention.scores_te(q, k, 0.25, 0.5, length)]).with_attr(
+        gqa_attention.KERNEL_ATTR, "scores")
+    rng = np.random.default_rng(1)
+    args = [rng.normal(size=(1, HEADS, 1, 2 * HEAD_DIM)), rng.normal(size=(1, KV_HEADS, 8, 2 * HEAD_DIM)),
+            np.zeros((1, HEADS, 1, PAST))]
+    outs = []
+    for sch in (gqa_attention._schedule_scores(func), gqa_attention.GqaSchedule().apply(func, "llvm", False)):
+        tensors = [tvm.runtime.tensor(a.astype(np.float32)) for a in args]
+        tvm.compile(sch.mod, target="llvm")(*tensors)
+        outs.append(tensors[-1].numpy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+    assert np.abs(outs[0]).max() > 0
