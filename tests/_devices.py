@@ -35,6 +35,24 @@ def running_arm64_device():
     return state
 
 
+def require_arm64_cross() -> None:
+    """Skip without the aarch64 cross compiler; fail in CI, which installs it (EDGEQ_REQUIRE_CROSS)."""
+    import shutil
+
+    from edgeq.targets import get_target
+
+    if shutil.which(get_target("arm64").cross_compiler) is None:
+        message = "aarch64 g++ not installed (Debian package g++-aarch64-linux-gnu)"
+        if os.environ.get("EDGEQ_REQUIRE_CROSS"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def assert_aarch64_library(path) -> None:
+    header = open(path, "rb").read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
 def require_harness_device(name: str) -> None:
     """A harness device (armv7, hexagon-sim) is usable when its tools and root are here."""
     from edgeq.runtime.device import device_dir, device_spec

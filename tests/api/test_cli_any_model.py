@@ -12,7 +12,6 @@ order: outputs within 1e-4 of the logits' scale. The quantized model against its
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import textwrap
 
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from _devices import uses_arm64_device
+from _devices import require_arm64_cross, uses_arm64_device
 from edgeq.cli import main
 
 REL = 1e-4  # of the reference's largest magnitude
@@ -63,16 +62,6 @@ def example_inputs():
 
 def max_rel(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.abs(ref - got).max() / np.abs(ref).max())
-
-
-def require_arm64_cross():
-    from edgeq.targets import get_target
-
-    if shutil.which(get_target("arm64").cross_compiler) is None:
-        message = "aarch64 g++ not installed (Debian package g++-aarch64-linux-gnu)"
-        if os.environ.get("EDGEQ_REQUIRE_CROSS"):  # CI installs every cross compiler
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ compiles for cpu (matching PyTorch within the float floor rule) and cross-compil
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ from edgeq.quant.allocate import (AllocatedRecipe, LayerOption, gptq_error_estim
                                   stored_bits_per_weight)
 from edgeq.quant.gptq import HessianAccumulator, gptq_quantize_weight
 from edgeq.quant.weight_only import WeightOnlyLinear
+from _devices import assert_aarch64_library, require_arm64_cross
 
 
 def test_plan_is_the_brute_force_optimum_within_budget():
@@ -215,7 +214,6 @@ def test_allocated_llama_compiles_and_matches_pytorch(lopro_allocated_llama, tmp
     """Rotation, GPTQ and LoPRo layers in one model (the plan holds both methods)."""
     from edgeq.runtime.executors import TvmExecutor
     from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
-    from edgeq.targets import get_target
 
     allocated_llama = lopro_allocated_llama
     ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
@@ -224,14 +222,9 @@ def test_allocated_llama_compiles_and_matches_pytorch(lopro_allocated_llama, tmp
     got = TvmExecutor(artifact.path).run([ids.numpy()])[0]
     check = judge(got, causal_lm_logits(allocated_llama, ids), float64_logits(allocated_llama, ids))
     assert check.ok, check.to_dict()
-    if shutil.which(get_target("arm64").cross_compiler) is None:
-        message = "aarch64 g++ not installed (Debian package g++-aarch64-linux-gnu)"
-        if os.environ.get("EDGEQ_REQUIRE_CROSS"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_arm64_cross()
     arm = edgeq.compile(onnx_path, target="arm64", out_dir=tmp_path / "arm64")
-    header = arm.path.read_bytes()[:20]
-    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    assert_aarch64_library(arm.path)
 
 
 def test_cli_bits_budget_reports_the_plan(tmp_path, capsys):

@@ -8,8 +8,6 @@ the float floor rule."""
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -25,6 +23,7 @@ from edgeq.quant.weight_only_recipes import RTNRecipe
 from edgeq.recipes import resolve_recipe
 from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
 from edgeq.runtime.ort import ort_session
+from _devices import assert_aarch64_library, require_arm64_cross
 
 VOCAB = 128
 
@@ -141,7 +140,6 @@ def awq_llama():
 
 def test_awq_quantized_llama_exports_and_matches_pytorch(awq_llama, tmp_path):
     from edgeq.runtime.executors import TvmExecutor
-    from edgeq.targets import get_target
 
     model, qmodel = awq_llama
     assert sum(isinstance(m, WeightOnlyLinear) for m in qmodel.modules()) == 14
@@ -155,14 +153,9 @@ def test_awq_quantized_llama_exports_and_matches_pytorch(awq_llama, tmp_path):
     artifact = edgeq.compile(path, target="cpu", out_dir=tmp_path / "cpu")
     check = judge(TvmExecutor(artifact.path).run([x.numpy()])[0], ref32, ref64)
     assert check.ok, check.to_dict()
-    if shutil.which(get_target("arm64").cross_compiler) is None:
-        message = "aarch64 g++ not installed (Debian package g++-aarch64-linux-gnu)"
-        if os.environ.get("EDGEQ_REQUIRE_CROSS"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_arm64_cross()
     arm = edgeq.compile(path, target="arm64", out_dir=tmp_path / "arm64")
-    header = arm.path.read_bytes()[:20]
-    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    assert_aarch64_library(arm.path)
 
 
 def test_awq_quantized_llama_saves_and_reloads(awq_llama, tmp_path):

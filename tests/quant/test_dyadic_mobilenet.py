@@ -12,8 +12,6 @@ the float outputs' largest magnitude at W8A8 (10% at W4A8) and its cosine simila
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import OrderedDict
 
 import numpy as np
@@ -23,7 +21,7 @@ import torch
 from torch import nn
 
 import edgeq
-from _devices import uses_arm64_device
+from _devices import require_arm64_cross, uses_arm64_device
 from _cnn_models import SqueezeExcite, cnn_inputs, tiny_mobilenet_v2, tiny_mobilenet_v3
 from edgeq.errors import QuantizationError
 from edgeq.passes.integer_check import float_ops_in_integer_region
@@ -88,13 +86,7 @@ def test_integer_model_is_close_to_the_float_model(mobilenet):
 def arm64_artifact(mobilenet):
     """The integer-only model cross-compiled for arm64 (skips without the cross compiler, fails
     in CI where EDGEQ_REQUIRE_CROSS is set)."""
-    from edgeq.targets import get_target
-
-    if shutil.which(get_target("arm64").cross_compiler) is None:
-        message = "aarch64 g++ not installed (Debian package g++-aarch64-linux-gnu)"
-        if os.environ.get("EDGEQ_REQUIRE_CROSS"):  # CI installs every cross compiler
-            pytest.fail(message)
-        pytest.skip(message)
+    require_arm64_cross()
     _, _, _, path, out = mobilenet
     return edgeq.compile(path, target="arm64", out_dir=out / "arm64")
 

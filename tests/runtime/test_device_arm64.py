@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import edgeq
-from _devices import assert_bit_exact_report, integer_digits_cnn, running_arm64_device, uses_arm64_device
+from _devices import assert_aarch64_library, assert_bit_exact_report, integer_digits_cnn, running_arm64_device, uses_arm64_device
 from edgeq.cli import main
 from edgeq.errors import RuntimeExecError
 from edgeq.runtime import device as dev
@@ -54,8 +54,7 @@ def private_server(device):
 
 
 def test_artifact_is_aarch64(arm64_artifact):
-    header = arm64_artifact.path.read_bytes()[:20]
-    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    assert_aarch64_library(arm64_artifact.path)
 
 
 def test_w8a8_cnn_on_device_matches_pytorch(device, digits, w8a8_pipeline, arm64_artifact):

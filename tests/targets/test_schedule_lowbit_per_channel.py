@@ -4,9 +4,6 @@ kernel with one group per row also cross-compiles for arm64 (issue #17)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -14,6 +11,7 @@ import torch
 import edgeq
 from edgeq.runtime.executors import TvmExecutor
 from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
+from _devices import require_arm64_cross
 
 
 def _tiny_llama():
@@ -37,13 +35,7 @@ def test_per_channel_preset_compiles_and_matches_pytorch(tmp_path, preset):
 
 
 def test_per_channel_preset_cross_compiles_for_arm64(tmp_path):
-    from edgeq.targets import get_target
-
-    if shutil.which(get_target("arm64").cross_compiler) is None:
-        message = "aarch64 g++ not installed (Debian package g++-aarch64-linux-gnu)"
-        if os.environ.get("EDGEQ_REQUIRE_CROSS"):  # CI installs every cross compiler
-            pytest.fail(message)
-        pytest.skip(message)
+    require_arm64_cross()
     qmodel = edgeq.quantize(_tiny_llama(), "w4-rtn")
     onnx_path = edgeq.export(qmodel, torch.randint(0, 256, (1, 9)), tmp_path / "llama.onnx")
     artifact = edgeq.compile(onnx_path, target="arm64", out_dir=tmp_path)
