@@ -36,8 +36,7 @@ class Artifact:
     tvm_target: dict | None = None
     weight_bytes: int | None = None  # bytes of the constants the artifact holds
     onnx_weight_bytes: int | None = None  # bytes of the ONNX file's initializers (packed)
-    device_code: str | None = None  # GPU targets: the PTX for the named architecture, when built (in the .json: its
-    # file name, beside the library, so a moved artifact folder still finds it)
+    device_code: str | None = None  # GPU targets: the PTX for the named architecture (the .json names the file beside the library)
     specialized: dict | None = None  # input dimensions fixed at compile time, by name
     tuned_kernels: int | None = None  # kernels whose schedule came from a tuning database (edgeq tune)
     generation: dict | None = None  # KV-cache LMs: prefill/decode functions, cache geometry, max context
