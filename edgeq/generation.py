@@ -167,8 +167,11 @@ def build_generation_artifact(source, executor: str = "onnxruntime", options: Bu
     name = "smollm2" if str(source) == "smollm2" else Path(source).stem
     folder = options.folder(name)
     onnx_path = folder / ONNX_NAME
-    if executor == "tvm" and _generation_artifacts(options.tvm_folder(folder)):
-        return _generation_artifacts(options.tvm_folder(folder))[0]
+    if executor == "tvm":
+        # one compiled by an edgeq that did not record its cache form is compiled again
+        current = [a for a in _generation_artifacts(options.tvm_folder(folder)) if _records_cache_form(a)]
+        if current:
+            return current[0]
     if not (onnx_path.exists() and (folder / "tokenizer.json").exists()):
         say(f"loading {name}")
         model, tokenizer = _load_model(source)
@@ -284,6 +287,11 @@ def _generation_artifacts(folder: Path) -> list[Path]:
             candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]
             found += [c for c in candidates if c.is_file()][:1]
     return found
+
+
+def _records_cache_form(library: Path) -> bool:
+    """Whether the artifact's ``.json`` says how its cache is passed (``generation["cache"]``)."""
+    return "cache" in json.loads(library.with_suffix(".json").read_text())["generation"]
 
 
 def _from_artifact(path: Path, executor: str, threads, device) -> Generator:

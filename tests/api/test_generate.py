@@ -15,7 +15,7 @@ import torch
 import edgeq
 from edgeq.cli import main
 from edgeq.errors import ContextLengthError, ModelFileError, RecipeError
-from edgeq.generation import compile_generation_artifact, export_generation_onnx, load_generator
+from edgeq.generation import BuildOptions, build_generation_artifact, compile_generation_artifact, export_generation_onnx, load_generator
 from edgeq.quant.embedding import quantize_embeddings
 from edgeq.runtime.generation import (
     Generation,
@@ -95,6 +95,26 @@ def test_tvm_artifact_gives_the_torch_ids(w4_model, w4_tvm, tokenizer):
     with pytest.raises(ContextLengthError, match=f"maximum context of {MAX_CONTEXT}"):
         Generation(session, tokenizer, list(range(MAX_CONTEXT - 2)), max_new_tokens=8, eos_token_ids=[]).run()
     assert session.position == MAX_CONTEXT
+
+
+def test_a_cached_artifact_without_its_cache_form_is_compiled_again(w4_onnx, tmp_path):
+    """An artifact compiled before the cache form was recorded is not reused from the cache (its
+    session would refuse it): the next build compiles it again, and then reuses that."""
+    import shutil
+
+    folder = tmp_path / "cache"
+    shutil.copytree(w4_onnx.parent, folder, ignore=shutil.ignore_patterns("tvm-*"))
+    options = BuildOptions(out_dir=folder, max_context=MAX_CONTEXT)
+    first = build_generation_artifact("tiny", "tvm", options)
+    meta = first.with_suffix(".json")
+    data = json.loads(meta.read_text())
+    assert data["generation"]["cache"] == "in_place"
+    del data["generation"]["cache"]
+    meta.write_text(json.dumps(data))
+    again = build_generation_artifact("tiny", "tvm", options)
+    assert json.loads(again.with_suffix(".json").read_text())["generation"]["cache"] == "in_place"
+    stamp = again.stat().st_mtime_ns
+    assert build_generation_artifact("tiny", "tvm", options).stat().st_mtime_ns == stamp  # reused
 
 
 def test_tvm_artifact_folder_runs_alone(w4_tvm, w4_onnx, capsys):
