@@ -44,7 +44,7 @@ from edgeq.errors import QuantizationError
 from edgeq.maths.groups import quantize_groups, resolve_group_size
 from edgeq.quant.architectures import DecoderArchitecture, NormForm, architecture_of, attention_shape
 from edgeq.quant.base import hf_conv1d_as_linear, is_skipped
-from edgeq.quant.gptq import _capture_block_inputs, _run
+from edgeq.quant.gptq import HessianAccumulator, _capture_block_inputs, _run
 from edgeq.recipes import Recipe
 
 
@@ -174,18 +174,19 @@ def _sites(model: nn.Module, arch: DecoderArchitecture, block: nn.Module, prefix
 
 
 def _input_statistics(block: nn.Module, sites: list[_Site], hidden: list, kwargs: list) -> dict:
-    """Per site: ``H = Σ x xᵀ`` and ``mean |x|`` per channel of its readers' input, from one float
-    pass of the block over the calibration inputs."""
-    sums: dict[int, list] = {id(s): [None, None, 0] for s in sites}
+    """Per site: the Hessian of its readers' input (GPTQ's ``HessianAccumulator``; its scale does
+    not move the search's argmin) and ``mean |x|`` per channel, from one float pass of the block
+    over the calibration inputs."""
+    hessians = {id(s): HessianAccumulator(s.readers[0]) for s in sites}
+    abs_sums: dict[int, list] = {id(s): [0.0, 0] for s in sites}
 
-    def hook(_module, args, key):
+    def hook(args, key):
         x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        entry = sums[key]
-        entry[0] = x.T @ x if entry[0] is None else entry[0] + x.T @ x
-        entry[1] = x.abs().sum(0) if entry[1] is None else entry[1] + x.abs().sum(0)
-        entry[2] += x.shape[0]
+        hessians[key].add(x)
+        abs_sums[key][0] = abs_sums[key][0] + x.abs().sum(0)
+        abs_sums[key][1] += x.shape[0]
 
-    hooks = [s.readers[0].register_forward_pre_hook(lambda m, a, k=id(s): hook(m, a, k)) for s in sites]
+    hooks = [s.readers[0].register_forward_pre_hook(lambda m, a, k=id(s): hook(a, k)) for s in sites]
     try:
         with torch.no_grad():
             for h, kw in zip(hidden, kwargs):
@@ -193,7 +194,7 @@ def _input_statistics(block: nn.Module, sites: list[_Site], hidden: list, kwargs
     finally:
         for h in hooks:
             h.remove()
-    return {key: (h, total / n) for key, (h, total, n) in sums.items()}
+    return {key: (hessians[key].h, total / n) for key, (total, n) in abs_sums.items()}
 
 
 def _search(readers: list[tuple[str, nn.Linear]], hessian: torch.Tensor, mean_abs: torch.Tensor, bits: int,
