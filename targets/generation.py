@@ -79,8 +79,10 @@ def cache_form(mod) -> str:
     """``CACHE_IN_PLACE`` when ``decode`` takes full-length caches that it writes in place, with a
     last ``cache_length`` argument (``gqa_attention``); else ``CACHE_APPENDING``: each call returns
     its ``past`` with the new positions appended (attention in a form not recognised, GPT-2)."""
+    from edgeq.targets.gqa_attention import CACHE_LENGTH
+
     params = mod[FUNCTIONS["decode"]].params
-    return CACHE_IN_PLACE if params and params[-1].name == "cache_length" else CACHE_APPENDING
+    return CACHE_IN_PLACE if params and params[-1].name == CACHE_LENGTH else CACHE_APPENDING
 
 
 # ops whose first input is the activations and that act row by row (an lm_head)

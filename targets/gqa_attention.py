@@ -35,6 +35,7 @@ _OPS = {name: tvm.ir.Op.get(f"relax.{name}") for name in
 # them for every cache position: the kernels fuse with nothing
 _OPAQUE = {"op_pattern": 8}
 KERNEL_ATTR = "edgeq.gqa"  # "scores" or "values" on the two PrimFuncs, for GqaSchedule
+CACHE_LENGTH = "cache_length"  # the in-place functions' last parameter (``_Rewriter.finish``)
 SCORE_LANES = 16  # float lanes of head_dim summed at once per cache position (one AVX-512 vector)
 
 
@@ -265,7 +266,7 @@ class _Rewriter(PyExprMutator):
             return func
         params = [self._full.get(p.name, p) for p in func.params]
         past = _shape(self._params[next(iter(self._written))])[2]
-        params.append(relax.Var("cache_length", relax.TensorType([past], "int8")))
+        params.append(relax.Var(CACHE_LENGTH, relax.TensorType([past], "int8")))
         return relax.Function(params, func.body, None, func.is_pure, func.attrs)
 
     def visit_call_(self, call):
