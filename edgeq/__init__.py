@@ -19,10 +19,10 @@ try:  # torch, onnx and TVM take seconds to load: Ctrl-C here must not end the C
     from edgeq.quant import quantize
     from edgeq.quant.w8a8 import W8A8Recipe
     from edgeq.recipes import PRESETS, Recipe, list_presets
-except KeyboardInterrupt:
+except BaseException as exc:  # KeyboardInterrupt, or an ImportError that Ctrl-C caused
     from edgeq.cli import exit_if_interrupted_cli
 
-    exit_if_interrupted_cli()
+    exit_if_interrupted_cli(exc)
     raise
 
 __version__ = "0.1.0"

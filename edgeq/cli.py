@@ -52,21 +52,39 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
     except KeyboardInterrupt:
-        print(f"{command}: interrupted", file=sys.stderr)
-        if is_cli_process():  # objects a library was building when Ctrl-C landed (TVM's TempDirectory)
-            sys.unraisablehook = lambda unraisable: None  # complain from their finalizers at exit
-        return INTERRUPTED
+        return _interrupted(command)
     except EdgeqError as exc:
         if debug:
             traceback.print_exc()
         print(f"{command}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a bug in edgeq, not bad input: one line, the traceback on request
+        if caused_by_interrupt(exc):  # Ctrl-C inside a library's C initialisation, re-raised as its own error
+            return _interrupted(command)
         if debug:
             traceback.print_exc()
         print(f"{command}: internal error: {type(exc).__name__}: {one_line(exc)} "
               f"(a bug in edgeq; run with {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return INTERNAL_ERROR
+
+
+def _interrupted(command: str) -> int:
+    print(f"{command}: interrupted", file=sys.stderr)
+    if is_cli_process():  # objects a library was building when Ctrl-C landed (TVM's TempDirectory)
+        sys.unraisablehook = lambda unraisable: None  # complain from their finalizers at exit
+    return INTERRUPTED
+
+
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether Ctrl-C is in ``exc``'s chain: onnxruntime's extension, interrupted while it
+    initialises, raises ``ImportError("initialization failed")`` from the KeyboardInterrupt."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def is_cli_process() -> bool:
@@ -75,11 +93,11 @@ def is_cli_process() -> bool:
     return Path(sys.argv[0]).name == "edgeq" or any(argv[i:i + 2] == ["-m", "edgeq.cli"] for i in range(len(argv)))
 
 
-def exit_if_interrupted_cli() -> None:
-    """Called when Ctrl-C lands while ``import edgeq`` loads its libraries (seconds, before
-    ``main`` runs): the command exits with one line and status 130; a library user's import
-    re-raises."""
-    if is_cli_process():
+def exit_if_interrupted_cli(exc: BaseException) -> None:
+    """Called when ``import edgeq`` fails while it loads its libraries (seconds, before ``main``
+    runs): if Ctrl-C caused it, the command exits with one line and status 130; otherwise, and
+    for a library user's import, the caller re-raises."""
+    if caused_by_interrupt(exc) and is_cli_process():
         print("edgeq: interrupted", file=sys.stderr, flush=True)
         os._exit(INTERRUPTED)  # the interpreter is mid-import: leave without running its teardown
 

@@ -128,3 +128,31 @@ def test_a_reader_that_stops_early_is_no_error():
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0, err
     assert "error" not in err and "Traceback" not in err, err
+
+
+def _initialization_failed() -> ImportError:
+    """What onnxruntime raises when Ctrl-C lands inside its extension's initialisation."""
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise ImportError("initialization failed") from interrupt
+    except ImportError as exc:
+        return exc
+
+
+def test_an_import_error_from_ctrl_c_is_an_interruption(monkeypatch, capsys):
+    """Was (CI, 2026-12-06): Ctrl-C inside onnxruntime's initialisation ended in an ImportError traceback, exit 1."""
+    from edgeq import cli
+
+    assert cli.caused_by_interrupt(_initialization_failed())
+    assert not cli.caused_by_interrupt(ImportError("no module named onnxruntime"))
+
+    def command(args):
+        raise _initialization_failed()
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: type("Args", (), {"command": "inspect", "func": command}))
+    assert cli.main(["inspect", "x.onnx"]) == cli.INTERRUPTED
+    assert capsys.readouterr().err.strip() == "edgeq inspect: interrupted"
