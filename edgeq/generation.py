@@ -169,7 +169,7 @@ def build_generation_artifact(source, executor: str = "onnxruntime", options: Bu
     onnx_path = folder / ONNX_NAME
     if executor == "tvm":
         # one compiled by an edgeq that did not record its cache form is compiled again
-        current = [a for a in _generation_artifacts(options.tvm_folder(folder)) if _records_cache_form(a)]
+        current = _generation_artifacts(options.tvm_folder(folder), cache_form_recorded=True)
         if current:
             return current[0]
     if not (onnx_path.exists() and (folder / "tokenizer.json").exists()):
@@ -271,8 +271,9 @@ def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: 
     return Path(artifact.path)
 
 
-def _generation_artifacts(folder: Path) -> list[Path]:
-    """Compiled libraries in ``folder`` whose ``.json`` has a ``generation`` entry."""
+def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) -> list[Path]:
+    """Compiled libraries in ``folder`` whose ``.json`` has a ``generation`` entry (one that says how
+    its cache is passed, ``generation["cache"]``, where ``cache_form_recorded``)."""
     found = []
     for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         if meta.name in TOKENIZER_FILES:
@@ -281,17 +282,13 @@ def _generation_artifacts(folder: Path) -> list[Path]:
             data = json.loads(meta.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and data.get("generation"):
+        generation = data.get("generation") if isinstance(data, dict) else None
+        if generation and (not cache_form_recorded or "cache" in generation):
             library = Path(data.get("path", "")).name or ""
             candidates = [meta.parent / library] if library else []
             candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]
             found += [c for c in candidates if c.is_file()][:1]
     return found
-
-
-def _records_cache_form(library: Path) -> bool:
-    """Whether the artifact's ``.json`` says how its cache is passed (``generation["cache"]``)."""
-    return "cache" in json.loads(library.with_suffix(".json").read_text())["generation"]
 
 
 def _from_artifact(path: Path, executor: str, threads, device) -> Generator:
