@@ -62,43 +62,57 @@ def calibration_batches(tokenizer) -> list[torch.Tensor]:
     return list(calibration_windows(tokens, CALIB_WINDOWS, SEQ_LEN, skip=EVALUATED_WINDOWS, seed=0).split(8))
 
 
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer alone (from its GGUF; without loading the weights)."""
+    from transformers import AutoTokenizer
+
+    from edgeq.models.smollm2 import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
 def _without_plan(recipe) -> dict:
     d = recipe.to_dict()
     d.pop("plan", None)
     return d
 
 
-def quantized_model(preset: str, work: Path, float_model, tokenizer, times: dict):
+def quantized_model(preset: str, work: Path, load_float, tokenizer, times: dict):
     """The preset's quantized SmolLM2: loaded from ``work`` when saved there with the same recipe
-    (plan aside), else quantized (with a saved plan when there is one) and saved."""
+    (plan aside), else quantized (with the plan of an earlier run when there is one) and saved.
+    ``PRESET.json`` beside the model keeps the recipe with its plan and the quantize time."""
     from edgeq.quant.serialize import load_quantized, read_metadata, save_quantized
     from edgeq.recipes import recipe_from_dict, resolve_recipe
 
     recipe = resolve_recipe(preset)
     path = work / f"{preset}.safetensors"
-    plan_path = work / f"{preset}.plan.json"
+    record_path = work / f"{preset}.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
     if path.exists():
         saved = recipe_from_dict(json.loads(read_metadata(path)["recipe"]))
         if _without_plan(saved) == _without_plan(recipe):
             with stage(preset, f"load {path.name}") as s:
                 model = load_quantized(path)
-            times["quantize"] = f"loaded ({s.seconds:.0f} s)"
+            earlier = record.get("quantize_s")
+            times["quantize"] = (f"{earlier:.0f} s, " if earlier else "") + f"loaded in {s.seconds:.0f} s"
             return model
         print(f"[{preset}] {path.name} holds another recipe; quantizing again", flush=True)
-    if hasattr(recipe, "plan") and not recipe.plan and plan_path.exists():
-        saved = recipe_from_dict(json.loads(plan_path.read_text()))
+    if getattr(recipe, "plan", None) == () and "recipe" in record:
+        saved = recipe_from_dict(record["recipe"])
         if _without_plan(saved) == _without_plan(recipe):
-            print(f"[{preset}] reusing the plan in {plan_path.name}", flush=True)
+            print(f"[{preset}] reusing the plan in {record_path.name}", flush=True)
             recipe = saved
     torch.manual_seed(0)
     calib = calibration_batches(tokenizer) if recipe.needs_calibration else None
     with stage(preset, "quantize") as s:
-        model = edgeq.quantize(float_model, recipe, calib=calib)
+        model = edgeq.quantize(load_float(), recipe, calib=calib)
     times["quantize"] = f"{s.seconds:.0f} s"
     work.mkdir(parents=True, exist_ok=True)
-    if getattr(model.edgeq_recipe, "plan", None):
-        plan_path.write_text(model.edgeq_recipe.to_json())
     save_quantized(model, path, source="smollm2")
+    tmp = record_path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps({"recipe": model.edgeq_recipe.to_dict(), "quantize_s": s.seconds}, indent=1))
+    tmp.rename(record_path)
     return model
 
 
@@ -145,10 +159,9 @@ def check_preset(preset: str, args, device_url: str | None) -> list[dict]:
     from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
     from weight_only import plan_summary, quantized_stats
 
-    float_model, tokenizer = load_smollm2()
+    tokenizer = smollm2_tokenizer()
     times: dict = {}
-    qmodel = quantized_model(preset, args.work, float_model, tokenizer, times)
-    del float_model
+    qmodel = quantized_model(preset, args.work, lambda: load_smollm2()[0], tokenizer, times)
     layers, weights, nbytes = quantized_stats(qmodel)
     saved = args.work / f"{preset}.safetensors"
     folder = args.work / preset
@@ -245,7 +258,7 @@ def report(rows: list[dict], args) -> None:
         "the embeddings stay float32), exported to ONNX (edgeq op set, symbolic batch and sequence), compiled with TVM for "
         "`cpu` (this host) and cross-compiled for `arm64`, run on onnxruntime, TVM on this host and TVM on the emulated "
         "arm64 device (qemu-user + RPC).",
-        f"Inputs: the prompt {PROMPT!r} ({len(PROMPT.split())} words) and {RANDOM_TOKENS} seeded random ids; the error is "
+        f"Inputs: the prompt {PROMPT!r} and {RANDOM_TOKENS} seeded random ids; the error is "
         "max |runtime - PyTorch float32| / max |PyTorch float32| over all logits, the worse input shown; the float floor "
         f"rule (`edgeq.runtime.float_floor.judge`, bar {TOL:.0e}): error within max(bar, 2 x floor) of PyTorch float32 and "
         "within max(bar, floor) of a float64 evaluation of the same quantized model. top-1: the share of positions whose "
@@ -283,9 +296,9 @@ def main(argv=None) -> int:
     if args.quantize_only:
         from edgeq.models.smollm2 import load_smollm2
 
+        tokenizer = smollm2_tokenizer()
         for preset in args.presets:
-            float_model, tokenizer = load_smollm2()
-            quantized_model(preset, args.work, float_model, tokenizer, {})
+            quantized_model(preset, args.work, lambda: load_smollm2()[0], tokenizer, {})
         return 0
     url = device(args)
     rows = []
