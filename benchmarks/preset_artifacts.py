@@ -4,8 +4,9 @@ the PyTorch quantized model on onnxruntime, TVM on the host and TVM on the emula
 Calibration is that of ``benchmarks/weight_only.py`` (16 windows of 512 tokens drawn, seed 0, from
 the WikiText-2 test text after the 20 evaluated windows), so the model is the one its perplexity
 rows measured. The quantized model is saved under ``--work`` (and with it the recipe, whose plan an
-allocator preset then reuses): a rerun loads it instead of quantizing again (~30 min for a
-``mix*`` preset on a loaded 2-core host).
+allocator preset then reuses): a rerun loads it instead of quantizing again (8-9 min for a
+``mix*`` preset on a loaded 2-core host, ~30 min under heavier load). A stage that fails is
+reported with the preset's and the stage's names, and the other runtimes and presets still run.
 
     python benchmarks/preset_artifacts.py mix3.25-lopro mix2.5-lopro
 """
@@ -122,7 +123,7 @@ GREEDY_TOKENS = 8  # greedy continuation of the prompt, recomputed over the whol
 TOL = 1e-4  # the float floor rule's bar (edgeq.runtime.float_floor), as the other SmolLM2 checks
 
 
-def executors(preset: str, onnx_path: Path, cpu: Path, arm64: Path | None, device_url: str | None):
+def executors(onnx_path: Path, cpu: Path, arm64: Path | None, device_url: str | None):
     """(name, make) per runtime: onnxruntime, TVM on this host, TVM on the emulated arm64 device."""
     from edgeq.runtime.executors import OrtExecutor, TvmExecutor
     from edgeq.runtime.rpc import RpcExecutor
@@ -190,16 +191,23 @@ def check_preset(preset: str, args, device_url: str | None) -> list[dict]:
         torch_greedy = greedy(lambda seq: causal_lm_logits(qmodel, seq), prompt, GREEDY_TOKENS)
 
     rows = []
-    for name, make in executors(preset, onnx_path, artifacts["cpu"], artifacts.get("arm64"), device_url):
-        with stage(preset, f"run on {name}") as s:
-            executor = make()
-            checks, top1 = {}, []
-            for key, ids in inputs.items():
-                got = executor.run([ids.numpy()])[0]
-                checks[key] = judge(got, *refs[key], bar=TOL)
-                top1.append(float((got.argmax(-1) == refs[key][0].argmax(-1)).mean()))
-            tokens = greedy(lambda seq: executor.run([seq.numpy()])[0], prompt, GREEDY_TOKENS)
-            getattr(executor, "close", lambda: None)()
+    for name, make in executors(onnx_path, artifacts["cpu"], artifacts.get("arm64"), device_url):
+        try:
+            with stage(preset, f"run on {name}") as s:
+                executor = make()
+                try:
+                    checks, top1 = {}, []
+                    for key, ids in inputs.items():
+                        got = executor.run([ids.numpy()])[0]
+                        checks[key] = judge(got, *refs[key], bar=TOL)
+                        top1.append(float((got.argmax(-1) == refs[key][0].argmax(-1)).mean()))
+                    tokens = greedy(lambda seq: executor.run([seq.numpy()])[0], prompt, GREEDY_TOKENS)
+                finally:
+                    getattr(executor, "close", lambda: None)()  # the device serves one session at a time
+        except StageError as exc:  # reported in the table; the other runtimes still run
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            rows.append({"preset": preset, "error": str(exc), "ok": False})
+            continue
         worst = max(checks.values(), key=lambda c: c.err / c.tol)
         artifact = {"onnxruntime": onnx_path, "tvm cpu": artifacts["cpu"]}.get(name, artifacts["arm64"])
         rows.append({"preset": preset, "bits_per_weight": 8 * nbytes / weights, "layers": layers,
@@ -268,9 +276,10 @@ def report(rows: list[dict], args) -> None:
             f"{p}: quantize {seconds(r, 'quantize')}, export {seconds(r, 'export')}, compile cpu {seconds(r, 'compile cpu')}, "
             f"compile arm64 {seconds(r, 'compile arm64')}" for p, r in per_preset.items()) + ".",
         "Plans (layers per option): " + "; ".join(
-            f"{p}: " + ", ".join(f"{k} x{v}" for k, v in (r["plan"] or {}).items()) for p, r in per_preset.items()) + ".",
+            f"{p}: " + ", ".join(f"{k} x{v}" for k, v in r["plan"].items()) for p, r in per_preset.items() if r["plan"]) + ".",
         f"CPU flags: {cpu_flags()}.",
     ]
+    notes = [n for n in notes if not n.endswith(": .")]  # no preset got that far, or none has a plan
     print("\n".join(notes))
     if not args.no_append:
         append_results("SmolLM2-135M preset artifacts against PyTorch (cpu, arm64)", table, "\n".join(notes))
