@@ -39,13 +39,16 @@ def decode_attention_pattern():
 
     p = {name: wildcard() for name in ("q", "keys", "length", "mask", "value_cache", "value_length")}
     p["scores_fn"], p["values_fn"] = GlobalVarPattern(), GlobalVarPattern()
-    p["scores"] = is_op("relax.call_tir")(p["scores_fn"], TuplePattern([p["q"], p["keys"], p["length"]]))
+    # the kernels' last argument, the cache length, is there when call_te needed it (n = past + 1)
+    p["scores"] = is_op("relax.call_tir")(p["scores_fn"], TuplePattern([p["q"], p["keys"], p["length"]])
+                                          | TuplePattern([p["q"], p["keys"]]))
     p["masked"] = is_op("relax.add")(p["scores"], p["mask"])
     p["softmax"] = is_op("relax.nn.softmax")(p["masked"])
     cleaned = is_op("relax.where")(is_op("relax.isnan")(p["softmax"]), wildcard(), p["softmax"])
     p["probs"] = cleaned | p["softmax"]
     p["cleaned"] = cleaned
-    p["values"] = is_op("relax.call_tir")(p["values_fn"], TuplePattern([p["probs"], p["value_cache"], p["value_length"]]))
+    p["values"] = is_op("relax.call_tir")(p["values_fn"], TuplePattern([p["probs"], p["value_cache"], p["value_length"]])
+                                          | TuplePattern([p["probs"], p["value_cache"]]))
     return p["values"], p
 
 
