@@ -31,6 +31,8 @@ from edgeq.targets import fast_exp
 from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES
 
 FUSED_NAME = "decode_attention"
+# cache positions from which the kv heads go to the thread pool (measured: benchmarks/decode_attention.py)
+PARALLEL_FROM = 64
 
 
 def decode_attention_pattern():
@@ -52,16 +54,17 @@ def decode_attention_pattern():
     return p["values"], p
 
 
-def fuse_decode_attention(mod: tvm.IRModule, functions) -> tvm.IRModule:
+def fuse_decode_attention(mod: tvm.IRModule, functions, parallel_from: int = PARALLEL_FROM) -> tvm.IRModule:
     """``mod`` with each decode attention chain (see the module docstring) of the Relax ``functions``
-    (names) replaced by one ``decode_attention`` call; the kernels left unused are removed."""
+    (names) replaced by one ``decode_attention`` call (kv heads in parallel from ``parallel_from``
+    cache positions); the kernels left unused are removed."""
     pattern, parts = decode_attention_pattern()
     names = list(functions)
     kernels: dict[tuple, tvm.ir.GlobalVar] = {}
     builder = relax.BlockBuilder(mod)
 
     def rewrite(call, matches):
-        fused = _fused_kernel(mod, matches, parts)
+        fused = _fused_kernel(mod, matches, parts, parallel_from)
         if fused is None:
             return call
         key, func = fused
@@ -76,7 +79,7 @@ def fuse_decode_attention(mod: tvm.IRModule, functions) -> tvm.IRModule:
     return relax.transform.DeadCodeElimination(names)(builder.get())
 
 
-def _fused_kernel(mod, matches, parts):
+def _fused_kernel(mod, matches, parts, parallel_from):
     """(cache key, PrimFunc) for a matched chain, else None when its parts do not fit the kernel."""
     scores_fn, values_fn = (mod[matches[parts[n]]] for n in ("scores_fn", "values_fn"))
     if _kind(scores_fn) != "scores" or _kind(values_fn) != "values":
@@ -97,7 +100,7 @@ def _fused_kernel(mod, matches, parts):
         return None
     q_scale, k_scale = scores_fn.attrs[SCALES_ATTR]
     cleaned = parts["cleaned"] in matches
-    key = (heads, kv_heads, head_dim, max_context, float(q_scale), float(k_scale), int(mask_heads), cleaned)
+    key = (heads, kv_heads, head_dim, max_context, float(q_scale), float(k_scale), int(mask_heads), cleaned, parallel_from)
     return key, decode_attention_func(*key)
 
 
@@ -120,12 +123,15 @@ def _static_shape(expr):
 
 
 def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context: int, q_scale: float,
-                          k_scale: float, mask_heads: int, cleaned: bool):
+                          k_scale: float, mask_heads: int, cleaned: bool, parallel_from: int | None = None):
     """The fused kernel ``(q [1, heads, 1, head_dim], k, v [1, kv_heads, max_context, head_dim],
     mask [1, mask_heads, 1, n]) -> out [1, heads, 1, head_dim]`` over the first ``n`` cache
-    positions; ``cleaned``: NaN probabilities become 0 (the graph's ``where(isnan(p), 0, p)``)."""
+    positions; ``cleaned``: NaN probabilities become 0 (the graph's ``where(isnan(p), 0, p)``). The kv
+    heads run in parallel from ``n >= parallel_from`` positions (default ``PARALLEL_FROM``), else on
+    the calling thread."""
     from tvm.script import tirx as T
 
+    parallel_from = PARALLEL_FROM if parallel_from is None else parallel_from
     group, chunks, lanes = heads // kv_heads, head_dim // SCORE_LANES, SCORE_LANES
     f32 = "float32"
     cq, ck = T.float32(q_scale), T.float32(k_scale)
@@ -137,6 +143,48 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
     def clean(x):
         return T.Select(T.isnan(x), T.float32(0), x) if cleaned else x
 
+    @T.macro(hygienic=True)
+    def one_kv_head(kv, n, q, k, v, mask, out, probs):
+        lane_sums = T.decl_buffer((group, lanes), f32, scope="local")
+        row = T.decl_buffer((group,), f32, scope="local")
+        acc = T.decl_buffer((group, head_dim), f32, scope="local")
+        # scores + mask: each K row read once for the group's heads
+        for p in range(n):
+            for g in T.unroll(group):
+                for lane in T.vectorized(lanes):
+                    lane_sums[g, lane] = T.float32(0)
+                for c in T.unroll(chunks):
+                    for lane in T.vectorized(lanes):
+                        lane_sums[g, lane] = lane_sums[g, lane] + q[0, kv * group + g, 0, c * lanes + lane] * cq * (
+                            k[0, kv, p, c * lanes + lane] * ck)
+                row[g] = T.float32(0)
+                for lane in T.unroll(lanes):
+                    row[g] = row[g] + lane_sums[g, lane]
+                probs[kv * group + g, p] = row[g] + mask[0, mask_head(kv * group + g), 0, p]
+        # softmax of each head's row: max, exp of the difference, sum in order, divide
+        for g in range(group):
+            row[g] = lowest
+            for p in range(n):
+                row[g] = T.max(row[g], probs[kv * group + g, p])
+            for p in range(n):
+                probs[kv * group + g, p] = fast_exp.fast_exp(probs[kv * group + g, p] - row[g])
+            lane_sums[g, 0] = T.float32(0)
+            for p in range(n):
+                lane_sums[g, 0] = lane_sums[g, 0] + probs[kv * group + g, p]
+            for p in range(n):
+                probs[kv * group + g, p] = clean(probs[kv * group + g, p] / lane_sums[g, 0])
+        # values: each V row read once, the group's head_dim outputs accumulated in registers
+        for g in T.unroll(group):
+            for d in T.vectorized(head_dim):
+                acc[g, d] = T.float32(0)
+        for p in range(n):
+            for g in T.unroll(group):
+                for d in T.vectorized(head_dim):
+                    acc[g, d] = acc[g, d] + probs[kv * group + g, p] * v[0, kv, p, d]
+        for g in T.unroll(group):
+            for d in T.vectorized(head_dim):
+                out[0, kv * group + g, 0, d] = acc[g, d]
+
     @T.prim_func(private=True)
     def decode_attention(var_q: T.handle, var_k: T.handle, var_v: T.handle, var_mask: T.handle, var_out: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.noalias": True, "tirx.is_scheduled": True})
@@ -146,46 +194,12 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
         v = T.match_buffer(var_v, (1, kv_heads, max_context, head_dim), f32)
         mask = T.match_buffer(var_mask, (1, mask_heads, 1, n), f32)
         out = T.match_buffer(var_out, (1, heads, 1, head_dim), f32)
-        probs = T.decl_buffer((heads, max_context), f32)
-        lane_sums = T.decl_buffer((group, lanes), f32, scope="local")
-        row = T.decl_buffer((group,), f32, scope="local")
-        acc = T.decl_buffer((group, head_dim), f32, scope="local")
-        for kv in range(kv_heads):
-            # scores + mask: each K row read once for the group's heads
-            for p in range(n):
-                for g in T.unroll(group):
-                    for lane in T.vectorized(lanes):
-                        lane_sums[g, lane] = T.float32(0)
-                    for c in T.unroll(chunks):
-                        for lane in T.vectorized(lanes):
-                            lane_sums[g, lane] = lane_sums[g, lane] + q[0, kv * group + g, 0, c * lanes + lane] * cq * (
-                                k[0, kv, p, c * lanes + lane] * ck)
-                    row[g] = T.float32(0)
-                    for lane in T.unroll(lanes):
-                        row[g] = row[g] + lane_sums[g, lane]
-                    probs[kv * group + g, p] = row[g] + mask[0, mask_head(kv * group + g), 0, p]
-            # softmax of each head's row: max, exp of the difference, sum in order, divide
-            for g in range(group):
-                row[g] = lowest
-                for p in range(n):
-                    row[g] = T.max(row[g], probs[kv * group + g, p])
-                for p in range(n):
-                    probs[kv * group + g, p] = fast_exp.fast_exp(probs[kv * group + g, p] - row[g])
-                lane_sums[g, 0] = T.float32(0)
-                for p in range(n):
-                    lane_sums[g, 0] = lane_sums[g, 0] + probs[kv * group + g, p]
-                for p in range(n):
-                    probs[kv * group + g, p] = clean(probs[kv * group + g, p] / lane_sums[g, 0])
-            # values: each V row read once, the group's head_dim outputs accumulated in registers
-            for g in T.unroll(group):
-                for d in T.vectorized(head_dim):
-                    acc[g, d] = T.float32(0)
-            for p in range(n):
-                for g in T.unroll(group):
-                    for d in T.vectorized(head_dim):
-                        acc[g, d] = acc[g, d] + probs[kv * group + g, p] * v[0, kv, p, d]
-            for g in T.unroll(group):
-                for d in T.vectorized(head_dim):
-                    out[0, kv * group + g, 0, d] = acc[g, d]
+        probs = T.decl_buffer((heads, max_context), f32)  # each kv head writes its own group's rows
+        if n >= parallel_from:
+            for kv in T.parallel(kv_heads):
+                one_kv_head(kv, n, q, k, v, mask, out, probs)
+        else:
+            for kv in range(kv_heads):
+                one_kv_head(kv, n, q, k, v, mask, out, probs)
 
     return decode_attention

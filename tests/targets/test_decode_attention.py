@@ -67,10 +67,12 @@ def calls_to(mod, name: str) -> int:
     return len(found)
 
 
-@pytest.mark.parametrize("mask_heads,cleaned", [(1, True), (HEADS, False)], ids=["shared_mask", "per_head_mask"])
-def test_decode_attention_is_one_kernel_equal_bit_for_bit(mask_heads, cleaned):
+@pytest.mark.parametrize("mask_heads,cleaned,parallel_from", [(1, True, PAST + 1), (HEADS, False, PAST + 2)],
+                         ids=["shared_mask_parallel", "per_head_mask_serial"])
+def test_decode_attention_is_one_kernel_equal_bit_for_bit(mask_heads, cleaned, parallel_from):
+    """Kv heads on the thread pool from ``parallel_from`` positions (here PAST + 1 are read)."""
     before = decode_chain(mask_heads, cleaned)
-    after = fuse_decode_attention(before, ["decode"])
+    after = fuse_decode_attention(before, ["decode"], parallel_from)
     assert calls_to(after, FUSED_NAME) == 1
     assert calls_to(after, "gqa_") == 0 and "softmax" not in str(after["decode"])
     assert not any(gv.name_hint.startswith("gqa_") for gv in after.get_global_vars())  # the unused kernels removed
