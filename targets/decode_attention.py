@@ -161,18 +161,33 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
                 for lane in T.unroll(lanes):
                     row[g] = row[g] + lane_sums[g, lane]
                 probs[kv * group + g, p] = row[g] + mask[0, mask_head(kv * group + g), 0, p]
-        # softmax of each head's row: max, exp of the difference, sum in order, divide
+        # softmax of each head's row: max (in lanes: a max is exact in any order), exp of the
+        # difference and the division in vectors of positions, the sum in order
         for g in range(group):
+            h = kv * group + g
+            for lane in T.vectorized(lanes):
+                lane_sums[g, lane] = lowest
+            for pc in range(n // lanes):
+                for lane in T.vectorized(lanes):
+                    lane_sums[g, lane] = T.max(lane_sums[g, lane], probs[h, pc * lanes + lane])
             row[g] = lowest
-            for p in range(n):
-                row[g] = T.max(row[g], probs[kv * group + g, p])
-            for p in range(n):
-                probs[kv * group + g, p] = fast_exp.fast_exp(probs[kv * group + g, p] - row[g])
+            for lane in T.unroll(lanes):
+                row[g] = T.max(row[g], lane_sums[g, lane])
+            for p in range(n // lanes * lanes, n):
+                row[g] = T.max(row[g], probs[h, p])
+            for pc in range(n // lanes):
+                for lane in T.vectorized(lanes):
+                    probs[h, pc * lanes + lane] = fast_exp.fast_exp(probs[h, pc * lanes + lane] - row[g])
+            for p in range(n // lanes * lanes, n):
+                probs[h, p] = fast_exp.fast_exp(probs[h, p] - row[g])
             lane_sums[g, 0] = T.float32(0)
             for p in range(n):
-                lane_sums[g, 0] = lane_sums[g, 0] + probs[kv * group + g, p]
-            for p in range(n):
-                probs[kv * group + g, p] = clean(probs[kv * group + g, p] / lane_sums[g, 0])
+                lane_sums[g, 0] = lane_sums[g, 0] + probs[h, p]
+            for pc in range(n // lanes):
+                for lane in T.vectorized(lanes):
+                    probs[h, pc * lanes + lane] = clean(probs[h, pc * lanes + lane] / lane_sums[g, 0])
+            for p in range(n // lanes * lanes, n):
+                probs[h, p] = clean(probs[h, p] / lane_sums[g, 0])
         # values: each V row read once, the group's head_dim outputs accumulated in registers
         for g in T.unroll(group):
             for d in T.vectorized(head_dim):
