@@ -54,6 +54,7 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     from edgeq.targets.decode_attention import fuse_decode_attention
     from edgeq.targets.gqa_attention import grouped_query_attention
     from edgeq.targets.importer import import_onnx
+    from edgeq.targets.mean_of_squares import fuse_mean_of_squares
     from edgeq.targets.registry import get_target
     from edgeq.targets.specialize import specialize
 
@@ -76,8 +77,9 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     out[FUNCTIONS["prefill"]] = prefill
     out[FUNCTIONS["decode"]] = decode
     out = grouped_query_attention(out, FUNCTIONS.values(), settings["max_context"])
-    if is_cpu(get_target(target).tvm()):  # one attention kernel per layer at decode (a CPU kernel)
-        out = fuse_decode_attention(out, [FUNCTIONS["decode"]])
+    if is_cpu(get_target(target).tvm()):  # fewer kernels per layer: CPU kernels
+        out = fuse_decode_attention(out, [FUNCTIONS["decode"]])  # one attention kernel per layer at decode
+        out = fuse_mean_of_squares(out, FUNCTIONS.values())  # RMSNorm's power inside its mean
     return out, model
 
 
