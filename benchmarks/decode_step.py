@@ -81,6 +81,7 @@ def main() -> int:
         session.prefill(prompt)
     times = {label: [] for label in labels}
     differences = {label: 0.0 for label in labels}
+    agree = {label: [0, 0] for label in labels}  # steps whose greedy pick equals the first artifact's, steps compared
     for r in range(args.rounds):
         order = list(zip(labels, sessions))
         for label, session in order if r % 2 == 0 else order[::-1]:
@@ -99,15 +100,18 @@ def main() -> int:
             elif r < 2:
                 differences[label] = max(differences[label], max(float(np.abs(a - b).max())
                                                                  for a, b in zip(logits_seen, first_logits)))
+                agree[label][0] += sum(int(np.argmax(a) == np.argmax(b)) for a, b in zip(logits_seen, first_logits))
+                agree[label][1] += len(logits_seen)
     costs = [step_costs(s, tokens[0], p) for s, p in zip(sessions, args.artifacts)]
     rows = []
     for label, cost in zip(labels, costs):
         ms = sorted(t * 1e3 for t in times[label])
         rows.append([label, f"{ms[0]:.2f}", f"{ms[len(ms) // 10]:.2f}", f"{statistics.median(ms):.2f}",
                      cost["vm_calls"], cost["kernels"], "-" if cost["parallel"] is None else cost["parallel"],
-                     f"{differences[label]:.1e}"])
+                     f"{differences[label]:.1e}", "-" if not agree[label][1] else f"{agree[label][0]} / {agree[label][1]}"])
     table = markdown_table(["artifact", "decode min ms", "p10 ms", "median ms", "VM calls / step", "kernels / step",
-                            "thread-pool kernels / step", f"max |logits - {labels[0]}|"], rows)
+                            "thread-pool kernels / step", f"max abs logit difference to {labels[0]}",
+                            f"greedy picks equal to {labels[0]}'s"], rows)
     load = open("/proc/loadavg").read().split()[0]
     notes = (f"{args.rounds} rounds x {args.steps} decode steps per artifact from a {args.prompt_tokens}-token cache, "
              f"rounds alternating the order, {args.threads} threads, one process; the same tokens fed to every "
