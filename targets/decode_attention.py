@@ -14,8 +14,9 @@ thread-pool launch. The arithmetic is the unfused kernels', in their order: head
 SCORE_LANES lanes then the lanes in turn (``gqa_attention``'s one-row scores), the mask added,
 the softmax's max, ``fast_exp``, sum over positions in order and division
 (``fast_exp.softmax_te``), values summed over positions in order: decode's outputs are the
-unfused kernels' bit for bit, hence still prefill's. The kv heads run on one thread (a launch
-costs about as much as a layer's attention at SmolLM2's contexts; see ``benchmarks/decode_attention.py``).
+unfused kernels' bit for bit, hence still prefill's. The kv heads run on one thread below
+``PARALLEL_FROM`` cache positions (a launch costs about as much as a layer's attention at SmolLM2's
+contexts), on the thread pool from there.
 
 The chain is declared once as a ``tvm.relax.dpl`` pattern; a graph in another form (a soft cap
 between scores and mask, Gemma2; an appending cache) is left as it is.
@@ -31,8 +32,10 @@ from edgeq.targets import fast_exp
 from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES
 
 FUSED_NAME = "decode_attention"
-# cache positions from which the kv heads go to the thread pool (measured: benchmarks/decode_attention.py)
-PARALLEL_FROM = 64
+# cache positions from which the kv heads go to the thread pool: whole SmolLM2 decode steps at 128-170
+# positions ran faster with them on one thread (benchmarks/decode_step.py); 3 kv heads split 2:1 over
+# 2 threads only pay for the launch on longer caches
+PARALLEL_FROM = 512
 
 
 def decode_attention_pattern():
