@@ -1,9 +1,11 @@
-"""Decode attention kernels, the generic schedule (rows in parallel, as prefill keeps it) against
-the one-row schedule ``GqaSchedule`` picks at decode, compiled for this host and timed in one
-process, rounds interleaved, minima (the machine may be shared). SmolLM2-135M's shapes: 9 query
-heads over 3 kv heads, head_dim 64, a 2048-position cache of which ``--past`` positions are read.
+"""Decode attention at one query row, SmolLM2-135M's shapes (9 query heads over 3 kv heads,
+head_dim 64, a ``--max-context`` cache): the chain ``gqa_attention`` leaves (scores, mask add,
+softmax, NaN clean-up, values: five kernels through the Relax VM) against ``decode_attention``'s
+one kernel, its kv heads on one thread or on the thread pool. Each a Relax function compiled with
+edgeq's CPU pipeline for this host, timed through the VM in one process, rounds interleaved, minima
+(the machine may be shared); the outputs are checked equal bit for bit.
 
-    python benchmarks/decode_attention.py --past 200 --rounds 8
+    python benchmarks/decode_attention.py --past 64,128,256,512,1024 --rounds 8
 """
 
 from __future__ import annotations
@@ -13,67 +15,78 @@ import platform
 
 import numpy as np
 import tvm
-from tvm import te, tirx
+from tvm import relax, tirx
 
 from edgeq.targets import gqa_attention as gqa
+from edgeq.targets.compile import default_pipeline
+from edgeq.targets.decode_attention import PARALLEL_FROM, fuse_decode_attention
 from edgeq.targets.registry import host_cpu_target
-from edgeq.targets.schedules._loops import VAR_UPPER_BOUND
 
-HEADS, KV_HEADS, HEAD_DIM, MAX_CONTEXT = 9, 3, 64, 2048
+HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
+SCALE = HEAD_DIM ** -0.5
 
 
-def kernels():
-    """(name, PrimFunc) of decode's scores and values over a symbolic cache length ``n``."""
-    n = tirx.Var("n", "int64")
-    q = te.placeholder((1, HEADS, 1, HEAD_DIM), name="q")
-    k = te.placeholder((1, KV_HEADS, MAX_CONTEXT, HEAD_DIM), name="k")
-    probs = te.placeholder((1, HEADS, 1, n), name="probs")
-    scores = te.create_prim_func([q, k, gqa.scores_te(q, k, HEAD_DIM ** -0.5, 1.0, n)])
-    values = te.create_prim_func([probs, k, gqa.values_te(probs, k)])
-    bound = {"n": MAX_CONTEXT}
-    return [("scores", scores.with_attr(gqa.KERNEL_ATTR, "scores").with_attr(VAR_UPPER_BOUND, bound)),
-            ("values", values.with_attr(gqa.KERNEL_ATTR, "values").with_attr(VAR_UPPER_BOUND, bound))]
+def chain(max_context: int) -> tvm.IRModule:
+    """``decode(q, k, v, mask, cache_length)`` in the form the generation module's decode has."""
+    past = tirx.Var("past", "int64")
+    q = relax.Var("q", relax.TensorType((1, HEADS, 1, HEAD_DIM), "float32"))
+    k = relax.Var("k", relax.TensorType((1, KV_HEADS, max_context, HEAD_DIM), "float32"))
+    v = relax.Var("v", relax.TensorType((1, KV_HEADS, max_context, HEAD_DIM), "float32"))
+    mask = relax.Var("mask", relax.TensorType((1, 1, 1, past + 1), "float32"))
+    length = relax.Var("cache_length", relax.TensorType((past,), "int8"))
+    bb, op = relax.BlockBuilder(), relax.op
+    with bb.function("decode", [q, k, v, mask, length], {"tir_var_upper_bound": {"past": max_context}}):
+        with bb.dataflow():
+            scores = bb.emit(bb.call_te(gqa.scores_te, q, k, SCALE, 1.0, past + 1, primfunc_name_hint="gqa_scores",
+                                        primfunc_attrs={"op_pattern": 8, gqa.KERNEL_ATTR: "scores",
+                                                        gqa.SCALES_ATTR: [SCALE, 1.0]}))
+            probs = bb.emit(op.nn.softmax(bb.emit(op.add(scores, mask)), axis=-1))
+            probs = bb.emit(op.where(op.isnan(probs), relax.const(0.0, "float32"), probs))
+            out = bb.emit_output(bb.call_te(gqa.values_te, probs, v, primfunc_name_hint="gqa_values",
+                                            primfunc_attrs={"op_pattern": 8, gqa.KERNEL_ATTR: "values"}))
+        bb.emit_func_output(out)
+    return bb.get()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--past", type=int, default=200)
+    parser.add_argument("--past", default="64,128,256,512,1024", help="comma-separated cache lengths")
+    parser.add_argument("--max-context", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
     args = parser.parse_args()
     spec = host_cpu_target()
-    target = tvm.target.Target(spec.tvm_target)
-    rng = np.random.default_rng(0)
     dev = tvm.cpu()
-    cache = rng.standard_normal((1, KV_HEADS, MAX_CONTEXT, HEAD_DIM), dtype="float32")
-    repeated = cache[0].repeat(HEADS // KV_HEADS, 0)[:, :args.past]
+    before = chain(args.max_context)
+    variants = {"5 kernels": before,
+                "fused, 1 thread": fuse_decode_attention(before, ["decode"], parallel_from=args.max_context + 1),
+                "fused, kv heads parallel": fuse_decode_attention(before, ["decode"], parallel_from=1)}
+    vms = {name: relax.VirtualMachine(tvm.compile(default_pipeline(mod, spec)[0], target=spec.tvm(), relax_pipeline=None), dev)
+           for name, mod in variants.items()}
+    rng = np.random.default_rng(0)
     q = rng.standard_normal((1, HEADS, 1, HEAD_DIM), dtype="float32")
-    probs = rng.standard_normal((1, HEADS, 1, args.past), dtype="float32")
-    expected = {"scores": np.einsum("hd,hpd->hp", q[0, :, 0] * HEAD_DIM ** -0.5, repeated),
-                "values": np.einsum("hp,hpd->hd", probs[0, :, 0], repeated)}
-    runs = {}
-    for kind, func in kernels():
-        first = q if kind == "scores" else probs
-        for schedule, sch in (("generic", getattr(gqa, f"_schedule_{kind}")(func)),
-                              ("one row", gqa.GqaSchedule().apply(func, target, False))):
-            lib = tvm.compile(sch.mod, target=target)
-            out = tvm.runtime.tensor(np.zeros((1, HEADS, 1, expected[kind].shape[1]), "float32"), dev)
-            call = (tvm.runtime.tensor(first, dev), tvm.runtime.tensor(cache, dev), out)
-            lib(*call)
-            np.testing.assert_allclose(out.numpy()[0, :, 0], expected[kind], rtol=1e-4, atol=1e-4)
-            runs[(kind, schedule)] = (lib.mod.time_evaluator("main", dev, number=200, repeat=5), call, [])
-    for _ in range(args.rounds):
-        for evaluate, call, times in runs.values():
-            times.append(min(evaluate(*call).results) * 1e6)
+    k, v = (rng.standard_normal((1, KV_HEADS, args.max_context, HEAD_DIM), dtype="float32") for _ in range(2))
     rows = []
-    for kind in ("scores", "values"):
-        old, new = (min(runs[(kind, s)][2]) for s in ("generic", "one row"))
-        rows.append(f"| gqa_{kind} | {old:.2f} | {new:.2f} | {old / new:.2f}x |")
-    table = ["| kernel (past %d) | generic us (min) | one row us (min) | ratio |" % args.past, "|---|---|---|---|", *rows]
+    for past in map(int, args.past.split(",")):
+        call = [tvm.runtime.tensor(x, dev) for x in (q, k, v, np.zeros((1, 1, 1, past + 1), np.float32),
+                                                       np.zeros(past, np.int8))]
+        outs = {name: vm["decode"](*call).numpy() for name, vm in vms.items()}
+        for name, out in outs.items():
+            np.testing.assert_array_equal(out, outs["5 kernels"], err_msg=name)
+        timers = {name: vm.time_evaluator("decode", dev, number=100, repeat=5) for name, vm in vms.items()}
+        best = {name: float("inf") for name in vms}
+        for _ in range(args.rounds):
+            for name, timer in timers.items():
+                best[name] = min(best[name], min(timer(*call).results) * 1e6)
+        base = best["5 kernels"]
+        rows.append(f"| {past + 1} | " + " | ".join(f"{best[n]:.2f} ({base / best[n]:.2f}x)" for n in vms) + " |")
+    table = ["| cache positions read | " + " | ".join(f"{n} us (min)" for n in vms) + " |",
+             "|---|" + "---|" * len(vms), *rows]
     print("\n".join(table))
     with open(args.results, "a") as f:
         f.write(f"\n`python benchmarks/decode_attention.py --past {args.past} --rounds {args.rounds}` "
-                f"({platform.node()}, {spec.description}, flags {' '.join(spec.features)}, "
+                f"({platform.node()}, {spec.description}, flags {' '.join(spec.features)}, 2 threads unless "
+                f"TVM_NUM_THREADS says otherwise, max_context {args.max_context}, PARALLEL_FROM {PARALLEL_FROM}, "
                 f"load {open('/proc/loadavg').read().split()[0]})\n\n" + "\n".join(table) + "\n")
 
 

@@ -50,8 +50,12 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     was imported from; see the module docstring)."""
     from tvm import relax
 
+    from edgeq.targets.cpu_pipeline import is_cpu
+    from edgeq.targets.decode_attention import fuse_decode_attention
     from edgeq.targets.gqa_attention import grouped_query_attention
     from edgeq.targets.importer import import_onnx
+    from edgeq.targets.mean_of_squares import fuse_mean_of_squares
+    from edgeq.targets.registry import get_target
     from edgeq.targets.specialize import specialize
 
     model = last_position_only(specialize(model, {"batch": 1}))
@@ -72,7 +76,11 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     del out["main"]
     out[FUNCTIONS["prefill"]] = prefill
     out[FUNCTIONS["decode"]] = decode
-    return grouped_query_attention(out, FUNCTIONS.values(), settings["max_context"]), model
+    out = grouped_query_attention(out, FUNCTIONS.values(), settings["max_context"])
+    if is_cpu(get_target(target).tvm()):  # fewer kernels per layer: CPU kernels
+        out = fuse_decode_attention(out, [FUNCTIONS["decode"]])  # one attention kernel per layer at decode
+        out = fuse_mean_of_squares(out, FUNCTIONS.values())  # RMSNorm's power inside its mean
+    return out, model
 
 
 def cache_form(mod) -> str:

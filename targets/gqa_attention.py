@@ -36,6 +36,7 @@ _OPS = {name: tvm.ir.Op.get(f"relax.{name}") for name in
 _OPAQUE = {"op_pattern": 8}
 KERNEL_ATTR = "edgeq.gqa"  # "scores" or "values" on the two PrimFuncs, for GqaSchedule
 CACHE_LENGTH = "cache_length"  # the in-place functions' last parameter (``_Rewriter.finish``)
+SCALES_ATTR = "edgeq.gqa_scales"  # (q scale, k scale) of a scores kernel, for decode_attention's fused kernel
 SCORE_LANES = 16  # float lanes of head_dim summed at once per cache position (one AVX-512 vector)
 
 
@@ -288,7 +289,8 @@ class _Rewriter(PyExprMutator):
                 full, length = self._in_place(key)
                 return self.builder_.call_te(scores_te, query[0], full, query[1], k_scale, length,
                                              primfunc_name_hint="gqa_scores",
-                                             primfunc_attrs={**_OPAQUE, KERNEL_ATTR: "scores"})
+                                             primfunc_attrs={**_OPAQUE, KERNEL_ATTR: "scores",
+                                                             SCALES_ATTR: [query[1], k_scale]})
         value = self._ungrouped(rhs)
         if value is not None and self._fits(lhs, value, last_is_head_dim=False):
             full, _ = self._in_place(value)

@@ -1,0 +1,223 @@
+"""Decode's attention as one kernel per layer: a Relax rewrite of the one-query-row chain that
+``gqa_attention`` leaves (in-place caches),
+
+    scores = gqa_scores(q, k_cache)                      # [1, heads, 1, n], n = past + 1
+    probs  = softmax(scores + mask, axis=-1)             # mask [1, 1 | heads, 1, n]
+    probs  = where(isnan(probs), 0, probs)               # (when the graph has it)
+    out    = gqa_values(probs, v_cache)                  # [1, heads, 1, head_dim]
+
+into one ``decode_attention`` PrimFunc: per kv head, each cached K row is read once for the
+group's query heads, the masked scores' softmax is taken in a scratch row, then each V row is read
+once. At decode those were five kernels per layer (scores, the mask add, softmax, values and a
+VM dispatch, an allocation and a free for each intermediate), most of them far smaller than a
+thread-pool launch. The arithmetic is the unfused kernels', in their order: head_dim summed in
+SCORE_LANES lanes then the lanes in turn (``gqa_attention``'s one-row scores), the mask added,
+the softmax's max, ``fast_exp``, sum over positions in order and division
+(``fast_exp.softmax_te``), values summed over positions in order: decode's outputs are the
+unfused kernels' bit for bit, hence still prefill's. The kv heads run on one thread below
+``PARALLEL_FROM`` cache positions (a launch costs about as much as a layer's attention at SmolLM2's
+contexts), on the thread pool from there.
+
+The chain is declared once as a ``tvm.relax.dpl`` pattern; a graph in another form (a soft cap
+between scores and mask, Gemma2; an appending cache) is left as it is.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+from edgeq.targets import fast_exp
+from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES
+
+FUSED_NAME = "decode_attention"
+# cache positions from which the kv heads go to the thread pool: whole SmolLM2 decode steps at 128-170
+# positions ran faster with them on one thread (benchmarks/decode_step.py); 3 kv heads split 2:1 over
+# 2 threads only pay for the launch on longer caches
+PARALLEL_FROM = 512
+
+
+def decode_attention_pattern():
+    """The pattern of the chain, and its named parts (``scores``, ``values`` are the two call_tir)."""
+    from tvm.relax.dpl import GlobalVarPattern, TuplePattern
+
+    p = {name: wildcard() for name in ("q", "keys", "length", "mask", "value_cache", "value_length")}
+    p["scores_fn"], p["values_fn"] = GlobalVarPattern(), GlobalVarPattern()
+    # the kernels' last argument, the cache length, is there when call_te needed it (n = past + 1)
+    p["scores"] = is_op("relax.call_tir")(p["scores_fn"], TuplePattern([p["q"], p["keys"], p["length"]])
+                                          | TuplePattern([p["q"], p["keys"]]))
+    p["masked"] = is_op("relax.add")(p["scores"], p["mask"])
+    p["softmax"] = is_op("relax.nn.softmax")(p["masked"])
+    cleaned = is_op("relax.where")(is_op("relax.isnan")(p["softmax"]), wildcard(), p["softmax"])
+    p["probs"] = cleaned | p["softmax"]
+    p["cleaned"] = cleaned
+    p["values"] = is_op("relax.call_tir")(p["values_fn"], TuplePattern([p["probs"], p["value_cache"], p["value_length"]])
+                                          | TuplePattern([p["probs"], p["value_cache"]]))
+    return p["values"], p
+
+
+def fuse_decode_attention(mod: tvm.IRModule, functions, parallel_from: int = PARALLEL_FROM) -> tvm.IRModule:
+    """``mod`` with each decode attention chain (see the module docstring) of the Relax ``functions``
+    (names) replaced by one ``decode_attention`` call (kv heads in parallel from ``parallel_from``
+    cache positions); the kernels left unused are removed."""
+    pattern, parts = decode_attention_pattern()
+    names = list(functions)
+    kernels: dict[tuple, tvm.ir.GlobalVar] = {}
+    builder = relax.BlockBuilder(mod)
+
+    def rewrite(call, matches):
+        fused = _fused_kernel(mod, matches, parts, parallel_from)
+        if fused is None:
+            return call
+        key, func = fused
+        if key not in kernels:
+            kernels[key] = builder.add_func(func, FUSED_NAME)
+        args = [matches[parts[name]] for name in ("q", "keys", "value_cache", "mask")]
+        return relax.call_tir(kernels[key], args, call.ty)
+
+    for name in names:
+        gv = mod.get_global_var(name)
+        builder.update_func(gv, rewrite_call(pattern, rewrite, builder.get()[gv]))
+    return relax.transform.DeadCodeElimination(names)(builder.get())
+
+
+def _fused_kernel(mod, matches, parts, parallel_from):
+    """(cache key, PrimFunc) for a matched chain, else None when its parts do not fit the kernel."""
+    scores_fn, values_fn = (mod[matches[parts[n]]] for n in ("scores_fn", "values_fn"))
+    if _kind(scores_fn) != "scores" or _kind(values_fn) != "values":
+        return None
+    softmax = matches[parts["softmax"]]
+    q, keys, values, mask = (matches[parts[n]] for n in ("q", "keys", "value_cache", "mask"))
+    shapes = [_static_shape(x) for x in (q, keys, values)]
+    if any(s is None or len(s) != 4 for s in shapes) or any(x.ty.dtype != "float32" for x in (q, keys, values, mask)):
+        return None
+    (_, heads, rows, head_dim), (_, kv_heads, max_context, key_dim) = shapes[:2]
+    mask_shape = _shape(mask)
+    if rows != 1 or shapes[1] != shapes[2] or key_dim != head_dim or head_dim % SCORE_LANES or heads % kv_heads:
+        return None
+    if int(softmax.attrs.axis) not in (-1, 3) or mask_shape is None or len(mask_shape) != 4:
+        return None
+    mask_heads = mask_shape[1]
+    if not isinstance(mask_heads, tvm.tirx.IntImm) or int(mask_heads) not in (1, heads):
+        return None
+    q_scale, k_scale = scores_fn.attrs[SCALES_ATTR]
+    cleaned = parts["cleaned"] in matches
+    key = (heads, kv_heads, head_dim, max_context, float(q_scale), float(k_scale), int(mask_heads), cleaned, parallel_from)
+    return key, decode_attention_func(*key)
+
+
+def _kind(func):
+    return func.attrs.get(KERNEL_ATTR) if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None else None
+
+
+def _shape(expr):
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    return list(ty.shape.values)
+
+
+def _static_shape(expr):
+    shape = _shape(expr)
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return [int(d) for d in shape]
+
+
+def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context: int, q_scale: float,
+                          k_scale: float, mask_heads: int, cleaned: bool, parallel_from: int | None = None):
+    """The fused kernel ``(q [1, heads, 1, head_dim], k, v [1, kv_heads, max_context, head_dim],
+    mask [1, mask_heads, 1, n]) -> out [1, heads, 1, head_dim]`` over the first ``n`` cache
+    positions; ``cleaned``: NaN probabilities become 0 (the graph's ``where(isnan(p), 0, p)``). The kv
+    heads run in parallel from ``n >= parallel_from`` positions (default ``PARALLEL_FROM``), else on
+    the calling thread."""
+    from tvm.script import tirx as T
+
+    parallel_from = PARALLEL_FROM if parallel_from is None else parallel_from
+    group, chunks, lanes = heads // kv_heads, head_dim // SCORE_LANES, SCORE_LANES
+    f32 = "float32"
+    cq, ck = T.float32(q_scale), T.float32(k_scale)
+    lowest = T.min_value(f32)
+
+    def mask_head(h):
+        return h if mask_heads == heads else 0
+
+    def clean(x):
+        return T.Select(T.isnan(x), T.float32(0), x) if cleaned else x
+
+    @T.macro(hygienic=True)
+    def one_kv_head(kv, n, q, k, v, mask, out, probs):
+        lane_sums = T.decl_buffer((group, lanes), f32, scope="local")
+        row = T.decl_buffer((group,), f32, scope="local")
+        acc = T.decl_buffer((group, head_dim), f32, scope="local")
+        # scores + mask: each K row read once for the group's heads
+        for p in range(n):
+            for g in T.unroll(group):
+                for lane in T.vectorized(lanes):
+                    lane_sums[g, lane] = T.float32(0)
+                for c in T.unroll(chunks):
+                    for lane in T.vectorized(lanes):
+                        lane_sums[g, lane] = lane_sums[g, lane] + q[0, kv * group + g, 0, c * lanes + lane] * cq * (
+                            k[0, kv, p, c * lanes + lane] * ck)
+                row[g] = T.float32(0)
+                for lane in T.unroll(lanes):
+                    row[g] = row[g] + lane_sums[g, lane]
+                probs[kv * group + g, p] = row[g] + mask[0, mask_head(kv * group + g), 0, p]
+        # softmax of each head's row: max (in lanes: a max is exact in any order), exp of the
+        # difference and the division in vectors of positions, the sum in order
+        for g in range(group):
+            h = kv * group + g
+            for lane in T.vectorized(lanes):
+                lane_sums[g, lane] = lowest
+            for pc in range(n // lanes):
+                for lane in T.vectorized(lanes):
+                    lane_sums[g, lane] = T.max(lane_sums[g, lane], probs[h, pc * lanes + lane])
+            row[g] = lowest
+            for lane in T.unroll(lanes):
+                row[g] = T.max(row[g], lane_sums[g, lane])
+            for p in range(n // lanes * lanes, n):
+                row[g] = T.max(row[g], probs[h, p])
+            for pc in range(n // lanes):
+                for lane in T.vectorized(lanes):
+                    probs[h, pc * lanes + lane] = fast_exp.fast_exp(probs[h, pc * lanes + lane] - row[g])
+            for p in range(n // lanes * lanes, n):
+                probs[h, p] = fast_exp.fast_exp(probs[h, p] - row[g])
+            lane_sums[g, 0] = T.float32(0)
+            for p in range(n):
+                lane_sums[g, 0] = lane_sums[g, 0] + probs[h, p]
+            for pc in range(n // lanes):
+                for lane in T.vectorized(lanes):
+                    probs[h, pc * lanes + lane] = clean(probs[h, pc * lanes + lane] / lane_sums[g, 0])
+            for p in range(n // lanes * lanes, n):
+                probs[h, p] = clean(probs[h, p] / lane_sums[g, 0])
+        # values: each V row read once, the group's head_dim outputs accumulated in registers
+        for g in T.unroll(group):
+            for d in T.vectorized(head_dim):
+                acc[g, d] = T.float32(0)
+        for p in range(n):
+            for g in T.unroll(group):
+                for d in T.vectorized(head_dim):
+                    acc[g, d] = acc[g, d] + probs[kv * group + g, p] * v[0, kv, p, d]
+        for g in T.unroll(group):
+            for d in T.vectorized(head_dim):
+                out[0, kv * group + g, 0, d] = acc[g, d]
+
+    @T.prim_func(private=True)
+    def decode_attention(var_q: T.handle, var_k: T.handle, var_v: T.handle, var_mask: T.handle, var_out: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True, "tirx.is_scheduled": True})
+        n = T.int64()
+        q = T.match_buffer(var_q, (1, heads, 1, head_dim), f32)
+        k = T.match_buffer(var_k, (1, kv_heads, max_context, head_dim), f32)
+        v = T.match_buffer(var_v, (1, kv_heads, max_context, head_dim), f32)
+        mask = T.match_buffer(var_mask, (1, mask_heads, 1, n), f32)
+        out = T.match_buffer(var_out, (1, heads, 1, head_dim), f32)
+        probs = T.decl_buffer((heads, max_context), f32)  # each kv head writes its own group's rows
+        if n >= parallel_from:
+            for kv in T.parallel(kv_heads):
+                one_kv_head(kv, n, q, k, v, mask, out, probs)
+        else:
+            for kv in range(kv_heads):
+                one_kv_head(kv, n, q, k, v, mask, out, probs)
+
+    return decode_attention
