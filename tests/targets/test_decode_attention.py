@@ -11,9 +11,8 @@ import tvm
 from tvm import relax, tirx
 
 from edgeq.targets import gqa_attention as gqa
-from edgeq.targets.compile import default_pipeline
 from edgeq.targets.decode_attention import FUSED_NAME, fuse_decode_attention
-from edgeq.targets.registry import get_target
+from _relax_testing import cpu_vm
 
 HEADS, KV_HEADS, HEAD_DIM, MAX_CONTEXT, PAST = 6, 2, 32, 40, 36  # 37 positions read: two vectors of 16 and 5 more
 Q_SCALE, K_SCALE = 0.25, 0.5
@@ -45,9 +44,7 @@ def decode_chain(mask_heads: int = 1, cleaned: bool = True, soft_cap: bool = Fal
 
 
 def run(mod, args):
-    spec = get_target("cpu")
-    lowered, _ = default_pipeline(mod, spec)
-    vm = relax.VirtualMachine(tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), tvm.cpu())
+    _, vm = cpu_vm(mod)
     return vm["decode"](*[tvm.runtime.tensor(a) for a in args]).numpy()
 
 

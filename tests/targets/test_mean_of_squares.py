@@ -7,13 +7,11 @@ fewer; a mean of a cube is left alone."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tvm
 from tvm import relax, tirx
 
-from edgeq.targets.compile import default_pipeline
 from edgeq.targets.mean_of_squares import KERNEL_NAME, fuse_mean_of_squares
-from edgeq.targets.registry import get_target
+from _relax_testing import cpu_vm
 
 HIDDEN = 96
 
@@ -33,9 +31,7 @@ def rms_norm(exponent: float = 2.0) -> tvm.IRModule:
 
 
 def lowered_and_run(mod, x):
-    spec = get_target("cpu")
-    lowered, _ = default_pipeline(mod, spec)
-    vm = relax.VirtualMachine(tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), tvm.cpu())
+    lowered, vm = cpu_vm(mod)
     kernels = [gv.name_hint for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
                and not gv.name_hint.startswith("shape_func")]
     return kernels, vm["main"](tvm.runtime.tensor(x)).numpy()
