@@ -98,3 +98,11 @@ def test_awq_allocated_llama_exports_and_matches_pytorch(awq_allocated, tmp_path
     artifact = edgeq.compile(path, target="cpu", out_dir=tmp_path / "cpu")
     check = judge(TvmExecutor(artifact.path).run([x.numpy()])[0], ref32, ref64)
     assert check.ok, check.to_dict()
+
+
+def test_awq_on_a_model_without_a_decoder_is_refused():
+    from edgeq.quant.architectures import ArchitectureError
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16)).eval()
+    with pytest.raises(ArchitectureError, match="AWQ"):
+        edgeq.quantize(model, AllocatedRecipe(awq=True), calib=[torch.randn(8, 64)])
