@@ -436,6 +436,6 @@ for _budget in (2.5, 3.25):
     register_preset(f"mix{_budget}-lopro", AllocatedRecipe(skip=("lm_head",), budget=_budget, grids=(),
                                                            lopro_grids=LOPRO_GRIDS[_budget], sensitivity="held-out"))
 # each option solved and charged on held-out windows: 2.42x float on SmolLM2-135M at 2.5 bits/weight (16 calibration
-# windows), 0.969x the held-out closed form's plan paired per window, for ~1.5x its quantize time (benchmarks/RESULTS.md)
+# windows), 0.969x the held-out closed form's plan paired per window; slower: one solve per option (benchmarks/RESULTS.md)
 register_preset("mix2.5-lopro-measured", AllocatedRecipe(skip=("lm_head",), budget=2.5, grids=(), lopro_grids=LOPRO_GRIDS[2.5],
                                                           sensitivity="measured"))
