@@ -33,6 +33,15 @@ an integer program (LQ-LoRA's memory-budget ILP shape) solved by ``scipy.optimiz
 The plan is stored in the recipe (``plan``: (layer, method, bits, group) rows, method "gptq" or
 "lopro"), so a saved model's metadata says which grid each layer has, and a recipe with a plan
 quantizes without re-planning.
+
+``awq=True`` folds AWQ scales (``edgeq.quant.awq``) into the float decoder first (after the
+rotation where ``hadamard`` is set), so the sensitivities, the plan and the solves all see the
+scaled weights; the α search rounds every group to one grid, ``awq_bits`` / ``awq_group_size``
+(with the group fallback of the presets), not to each layer's planned one. The fold is exact, so
+a recipe with a plan repeats it and quantizes the same model. On SmolLM2-135M at 2.5 bits/weight it
+did not pay with LoPRo's options (2.55x float against 2.50x without; LoPRo's block rotation spreads
+the scaled columns over their block, and the plan picked GPTQ for 5 of 210 layers where both were
+offered, benchmarks/RESULTS.md), so no preset sets it.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from tqdm.auto import tqdm
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import check_grid, group_params
 from edgeq.maths.packing import packed_length
+from edgeq.quant.awq import apply_awq
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
 from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
 from edgeq.quant.lopro import lopro_basis, lopro_linear, solve_basis_hessian
@@ -81,7 +91,9 @@ class AllocatedRecipe(Recipe):
     plan: (layer, method, bits, group) rows; empty means "measure and solve" (the quantized
     model's recipe holds the plan it used). The GPTQ knobs and ``hadamard`` (QuaRot rotation
     first) are those of ``GPTQRecipe``; ``lopro_*`` are LoPRo's (``LoProRecipe``; no salient block,
-    int8 factors)."""
+    int8 factors).
+    awq: fold AWQ scales into the float model before planning (module docstring); their α search
+    rounds to ``awq_bits`` / ``awq_group_size`` in ``awq_grid`` steps."""
 
     METHOD = "allocated"
     budget: float = 2.5
@@ -101,6 +113,10 @@ class AllocatedRecipe(Recipe):
     lopro_rank: int = 0
     lopro_rank_min_gain: float = 0.0
     lopro_clip_steps: int = 20
+    awq: bool = False
+    awq_bits: int = 3
+    awq_group_size: int = 128
+    awq_grid: int = 20
 
     @property
     def needs_calibration(self) -> bool:
@@ -385,6 +401,9 @@ def quantize_allocated(model: nn.Module, recipe: AllocatedRecipe, calib) -> nn.M
     hf_conv1d_as_linear(qmodel, recipe)
     if recipe.hadamard:
         rotate_decoder(qmodel, recipe.seed)
+    if recipe.awq:
+        qmodel.edgeq_awq = apply_awq(qmodel, batches, recipe.awq_bits, recipe.awq_group_size, symmetric=recipe.symmetric,
+                                     grid=recipe.awq_grid, skip=recipe.skip)
     layers = quantizable_layers(qmodel, recipe, kinds=(nn.Linear, nn.Conv2d))
     plan = plan_rows(recipe)
     report = {}
@@ -416,3 +435,7 @@ for _budget in (2.5, 3.25):
     register_preset(f"mix{_budget}-hadamard-gptq", AllocatedRecipe(skip=("lm_head",), budget=_budget, hadamard=True))
     register_preset(f"mix{_budget}-lopro", AllocatedRecipe(skip=("lm_head",), budget=_budget, grids=(),
                                                            lopro_grids=LOPRO_GRIDS[_budget], sensitivity="held-out"))
+# each option solved and charged on held-out windows: 2.42x float on SmolLM2-135M at 2.5 bits/weight (16 calibration
+# windows), 0.969x the held-out closed form's plan paired per window; slower: one solve per option (benchmarks/RESULTS.md)
+register_preset("mix2.5-lopro-measured", AllocatedRecipe(skip=("lm_head",), budget=2.5, grids=(), lopro_grids=LOPRO_GRIDS[2.5],
+                                                          sensitivity="measured"))
