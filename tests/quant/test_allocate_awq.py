@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,8 +16,7 @@ from edgeq.quant.allocate import AllocatedRecipe
 from edgeq.quant.awq import apply_awq
 from edgeq.quant.lopro import LoProLinear
 from edgeq.quant.serialize import quantized_layers
-from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
-from edgeq.runtime.ort import ort_session
+from _float_floor_checks import assert_exports_and_matches_pytorch
 
 RECIPE = AllocatedRecipe(skip=("lm_head",), budget=3.0, grids=((2, 32), (4, 32)), lopro_grids=((2, 32), (3, 64), (4, 64)),
                          lopro_block_size=32, sensitivity="held-out", awq=True, awq_group_size=32)
@@ -86,18 +84,8 @@ def test_plan_meets_the_budget_and_repeats_from_the_recipe(awq_allocated):
 
 
 def test_awq_allocated_llama_exports_and_matches_pytorch(awq_allocated, tmp_path):
-    from edgeq.runtime.executors import TvmExecutor
-
     _, qmodel = awq_allocated
-    x = _ids(5)
-    path = edgeq.export(qmodel, x, tmp_path / "llama.onnx")
-    ref32, ref64 = causal_lm_logits(qmodel, x), float64_logits(qmodel, x)
-    got = ort_session(path).run(None, {"input_ids": x.numpy()})[0]
-    check = judge(got, ref32, ref64)
-    assert check.ok and np.abs(got).max() > 0, check.to_dict()
-    artifact = edgeq.compile(path, target="cpu", out_dir=tmp_path / "cpu")
-    check = judge(TvmExecutor(artifact.path).run([x.numpy()])[0], ref32, ref64)
-    assert check.ok, check.to_dict()
+    assert_exports_and_matches_pytorch(qmodel, _ids(5), tmp_path)
 
 
 def test_awq_on_a_model_without_a_decoder_is_refused():

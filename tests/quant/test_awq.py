@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,9 +20,8 @@ from edgeq.quant.quarot import rotate_decoder
 from edgeq.quant.weight_only import WeightOnlyLinear
 from edgeq.quant.weight_only_recipes import RTNRecipe
 from edgeq.recipes import resolve_recipe
-from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
-from edgeq.runtime.ort import ort_session
 from _devices import assert_aarch64_library, require_arm64_cross
+from _float_floor_checks import assert_exports_and_matches_pytorch
 
 VOCAB = 128
 
@@ -139,20 +137,10 @@ def awq_llama():
 
 
 def test_awq_quantized_llama_exports_and_matches_pytorch(awq_llama, tmp_path):
-    from edgeq.runtime.executors import TvmExecutor
-
     model, qmodel = awq_llama
     assert sum(isinstance(m, WeightOnlyLinear) for m in qmodel.modules()) == 14
     assert not torch.equal(qmodel.model.layers[0].input_layernorm.weight, model.model.layers[0].input_layernorm.weight)
-    x = ids(5, batch=1, length=9)
-    path = edgeq.export(qmodel, x, tmp_path / "llama.onnx")
-    ref32, ref64 = causal_lm_logits(qmodel, x), float64_logits(qmodel, x)
-    got = ort_session(path).run(None, {"input_ids": x.numpy()})[0]
-    check = judge(got, ref32, ref64)
-    assert check.ok and np.abs(got).max() > 0, check.to_dict()
-    artifact = edgeq.compile(path, target="cpu", out_dir=tmp_path / "cpu")
-    check = judge(TvmExecutor(artifact.path).run([x.numpy()])[0], ref32, ref64)
-    assert check.ok, check.to_dict()
+    path = assert_exports_and_matches_pytorch(qmodel, ids(5, batch=1, length=9), tmp_path)
     require_arm64_cross()
     arm = edgeq.compile(path, target="arm64", out_dir=tmp_path / "arm64")
     assert_aarch64_library(arm.path)
