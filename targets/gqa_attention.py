@@ -115,17 +115,19 @@ class GqaSchedule(ScheduleRule):
 
     def apply(self, func, target, tunable):
         kind = func.attrs.get(KERNEL_ATTR) if func.attrs is not None else None
+        if kind not in ("scores", "values"):
+            return None
+        sch = s_tir.Schedule(func)
+        block = sch.get_sblock(f"gqa_{kind}")
+        one_row = _one_row(sch, block)
         if kind == "scores":
-            return _schedule_one_row_scores(func) if _one_row(func, "gqa_scores") else _schedule_scores(func)
-        if kind == "values":
-            return _schedule_one_row_values(func) if _one_row(func, "gqa_values") else _schedule_values(func)
-        return None
+            return (_schedule_one_row_scores if one_row else _schedule_scores)(sch, block)
+        return (_schedule_one_row_values if one_row else _schedule_values)(sch, block)
 
 
-def _one_row(func, name) -> bool:
+def _one_row(sch, block) -> bool:
     """Whether the kernel computes one query row per head (decode: ``seq`` bound to 1)."""
-    sch = s_tir.Schedule(func)
-    extent = sch.get(sch.get_loops(sch.get_sblock(name))[2]).extent  # loops (b, h, s, ...)
+    extent = sch.get(sch.get_loops(block)[2]).extent  # loops (b, h, s, ...)
     return isinstance(extent, tvm.tirx.IntImm) and int(extent) == 1
 
 
@@ -139,21 +141,26 @@ def _group(sch, block, heads: int) -> int:
     return 1
 
 
-def _schedule_one_row_scores(func):
+def _per_kv_head(sch, block):
+    """A one-row kernel's loops with the heads split into (kv head, group member), and whether its
+    work at the cache bound is worth a thread-pool launch."""
+    loops = sch.get_loops(block)
+    heads = int(sch.get(loops[1]).extent)
+    group = _group(sch, block, heads)
+    parallel = worth_threads(sch, loops)
+    kv, member = sch.split(loops[1], [heads // group, group])
+    return [loops[0], kv, member, *loops[2:]], parallel
+
+
+def _schedule_one_row_scores(sch, block):
     """Decode's ``Q · Kᵀ``: per kv head, each cache position's row of K is read once for the
     group's query heads (unrolled, so ``h // group`` is a constant), head_dim summed in
     SCORE_LANES vector lanes then in a register, in the order of ``_schedule_scores`` (decode's
     scores equal prefill's bit for bit); kv heads in parallel only when the work at the cache bound is worth
     a thread-pool launch (a launch costs microseconds, the whole kernel a few)."""
-    sch = s_tir.Schedule(func)
-    block = sch.get_sblock("gqa_scores")
-    b, h, s, p, d = sch.get_loops(block)
-    heads = int(sch.get(h).extent)
+    (_, _, _, _, _, d), parallel = _per_kv_head(sch, block)
     if int(sch.get(d).extent) % SCORE_LANES:
         return None
-    group = _group(sch, block, heads)
-    parallel = worth_threads(sch, [b, h, s, p, d])
-    kv, member = sch.split(h, [heads // group, group])
     _, lane = sch.split(d, [None, SCORE_LANES])
     rf = sch.rfactor(lane, 0)
     b, kv, member, s, p, chunk, lane = sch.get_loops(rf)
@@ -173,17 +180,11 @@ def _schedule_one_row_scores(func):
     return sch
 
 
-def _schedule_one_row_values(func):
+def _schedule_one_row_values(sch, block):
     """Decode's ``P · V``: per kv head, each cache position's row of V is read once for the
     group's query heads, whose head_dim outputs accumulate in vector registers; one thread
     unless the work at the cache bound is worth a launch."""
-    sch = s_tir.Schedule(func)
-    block = sch.get_sblock("gqa_values")
-    b, h, s, d, p = sch.get_loops(block)
-    heads = int(sch.get(h).extent)
-    group = _group(sch, block, heads)
-    parallel = worth_threads(sch, [b, h, s, d, p])
-    kv, member = sch.split(h, [heads // group, group])
+    (b, kv, member, s, d, p), parallel = _per_kv_head(sch, block)
     sch.reorder(s, member)
     rows = sch.fuse(b, kv, s)
     if parallel:
@@ -198,11 +199,9 @@ def _schedule_one_row_values(func):
     return sch
 
 
-def _schedule_scores(func):
+def _schedule_scores(sch, block):
     """Rows (b, h, s) in parallel; per cache position the head_dim sum in SCORE_LANES vector lanes
     (rfactor), then one sum of the lanes."""
-    sch = s_tir.Schedule(func)
-    block = sch.get_sblock("gqa_scores")
     d = sch.get_loops(block)[-1]
     extent = sch.get(d).extent
     if not isinstance(extent, tvm.tirx.IntImm) or int(extent) % SCORE_LANES:
@@ -218,11 +217,9 @@ def _schedule_scores(func):
     return sch
 
 
-def _schedule_values(func):
+def _schedule_values(sch, block):
     """Rows (b, h, s) in parallel; the row's head_dim outputs accumulate in vector registers over
     the cache positions (V is contiguous in head_dim), written once."""
-    sch = s_tir.Schedule(func)
-    block = sch.get_sblock("gqa_values")
     b, h, s, d, p = sch.get_loops(block)
     rows = sch.fuse(b, h, s)
     sch.parallel(rows)

@@ -90,7 +90,7 @@ def test_attention_without_repeat_is_left_alone():
 def test_decode_scores_equal_prefills_bit_for_bit():
     """The one-row ``Q · Kᵀ`` sums head_dim in the generic schedule's order: decode's scores are
     prefill's to the bit (a token decoded equals the same token prefilled)."""
-    from tvm import te, tirx
+    from tvm import s_tir, te, tirx
 
     from edgeq.targets import gqa_attention
 
@@ -102,8 +102,10 @@ def test_decode_scores_equal_prefills_bit_for_bit():
     rng = np.random.default_rng(1)
     args = [rng.normal(size=(1, HEADS, 1, 2 * HEAD_DIM)), rng.normal(size=(1, KV_HEADS, 8, 2 * HEAD_DIM)),
             np.zeros((1, HEADS, 1, PAST))]
+    generic = s_tir.Schedule(func)
     outs = []
-    for sch in (gqa_attention._schedule_scores(func), gqa_attention.GqaSchedule().apply(func, "llvm", False)):
+    for sch in (gqa_attention._schedule_scores(generic, generic.get_sblock("gqa_scores")),
+                gqa_attention.GqaSchedule().apply(func, "llvm", False)):
         tensors = [tvm.runtime.tensor(a.astype(np.float32)) for a in args]
         tvm.compile(sch.mod, target="llvm")(*tensors)
         outs.append(tensors[-1].numpy())
