@@ -11,7 +11,8 @@ edgeq's CPU pipeline for this host, timed through the VM in one process, rounds 
 from __future__ import annotations
 
 import argparse
-import platform
+import sys
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -21,6 +22,9 @@ from edgeq.targets import gqa_attention as gqa
 from edgeq.targets.compile import default_pipeline
 from edgeq.targets.decode_attention import PARALLEL_FROM, fuse_decode_attention
 from edgeq.targets.registry import host_cpu_target
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import append_results, cpu_flags, markdown_table  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 SCALE = HEAD_DIM ** -0.5
@@ -53,7 +57,7 @@ def main():
     parser.add_argument("--past", default="64,128,256,512,1024", help="comma-separated cache lengths")
     parser.add_argument("--max-context", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--results", default="benchmarks/RESULTS.md")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     spec = host_cpu_target()
     dev = tvm.cpu()
@@ -79,15 +83,15 @@ def main():
             for name, timer in timers.items():
                 best[name] = min(best[name], min(timer(*call).results) * 1e6)
         base = best["5 kernels"]
-        rows.append(f"| {past + 1} | " + " | ".join(f"{best[n]:.2f} ({base / best[n]:.2f}x)" for n in vms) + " |")
-    table = ["| cache positions read | " + " | ".join(f"{n} us (min)" for n in vms) + " |",
-             "|---|" + "---|" * len(vms), *rows]
-    print("\n".join(table))
-    with open(args.results, "a") as f:
-        f.write(f"\n`python benchmarks/decode_attention.py --past {args.past} --rounds {args.rounds}` "
-                f"({platform.node()}, {spec.description}, flags {' '.join(spec.features)}, 2 threads unless "
-                f"TVM_NUM_THREADS says otherwise, max_context {args.max_context}, PARALLEL_FROM {PARALLEL_FROM}, "
-                f"load {open('/proc/loadavg').read().split()[0]})\n\n" + "\n".join(table) + "\n")
+        rows.append([past + 1, *(f"{best[n]:.2f} ({base / best[n]:.2f}x)" for n in vms)])
+    table = markdown_table(["cache positions read", *(f"{n} us (min)" for n in vms)], rows)
+    notes = (f"Target {spec.description}; CPU flags: {cpu_flags()}; 2 threads unless TVM_NUM_THREADS says otherwise; "
+             f"max_context {args.max_context}; PARALLEL_FROM {PARALLEL_FROM}; "
+             f"load average (1 min) {open('/proc/loadavg').read().split()[0]}.")
+    print(table)
+    print(notes)
+    if not args.no_append:
+        append_results("Decode attention at one query row: five kernels against one", table, notes)
 
 
 if __name__ == "__main__":
