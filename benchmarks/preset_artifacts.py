@@ -63,16 +63,6 @@ def calibration_batches(tokenizer) -> list[torch.Tensor]:
     return list(calibration_windows(tokens, CALIB_WINDOWS, SEQ_LEN, skip=EVALUATED_WINDOWS, seed=0).split(8))
 
 
-def smollm2_tokenizer():
-    """SmolLM2's tokenizer alone (from its GGUF; without loading the weights)."""
-    from transformers import AutoTokenizer
-
-    from edgeq.models.smollm2 import find_smollm2_gguf
-
-    gguf = find_smollm2_gguf()
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-
-
 def _without_plan(recipe) -> dict:
     d = recipe.to_dict()
     d.pop("plan", None)
@@ -156,7 +146,7 @@ def file_bytes(path: Path) -> int:
 
 def check_preset(preset: str, args, device_url: str | None) -> list[dict]:
     """One row per runtime for ``preset`` (see the module docstring)."""
-    from edgeq.models.smollm2 import load_smollm2
+    from edgeq.models.smollm2 import load_smollm2, smollm2_tokenizer
     from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
     from weight_only import plan_summary, quantized_stats
 
@@ -303,7 +293,7 @@ def main(argv=None) -> int:
     for preset in args.presets:  # a misspelt preset fails before an hour of work on the others
         resolve_recipe(preset)
     if args.quantize_only:
-        from edgeq.models.smollm2 import load_smollm2
+        from edgeq.models.smollm2 import load_smollm2, smollm2_tokenizer
 
         tokenizer = smollm2_tokenizer()
         for preset in args.presets:

