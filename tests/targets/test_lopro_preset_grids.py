@@ -14,9 +14,8 @@ import edgeq
 from edgeq.quant.allocate import LOPRO_GRIDS, AllocatedRecipe
 from edgeq.quant.lopro import LoProLinear
 from edgeq.quant.serialize import quantized_layers
-from edgeq.runtime.executors import OrtExecutor, TvmExecutor
-from edgeq.runtime.float_floor import causal_lm_logits, float64_logits, judge
 from _devices import assert_aarch64_library, require_arm64_cross
+from _float_floor_checks import assert_exports_and_matches_pytorch
 
 OPTIONS = sorted({grid for grids in LOPRO_GRIDS.values() for grid in grids})
 LINEARS_PER_BLOCK = 7  # q, k, v, o, gate, up, down
@@ -40,12 +39,7 @@ def test_every_preset_lopro_option_compiles_and_matches_pytorch(tmp_path):
     assert {(m.core.bits, m.core.group_size) for m in layers.values() if isinstance(m, LoProLinear)} == set(OPTIONS)
 
     ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
-    onnx_path = edgeq.export(qmodel, ids, tmp_path / "llama.onnx")
-    ref32, ref64 = causal_lm_logits(qmodel, ids), float64_logits(qmodel, ids)
-    ort = judge(OrtExecutor(onnx_path).run([ids.numpy()])[0], ref32, ref64)
-    assert ort.ok, ort.to_dict()  # measured 1.9e-7 of the logits' scale (floor 3.7e-7)
-    artifact = edgeq.compile(onnx_path, target="cpu", out_dir=tmp_path)
-    tvm = judge(TvmExecutor(artifact.path).run([ids.numpy()])[0], ref32, ref64)
-    assert tvm.ok, tvm.to_dict()  # measured 3.7e-7
+    # measured 1.9e-7 (onnxruntime) and 3.7e-7 (TVM cpu) of the logits' scale, floor 3.7e-7
+    onnx_path = assert_exports_and_matches_pytorch(qmodel, ids, tmp_path)
     require_arm64_cross()
     assert_aarch64_library(edgeq.compile(onnx_path, target="arm64", out_dir=tmp_path / "arm64").path)
