@@ -17,6 +17,7 @@ from edgeq.quant.allocate import (AllocatedRecipe, LayerOption, gptq_error_estim
                                   stored_bits_per_weight)
 from edgeq.quant.gptq import HessianAccumulator, gptq_quantize_weight
 from edgeq.quant.weight_only import WeightOnlyLinear
+from _tiny_models import tiny_llama
 from _devices import assert_aarch64_library, require_arm64_cross
 
 
@@ -58,13 +59,7 @@ def test_error_estimate_tracks_gptq_across_grids():
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      architectures=["LlamaForCausalLM"])
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(architectures=["LlamaForCausalLM"])
 
 
 @pytest.fixture(scope="module")

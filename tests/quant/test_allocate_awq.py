@@ -17,19 +17,10 @@ from edgeq.quant.awq import apply_awq
 from edgeq.quant.lopro import LoProLinear
 from edgeq.quant.serialize import quantized_layers
 from _float_floor_checks import assert_exports_and_matches_pytorch
+from _tiny_models import tiny_llama
 
 RECIPE = AllocatedRecipe(skip=("lm_head",), budget=3.0, grids=((2, 32), (4, 32)), lopro_grids=((2, 32), (3, 64), (4, 64)),
                          lopro_block_size=32, sensitivity="held-out", awq=True, awq_group_size=32)
-
-
-def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True,
-                      architectures=["LlamaForCausalLM"])
-    return LlamaForCausalLM(cfg).eval()
 
 
 def _calib() -> torch.Tensor:
@@ -47,7 +38,7 @@ def _logits(model, x) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def awq_allocated():
-    model = _tiny_llama()
+    model = tiny_llama(num_key_value_heads=4, architectures=["LlamaForCausalLM"])  # no GQA: o_proj folds too
     return model, edgeq.quantize(model, RECIPE, calib=[_calib()])
 
 
