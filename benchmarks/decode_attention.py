@@ -24,7 +24,7 @@ from edgeq.targets.decode_attention import PARALLEL_FROM, fuse_decode_attention
 from edgeq.targets.registry import host_cpu_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import append_results, cpu_flags, markdown_table  # noqa: E402
+from _results import cpu_flags, markdown_table, print_and_record  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 SCALE = HEAD_DIM ** -0.5
@@ -88,10 +88,7 @@ def main():
     notes = (f"Target {spec.description}; CPU flags: {cpu_flags()}; 2 threads unless TVM_NUM_THREADS says otherwise; "
              f"max_context {args.max_context}; PARALLEL_FROM {PARALLEL_FROM}; "
              f"load average (1 min) {open('/proc/loadavg').read().split()[0]}.")
-    print(table)
-    print(notes)
-    if not args.no_append:
-        append_results("Decode attention at one query row: five kernels against one", table, notes)
+    print_and_record("Decode attention at one query row: five kernels against one", table, notes, record=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import append_results, cpu_flags, markdown_table  # noqa: E402
+from _results import cpu_flags, markdown_table, print_and_record  # noqa: E402
 
 
 def parallel_kernels(library: Path) -> set[str]:
@@ -117,9 +117,7 @@ def main() -> int:
              f"rounds alternating the order, {args.threads} threads, one process; the same tokens fed to every "
              f"artifact. CPU flags: {cpu_flags()}. Load average (1 min) at the end: {load}. Artifacts: "
              + ", ".join(f"{label} = {p}" for label, p in zip(labels, args.artifacts)) + ".")
-    print(table + "\n\n" + notes)
-    if not args.no_append:
-        append_results("Decode step, artifacts interleaved in one process", table, notes)
+    print_and_record("Decode step, artifacts interleaved in one process", table, notes, record=not args.no_append)
     return 0
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _peers import CACHE, genai_python, llama_bench  # noqa: E402
-from _results import append_results, cpu_flags, markdown_table  # noqa: E402
+from _results import append_results, cpu_flags, markdown_table, print_and_record  # noqa: E402
 
 PROMPT_TEXT = (
     "The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest structure in "
@@ -464,10 +464,8 @@ def profile_main(args, cache: Path, artifact: Path, ids: list[int]) -> int:
              "pool idle between kernels, so small and parallel kernels read high). Kernel instances are summed by "
              f"kind; VM builtins are rows of their own. CPU flags: {cpu_flags()}. 1-minute load average "
              f"{load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs.")
-    print(table)
-    print(notes)
-    if not args.no_append:
-        append_results("Generation profile: SmolLM2-135M edgeq TVM W4 g128 act_bits=8, per kernel", table, notes)
+    print_and_record("Generation profile: SmolLM2-135M edgeq TVM W4 g128 act_bits=8, per kernel", table, notes,
+                     record=not args.no_append)
     return 0
 
 
