@@ -29,7 +29,7 @@ from tvm import relax
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
 from edgeq.targets import fast_exp
-from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES
+from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES, known_shape
 
 FUSED_NAME = "decode_attention"
 # cache positions from which the kv heads go to the thread pool: whole SmolLM2 decode steps at 128-170
@@ -93,7 +93,7 @@ def _fused_kernel(mod, matches, parts, parallel_from):
     if any(s is None or len(s) != 4 for s in shapes) or any(x.ty.dtype != "float32" for x in (q, keys, values, mask)):
         return None
     (_, heads, rows, head_dim), (_, kv_heads, max_context, key_dim) = shapes[:2]
-    mask_shape = _shape(mask)
+    mask_shape = known_shape(mask)
     if rows != 1 or shapes[1] != shapes[2] or key_dim != head_dim or head_dim % SCORE_LANES or heads % kv_heads:
         return None
     if int(softmax.attrs.axis) not in (-1, 3) or mask_shape is None or len(mask_shape) != 4:
@@ -111,15 +111,8 @@ def _kind(func):
     return func.attrs.get(KERNEL_ATTR) if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None else None
 
 
-def _shape(expr):
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    return list(ty.shape.values)
-
-
 def _static_shape(expr):
-    shape = _shape(expr)
+    shape = known_shape(expr)
     if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
         return None
     return [int(d) for d in shape]

@@ -232,7 +232,7 @@ def _schedule_values(sch, block):
     return sch
 
 
-def _shape(expr):
+def known_shape(expr):
     """The dimensions of a tensor expression with a known shape, else None."""
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
@@ -263,7 +263,7 @@ class _Rewriter(PyExprMutator):
         if not self._written:
             return func
         params = [self._full.get(p.name, p) for p in func.params]
-        past = _shape(self._params[next(iter(self._written))])[2]
+        past = known_shape(self._params[next(iter(self._written))])[2]
         params.append(relax.Var(CACHE_LENGTH, relax.TensorType([past], "int8")))
         return relax.Function(params, func.body, None, func.is_pure, func.attrs)
 
@@ -306,7 +306,7 @@ class _Rewriter(PyExprMutator):
         if self.max_context is None or not isinstance(concat.args[0], relax.Tuple) or len(concat.args[0].fields) != 2:
             return None
         past = concat.args[0].fields[0]
-        shape = _shape(past) if isinstance(past, relax.Var) else None
+        shape = known_shape(past) if isinstance(past, relax.Var) else None
         if shape is None or len(shape) != 4 or int(concat.attrs.axis) not in (2, -2):
             return None
         if past.name not in self._params or not self._params[past.name].same_as(past) or not isinstance(shape[2], tvm.tirx.Var):
@@ -321,7 +321,7 @@ class _Rewriter(PyExprMutator):
         if name is None or positions is None or name in self._written:
             return
         past, new = concat.args[0].fields
-        _, heads, _, head_dim = _shape(past)
+        _, heads, _, head_dim = known_shape(past)
         full_ty = relax.TensorType([1, heads, self.max_context, head_dim], past.ty.dtype)
         self._full[name] = relax.Var(name, full_ty)
         write = self.builder_.add_func(write_cache_func(int(heads), self.max_context, int(head_dim), past.ty.dtype),
@@ -336,7 +336,7 @@ class _Rewriter(PyExprMutator):
         name = self._cache_parameter(concat) if concat is not None else None
         if name not in self._written:
             return cache, None
-        return self._written[name], _shape(cache)[2]
+        return self._written[name], known_shape(cache)[2]
 
     def _bound(self, expr, op):
         """The call of ``op`` that ``expr`` (a variable) is bound to, else None."""
@@ -375,8 +375,8 @@ class _Rewriter(PyExprMutator):
         if expanded is None or list(map(int, expanded.attrs.axis)) != [2]:
             return None
         cache = expanded.args[0]
-        shape = _shape(cache)
-        repeated = _shape(broadcast)
+        shape = known_shape(cache)
+        repeated = known_shape(broadcast)
         if shape is None or len(shape) != 4 or repeated is None or len(repeated) != 5:
             return None
         analyzer = tvm.sym.Analyzer()
@@ -388,11 +388,11 @@ class _Rewriter(PyExprMutator):
         """``lhs`` is ``[b, heads, s, head_dim]`` (scores) or ``[b, heads, s, past]`` (values)
         with heads a multiple of the cache's kv heads."""
         analyzer = tvm.sym.Analyzer()
-        shape = _shape(lhs)
+        shape = known_shape(lhs)
         if shape is None or len(shape) != 4:
             return False
         b, heads, _, last = shape
-        cb, kv_heads, past, head_dim = _shape(cache)
+        cb, kv_heads, past, head_dim = known_shape(cache)
         if not all(isinstance(x, tvm.tirx.IntImm) for x in (heads, kv_heads)) or int(heads) % int(kv_heads):
             return False
         if lhs.ty.dtype != cache.ty.dtype or not analyzer.can_prove_equal(b, cb):

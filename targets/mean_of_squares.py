@@ -21,6 +21,8 @@ import tvm
 from tvm import relax, te, tirx, topi
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from edgeq.targets.gqa_attention import known_shape
+
 KERNEL_NAME = "mean_of_squares"
 
 
@@ -44,7 +46,7 @@ def fuse_mean_of_squares(mod: tvm.IRModule, functions) -> tvm.IRModule:
 
     def rewrite(call, matches):
         x, exponent = matches[x_pattern], matches[exponent_pattern]
-        shape = x.ty.shape.values if isinstance(x.ty, relax.TensorType) and isinstance(x.ty.shape, relax.ShapeExpr) else None
+        shape = known_shape(x)
         if shape is None or x.ty.dtype != "float32" or exponent.value.numpy().size != 1:
             return call
         axes = list(map(int, call.attrs.axis)) if call.attrs.axis is not None else None
