@@ -55,6 +55,11 @@ GEMM_MIN_ROWS = 8
 GEMM_TILES = {64: (2, 4), 32: (2, 2), 16: (4, 2)}
 MMLA_COLUMN_PAIRS = 4  # i8mm prefill GEMM: column pairs per register tile of 2 rows (4 × 2 × 2 int32)
 CORRECTION_LANES = (16, 8, 4, 2)  # groups per vector in the zero-point terms, widest that fits (then one by one)
+STEAL_WORKERS = 16  # one-row kernel: chunks of weight row blocks that idle threads take from each other
+# weight bytes per claim at least: the counter and the barrier after it then cost little (4096² and
+# the lm_head: medians 5-15% lower than claims of one block, same minima; 2 threads, load 4)
+CLAIM_BYTES = 16384
+CLAIM_STRIDE = 16  # int32 per chunk counter: one 64-byte cache line each
 QUANT_LANES = 16  # float32 activations per vector when quantizing (every group is a multiple of 16)
 ISA_ATTR = "edgeq.int8_dot"  # on each int8-activation kernel: the instruction family it uses
 
@@ -262,6 +267,8 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     else:
         gemm_rows = "runtime"
 
+    stealing = isinstance(rows, (tvm.tirx.IntImm, int)) and int(rows) == 1
+    barrier_is_hint = isa in ("dotprod", "i8mm")  # arm64 ``hint #0`` (a nop), x86 ``sfence``
     chunks, k_words = nbytes // 4, k_dim * bits // 32  # 4-byte words per group, per weight row
     word_mask = ((1 << bits) - 1) * 0x01010101
     # 8-bit weights for sdot: each byte shifted by 128, the zero points with them
@@ -389,12 +396,13 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         for l in range(1, QUANT_LANES):
             amax[0] = T.max(amax[0], amax[l])
         xd[i, g] = amax[0] / T.float32(127)
-        inv = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+        inv = T.alloc_buffer((1,), "float32")  # a buffer: a scalar assigned here became a workspace allocation per call
+        inv[0] = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
         total[T.ramp(0, 1, QUANT_LANES)] = T.Broadcast(T.int32(0), QUANT_LANES)
         for v in range(group // QUANT_LANES):
             row[T.ramp(v * QUANT_LANES, 1, QUANT_LANES)] = T.Cast(f"int8x{QUANT_LANES}", T.max(T.min(
                 T.round(T.Cast(f"float32x{QUANT_LANES}", x[i, T.ramp(g * group + v * QUANT_LANES, 1, QUANT_LANES)])
-                        * T.Broadcast(inv, QUANT_LANES)),
+                        * T.Broadcast(inv[0], QUANT_LANES)),
                 T.Broadcast(T.float32(127), QUANT_LANES)), T.Broadcast(T.float32(-127), QUANT_LANES)))
             total[T.ramp(0, 1, QUANT_LANES)] = total[T.ramp(0, 1, QUANT_LANES)] + T.Cast(
                 f"int32x{QUANT_LANES}", row[T.ramp(v * QUANT_LANES, 1, QUANT_LANES)])
@@ -422,6 +430,60 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                     row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS)
                 for i in T.serial(rows // TILE_ROWS * TILE_ROWS, rows):
                     row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1)
+
+    blocks = n_dim // rows_per_task
+    # blocks per claim: at least CLAIM_BYTES of weights, so that the counter and the barrier after
+    # it cost little (a divisor of the blocks, so that every claim is whole)
+    per_claim = max(d for d in range(1, blocks + 1) if blocks % d == 0
+                    and (d == 1 or (d - 1) * rows_per_task * k_dim * bits // 8 < CLAIM_BYTES))
+    claims_total = blocks // per_claim
+    workers = min(STEAL_WORKERS, claims_total)
+    chunk = (claims_total + workers - 1) // workers
+
+    @T.macro(hygienic=True)
+    def take_blocks(qweight, scales, zeros, y, bias_of, xq, xd, xds, claims, c):
+        """The blocks left in chunk c, in order. Its counter is a plain load and store (TVM's CPU
+        back end has no atomics): a race makes two threads compute the same block, which both
+        write with the same values; no block is skipped, as a counter only ever moves past a
+        block its writer computes."""
+        while claims[c * CLAIM_STRIDE] < T.min((c + 1) * chunk, claims_total):
+            b = T.alloc_buffer((1,), "int32")
+            b[0] = claims[c * CLAIM_STRIDE]
+            claims[c * CLAIM_STRIDE] = b[0] + 1
+            for bb in range(per_claim):
+                row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, (b[0] * per_claim + bb) * rows_per_task, 0, 1)
+            # an instruction the compiler may not move memory accesses across: the counter is
+            # read again from memory next time (else it may live in a register for the loop)
+            if barrier_is_hint:
+                T.evaluate(T.call_llvm_intrin("void", "llvm.aarch64.hint", T.int32(0)))
+            else:
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sse.sfence"))
+
+    @T.macro(hygienic=True)
+    def gemv_stealing(x, qweight, scales, zeros, y, bias_of):
+        """One row (decode): TVM's pool gives each thread a fixed share of a parallel loop, so a
+        late or descheduled thread holds the call up. Here the weight row blocks are split into
+        ``workers`` chunks with a counter each; each task quantizes the row itself when it first finds
+        a block left (no barrier), takes the blocks of its own chunk, then those left in the chunks
+        after it. One parallel loop: a region of its own."""
+        claims = T.alloc_buffer((workers * CLAIM_STRIDE,), "int32")
+        for c in range(workers):
+            claims[c * CLAIM_STRIDE] = c * chunk
+        for v in T.parallel(workers):
+            # the task's own int8 row (buffers inside a parallel loop are the task's)
+            xq = T.alloc_buffer((1, groups, per_byte, nbytes), "int8")
+            xd = T.alloc_buffer((1, groups), "float32")
+            xsum = T.alloc_buffer((1, groups), "int32")
+            xds = T.alloc_buffer((1, groups), "float32")
+            ready = T.alloc_buffer((1,), "int32")
+            ready[0] = 0
+            for o in range(workers):
+                if claims[(v + o) % workers * CLAIM_STRIDE] < T.min(((v + o) % workers + 1) * chunk, claims_total):
+                    if ready[0] == 0:  # the first chunk with blocks left: quantize the row for this task
+                        for g in range(groups):
+                            quantize_group(x, xq, xd, xsum, xds, 0, g)
+                        ready[0] = 1
+                take_blocks(qweight, scales, zeros, y, bias_of, xq, xd, xds, claims, (v + o) % workers)
 
     @T.macro(hygienic=True)
     def gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum):
@@ -453,7 +515,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
             gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum)
 
     @T.macro(hygienic=True)
-    def body(x, qweight, scales, zeros, y, bias_of, bias_vec):
+    def shared_rows(x, qweight, scales, zeros, y, bias_of, bias_vec):
         """One parallel region per call (each is a fork/join and a wait for the slowest thread):
         the thread tasks quantize the activations' groups between them, meet at a barrier, then
         share the int8 rows for the dot products."""
@@ -473,6 +535,13 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                 many_rows(qweight, scales, zeros, y, bias_of, bias_vec, xq, xd, xsum)
             else:
                 gemv_all(qweight, scales, zeros, y, bias_of, xq, xd, xsum, xds)
+
+    @T.macro(hygienic=True)
+    def body(x, qweight, scales, zeros, y, bias_of, bias_vec):
+        if stealing:
+            gemv_stealing(x, qweight, scales, zeros, y, bias_of)
+        else:
+            shared_rows(x, qweight, scales, zeros, y, bias_of, bias_vec)
 
     if b_shape is None:
         @T.prim_func(private=True)

@@ -7,7 +7,8 @@ schedule nothing and their statement order varies from run to run; so is the
 
 Kernel kinds covered: packed W4 linears grouped and per-channel (lane kernel), W3 (the rfactor
 schedule), a prefill GEMM (16 rows, specialized), ``act_bits=8`` on arm64-dotprod and x86_64-vnni
-(symbolic batch: float kernels; batch 1: the int8-activation kernels), a W8 embedding, a 4-bit tied lm_head, the digits CNN in float
+(symbolic batch: float kernels; batch 1: the int8-activation kernels; one token: the one-row
+kernel), a W8 embedding, a 4-bit tied lm_head, the digits CNN in float
 (conv, matmul, rows, reductions, elementwise) and integer-only. Named targets (not the host's
 ``cpu``), so the hashes do not depend on the machine.
 
@@ -74,6 +75,8 @@ CASES = (
     # GEMM picked at run time; sdot on arm64), which symbolic batches leave on the float schedule
     ("llama-w4g32-act8-batch1-arm64-dotprod", "llama-w4g32", "arm64-dotprod", 8, {"batch": 1}),
     ("llama-w4g32-act8-batch1-x86_64-vnni", "llama-w4g32", "x86_64-vnni", 8, {"batch": 1}),
+    # one token (decode): the one-row kernel whose threads claim weight row blocks from each other
+    ("llama-w4g32-act8-token1-x86_64-vnni", "llama-w4g32", "x86_64-vnni", 8, {"batch": 1, "seq": 1}),
     ("llama-w4g32-embedding8-tied-x86_64", "llama-w4g32-embedding8-tied", "x86_64", 32, None),
     ("llama-w4g32-embedding4-tied-x86_64", "llama-w4g32-embedding4-tied", "x86_64", 32, None),
     ("digits-float-x86_64", "digits-float", "x86_64", 32, None),
