@@ -25,6 +25,16 @@ are rescaled into float lanes as soon as they are complete, the zero-point terms
 groups in vectors after the weights, and the weights are prefetched a few rows ahead: beyond L2
 they stream from DRAM.
 
+At one row (decode) the split is dynamic instead (``gemv_stealing``): TVM's pool hands each
+thread a fixed share of a parallel loop, and a thread that starts late or is descheduled held the
+whole call up (medians 2-10x the minima on a loaded host, where onnxruntime's pool hands blocks
+out as threads come). The weight row blocks are split into up to ``STEAL_WORKERS`` chunks with a
+counter each (claims of at least ``CLAIM_BYTES``); a thread takes the blocks of its own chunk,
+then those left in the chunks after it. TVM's CPU back end has no atomics: the counters are
+plain loads and stores, a race makes two threads compute the same block (the same values
+written twice), and no block is ever skipped. Each thread quantizes the row itself, when it
+first finds a block left, so there is no barrier.
+
 At many rows (prefill) the lanes are output columns instead (``gemm_columns``): each thread
 task unpacks 2 × 16 (AVX-512; 2 × 8 on AVX2; 4 × 4 on arm64) weight rows once into a tile of
 4-byte words laid out column after column, and every dot-product instruction multiplies one such
