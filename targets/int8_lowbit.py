@@ -456,9 +456,11 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         back end has no atomics): a race makes two threads compute the same block, which both
         write with the same values; no block is skipped, as a counter only ever moves past a
         block its writer computes."""
-        while claims[c * CLAIM_STRIDE] < T.min((c + 1) * chunk, claims_total):
-            b = T.alloc_buffer((1,), "int32")
-            b[0] = claims[c * CLAIM_STRIDE]
+        # the counter is read once per claim and the block tested is the block taken: read twice,
+        # another thread's claim in between could hand the last chunk a block past the end
+        b = T.alloc_buffer((1,), "int32")
+        b[0] = claims[c * CLAIM_STRIDE]
+        while b[0] < T.min((c + 1) * chunk, claims_total):
             claims[c * CLAIM_STRIDE] = b[0] + 1
             for bb in range(per_claim):
                 row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, (b[0] * per_claim + bb) * rows_per_task, 0, 1)
@@ -468,6 +470,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                 T.evaluate(T.call_llvm_intrin("void", "llvm.aarch64.hint", T.int32(0)))
             else:
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sse.sfence"))
+            b[0] = claims[c * CLAIM_STRIDE]
 
     @T.macro(hygienic=True)
     def gemv_stealing(x, qweight, scales, zeros, y, bias_of):
