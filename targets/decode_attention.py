@@ -11,7 +11,9 @@ group's query heads, the masked scores' softmax is taken in a scratch row, then 
 once. At decode those were five kernels per layer (scores, the mask add, softmax, values and a
 VM dispatch, an allocation and a free for each intermediate), most of them far smaller than a
 thread-pool launch. The arithmetic is the unfused kernels', in their order: head_dim summed in
-SCORE_LANES lanes then the lanes in turn (``gqa_attention``'s one-row scores), the mask added,
+SCORE_LANES lanes then the lanes in turn (``gqa_attention``'s one-row scores; here for a block of
+SCORE_LANES positions at once, a vector over positions, so the in-order lane sums do not wait on
+each other), the mask added,
 the softmax's max, ``fast_exp``, sum over positions in order and division
 (``fast_exp.softmax_te``), values summed over positions in order: decode's outputs are the
 unfused kernels' bit for bit, hence still prefill's. The kv heads run on one thread below
