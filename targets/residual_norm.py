@@ -10,9 +10,11 @@ FuseOps never fuses an elementwise producer into a reduction, so the add was a k
 (at decode, 60 per SmolLM2 step: a VM call, an allocation and a free each, for 576 additions).
 Here the chain becomes one ``call_te`` with two outputs, ``(h, y)``, written with the same TE
 expressions as the legalized ops (topi's add, ``mean_of_squares_te``, add, sqrt, divide and the
-two multiplies), so the kernel reads ``a`` and ``b`` once and gives ``h`` to its later users. The
-pattern is declared once, over the bindings (``h`` has two users); a norm of something other
-than an add (the first layer's, of the embedding) is left as it is.
+two multiplies, in their order: both outputs are bit for bit the unfused kernels'), so the kernel
+reads ``a`` and ``b`` once and gives ``h`` to its later users. The pattern of ``y`` is declared
+once; since ``h`` has other users, the rewrite rebinds ``h`` and ``y`` to the kernel's outputs
+where they were bound rather than replacing ``y`` alone. A norm of something other than an add
+(the first layer's, of the embedding) is left as it is.
 """
 
 from __future__ import annotations
