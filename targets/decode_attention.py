@@ -11,7 +11,9 @@ group's query heads, the masked scores' softmax is taken in a scratch row, then 
 once. At decode those were five kernels per layer (scores, the mask add, softmax, values and a
 VM dispatch, an allocation and a free for each intermediate), most of them far smaller than a
 thread-pool launch. The arithmetic is the unfused kernels', in their order: head_dim summed in
-SCORE_LANES lanes then the lanes in turn (``gqa_attention``'s one-row scores), the mask added,
+SCORE_LANES lanes then the lanes in turn (``gqa_attention``'s one-row scores; here for a block of
+SCORE_LANES positions at once, a vector over positions, so the in-order lane sums do not wait on
+each other), the mask added,
 the softmax's max, ``fast_exp``, sum over positions in order and division
 (``fast_exp.softmax_te``), values summed over positions in order: decode's outputs are the
 unfused kernels' bit for bit, hence still prefill's. The kv heads run on one thread below
@@ -137,15 +139,37 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
         return h if mask_heads == heads else 0
 
     def clean(x):
-        return T.Select(T.isnan(x), T.float32(0), x) if cleaned else x
+        return T.Select(fast_exp.is_nan(x), T.float32(0), x) if cleaned else x
 
     @T.macro(hygienic=True)
     def one_kv_head(kv, n, q, k, v, mask, out, probs):
         lane_sums = T.decl_buffer((group, lanes), f32, scope="local")
         row = T.decl_buffer((group,), f32, scope="local")
         acc = T.decl_buffer((group, head_dim), f32, scope="local")
-        # scores + mask: each K row read once for the group's heads
-        for p in range(n):
+        tile = T.decl_buffer((group, lanes, lanes), f32, scope="local")  # [head, position, lane]
+        block_sums = T.decl_buffer((group, lanes), f32, scope="local")  # [head, position]
+        # scores + mask, in blocks of `lanes` positions: each K row read once for the group's heads
+        # into one lane vector per head and position, then the lanes summed in order for the block's
+        # positions at once (a vector over positions: the one-row sums' additions, in their order)
+        for pb in range(n // lanes):
+            for pp in range(lanes):
+                for g in T.unroll(group):
+                    for lane in T.vectorized(lanes):
+                        tile[g, pp, lane] = T.float32(0)
+                    for c in T.unroll(chunks):
+                        for lane in T.vectorized(lanes):
+                            tile[g, pp, lane] = tile[g, pp, lane] + q[0, kv * group + g, 0, c * lanes + lane] * cq * (
+                                k[0, kv, pb * lanes + pp, c * lanes + lane] * ck)
+            for g in T.unroll(group):
+                for pp in T.vectorized(lanes):
+                    block_sums[g, pp] = T.float32(0)
+                for lane in T.unroll(lanes):
+                    for pp in T.vectorized(lanes):
+                        block_sums[g, pp] = block_sums[g, pp] + tile[g, pp, lane]
+                for pp in T.vectorized(lanes):
+                    probs[kv * group + g, pb * lanes + pp] = block_sums[g, pp] + mask[
+                        0, mask_head(kv * group + g), 0, pb * lanes + pp]
+        for p in range(n // lanes * lanes, n):  # the last positions, one at a time
             for g in T.unroll(group):
                 for lane in T.vectorized(lanes):
                     lane_sums[g, lane] = T.float32(0)
@@ -160,30 +184,29 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
         # softmax of each head's row: max (in lanes: a max is exact in any order), exp of the
         # difference and the division in vectors of positions, the sum in order
         for g in range(group):
-            h = kv * group + g
             for lane in T.vectorized(lanes):
                 lane_sums[g, lane] = lowest
             for pc in range(n // lanes):
                 for lane in T.vectorized(lanes):
-                    lane_sums[g, lane] = T.max(lane_sums[g, lane], probs[h, pc * lanes + lane])
+                    lane_sums[g, lane] = T.max(lane_sums[g, lane], probs[kv * group + g, pc * lanes + lane])
             row[g] = lowest
             for lane in T.unroll(lanes):
                 row[g] = T.max(row[g], lane_sums[g, lane])
             for p in range(n // lanes * lanes, n):
-                row[g] = T.max(row[g], probs[h, p])
+                row[g] = T.max(row[g], probs[kv * group + g, p])
             for pc in range(n // lanes):
                 for lane in T.vectorized(lanes):
-                    probs[h, pc * lanes + lane] = fast_exp.fast_exp(probs[h, pc * lanes + lane] - row[g])
+                    probs[kv * group + g, pc * lanes + lane] = fast_exp.fast_exp(probs[kv * group + g, pc * lanes + lane] - row[g])
             for p in range(n // lanes * lanes, n):
-                probs[h, p] = fast_exp.fast_exp(probs[h, p] - row[g])
+                probs[kv * group + g, p] = fast_exp.fast_exp(probs[kv * group + g, p] - row[g])
             lane_sums[g, 0] = T.float32(0)
             for p in range(n):
-                lane_sums[g, 0] = lane_sums[g, 0] + probs[h, p]
+                lane_sums[g, 0] = lane_sums[g, 0] + probs[kv * group + g, p]
             for pc in range(n // lanes):
                 for lane in T.vectorized(lanes):
-                    probs[h, pc * lanes + lane] = clean(probs[h, pc * lanes + lane] / lane_sums[g, 0])
+                    probs[kv * group + g, pc * lanes + lane] = clean(probs[kv * group + g, pc * lanes + lane] / lane_sums[g, 0])
             for p in range(n // lanes * lanes, n):
-                probs[h, p] = clean(probs[h, p] / lane_sums[g, 0])
+                probs[kv * group + g, p] = clean(probs[kv * group + g, p] / lane_sums[g, 0])
         # values: each V row read once, the group's head_dim outputs accumulated in registers
         for g in T.unroll(group):
             for d in T.vectorized(head_dim):

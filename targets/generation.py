@@ -56,7 +56,9 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     from edgeq.targets.importer import import_onnx
     from edgeq.targets.mean_of_squares import fuse_mean_of_squares
     from edgeq.targets.registry import get_target
+    from edgeq.targets.residual_norm import fuse_add_rms_norm
     from edgeq.targets.specialize import specialize
+    from edgeq.targets.trivial_transpose import transposes_as_reshapes
 
     model = last_position_only(specialize(model, {"batch": 1}))
     for value in model.graph.output:  # the specialization leaves the outputs' batch named
@@ -80,6 +82,8 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     if is_cpu(get_target(target).tvm()):  # fewer kernels per layer: CPU kernels
         out = fuse_decode_attention(out, [FUNCTIONS["decode"]])  # one attention kernel per layer at decode
         out = fuse_mean_of_squares(out, FUNCTIONS.values())  # RMSNorm's power inside its mean
+        out = fuse_add_rms_norm(out, FUNCTIONS.values())  # the residual add inside the next RMSNorm
+        out = transposes_as_reshapes(out, [FUNCTIONS["decode"]])  # one row: the head transposes move no data
     return out, model
 
 

@@ -47,6 +47,27 @@ def test_fast_exp_is_within_two_ulp_and_keeps_special_values():
     assert 2e38 < plus_inf < np.inf and 2e38 < high < np.inf  # saturates at exp(88.3), no inf
 
 
+def test_a_vectorized_fast_exp_loop_stays_vector_code():
+    """The NaN check is integer arithmetic: with ``tirx.isnan`` (not marked vectorizable) TVM's
+    vectorizer turned the loop back into one lane at a time, which LLVM re-vectorized only in
+    simple loops (the decode attention kernel's exp ran scalar)."""
+    sch = s_tir.Schedule(_exp_kernel(1024))
+    _, lanes = sch.split(sch.get_loops(sch.get_sblock("exp"))[0], [None, 8])
+    sch.vectorize(lanes)
+    after = {}
+
+    @tvm.instrument.pass_instrument
+    class AfterVectorize:
+        def run_after_pass(self, mod, info):
+            if info.name.endswith("VectorizeLoop"):
+                after["mod"] = mod
+
+    with tvm.transform.PassContext(instruments=[AfterVectorize()]):
+        tvm.tirx.build(sch.mod, target=get_target("x86_64").tvm())
+    loops = re.findall(r"^\s*for (.+) in (.+):$", after["mod"].script(), re.MULTILINE)
+    assert loops == [("i_0", "range(128)")], f"loops after VectorizeLoop: {loops} (a loop over 8 lanes: scalarized)"
+
+
 def test_arm64_fast_exp_is_neon_without_libm_calls():
     mod = cpu_pipeline.schedule_defaults(tvm.IRModule({"main": _exp_kernel(1024).with_attr("global_symbol", "main")}),
                                        get_target("arm64").tvm())
