@@ -93,7 +93,10 @@ class AllocatedRecipe(Recipe):
     first) are those of ``GPTQRecipe``; ``lopro_*`` are LoPRo's (``LoProRecipe``; no salient block,
     int8 factors).
     awq: fold AWQ scales into the float model before planning (module docstring); their α search
-    rounds to ``awq_bits`` / ``awq_group_size`` in ``awq_grid`` steps."""
+    rounds to ``awq_bits`` / ``awq_group_size`` in ``awq_grid`` steps.
+    float_targets: the final pass solves each layer for the float model's output on the quantized
+    model's inputs (``edgeq.quant.gptq``, float targets) instead of for its own weight; the plan is
+    made as without it."""
 
     METHOD = "allocated"
     budget: float = 2.5
@@ -117,6 +120,7 @@ class AllocatedRecipe(Recipe):
     awq_bits: int = 3
     awq_group_size: int = 128
     awq_grid: int = 20
+    float_targets: bool = False
 
     @property
     def needs_calibration(self) -> bool:
