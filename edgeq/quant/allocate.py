@@ -96,7 +96,9 @@ class AllocatedRecipe(Recipe):
     rounds to ``awq_bits`` / ``awq_group_size`` in ``awq_grid`` steps.
     float_targets: the final pass solves each layer for the float model's output on the quantized
     model's inputs (``edgeq.quant.gptq``, float targets) instead of for its own weight; the plan is
-    made as without it."""
+    made as without it. float_target_damp: the ridge ``λ`` of that least-squares target, times the
+    mean Hessian diagonal (on SmolLM2's first 8 blocks at LoPRo W2 g192, 16 calibration windows,
+    the last hidden state's error was 0.198 without targets, 0.166 / 0.147 / 0.137 at 0.01 / 0.1 / 1)."""
 
     METHOD = "allocated"
     budget: float = 2.5
@@ -121,6 +123,7 @@ class AllocatedRecipe(Recipe):
     awq_group_size: int = 128
     awq_grid: int = 20
     float_targets: bool = False
+    float_target_damp: float = 1.0
 
     @property
     def needs_calibration(self) -> bool:

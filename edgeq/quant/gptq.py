@@ -225,10 +225,10 @@ class FloatTargetAccumulator(HessianAccumulator):
         self.cross += (2 / self.n) * x_float.T @ x
 
 
-def float_target_weight(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def float_target_weight(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, damp: float = 1.0) -> torch.Tensor:
     """``W* = W + W (C - H)(H + λI)⁻¹`` (``λ`` = ``damp`` × mean diag H): the least-squares
     ``W C H⁻¹`` (module docstring), written so that equal inputs (``C = H``) give ``W`` itself and
-    the damping only shrinks the correction."""
+    the damping only shrinks the correction (a ridge: the recipe's ``float_target_damp``)."""
     h = hessian.double()
     damped = h + damp * torch.mean(torch.diag(h)).clamp_min(1e-12) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     w = weight.detach().double()
@@ -401,7 +401,7 @@ def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_lay
                     bar.set_postfix_str(f"{index}.{n}")
                     layer = block.get_submodule(n)
                     if float_targets:
-                        layer = _float_target_layer(layer, acc[n], recipe.damp)
+                        layer = _float_target_layer(layer, acc[n], recipe.float_target_damp)
                     set_submodule(block, n, quantize_layer(block_prefix + n, layer, acc[n].h, recipe))
                     bar.update(1)
                 del acc
