@@ -42,6 +42,9 @@ a recipe with a plan repeats it and quantizes the same model. On SmolLM2-135M at
 did not pay with LoPRo's options (2.55x float against 2.50x without; LoPRo's block rotation spreads
 the scaled columns over their block, and the plan picked GPTQ for 5 of 210 layers where both were
 offered, benchmarks/RESULTS.md), so no preset sets it.
+
+``float_targets=True`` changes the final pass only: each layer is solved for the float model's
+output on the quantized model's inputs (``edgeq.quant.gptq``, float targets), the plan as without.
 """
 
 from __future__ import annotations
@@ -446,3 +449,8 @@ for _budget in (2.5, 3.25):
 # windows), 0.969x the held-out closed form's plan paired per window; slower: one solve per option (benchmarks/RESULTS.md)
 register_preset("mix2.5-lopro-measured", AllocatedRecipe(skip=("lm_head",), budget=2.5, grids=(), lopro_grids=LOPRO_GRIDS[2.5],
                                                           sensitivity="measured"))
+# the same plan with float targets (each layer solved for the float model's output on the quantized model's inputs):
+# 2.12x float on SmolLM2-135M at 2.5 bits/weight with 64 calibration windows, where GPTQ W3 g128 is 2.17x at 3.33
+# bits/weight (paired 0.975, 95% interval 0.930-1.021; benchmarks/RESULTS.md)
+register_preset("mix2.5-lopro-measured-ft", AllocatedRecipe(skip=("lm_head",), budget=2.5, grids=(), lopro_grids=LOPRO_GRIDS[2.5],
+                                                             sensitivity="measured", float_targets=True))
