@@ -450,7 +450,7 @@ for _budget in (2.5, 3.25):
 register_preset("mix2.5-lopro-measured", AllocatedRecipe(skip=("lm_head",), budget=2.5, grids=(), lopro_grids=LOPRO_GRIDS[2.5],
                                                           sensitivity="measured"))
 # the same plan with float targets (each layer solved for the float model's output on the quantized model's inputs):
-# 2.12x float on SmolLM2-135M at 2.5 bits/weight with 64 calibration windows, where GPTQ W3 g128 is 2.17x at 3.33
-# bits/weight (paired 0.975, 95% interval 0.930-1.021; benchmarks/RESULTS.md)
+# 2.22x float on SmolLM2-135M at 2.5 bits/weight with 16 calibration windows, where GPTQ W3 g128 is 2.40x at 3.33
+# bits/weight (paired 0.926, 95% interval 0.891-0.963); with 64 windows 2.12x against 2.17x (benchmarks/RESULTS.md)
 register_preset("mix2.5-lopro-measured-ft", AllocatedRecipe(skip=("lm_head",), budget=2.5, grids=(), lopro_grids=LOPRO_GRIDS[2.5],
                                                              sensitivity="measured", float_targets=True))
