@@ -42,6 +42,9 @@ a recipe with a plan repeats it and quantizes the same model. On SmolLM2-135M at
 did not pay with LoPRo's options (2.55x float against 2.50x without; LoPRo's block rotation spreads
 the scaled columns over their block, and the plan picked GPTQ for 5 of 210 layers where both were
 offered, benchmarks/RESULTS.md), so no preset sets it.
+
+``float_targets=True`` changes the final pass only: each layer is solved for the float model's
+output on the quantized model's inputs (``edgeq.quant.gptq``, float targets), the plan as without.
 """
 
 from __future__ import annotations
@@ -93,7 +96,12 @@ class AllocatedRecipe(Recipe):
     first) are those of ``GPTQRecipe``; ``lopro_*`` are LoPRo's (``LoProRecipe``; no salient block,
     int8 factors).
     awq: fold AWQ scales into the float model before planning (module docstring); their α search
-    rounds to ``awq_bits`` / ``awq_group_size`` in ``awq_grid`` steps."""
+    rounds to ``awq_bits`` / ``awq_group_size`` in ``awq_grid`` steps.
+    float_targets: the final pass solves each layer for the float model's output on the quantized
+    model's inputs (``edgeq.quant.gptq``, float targets) instead of for its own weight; the plan is
+    made as without it. float_target_damp: the ridge ``λ`` of that least-squares target, times the
+    mean Hessian diagonal (on SmolLM2's first 8 blocks at LoPRo W2 g192, 16 calibration windows,
+    the last hidden state's error was 0.198 without targets, 0.166 / 0.147 / 0.137 / 0.144 at 0.01 / 0.1 / 1 / 3)."""
 
     METHOD = "allocated"
     budget: float = 2.5
@@ -117,6 +125,8 @@ class AllocatedRecipe(Recipe):
     awq_bits: int = 3
     awq_group_size: int = 128
     awq_grid: int = 20
+    float_targets: bool = False
+    float_target_damp: float = 1.0
 
     @property
     def needs_calibration(self) -> bool:
@@ -439,3 +449,8 @@ for _budget in (2.5, 3.25):
 # windows), 0.969x the held-out closed form's plan paired per window; slower: one solve per option (benchmarks/RESULTS.md)
 register_preset("mix2.5-lopro-measured", AllocatedRecipe(skip=("lm_head",), budget=2.5, grids=(), lopro_grids=LOPRO_GRIDS[2.5],
                                                           sensitivity="measured"))
+# the same plan with float targets (each layer solved for the float model's output on the quantized model's inputs):
+# 2.22x float on SmolLM2-135M at 2.5 bits/weight with 16 calibration windows, where GPTQ W3 g128 is 2.40x at 3.33
+# bits/weight (paired 0.926, 95% interval 0.891-0.963); with 64 windows 2.12x against 2.17x (benchmarks/RESULTS.md)
+register_preset("mix2.5-lopro-measured-ft", AllocatedRecipe(skip=("lm_head",), budget=2.5, grids=(), lopro_grids=LOPRO_GRIDS[2.5],
+                                                             sensitivity="measured", float_targets=True))

@@ -19,10 +19,19 @@ Models: a LLaMA-style decoder (``model.model.layers``) is processed one block at
 (capture the inputs of block i, quantize its linears in execution order -- q/k/v, o, gate/up,
 down -- each group with Hessians from the already quantized earlier layers, then run the block
 to get block i+1's inputs); any other module gets its Hessians from one float pass.
+
+Float targets (``float_targets`` on a recipe, decoder blocks only): each layer is solved for the
+float model's output instead of its own float weight on the quantized model's inputs. With
+``X_q`` the inputs the partly quantized model gives the layer and ``X_f`` those the float model
+gives it, ``|X_f Wᵀ - X_q Ŵᵀ|²`` is ``|X_q (W* - Ŵ)ᵀ|²`` plus a constant, where ``W* = W C H⁻¹``
+(``H = X_qᵀ X_q``, ``C = X_fᵀ X_q``), so GPTQ (or LoPRo) solves ``W*`` with ``H`` as before and
+corrects, in each layer, part of the error the layers before it left (the asymmetric calibration
+of GPTAQ and Qronos, here as a changed target rather than a changed column loop).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -195,6 +204,49 @@ class HessianAccumulator:
         self.h += x.T @ x
 
 
+class FloatTargetAccumulator(HessianAccumulator):
+    """``h`` of the quantized model's inputs and ``cross = 2/n Σ x_f x_qᵀ`` with the float model's
+    inputs to the same layer on the same tokens (module docstring, float targets)."""
+
+    def __init__(self, layer: nn.Module):
+        if not isinstance(layer, nn.Linear):
+            raise QuantizationError(f"float targets need Linear layers, got {type(layer).__name__}")
+        super().__init__(layer)
+        self.cross = torch.zeros_like(self.h)
+
+    def add(self, x: torch.Tensor, x_float: torch.Tensor) -> None:
+        n_before = self.n
+        super().add(x)
+        x = x.detach().float().reshape(-1, x.shape[-1])
+        x_float = x_float.detach().float().reshape(-1, x_float.shape[-1])
+        if x_float.shape != x.shape:
+            raise QuantizationError(f"float targets: float inputs {tuple(x_float.shape)} do not pair with {tuple(x.shape)}")
+        self.cross *= n_before / self.n
+        self.cross += (2 / self.n) * x_float.T @ x
+
+
+def float_target_weight(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, damp: float = 1.0) -> torch.Tensor:
+    """``W* = W + W (C - H)(H + λI)⁻¹`` (``λ`` = ``damp`` × mean diag H): the least-squares
+    ``W C H⁻¹`` (module docstring), written so that equal inputs (``C = H``) give ``W`` itself and
+    the damping only shrinks the correction (a ridge: the recipe's ``float_target_damp``)."""
+    h = hessian.double()
+    damped = h + damp * torch.mean(torch.diag(h)).clamp_min(1e-12) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    w = weight.detach().double()
+    correction = torch.linalg.solve(damped, (cross.double().T - h) @ w.T).T
+    return (w + correction).to(weight.dtype)
+
+
+def _float_target_layer(layer: nn.Linear, acc: FloatTargetAccumulator, damp: float) -> nn.Linear:
+    """A Linear like ``layer`` holding ``W*``, for the solve to quantize (``layer`` is left as it is)."""
+    target = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                       device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        target.weight.copy_(float_target_weight(layer.weight, acc.h, acc.cross, damp))
+        if layer.bias is not None:
+            target.bias.copy_(layer.bias)
+    return target
+
+
 class _Stop(Exception):
     """Raised from a hook to end a forward pass early."""
 
@@ -302,42 +354,62 @@ def _execution_groups(block, names_in_block, hidden, kwargs):
     return groups
 
 
+def _layer_inputs(block, names, hidden, kwargs, sink) -> None:
+    """Run ``block`` on one batch until the last of ``names`` has its input; ``sink(name, x)`` for each."""
+    last = names[-1]
+
+    def hook(name, x):
+        sink(name, x)
+        if name == last:
+            raise _Stop
+
+    hooks = [block.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: hook(n, a[0])) for n in names]
+    try:
+        with torch.no_grad():
+            block(hidden, **kwargs)
+    except _Stop:
+        pass
+    finally:
+        for hk in hooks:
+            hk.remove()
+
+
 def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_layer):
     captured = _capture_block_inputs(model, blocks[0], batches)
     hidden = [h for h, _ in captured]
     kwargs = [k for _, k in captured]
+    float_targets = getattr(recipe, "float_targets", False)
+    hidden_float = list(hidden) if float_targets else None  # the float model's stream, block by block
     bar = tqdm(total=len(layers), desc="gptq", leave=False)
     for index, block in enumerate(blocks):
         block_prefix = f"{prefix}{index}."
         names = [n[len(block_prefix):] for n in layers if n.startswith(block_prefix)]
+        float_block = copy.deepcopy(block) if float_targets else None
         if names:
             for group in _execution_groups(block, names, hidden[0], kwargs[0]):
-                acc = {n: HessianAccumulator(block.get_submodule(n)) for n in group}
-                last = group[-1]
-
-                def hook(module, args, n=None):
-                    acc[n].add(args[0])
-                    if n == last:
-                        raise _Stop
-
-                hooks = [block.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in group]
-                try:
-                    with torch.no_grad():
-                        for h, kw in zip(hidden, kwargs):
-                            try:
-                                block(h, **kw)
-                            except _Stop:
-                                pass
-                finally:
-                    for hk in hooks:
-                        hk.remove()
+                if float_targets:
+                    acc = {n: FloatTargetAccumulator(block.get_submodule(n)) for n in group}
+                    for h, kw, hf in zip(hidden, kwargs, hidden_float):
+                        float_inputs = {}
+                        _layer_inputs(float_block, group, hf, kw, float_inputs.__setitem__)
+                        _layer_inputs(block, group, h, kw, lambda n, x: acc[n].add(x, float_inputs[n]))
+                else:
+                    acc = {n: HessianAccumulator(block.get_submodule(n)) for n in group}
+                    for h, kw in zip(hidden, kwargs):
+                        _layer_inputs(block, group, h, kw, lambda n, x: acc[n].add(x))
                 for n in group:
                     bar.set_postfix_str(f"{index}.{n}")
-                    set_submodule(block, n, quantize_layer(block_prefix + n, block.get_submodule(n), acc[n].h, recipe))
+                    layer = block.get_submodule(n)
+                    if float_targets:
+                        layer = _float_target_layer(layer, acc[n], recipe.float_target_damp)
+                    set_submodule(block, n, quantize_layer(block_prefix + n, layer, acc[n].h, recipe))
                     bar.update(1)
                 del acc
         with torch.no_grad():
             outs = [block(h, **kw) for h, kw in zip(hidden, kwargs)]
+            if float_targets:
+                float_outs = [float_block(h, **kw) for h, kw in zip(hidden_float, kwargs)]
+                hidden_float = [o[0] if isinstance(o, tuple) else o for o in float_outs]
         hidden = [o[0] if isinstance(o, tuple) else o for o in outs]
     bar.close()
     return model
