@@ -35,7 +35,7 @@ from edgeq.targets import get_target
 from edgeq.targets.int8_lowbit import GEMM_MIN_ROWS, dot_isa, gemm_columns, int8_kernel, vector_bytes
 from edgeq.targets.lower_lowbit import packed_linear_te
 from edgeq.targets.registry import _cpu_flags
-from _devices import uses_arm64_device
+from _devices import running_arm64_device, uses_arm64_device
 
 HOST_FLAGS = _cpu_flags()
 # x86 instruction families and the /proc/cpuinfo flags the host needs to run them
@@ -315,15 +315,9 @@ def test_arm64_kernels_bit_exact_on_the_device(tmp_path, target, m):
     """sdot (and smmla for pairs of rows, sdot for the odd last one) on the emulated arm64 device:
     the integer parts bit for bit, as on x86 (exact inputs, 3 rows; one row: the kernel whose
     threads claim blocks from each other)."""
-    from edgeq.runtime import device as dev
     from edgeq.runtime.rpc import RpcExecutor
 
-    state = dev.device_status("arm64")
-    if state is None:
-        message = "the arm64 device is not running (edgeq device start arm64)"
-        if os.environ.get("EDGEQ_REQUIRE_DEVICE") == "arm64":
-            pytest.fail(message + " but EDGEQ_REQUIRE_DEVICE=arm64")
-        pytest.skip(message)
+    state = running_arm64_device()
     if shutil.which(get_target(target).cross_compiler) is None:
         pytest.skip(f"{get_target(target).cross_compiler} not installed")
     rng = np.random.default_rng(11)
@@ -355,7 +349,6 @@ def test_arm64_prefill_gemm_bit_exact_on_the_device(tmp_path, target, bits, grou
     odd row), 4 column pairs per task (48, 64) or 1 (36, 38). 8-bit weights as signed bytes
     (shifted by 128). Integer parts bit for bit. A correctness run only: timings under qemu mean
     nothing."""
-    from _devices import running_arm64_device
     from edgeq.runtime.rpc import RpcExecutor
 
     state = running_arm64_device()
