@@ -374,6 +374,26 @@ def _layer_inputs(block, names, hidden, kwargs, sink) -> None:
             hk.remove()
 
 
+def _float_block_pass(float_block, names, hidden, kwargs):
+    """(per batch, ``{name: the input of layer name}``; per batch, the block's output) of the float
+    ``float_block``: its inputs do not change while the block's layers are quantized, so one whole
+    pass per batch gives every group's float inputs and the next block's float stream."""
+    inputs, outs = [], []
+    for h, kw in zip(hidden, kwargs):
+        seen = {}
+        hooks = [float_block.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: seen.__setitem__(n, a[0]))
+                 for n in names]
+        try:
+            with torch.no_grad():
+                out = float_block(h, **kw)
+        finally:
+            for hk in hooks:
+                hk.remove()
+        inputs.append(seen)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return inputs, outs
+
+
 def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_layer):
     captured = _capture_block_inputs(model, blocks[0], batches)
     hidden = [h for h, _ in captured]
@@ -384,15 +404,14 @@ def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_lay
     for index, block in enumerate(blocks):
         block_prefix = f"{prefix}{index}."
         names = [n[len(block_prefix):] for n in layers if n.startswith(block_prefix)]
-        float_block = copy.deepcopy(block) if float_targets else None
+        if float_targets:  # the float block's inputs to each layer and its outputs, one pass per batch
+            float_inputs, hidden_float = _float_block_pass(copy.deepcopy(block), names, hidden_float, kwargs)
         if names:
             for group in _execution_groups(block, names, hidden[0], kwargs[0]):
                 if float_targets:
                     acc = {n: FloatTargetAccumulator(block.get_submodule(n)) for n in group}
-                    for h, kw, hf in zip(hidden, kwargs, hidden_float):
-                        float_inputs = {}
-                        _layer_inputs(float_block, group, hf, kw, float_inputs.__setitem__)
-                        _layer_inputs(block, group, h, kw, lambda n, x: acc[n].add(x, float_inputs[n]))
+                    for h, kw, inputs in zip(hidden, kwargs, float_inputs):
+                        _layer_inputs(block, group, h, kw, lambda n, x: acc[n].add(x, inputs[n]))
                 else:
                     acc = {n: HessianAccumulator(block.get_submodule(n)) for n in group}
                     for h, kw in zip(hidden, kwargs):
@@ -407,9 +426,6 @@ def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_lay
                 del acc
         with torch.no_grad():
             outs = [block(h, **kw) for h, kw in zip(hidden, kwargs)]
-            if float_targets:
-                float_outs = [float_block(h, **kw) for h, kw in zip(hidden_float, kwargs)]
-                hidden_float = [o[0] if isinstance(o, tuple) else o for o in float_outs]
         hidden = [o[0] if isinstance(o, tuple) else o for o in outs]
     bar.close()
     return model
