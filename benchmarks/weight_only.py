@@ -115,6 +115,9 @@ def main(argv=None) -> int:
 
     if args.from_json:
         rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())]
+        # every run carries its own float32 row: one is enough (the same model on the same windows)
+        rows = [r for i, r in enumerate(rows) if r["config"] != "float32"
+                or not any(q["config"] == "float32" for q in rows[:i])]
         return report(rows, args)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -220,8 +223,8 @@ def report(rows, args) -> int:
     if missing:
         notes.append("Not run (time): " + ", ".join(missing) + ".")
     if args.from_json:
-        notes.append("Configs ran in parallel processes with these settings (`--configs PRESET ... --json ROWS`), "
-                     "merged by this command; each row's quantize time is under that shared load.")
+        notes.append("Rows from earlier runs with these settings (`--configs PRESET ... --json ROWS`), merged by this "
+                     "command; runs made side by side share the machine, so compare quantize times within one run only.")
     print("\n".join(notes))
     if not args.no_append:
         append_results("Weight-only quantization of SmolLM2-135M (WikiText-2)", table, "\n".join(notes))
