@@ -6,19 +6,22 @@
     probs  = where(isnan(probs), 0, probs)               # (when the graph has it)
     out    = gqa_values(probs, v_cache)                  # [1, heads, 1, head_dim]
 
-into one ``decode_attention`` PrimFunc: per kv head, each cached K row is read once for the
-group's query heads, the masked scores' softmax is taken in a scratch row, then each V row is read
-once. At decode those were five kernels per layer (scores, the mask add, softmax, values and a
-VM dispatch, an allocation and a free for each intermediate), most of them far smaller than a
-thread-pool launch. The arithmetic is the unfused kernels', in their order: head_dim summed in
-SCORE_LANES lanes then the lanes in turn (``gqa_attention``'s one-row scores; here for a block of
-SCORE_LANES positions at once, a vector over positions, so the in-order lane sums do not wait on
-each other), the mask added,
-the softmax's max, ``fast_exp``, sum over positions in order and division
-(``fast_exp.softmax_te``), values summed over positions in order: decode's outputs are the
-unfused kernels' bit for bit, hence still prefill's. The kv heads run on one thread below
-``PARALLEL_FROM`` cache positions (a launch costs about as much as a layer's attention at SmolLM2's
-contexts), on the thread pool from there.
+into one ``decode_attention`` PrimFunc in three phases: scores (each cached K row read once for its
+kv head's group of query heads, the mask added) into a scratch row per query head, the softmax of
+each row, then the values (each V row read once per kv head). At decode those were five kernels per
+layer (scores, the mask add, softmax, values and a VM dispatch, an allocation and a free for each
+intermediate), most of them far smaller than a thread-pool launch. The arithmetic is the unfused
+kernels', in their order: head_dim summed in SCORE_LANES lanes then the lanes in turn
+(``gqa_attention``'s one-row scores; here for a block of SCORE_LANES positions at once, a vector over
+positions, so the in-order lane sums do not wait on each other), the mask added, the softmax's max,
+``fast_exp``, sum over positions in order and division (``fast_exp.softmax_te``), values summed over
+positions in order: decode's outputs are the unfused kernels' bit for bit, hence still prefill's.
+
+Below ``PARALLEL_FROM`` cache positions the phases run on the calling thread. From there they run in
+ONE parallel region (``pragma_parallel_launch_point``, a launch and two barriers): the scores split
+over blocks of positions, the softmax over query heads, the values over kv heads and halves of
+head_dim; each score, maximum, sum and output is still computed by one thread, in the same order, so
+the two paths give the same bits. (By kv heads alone, 3 kv heads split 2:1 over 2 threads.)
 
 The chain is declared once as a ``tvm.relax.dpl`` pattern; a graph in another form (a soft cap
 between scores and mask, Gemma2; an appending cache) is left as it is.
@@ -34,9 +37,10 @@ from edgeq.targets import fast_exp
 from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES, known_shape
 
 FUSED_NAME = "decode_attention"
-# cache positions from which the kv heads go to the thread pool: whole SmolLM2 decode steps at 128-170
-# positions ran faster with them on one thread (benchmarks/decode_step.py); 3 kv heads split 2:1 over
-# 2 threads only pay for the launch on longer caches
+# cache positions from which the phases run on the thread pool: SmolLM2 decode steps at 128-228
+# positions on this 2-core host, shared (load 3-4), were no faster with them parallel from 64 or 128
+# (benchmarks/decode_step.py, RESULTS.md: the #19 decode attention, session 10); on a loaded host
+# every launch and barrier can wait for a descheduled thread
 PARALLEL_FROM = 512
 # the scores phase's parallel loop: its items in this many contiguous runs, one tile each (the
 # 3 KB tile is over TVM's 1 KB stack limit: one inside the loop over items would be a workspace
@@ -66,7 +70,7 @@ def decode_attention_pattern():
 
 def fuse_decode_attention(mod: tvm.IRModule, functions, parallel_from: int = PARALLEL_FROM) -> tvm.IRModule:
     """``mod`` with each decode attention chain (see the module docstring) of the Relax ``functions``
-    (names) replaced by one ``decode_attention`` call (kv heads in parallel from ``parallel_from``
+    (names) replaced by one ``decode_attention`` call (on the thread pool from ``parallel_from``
     cache positions); the kernels left unused are removed."""
     pattern, parts = decode_attention_pattern()
     names = list(functions)
