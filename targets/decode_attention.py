@@ -160,6 +160,28 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
     # scratch buffers in the default scope: TVM 0.27 gives a "local" one a TVMBackendAllocWorkspace
     # call (one per call, or per parallel task), a "global" one of constant size a stack alloca
     # that LLVM keeps in registers
+    def stage_shuffles(step):
+        """Lane picks from rows (a, b) = (r, r + step) that swap bit ``step`` of the row and the lane."""
+        first = [T.int32(c if not c & step else lanes + c - step) for c in range(lanes)]
+        second = [T.int32(c + step if not c & step else lanes + c) for c in range(lanes)]
+        return first, second
+
+    assert lanes == 16, "score_block transposes 16 x 16 squares in four stages"
+    shuffles = {step: stage_shuffles(step) for step in (1, 2, 4, 8)}
+    whole = T.Ramp(0, 1, lanes)
+
+    @T.macro(hygienic=True)
+    def transpose_stage(tile, pair, g, step, first, second):
+        """One of the four stages of tile[g]'s 16 x 16 transpose: each pair of rows r, r + step
+        (bit ``step`` of r clear) shuffled into two (data movement only)."""
+        for i in T.unroll(lanes // 2):
+            pair[0, whole] = T.Shuffle([tile[g, i // step * 2 * step + i % step, whole],
+                                        tile[g, i // step * 2 * step + i % step + step, whole]], first)
+            pair[1, whole] = T.Shuffle([tile[g, i // step * 2 * step + i % step, whole],
+                                        tile[g, i // step * 2 * step + i % step + step, whole]], second)
+            tile[g, i // step * 2 * step + i % step, whole] = pair[0, whole]
+            tile[g, i // step * 2 * step + i % step + step, whole] = pair[1, whole]
+
     @T.macro(hygienic=True)
     def score_block(kv, pb, q, k, mask, probs, tile):
         """Scores + mask of positions [pb * lanes, (pb + 1) * lanes) for kv's query heads: each K
@@ -167,6 +189,7 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
         for the block's positions at once (a vector over positions: the one-row sums' additions,
         in their order). ``tile``: [head, position, lane], 3 KB for SmolLM2, over the stack's limit."""
         block_sums = T.decl_buffer((group, lanes), f32)  # [head, position]
+        pair = T.decl_buffer((2, lanes), f32)
         for pp in range(lanes):
             for g in T.unroll(group):
                 for lane in T.vectorized(lanes):
@@ -176,11 +199,17 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
                         tile[g, pp, lane] = tile[g, pp, lane] + q[0, kv * group + g, 0, c * lanes + lane] * cq * (
                             k[0, kv, pb * lanes + pp, c * lanes + lane] * ck)
         for g in T.unroll(group):
+            # the head's [position, lane] square transposed in place, so that each lane is a
+            # vector over positions (a column read builds a vector from 16 scalar inserts)
+            transpose_stage(tile, pair, g, 1, shuffles[1][0], shuffles[1][1])
+            transpose_stage(tile, pair, g, 2, shuffles[2][0], shuffles[2][1])
+            transpose_stage(tile, pair, g, 4, shuffles[4][0], shuffles[4][1])
+            transpose_stage(tile, pair, g, 8, shuffles[8][0], shuffles[8][1])
             for pp in T.vectorized(lanes):
                 block_sums[g, pp] = T.float32(0)
             for lane in T.unroll(lanes):
                 for pp in T.vectorized(lanes):
-                    block_sums[g, pp] = block_sums[g, pp] + tile[g, pp, lane]
+                    block_sums[g, pp] = block_sums[g, pp] + tile[g, lane, pp]
             for pp in T.vectorized(lanes):
                 probs[kv * group + g, pb * lanes + pp] = block_sums[g, pp] + mask[
                     0, mask_head(kv * group + g), 0, pb * lanes + pp]
