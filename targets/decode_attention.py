@@ -12,8 +12,9 @@ each row, then the values (each V row read once per kv head). At decode those we
 layer (scores, the mask add, softmax, values and a VM dispatch, an allocation and a free for each
 intermediate), most of them far smaller than a thread-pool launch. The arithmetic is the unfused
 kernels', in their order: head_dim summed in SCORE_LANES lanes then the lanes in turn
-(``gqa_attention``'s one-row scores; here for a block of SCORE_LANES positions at once, a vector over
-positions, so the in-order lane sums do not wait on each other), the mask added, the softmax's max,
+(``gqa_attention``'s one-row scores; here for a block of SCORE_LANES positions at once: each head's
+[position, lane] tile transposed in registers by shuffles, then the lanes summed in order as vectors
+over positions, so the in-order sums do not wait on each other), the mask added, the softmax's max,
 ``fast_exp``, sum over positions in order and division (``fast_exp.softmax_te``), values summed over
 positions in order: decode's outputs are the unfused kernels' bit for bit, hence still prefill's.
 
