@@ -3,14 +3,18 @@ head_dim 64, a ``--max-context`` cache): the chain ``gqa_attention`` leaves (sco
 softmax, NaN clean-up, values: five kernels through the Relax VM) against ``decode_attention``'s
 one kernel, its kv heads on one thread or on the thread pool. Each a Relax function compiled with
 edgeq's CPU pipeline for this host, timed through the VM in one process, rounds interleaved, minima
-(the machine may be shared); the outputs are checked equal bit for bit.
+and medians (the machine may be shared); the outputs are checked equal bit for bit. ``--baseline``
+adds the fused kernel of another ``decode_attention.py`` (one thread), e.g. main's:
 
-    python benchmarks/decode_attention.py --past 64,128,256,512,1024 --rounds 8
+    git show main:targets/decode_attention.py > /tmp/main_decode_attention.py
+    python benchmarks/decode_attention.py --past 64,128,256,512,1024 --rounds 8 --baseline /tmp/main_decode_attention.py
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import statistics
 import sys
 from pathlib import Path
 
@@ -57,6 +61,7 @@ def main():
     parser.add_argument("--past", default="64,128,256,512,1024", help="comma-separated cache lengths")
     parser.add_argument("--max-context", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--baseline", type=Path, help="another decode_attention.py whose fused kernel (1 thread) is timed too")
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     spec = host_cpu_target()
@@ -64,7 +69,12 @@ def main():
     before = chain(args.max_context)
     variants = {"5 kernels": before,
                 "fused, 1 thread": fuse_decode_attention(before, ["decode"], parallel_from=args.max_context + 1),
-                "fused, kv heads parallel": fuse_decode_attention(before, ["decode"], parallel_from=1)}
+                "fused, parallel": fuse_decode_attention(before, ["decode"], parallel_from=1)}
+    if args.baseline:
+        spec_of = importlib.util.spec_from_file_location("baseline_decode_attention", args.baseline)
+        baseline = importlib.util.module_from_spec(spec_of)
+        spec_of.loader.exec_module(baseline)
+        variants["baseline fused, 1 thread"] = baseline.fuse_decode_attention(before, ["decode"], parallel_from=args.max_context + 1)
     vms = {name: relax.VirtualMachine(tvm.compile(default_pipeline(mod, spec)[0], target=spec.tvm(), relax_pipeline=None), dev)
            for name, mod in variants.items()}
     rng = np.random.default_rng(0)
@@ -78,15 +88,18 @@ def main():
         for name, out in outs.items():
             np.testing.assert_array_equal(out, outs["5 kernels"], err_msg=name)
         timers = {name: vm.time_evaluator("decode", dev, number=100, repeat=5) for name, vm in vms.items()}
-        best = {name: float("inf") for name in vms}
-        for _ in range(args.rounds):
-            for name, timer in timers.items():
-                best[name] = min(best[name], min(timer(*call).results) * 1e6)
+        times = {name: [] for name in vms}
+        for r in range(args.rounds):
+            for name in (list(timers) if r % 2 == 0 else list(timers)[::-1]):
+                times[name] += [t * 1e6 for t in timers[name](*call).results]
+        best = {name: min(t) for name, t in times.items()}
+        middle = {name: statistics.median(t) for name, t in times.items()}
         base = best["5 kernels"]
-        rows.append([past + 1, *(f"{best[n]:.2f} ({base / best[n]:.2f}x)" for n in vms)])
-    table = markdown_table(["cache positions read", *(f"{n} us (min)" for n in vms)], rows)
+        rows.append([past + 1, *(f"{best[n]:.2f} ({base / best[n]:.2f}x) / {middle[n]:.2f}" for n in vms)])
+    table = markdown_table(["cache positions read", *(f"{n} us min (x 5 kernels) / median" for n in vms)], rows)
     notes = (f"Target {spec.description}; CPU flags: {cpu_flags()}; 2 threads unless TVM_NUM_THREADS says otherwise; "
              f"max_context {args.max_context}; PARALLEL_FROM {PARALLEL_FROM}; "
+             f"{args.rounds} rounds x 5 repeats x 100 calls, the order alternating per round; "
              f"load average (1 min) {open('/proc/loadavg').read().split()[0]}.")
     print_and_record("Decode attention at one query row: five kernels against one", table, notes, record=not args.no_append)
 

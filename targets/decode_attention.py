@@ -6,19 +6,23 @@
     probs  = where(isnan(probs), 0, probs)               # (when the graph has it)
     out    = gqa_values(probs, v_cache)                  # [1, heads, 1, head_dim]
 
-into one ``decode_attention`` PrimFunc: per kv head, each cached K row is read once for the
-group's query heads, the masked scores' softmax is taken in a scratch row, then each V row is read
-once. At decode those were five kernels per layer (scores, the mask add, softmax, values and a
-VM dispatch, an allocation and a free for each intermediate), most of them far smaller than a
-thread-pool launch. The arithmetic is the unfused kernels', in their order: head_dim summed in
-SCORE_LANES lanes then the lanes in turn (``gqa_attention``'s one-row scores; here for a block of
-SCORE_LANES positions at once, a vector over positions, so the in-order lane sums do not wait on
-each other), the mask added,
-the softmax's max, ``fast_exp``, sum over positions in order and division
-(``fast_exp.softmax_te``), values summed over positions in order: decode's outputs are the
-unfused kernels' bit for bit, hence still prefill's. The kv heads run on one thread below
-``PARALLEL_FROM`` cache positions (a launch costs about as much as a layer's attention at SmolLM2's
-contexts), on the thread pool from there.
+into one ``decode_attention`` PrimFunc in three phases: scores (each cached K row read once for its
+kv head's group of query heads, the mask added) into a scratch row per query head, the softmax of
+each row, then the values (each V row read once per kv head). At decode those were five kernels per
+layer (scores, the mask add, softmax, values and a VM dispatch, an allocation and a free for each
+intermediate), most of them far smaller than a thread-pool launch. The arithmetic is the unfused
+kernels', in their order: head_dim summed in SCORE_LANES lanes then the lanes in turn
+(``gqa_attention``'s one-row scores; here for a block of SCORE_LANES positions at once: each head's
+[position, lane] tile transposed in registers by shuffles, then the lanes summed in order as vectors
+over positions, so the in-order sums do not wait on each other), the mask added, the softmax's max,
+``fast_exp``, sum over positions in order and division (``fast_exp.softmax_te``), values summed over
+positions in order: decode's outputs are the unfused kernels' bit for bit, hence still prefill's.
+
+Below ``PARALLEL_FROM`` cache positions the phases run on the calling thread. From there they run in
+ONE parallel region (``pragma_parallel_launch_point``, a launch and two barriers): the scores split
+over blocks of positions, the softmax over query heads, the values over kv heads and halves of
+head_dim; each score, maximum, sum and output is still computed by one thread, in the same order, so
+the two paths give the same bits. (By kv heads alone, 3 kv heads split 2:1 over 2 threads.)
 
 The chain is declared once as a ``tvm.relax.dpl`` pattern; a graph in another form (a soft cap
 between scores and mask, Gemma2; an appending cache) is left as it is.
@@ -34,10 +38,16 @@ from edgeq.targets import fast_exp
 from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES, known_shape
 
 FUSED_NAME = "decode_attention"
-# cache positions from which the kv heads go to the thread pool: whole SmolLM2 decode steps at 128-170
-# positions ran faster with them on one thread (benchmarks/decode_step.py); 3 kv heads split 2:1 over
-# 2 threads only pay for the launch on longer caches
+# cache positions from which the phases run on the thread pool: SmolLM2 decode steps at 128-228
+# positions on this 2-core host, shared (load 3-4), were no faster with them parallel from 64 or 128
+# (benchmarks/decode_step.py, RESULTS.md: the #19 decode attention, session 10); on a loaded host
+# every launch and barrier can wait for a descheduled thread
 PARALLEL_FROM = 512
+# the scores phase's parallel loop: its items in this many contiguous runs, one tile each (the
+# 3 KB tile is over TVM's 1 KB stack limit: one inside the loop over items would be a workspace
+# call per item); 2 per thread at 2 threads
+SCORE_WORKERS = 4
+VALUE_PARTS = 2  # the values phase's items: kv heads x parts of head_dim (3 kv heads: 6 items, 3 per thread)
 
 
 def decode_attention_pattern():
@@ -61,7 +71,7 @@ def decode_attention_pattern():
 
 def fuse_decode_attention(mod: tvm.IRModule, functions, parallel_from: int = PARALLEL_FROM) -> tvm.IRModule:
     """``mod`` with each decode attention chain (see the module docstring) of the Relax ``functions``
-    (names) replaced by one ``decode_attention`` call (kv heads in parallel from ``parallel_from``
+    (names) replaced by one ``decode_attention`` call (on the thread pool from ``parallel_from``
     cache positions); the kernels left unused are removed."""
     pattern, parts = decode_attention_pattern()
     names = list(functions)
@@ -124,16 +134,23 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
                           k_scale: float, mask_heads: int, cleaned: bool, parallel_from: int | None = None):
     """The fused kernel ``(q [1, heads, 1, head_dim], k, v [1, kv_heads, max_context, head_dim],
     mask [1, mask_heads, 1, n]) -> out [1, heads, 1, head_dim]`` over the first ``n`` cache
-    positions; ``cleaned``: NaN probabilities become 0 (the graph's ``where(isnan(p), 0, p)``). The kv
-    heads run in parallel from ``n >= parallel_from`` positions (default ``PARALLEL_FROM``), else on
-    the calling thread."""
+    positions; ``cleaned``: NaN probabilities become 0 (the graph's ``where(isnan(p), 0, p)``). From
+    ``n >= parallel_from`` positions (default ``PARALLEL_FROM``) its three phases run in one parallel
+    region, else on the calling thread (see the module docstring)."""
     from tvm.script import tirx as T
 
     parallel_from = PARALLEL_FROM if parallel_from is None else parallel_from
     group, chunks, lanes = heads // kv_heads, head_dim // SCORE_LANES, SCORE_LANES
+    parts = VALUE_PARTS if head_dim % (VALUE_PARTS * lanes) == 0 else 1
     f32 = "float32"
     cq, ck = T.float32(q_scale), T.float32(k_scale)
     lowest = T.min_value(f32)
+
+    def score_items(n):  # the scores phase's: each kv head's blocks, then its last positions
+        return kv_heads * (n // lanes + 1)
+
+    def per_worker(n):
+        return (score_items(n) + SCORE_WORKERS - 1) // SCORE_WORKERS
 
     def mask_head(h):
         return h if mask_heads == heads else 0
@@ -141,35 +158,69 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
     def clean(x):
         return T.Select(fast_exp.is_nan(x), T.float32(0), x) if cleaned else x
 
+    # scratch buffers in the default scope: TVM 0.27 gives a "local" one a TVMBackendAllocWorkspace
+    # call (one per call, or per parallel task), a "global" one of constant size a stack alloca
+    # that LLVM keeps in registers
+    def stage_shuffles(step):
+        """Lane picks from rows (a, b) = (r, r + step) that swap bit ``step`` of the row and the lane."""
+        first = [T.int32(c if not c & step else lanes + c - step) for c in range(lanes)]
+        second = [T.int32(c + step if not c & step else lanes + c) for c in range(lanes)]
+        return first, second
+
+    assert lanes == 16, "score_block transposes 16 x 16 squares in four stages"
+    shuffles = {step: stage_shuffles(step) for step in (1, 2, 4, 8)}
+    whole = T.Ramp(0, 1, lanes)
+
     @T.macro(hygienic=True)
-    def one_kv_head(kv, n, q, k, v, mask, out, probs):
-        lane_sums = T.decl_buffer((group, lanes), f32, scope="local")
-        row = T.decl_buffer((group,), f32, scope="local")
-        acc = T.decl_buffer((group, head_dim), f32, scope="local")
-        tile = T.decl_buffer((group, lanes, lanes), f32, scope="local")  # [head, position, lane]
-        block_sums = T.decl_buffer((group, lanes), f32, scope="local")  # [head, position]
-        # scores + mask, in blocks of `lanes` positions: each K row read once for the group's heads
-        # into one lane vector per head and position, then the lanes summed in order for the block's
-        # positions at once (a vector over positions: the one-row sums' additions, in their order)
-        for pb in range(n // lanes):
-            for pp in range(lanes):
-                for g in T.unroll(group):
-                    for lane in T.vectorized(lanes):
-                        tile[g, pp, lane] = T.float32(0)
-                    for c in T.unroll(chunks):
-                        for lane in T.vectorized(lanes):
-                            tile[g, pp, lane] = tile[g, pp, lane] + q[0, kv * group + g, 0, c * lanes + lane] * cq * (
-                                k[0, kv, pb * lanes + pp, c * lanes + lane] * ck)
+    def transpose_stage(tile, pair, g, step, first, second):
+        """One of the four stages of tile[g]'s 16 x 16 transpose: each pair of rows r, r + step
+        (bit ``step`` of r clear) shuffled into two (data movement only)."""
+        for i in T.unroll(lanes // 2):
+            pair[0, whole] = T.Shuffle([tile[g, i // step * 2 * step + i % step, whole],
+                                        tile[g, i // step * 2 * step + i % step + step, whole]], first)
+            pair[1, whole] = T.Shuffle([tile[g, i // step * 2 * step + i % step, whole],
+                                        tile[g, i // step * 2 * step + i % step + step, whole]], second)
+            tile[g, i // step * 2 * step + i % step, whole] = pair[0, whole]
+            tile[g, i // step * 2 * step + i % step + step, whole] = pair[1, whole]
+
+    @T.macro(hygienic=True)
+    def score_block(kv, pb, q, k, mask, probs, tile):
+        """Scores + mask of positions [pb * lanes, (pb + 1) * lanes) for kv's query heads: each K
+        row read once into one lane vector per head and position, then the lanes summed in order
+        for the block's positions at once (a vector over positions: the one-row sums' additions,
+        in their order). ``tile``: [head, position, lane], 3 KB for SmolLM2, over the stack's limit."""
+        block_sums = T.decl_buffer((group, lanes), f32)  # [head, position]
+        pair = T.decl_buffer((2, lanes), f32)
+        for pp in range(lanes):
             for g in T.unroll(group):
+                for lane in T.vectorized(lanes):
+                    tile[g, pp, lane] = T.float32(0)
+                for c in T.unroll(chunks):
+                    for lane in T.vectorized(lanes):
+                        tile[g, pp, lane] = tile[g, pp, lane] + q[0, kv * group + g, 0, c * lanes + lane] * cq * (
+                            k[0, kv, pb * lanes + pp, c * lanes + lane] * ck)
+        for g in T.unroll(group):
+            # the head's [position, lane] square transposed in place, so that each lane is a
+            # vector over positions (a column read builds a vector from 16 scalar inserts)
+            transpose_stage(tile, pair, g, 1, shuffles[1][0], shuffles[1][1])
+            transpose_stage(tile, pair, g, 2, shuffles[2][0], shuffles[2][1])
+            transpose_stage(tile, pair, g, 4, shuffles[4][0], shuffles[4][1])
+            transpose_stage(tile, pair, g, 8, shuffles[8][0], shuffles[8][1])
+            for pp in T.vectorized(lanes):
+                block_sums[g, pp] = T.float32(0)
+            for lane in T.unroll(lanes):
                 for pp in T.vectorized(lanes):
-                    block_sums[g, pp] = T.float32(0)
-                for lane in T.unroll(lanes):
-                    for pp in T.vectorized(lanes):
-                        block_sums[g, pp] = block_sums[g, pp] + tile[g, pp, lane]
-                for pp in T.vectorized(lanes):
-                    probs[kv * group + g, pb * lanes + pp] = block_sums[g, pp] + mask[
-                        0, mask_head(kv * group + g), 0, pb * lanes + pp]
-        for p in range(n // lanes * lanes, n):  # the last positions, one at a time
+                    block_sums[g, pp] = block_sums[g, pp] + tile[g, lane, pp]
+            for pp in T.vectorized(lanes):
+                probs[kv * group + g, pb * lanes + pp] = block_sums[g, pp] + mask[
+                    0, mask_head(kv * group + g), 0, pb * lanes + pp]
+
+    @T.macro(hygienic=True)
+    def score_tail(kv, n, q, k, mask, probs):
+        """Scores + mask of the positions after the last whole block, one at a time."""
+        lane_sums = T.decl_buffer((group, lanes), f32)
+        row = T.decl_buffer((group,), f32)
+        for p in range(n // lanes * lanes, n):
             for g in T.unroll(group):
                 for lane in T.vectorized(lanes):
                     lane_sums[g, lane] = T.float32(0)
@@ -181,43 +232,62 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
                 for lane in T.unroll(lanes):
                     row[g] = row[g] + lane_sums[g, lane]
                 probs[kv * group + g, p] = row[g] + mask[0, mask_head(kv * group + g), 0, p]
-        # softmax of each head's row: max (in lanes: a max is exact in any order), exp of the
-        # difference and the division in vectors of positions, the sum in order
-        for g in range(group):
+
+    @T.macro(hygienic=True)
+    def softmax_row(h, n, probs):
+        """Softmax of head h's row: max (in lanes: a max is exact in any order), exp of the
+        difference and the division in vectors of positions, the sum in order."""
+        lane_max = T.decl_buffer((lanes,), f32)
+        top = T.decl_buffer((1,), f32)
+        total = T.decl_buffer((1,), f32)
+        for lane in T.vectorized(lanes):
+            lane_max[lane] = lowest
+        for pc in range(n // lanes):
             for lane in T.vectorized(lanes):
-                lane_sums[g, lane] = lowest
-            for pc in range(n // lanes):
-                for lane in T.vectorized(lanes):
-                    lane_sums[g, lane] = T.max(lane_sums[g, lane], probs[kv * group + g, pc * lanes + lane])
-            row[g] = lowest
-            for lane in T.unroll(lanes):
-                row[g] = T.max(row[g], lane_sums[g, lane])
-            for p in range(n // lanes * lanes, n):
-                row[g] = T.max(row[g], probs[kv * group + g, p])
-            for pc in range(n // lanes):
-                for lane in T.vectorized(lanes):
-                    probs[kv * group + g, pc * lanes + lane] = fast_exp.fast_exp(probs[kv * group + g, pc * lanes + lane] - row[g])
-            for p in range(n // lanes * lanes, n):
-                probs[kv * group + g, p] = fast_exp.fast_exp(probs[kv * group + g, p] - row[g])
-            lane_sums[g, 0] = T.float32(0)
-            for p in range(n):
-                lane_sums[g, 0] = lane_sums[g, 0] + probs[kv * group + g, p]
-            for pc in range(n // lanes):
-                for lane in T.vectorized(lanes):
-                    probs[kv * group + g, pc * lanes + lane] = clean(probs[kv * group + g, pc * lanes + lane] / lane_sums[g, 0])
-            for p in range(n // lanes * lanes, n):
-                probs[kv * group + g, p] = clean(probs[kv * group + g, p] / lane_sums[g, 0])
-        # values: each V row read once, the group's head_dim outputs accumulated in registers
+                lane_max[lane] = T.max(lane_max[lane], probs[h, pc * lanes + lane])
+        top[0] = lowest
+        for lane in T.unroll(lanes):
+            top[0] = T.max(top[0], lane_max[lane])
+        for p in range(n // lanes * lanes, n):
+            top[0] = T.max(top[0], probs[h, p])
+        for pc in range(n // lanes):
+            for lane in T.vectorized(lanes):
+                probs[h, pc * lanes + lane] = fast_exp.fast_exp(probs[h, pc * lanes + lane] - top[0])
+        for p in range(n // lanes * lanes, n):
+            probs[h, p] = fast_exp.fast_exp(probs[h, p] - top[0])
+        total[0] = T.float32(0)
+        for p in range(n):
+            total[0] = total[0] + probs[h, p]
+        for pc in range(n // lanes):
+            for lane in T.vectorized(lanes):
+                probs[h, pc * lanes + lane] = clean(probs[h, pc * lanes + lane] / total[0])
+        for p in range(n // lanes * lanes, n):
+            probs[h, p] = clean(probs[h, p] / total[0])
+
+    @T.macro(hygienic=True)
+    def values_part(kv, part, width, n, v, out, probs):
+        """Outputs [part * width, (part + 1) * width) of kv's query heads: each V row's slice read
+        once, the group's outputs accumulated in registers, each summed over positions in order."""
+        acc = T.decl_buffer((group, width), f32)
         for g in T.unroll(group):
-            for d in T.vectorized(head_dim):
+            for d in T.vectorized(width):
                 acc[g, d] = T.float32(0)
         for p in range(n):
             for g in T.unroll(group):
-                for d in T.vectorized(head_dim):
-                    acc[g, d] = acc[g, d] + probs[kv * group + g, p] * v[0, kv, p, d]
+                for d in T.vectorized(width):
+                    acc[g, d] = acc[g, d] + probs[kv * group + g, p] * v[0, kv, p, part * width + d]
         for g in T.unroll(group):
-            for d in T.vectorized(head_dim):
-                out[0, kv * group + g, 0, d] = acc[g, d]
+            for d in T.vectorized(width):
+                out[0, kv * group + g, 0, part * width + d] = acc[g, d]
+
+    @T.macro(hygienic=True)
+    def scores_item(i, n, q, k, mask, probs, tile):
+        """Item i of the scores phase: kv head i // (blocks + 1), its block i % (blocks + 1), the
+        last one of each head its positions after the whole blocks."""
+        if i % (n // lanes + 1) < n // lanes:
+            score_block(i // (n // lanes + 1), i % (n // lanes + 1), q, k, mask, probs, tile)
+        else:
+            score_tail(i // (n // lanes + 1), n, q, k, mask, probs)
 
     @T.prim_func(private=True)
     def decode_attention(var_q: T.handle, var_k: T.handle, var_v: T.handle, var_mask: T.handle, var_out: T.handle):
@@ -228,12 +298,30 @@ def decode_attention_func(heads: int, kv_heads: int, head_dim: int, max_context:
         v = T.match_buffer(var_v, (1, kv_heads, max_context, head_dim), f32)
         mask = T.match_buffer(var_mask, (1, mask_heads, 1, n), f32)
         out = T.match_buffer(var_out, (1, heads, 1, head_dim), f32)
-        probs = T.decl_buffer((heads, max_context), f32)  # each kv head writes its own group's rows
+        probs = T.decl_buffer((heads, max_context), f32)  # every phase's rows, shared by the threads
         if n >= parallel_from:
-            for kv in T.parallel(kv_heads):
-                one_kv_head(kv, n, q, k, v, mask, out, probs)
+            # one region: scores by blocks of positions, softmax by query head, values by kv head
+            # and part of head_dim, a barrier after each of the first two
+            with T.attr(0, "pragma_parallel_launch_point", 1):
+                with T.attr(0, "pragma_parallel_barrier_when_finish", 1):
+                    for w in T.parallel(SCORE_WORKERS):
+                        # a tile per worker (a buffer inside a parallel loop is its iteration's)
+                        tile = T.decl_buffer((group, lanes, lanes), f32)
+                        for i in range(w * per_worker(n), T.min((w + 1) * per_worker(n), score_items(n))):
+                            scores_item(i, n, q, k, mask, probs, tile)
+                with T.attr(0, "pragma_parallel_barrier_when_finish", 1):
+                    for h in T.parallel(heads):
+                        softmax_row(h, n, probs)
+                for i in T.parallel(kv_heads * parts):
+                    values_part(i // parts, i % parts, head_dim // parts, n, v, out, probs)
         else:
+            tile = T.decl_buffer((group, lanes, lanes), f32)
             for kv in range(kv_heads):
-                one_kv_head(kv, n, q, k, v, mask, out, probs)
+                for pb in range(n // lanes):
+                    score_block(kv, pb, q, k, mask, probs, tile)
+                score_tail(kv, n, q, k, mask, probs)
+                for g in range(group):
+                    softmax_row(kv * group + g, n, probs)
+                values_part(kv, 0, head_dim, n, v, out, probs)  # the whole row: V read once
 
     return decode_attention

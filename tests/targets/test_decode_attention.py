@@ -48,13 +48,13 @@ def run(mod, args):
     return vm["decode"](*[tvm.runtime.tensor(a) for a in args]).numpy()
 
 
-def inputs(mask_heads: int):
+def inputs(mask_heads: int, past: int = PAST):
     rng = np.random.default_rng(3)
     shapes = [(1, HEADS, 1, HEAD_DIM), (1, KV_HEADS, MAX_CONTEXT, HEAD_DIM), (1, KV_HEADS, MAX_CONTEXT, HEAD_DIM)]
     args = [rng.normal(size=s).astype(np.float32) for s in shapes]
-    mask = np.zeros((1, mask_heads, 1, PAST + 1), np.float32)
-    mask[..., :3] = np.finfo(np.float32).min  # positions masked out, as the graph's where(..., 0, -max)
-    return [*args, mask, np.zeros(PAST, np.int8)]
+    mask = np.zeros((1, mask_heads, 1, past + 1), np.float32)
+    mask[..., :min(3, past)] = np.finfo(np.float32).min  # positions masked out, as the graph's where(..., 0, -max)
+    return [*args, mask, np.zeros(past, np.int8)]
 
 
 def calls_to(mod, name: str) -> int:
@@ -90,3 +90,15 @@ def test_a_soft_capped_chain_is_left_alone():
     before = decode_chain(soft_cap=True)
     after = fuse_decode_attention(before, ["decode"])
     assert calls_to(after, FUSED_NAME) == 0 and calls_to(after, "gqa_") == 2
+
+
+def test_parallel_and_serial_paths_at_every_kind_of_length():
+    """One artifact, lengths on both sides of ``parallel_from`` (20 positions): blocks of 16 whole
+    or not, none whole, the cache full; both paths equal the five-kernel chain bit for bit."""
+    before = decode_chain()
+    _, chain_vm = cpu_vm(before)
+    _, fused_vm = cpu_vm(fuse_decode_attention(before, ["decode"], parallel_from=20))
+    for past in (0, 14, 15, 18, 19, 20, 31, 32, MAX_CONTEXT - 1):  # positions read: past + 1
+        args = [tvm.runtime.tensor(a) for a in inputs(1, past)]
+        np.testing.assert_array_equal(fused_vm["decode"](*args).numpy(), chain_vm["decode"](*args).numpy(),
+                                      err_msg=f"{past + 1} positions")
