@@ -55,7 +55,10 @@ ACT_BITS = (8, 32)  # 32: float activations (the default)
 # weight rows per thread task, best first: four independent dot-product chains and load streams
 ROWS_PER_TASK = (4, 2, 1)
 TILE_ROWS = 2  # activation rows per register tile (prefill): each unpacked weight vector serves them all
-PREFETCH_ROWS = 16  # weight rows ahead of the one being read (15-30% at 576×49152 and 4096², 1 thread)
+# weight bytes prefetched ahead of a task's block of rows (which it reads side by side): the same
+# byte of the row that many bytes past the block (rounded up to whole rows). Streaming from DRAM
+# (2 threads, 96 MB of copies): none 20 GB/s, ~5 KB 23-26 GB/s, 18-37 KB at K = 576 1-3 GB/s less
+PREFETCH_BYTES = 3072
 # prefill GEMM (see ``gemm_tile``): from this many activation rows on, each thread task
 # unpacks its weight columns once into a column-major tile and the int32 lanes are output columns
 GEMM_MIN_ROWS = 8
@@ -183,10 +186,12 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     dot = lambda acc, w, x: _dot(isa, width, acc, w, x)  # noqa: E731
     wbytes = lambda qweight, j, start, h, count: _weight_bytes(qweight, j, start, count, h, bits, signed)  # noqa: E731
 
+    prefetch_rows = rows_per_task + -(-PREFETCH_BYTES // (k_dim * bits // 8))
+
     @T.macro(hygienic=True)
     def prefetch(qweight, j, byte):
-        """The same bytes of the weight row PREFETCH_ROWS further (read, keep in all caches)."""
-        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(qweight[T.min(j + PREFETCH_ROWS, n_dim - 1), byte]),
+        """The same bytes of the weight row ``prefetch_rows`` further (read, keep in all caches)."""
+        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(qweight[T.min(j + prefetch_rows, n_dim - 1), byte]),
                                       T.int32(0), T.int32(3), T.int32(1)))
 
     @T.macro(hygienic=True)
