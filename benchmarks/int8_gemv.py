@@ -42,29 +42,34 @@ COLD_BYTES = 96 * 2**20
 COLD_MAX_COPIES = 512
 
 
+def copy_input(c: int) -> str:
+    return f"x{c}" if c else "x"
+
+
 def dq_matmul_model(weights, group: int, bits: int, rows: int) -> onnx.ModelProto:
-    """Y_c = X @ DequantizeLinear(W_c [K, N] blocked along K) for each (q [N, K], scale, zero) in
-    ``weights``: what edgeq compiles."""
+    """Y_c = X_c @ DequantizeLinear(W_c [K, N] blocked along K) for each (q [N, K], scale, zero) in
+    ``weights``: what edgeq compiles. One input per copy (x, x1, x2, ...): linears that read the
+    same input would be merged into one (merge_packed_linears), which the decode step does not."""
     import ml_dtypes
 
     kind = ml_dtypes.uint4 if bits == 4 else np.uint8
     n, k = weights[0][0].shape
-    inits, nodes, outputs = [], [], []
+    inits, nodes, inputs, outputs = [], [], [], []
     for c, (q, scale, zero) in enumerate(weights):
         inits += [numpy_helper.from_array(q.T.astype(kind), f"w{c}"), numpy_helper.from_array(scale.T.copy(), f"s{c}"),
                   numpy_helper.from_array(zero.T.astype(kind), f"z{c}")]
         nodes += [helper.make_node("DequantizeLinear", [f"w{c}", f"s{c}", f"z{c}"], [f"wf{c}"], axis=0, block_size=group),
-                  helper.make_node("MatMul", ["x", f"wf{c}"], [f"y{c}"])]
+                  helper.make_node("MatMul", [copy_input(c), f"wf{c}"], [f"y{c}"])]
+        inputs.append(helper.make_tensor_value_info(copy_input(c), TensorProto.FLOAT, [rows, k]))
         outputs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.FLOAT, [rows, n]))
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, k])],
-                              outputs, inits)
+    graph = helper.make_graph(nodes, "linear", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
 def matmulnbits_model(q, scale, zero, group: int, bits: int, rows: int, level: int, copies=()) -> onnx.ModelProto:
     """``com.microsoft.MatMulNBits`` (bits 4 or 8) with ``accuracy_level`` on the node: B is
     [N, K/group, group·bits/8] low bits first, zero points packed the same way per row; one node
-    more per (q, scale, zero) in ``copies``, each with its own output."""
+    more per (q, scale, zero) in ``copies``, each with its own input and output."""
     n, k = q.shape
     blocks = k // group
     per_byte = 8 // bits
@@ -75,17 +80,17 @@ def matmulnbits_model(q, scale, zero, group: int, bits: int, rows: int, level: i
         padded[:, :values.shape[1]] = values
         return sum((padded[:, h::per_byte] << (h * bits)) for h in range(per_byte)).astype(np.uint8)
 
-    inits, nodes, outputs = [], [], []
+    inits, nodes, inputs, outputs = [], [], [], []
     for c, (qc, sc, zc) in enumerate([(q, scale, zero), *copies]):
         suffix = str(c) if c else ""
         b = pack_rows(qc.astype(np.uint8)).reshape(n, blocks, group * bits // 8)
         inits += [numpy_helper.from_array(b, f"b{suffix}"), numpy_helper.from_array(sc.astype(np.float32), f"s{suffix}"),
                   numpy_helper.from_array(pack_rows(zc.astype(np.uint8)), f"z{suffix}")]
-        nodes.append(helper.make_node("MatMulNBits", ["x", f"b{suffix}", f"s{suffix}", f"z{suffix}"], [f"y{suffix}"],
+        nodes.append(helper.make_node("MatMulNBits", [copy_input(c), f"b{suffix}", f"s{suffix}", f"z{suffix}"], [f"y{suffix}"],
                                       domain="com.microsoft", K=k, N=n, bits=bits, block_size=group, accuracy_level=level))
+        inputs.append(helper.make_tensor_value_info(copy_input(c), TensorProto.FLOAT, [rows, k]))
         outputs.append(helper.make_tensor_value_info(f"y{suffix}", TensorProto.FLOAT, [rows, n]))
-    graph = helper.make_graph(nodes, "matmulnbits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, k])],
-                              outputs, inits)
+    graph = helper.make_graph(nodes, "matmulnbits", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
 
 
@@ -129,14 +134,15 @@ def shape_times(label, k, n, group, bits, rows, threads, tmp: Path, cold: bool =
         executor = TvmExecutor(art.path)
         x_tvm = tvm.runtime.tensor(x, executor.device)
         main = executor.vm["main"]
-        fns[name] = lambda main=main, x_tvm=x_tvm: main(x_tvm)
-        outputs[name] = executor.run([x])[0]
+        fns[name] = lambda main=main, xs=[x_tvm] * copies: main(*xs)
+        outputs[name] = executor.run([x] * copies)[0]
     for level in (4,) if cold else (0, 4):
         path = tmp / f"{stem}l{level}.onnx"
         onnx.save(matmulnbits_model(q, scale, zero, group, bits, rows, level, copies=weights[1:]), path)
         session = ort_session(str(path), accuracy_level=level, threads=threads)
-        fns[f"ORT level {level}"] = lambda s=session: s.run(None, {"x": x})
-        outputs[f"ORT level {level}"] = session.run(None, {"x": x})[0]
+        feeds = {copy_input(c): x for c in range(copies)}
+        fns[f"ORT level {level}"] = lambda s=session, feeds=feeds: s.run(None, feeds)
+        outputs[f"ORT level {level}"] = session.run(None, feeds)[0]
     del weights, q, scale, zero
     load = os.getloadavg()[0]
     samples = samples_in_turns(fns, warmup=5, runs=120, rounds=8, pause_s=0.05)
@@ -203,7 +209,8 @@ def main() -> None:
     cold = (f" Cold: each model holds enough copies of the shape's weights (one linear each, different values, "
             f"at least {COLD_BYTES >> 20} MiB, at most {COLD_MAX_COPIES} copies; the L3 is 32 MB) that every call "
             "streams them from DRAM as the decode step does; times per linear (a call's time over its copies, "
-            "each copy's output allocated by the runtime as in a model); GB/s = one copy's weight bytes "
+            "each copy with its own input, the same array, so that they are not merged into one linear, and its own "
+            "output allocated by the runtime as in a model); GB/s = one copy's weight bytes "
             "(values, float16 scales, byte zero points) over edgeq's p10 time." if args.cold else "")
     notes = (f"{args.threads} threads (TVM_NUM_THREADS, onnxruntime intra-op), CPU flags: {cpu_flags()}; edgeq's int8 "
              f"kernel here uses {isa or 'nothing (float kernel kept)'}. Ratios >1 mean edgeq is faster. Peers timed "

@@ -472,6 +472,12 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     claims_total = blocks // per_claim
     workers = min(STEAL_WORKERS, claims_total)
     chunk = (claims_total + workers - 1) // workers
+    # an odd number of claims per chunk (from 4 on; the last chunks then hold fewer or none): the
+    # threads start chunks apart (thread 1 of 2 at chunk workers / 2), and at a power-of-two
+    # distance (4 MB at 4096²) their weight streams from DRAM collide: 2x slower at 4096² in one
+    # contiguous buffer, as an artifact's constants are (not at 4000 or 4160 rows)
+    if chunk >= 4 and chunk % 2 == 0:
+        chunk += 1
 
     @T.macro(hygienic=True)
     def take_blocks(qweight, scales, zeros, y, bias_of, xq, xd, xds, sd, claims, c):

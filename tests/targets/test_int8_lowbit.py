@@ -120,6 +120,7 @@ def test_integer_dot_products_bit_exact(isa, bits, group):
     (3, 256, 6, 8, 128),  # 8-bit weights, two vector steps per group
     (1, 64, 7, 4, 64),  # one row: 7 claims of one weight row, 7 chunks
     (1, 1024, 520, 4, 128),  # one row: 26 claims of 5 blocks in 16 chunks of 2, the last 3 chunks empty
+    (1, 4096, 512, 4, 128),  # one row: 64 claims of 2 blocks in chunks of 5 (odd, not 4), the last 3 chunks empty
     (1, 256, 6, 8, 128),  # one row, 8-bit weights
 ])
 def test_one_row_kernel_shape_classes_bit_exact(isa, m, k, n, bits, group):
