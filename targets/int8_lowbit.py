@@ -55,7 +55,10 @@ ACT_BITS = (8, 32)  # 32: float activations (the default)
 # weight rows per thread task, best first: four independent dot-product chains and load streams
 ROWS_PER_TASK = (4, 2, 1)
 TILE_ROWS = 2  # activation rows per register tile (prefill): each unpacked weight vector serves them all
-PREFETCH_ROWS = 16  # weight rows ahead of the one being read (15-30% at 576×49152 and 4096², 1 thread)
+# weight bytes prefetched ahead of a task's block of rows (which it reads side by side): the same
+# byte of the row that many bytes past the block (rounded up to whole rows). Streaming from DRAM
+# (2 threads, 96 MB of copies): none 20 GB/s, ~5 KB 23-26 GB/s, 18-37 KB at K = 576 1-3 GB/s less
+PREFETCH_BYTES = 3072
 # prefill GEMM (see ``gemm_tile``): from this many activation rows on, each thread task
 # unpacks its weight columns once into a column-major tile and the int32 lanes are output columns
 GEMM_MIN_ROWS = 8
@@ -183,23 +186,38 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     dot = lambda acc, w, x: _dot(isa, width, acc, w, x)  # noqa: E731
     wbytes = lambda qweight, j, start, h, count: _weight_bytes(qweight, j, start, count, h, bits, signed)  # noqa: E731
 
+    prefetch_rows = rows_per_task + -(-PREFETCH_BYTES // (k_dim * bits // 8))
+
     @T.macro(hygienic=True)
     def prefetch(qweight, j, byte):
-        """The same bytes of the weight row PREFETCH_ROWS further (read, keep in all caches)."""
-        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(qweight[T.min(j + PREFETCH_ROWS, n_dim - 1), byte]),
+        """The same bytes of the weight row ``prefetch_rows`` further (read, keep in all caches)."""
+        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(qweight[T.min(j + prefetch_rows, n_dim - 1), byte]),
                                       T.int32(0), T.int32(3), T.int32(1)))
 
     @T.macro(hygienic=True)
-    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, j0, i0, rt):
+    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, j0, i0, rt, sd, use_sd):
         """Output rows i0 .. i0 + rt, weight rows j0 .. j0 + rows_per_task: one dot product per
         weight row, activation row and group, rescaled into float lanes at once; each weight
         vector is unpacked once for the rt rows. The zero-point terms, s · (z - offset) · d · Σxq
-        per group, are summed after the weights, in vectors over the groups."""
+        per group, are summed after the weights, in vectors over the groups.
+
+        With ``use_sd`` (one activation row; ``sd`` the task's buffer [rows_per_task, groups]) the
+        rescale factors s · d of all groups are multiplied first, in vectors: each group's rescale
+        is then one FMA that broadcasts its factor from memory, where the scalar product, its load
+        and its broadcast were 3 of the ~11 instructions per group and weight row."""
         accf = T.alloc_buffer((rows_per_task, rt, lanes), "float32")
         acc = T.alloc_buffer((rows_per_task, rt, lanes), "int32")
         corr = T.alloc_buffer((rows_per_task, rt, corr_lanes), "float32")
         for jj, ii in T.grid(rows_per_task, rt):
             accf[jj, ii, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
+        if use_sd:
+            for jj in T.unroll(rows_per_task):
+                for gv in range(corr_vectors):
+                    sd[jj, T.ramp(gv * corr_lanes, 1, corr_lanes)] = (
+                        T.Cast(f"float32x{corr_lanes}", scales[j0 + jj, T.ramp(gv * corr_lanes, 1, corr_lanes)])
+                        * xd[i0, T.ramp(gv * corr_lanes, 1, corr_lanes)])
+                for g in T.serial(corr_vectors * corr_lanes, groups):
+                    sd[jj, g] = T.Cast("float32", scales[j0 + jj, g]) * xd[i0, g]
         for g in range(groups):
             for jj in T.unroll(rows_per_task):
                 prefetch(qweight, j0 + jj, g * nbytes)
@@ -213,9 +231,14 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                                 wbytes(qweight, j0 + jj, g * nbytes + s * width, h, width),
                                 xq[i0 + ii, g, h, T.ramp(s * width, 1, width)])
                 for ii in T.unroll(rt):
-                    accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
-                                                         + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
-                                                         * T.Broadcast(T.Cast("float32", scales[j0 + jj, g]) * xd[i0 + ii, g], lanes))
+                    if use_sd:
+                        accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
+                                                             + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
+                                                             * T.Broadcast(sd[jj, g], lanes))
+                    else:
+                        accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
+                                                             + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
+                                                             * T.Broadcast(T.Cast("float32", scales[j0 + jj, g]) * xd[i0 + ii, g], lanes))
         for jj, ii in T.grid(rows_per_task, rt):
             corr[jj, ii, T.ramp(0, 1, corr_lanes)] = T.Broadcast(T.float32(0), corr_lanes)
             for gv in range(corr_vectors):
@@ -434,12 +457,12 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                 for ip in range(rows // 2):
                     pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * 2, ip * 2)
                 for i in T.serial(rows // 2 * 2, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1)
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1, xd, False)
             else:  # tiles of TILE_ROWS activation rows, then the rest one by one
                 for it in range(rows // TILE_ROWS):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS)
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS, xd, False)
                 for i in T.serial(rows // TILE_ROWS * TILE_ROWS, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1)
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1, xd, False)
 
     blocks = n_dim // rows_per_task
     # blocks per claim: at least CLAIM_BYTES of weights, so that the counter and the barrier after
@@ -449,9 +472,15 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     claims_total = blocks // per_claim
     workers = min(STEAL_WORKERS, claims_total)
     chunk = (claims_total + workers - 1) // workers
+    # an odd number of claims per chunk (from 4 on; the last chunks then hold fewer or none): the
+    # threads start chunks apart (thread 1 of 2 at chunk workers / 2), and at a power-of-two
+    # distance (4 MB at 4096²) their weight streams from DRAM collide: 2x slower at 4096² in one
+    # contiguous buffer, as an artifact's constants are (not at 4000 or 4160 rows)
+    if chunk >= 4 and chunk % 2 == 0:
+        chunk += 1
 
     @T.macro(hygienic=True)
-    def take_blocks(qweight, scales, zeros, y, bias_of, xq, xd, xds, claims, c):
+    def take_blocks(qweight, scales, zeros, y, bias_of, xq, xd, xds, sd, claims, c):
         """The blocks left in chunk c, in order. Its counter is a plain load and store (TVM's CPU
         back end has no atomics): a race makes two threads compute the same block, which both
         write with the same values; no block is skipped, as a counter only ever moves past a
@@ -463,7 +492,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         while b[0] < T.min((c + 1) * chunk, claims_total):
             claims[c * CLAIM_STRIDE] = b[0] + 1
             for bb in range(per_claim):
-                row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, (b[0] * per_claim + bb) * rows_per_task, 0, 1)
+                row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, (b[0] * per_claim + bb) * rows_per_task, 0, 1, sd, True)
             # an instruction the compiler may not move memory accesses across: the counter is
             # read again from memory next time (else it may live in a register for the loop)
             if barrier_is_hint:
@@ -488,6 +517,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
             xd = T.alloc_buffer((1, groups), "float32")
             xsum = T.alloc_buffer((1, groups), "int32")
             xds = T.alloc_buffer((1, groups), "float32")
+            sd = T.alloc_buffer((rows_per_task, groups), "float32")  # see row_block
             ready = T.alloc_buffer((1,), "int32")
             ready[0] = 0
             for o in range(workers):
@@ -496,7 +526,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                         for g in range(groups):
                             quantize_group(x, xq, xd, xsum, xds, 0, g)
                         ready[0] = 1
-                take_blocks(qweight, scales, zeros, y, bias_of, xq, xd, xds, claims, (v + o) % workers)
+                take_blocks(qweight, scales, zeros, y, bias_of, xq, xd, xds, sd, claims, (v + o) % workers)
 
     @T.macro(hygienic=True)
     def gemm_all(qweight, scales, zeros, y, bias_vec, xq, xd, xsum):

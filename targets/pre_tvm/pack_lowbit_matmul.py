@@ -1,6 +1,7 @@
 """pack_lowbit_matmul: a DequantizeLinear of a 2/4/8-bit weight initializer feeding only MatMul
 B inputs becomes one ``PackedLinear`` per MatMul, and every other 2/4-bit initializer is widened
-to int8/uint8 (TVM's importer reads neither int4 nor int2 tensors).
+to int8/uint8 (TVM's importer reads neither int4 nor int2 tensors). float32 scales that are all
+exactly float16 values are stored as float16 (the kernels convert them as they read them).
 
 ``PackedLinear`` takes the weight re-packed in edgeq's layout (``[N, K]`` rows, k packed), so the
 kernel unpacks inside the matmul and the artifact keeps the packed bytes. Signed values are
@@ -92,10 +93,20 @@ def _packed_linear_inputs(node, inits):
     base = node.output[0]
     tensors = [
         numpy_helper.from_array(qweight, f"{base}.qweight"),
-        numpy_helper.from_array(np.ascontiguousarray(scales), f"{base}.scales"),
+        numpy_helper.from_array(narrowest_scales(np.ascontiguousarray(scales)), f"{base}.scales"),
         numpy_helper.from_array(np.ascontiguousarray(zeros + offset).astype(np.uint8), f"{base}.zeros"),
     ]
     return tensors, bits, group
+
+
+def narrowest_scales(scales: np.ndarray) -> np.ndarray:
+    """float32 scales as float16 where every one converts exactly (quantizers that keep float16
+    scales): the same values in half the bytes, which the decode step reads once per token."""
+    if scales.dtype == np.float32:
+        narrow = scales.astype(np.float16)
+        if np.array_equal(narrow.astype(np.float32), scales):
+            return narrow
+    return scales
 
 
 def has_no_narrow_initializers(model: onnx.ModelProto) -> bool:

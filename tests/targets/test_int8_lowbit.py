@@ -52,11 +52,11 @@ def _x86_target(isa: str):
     return tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", **X86_ISAS[isa][0]})
 
 
-def _build(m, k, n, bits, group, isa, bias=False):
+def _build(m, k, n, bits, group, isa, bias=False, scales_dtype="float32"):
     """The int8 kernel for X [m, K] · W [N, K] built for this host with ``isa``."""
     x = te.placeholder((m, k), "float32", "x")
     qweight = te.placeholder((n, k * bits // 8), "uint8", "qweight")
-    scales = te.placeholder((n, k // group), "float32", "scales")
+    scales = te.placeholder((n, k // group), scales_dtype, "scales")
     zeros = te.placeholder((n, k // group), "float32", "zeros")
     b = te.placeholder((n,), "float32", "bias") if bias else None
     y = packed_linear_te(x, qweight, scales, zeros, b, bits=bits, group_size=group)
@@ -120,6 +120,7 @@ def test_integer_dot_products_bit_exact(isa, bits, group):
     (3, 256, 6, 8, 128),  # 8-bit weights, two vector steps per group
     (1, 64, 7, 4, 64),  # one row: 7 claims of one weight row, 7 chunks
     (1, 1024, 520, 4, 128),  # one row: 26 claims of 5 blocks in 16 chunks of 2, the last 3 chunks empty
+    (1, 4096, 512, 4, 128),  # one row: 64 claims of 2 blocks in chunks of 5 (odd, not 4), the last 3 chunks empty
     (1, 256, 6, 8, 128),  # one row, 8-bit weights
 ])
 def test_one_row_kernel_shape_classes_bit_exact(isa, m, k, n, bits, group):
@@ -177,6 +178,22 @@ def test_activation_quantization_bit_exact(isa):
     assert np.array_equal(got[1, group + 1:2 * group], (np.rint(x[1, group + 1:2 * group])).astype(np.float32))
 
 
+@pytest.mark.parametrize("isa", [isa for isa in RUNNABLE if isa in ("avx512vnni", "avx2")])
+@pytest.mark.parametrize("m", [1, 3, GEMM_MIN_ROWS + 3])  # one row (claims), per-row kernel, prefill GEMM
+def test_float16_scales_same_as_float32(isa, m):
+    """Scales stored as float16 (pack_lowbit_matmul keeps them so where they are exact) give the
+    float32-scale kernel's outputs bit for bit: the kernels convert each scale exactly."""
+    rng = np.random.default_rng(m)
+    k, n, bits, group = 576, 64, 4, 64
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    q = rng.integers(0, 16, (n, k))
+    zeros = rng.integers(0, 16, (n, k // group)).astype(np.float32)
+    scales = rng.uniform(0.005, 0.02, (n, k // group)).astype(np.float16)
+    wide = _run(_build(m, k, n, bits, group, isa), x, q, scales.astype(np.float32), zeros, bits)
+    narrow = _run(_build(m, k, n, bits, group, isa, scales_dtype="float16"), x, q, scales, zeros, bits)
+    assert np.array_equal(wide, narrow) and np.abs(wide).max() > 0
+
+
 def activation_rounding_bound(x, w, group):
     """Per output: sum over groups of d_g/2 · sum_{k in g} |w[j, k]| (see the module docstring)."""
     _, d = quantize_rows(x, group)
@@ -225,7 +242,8 @@ def w4_model(tmp_path_factory):
     n, k, group = 96, 512, 128
     q = rng.integers(0, 16, (n, k))
     zeros = rng.integers(0, 16, (n, k // group))
-    scales = rng.uniform(0.005, 0.02, (n, k // group)).astype(np.float32)
+    # float16 values, as edgeq's quantizers store them: the artifacts keep float16 scales
+    scales = rng.uniform(0.005, 0.02, (n, k // group)).astype(np.float16).astype(np.float32)
     path = tmp_path_factory.mktemp("int8") / "w4.onnx"
     onnx.save(dq_matmul_model(q, scales, zeros, group), path)
     w = (q - np.repeat(zeros, group, 1)) * np.repeat(scales, group, 1)

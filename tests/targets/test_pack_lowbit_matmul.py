@@ -53,3 +53,17 @@ def test_other_readers_keep_dequantize_linear_widened():
     assert (count(out, PACKED_LINEAR), count(out, "DequantizeLinear"), change) == (0, 1, 0.0)
     assert {t.data_type for t in out.graph.initializer} == {TensorProto.INT8, TensorProto.FLOAT}
     assert numpy_helper.to_array(out.graph.initializer[0]).dtype == np.int8
+
+
+def test_scales_that_are_float16_values_stored_as_float16():
+    """Scales that are all exactly float16 values (a quantizer that keeps float16 scales) are
+    stored in half the bytes; the outputs are unchanged. Others stay float32 (the test above)."""
+    weights = _weights()
+    weights["ws"] = weights["ws"].astype(np.float16).astype(np.float32)
+    out, change = verified(model_from_text(MATMUL, **weights), "pack_lowbit_matmul")
+    scales = {t.name: t for t in out.graph.initializer}[out.graph.node[0].input[2]]
+    assert scales.data_type == TensorProto.FLOAT16
+    assert np.array_equal(numpy_helper.to_array(scales).astype(np.float32), weights["ws"].T)
+    assert change <= 1e-5
+    kept = {t.name: t for t in verified(model_from_text(MATMUL, **_weights()), "pack_lowbit_matmul")[0].graph.initializer}
+    assert kept[out.graph.node[0].input[2]].data_type == TensorProto.FLOAT
