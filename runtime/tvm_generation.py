@@ -6,11 +6,13 @@ It follows the causal-LM session protocol of ``edgeq.runtime.generation``: ``pre
 ``max_context`` bounds it. The cache never leaves the runtime: one ``[1, kv_heads, max_context,
 head_dim]`` array per layer and K/V (remote arrays over RPC), allocated by ``reset``, which each
 call writes its new positions into in place and returns only the logits (``CACHE_KEPT``; an
-artifact compiled before it also returns the caches, which are the same arrays; for an artifact
+artifact compiled before it also returns the caches, which the session passes to the next call; for an artifact
 whose attention kept the appending form, each call's ``present`` arrays become the next call's
 ``past``); only the logits come back to the host.
 
-On this host a decode step calls the VM's function directly with arguments that cost no allocation:
+The session calls a ``CACHE_KEPT`` artifact's functions directly, on this host and over RPC (the VM's
+``set_input`` copies arrays that arrive over RPC, so the in-place writes would miss the session's
+caches). On this host a decode step's arguments cost no allocation:
 the token and its position are written into two preallocated arrays (through numpy views of their
 memory), the attention mask and ``cache_length`` are views of arrays sized to the context, made once
 per length, and the logits are copied out of the returned array (the VM reuses its memory).
@@ -72,8 +74,10 @@ class TvmCausalLMSession:
         self._local = None
         if self._session is None and self.max_context is not None:
             self._local = _LocalArguments(tvm, self.device, self.max_context)
-        if self._local is not None and self._returns_logits_only:  # called directly, no set_input / get_outputs
-            self._functions = {kind: self.vm[name] for kind, name in self.generation["functions"].items()}
+        if self._returns_logits_only:  # called directly, no set_input / invoke_stateful / get_outputs
+            # (set_input would copy the caches that arrive over RPC: the writes would miss the session's arrays)
+            self._functions = bounded(lambda: {kind: self.vm[name] for kind, name in self.generation["functions"].items()},
+                                      call_timeout_s, f"looking up the functions of {self.where}")
         self.reset()
 
     def reset(self) -> None:
@@ -114,35 +118,34 @@ class TvmCausalLMSession:
                 f"past its maximum context of {self.max_context} (compile with a larger --max-context)")
 
     def _step(self, kind: str, ids: np.ndarray) -> np.ndarray:
-        n, pos = ids.size, self.position
-        if self._local is not None and self._returns_logits_only:
-            try:
-                logits = self._functions[kind](*self._local.arguments(ids, pos), *self._cache,
-                                               self._local.cache_length(pos))
-                logits = np.from_dlpack(logits)[0, -1].copy()  # the VM writes the next call's logits there
-            except Exception as exc:
-                raise RuntimeExecError(f"TVM failed on {self.where} ({kind}): {first_line(exc)}") from None
-            self.position = pos + n
-            return logits
-        tvm, function = self._tvm, self.generation["functions"][kind]
+        tvm, n, pos = self._tvm, ids.size, self.position
+        function = self.generation["functions"][kind]
 
-        def call():
-            if self._local is not None:
-                mask, cache_length = self._local.mask(pos + n), [self._local.cache_length(pos)]
-            else:
-                mask = tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device)
-                cache_length = [tvm.runtime.empty((pos,), "int8", self.device)]
-            args = [tvm.runtime.tensor(ids[None], self.device), mask,
+        def fresh_arguments():
+            mask = tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device)
+            return [tvm.runtime.tensor(ids[None], self.device), mask,
                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
-            # cache_length: its shape is the number of tokens cached
-            cache_length = cache_length if self.cache_in_place else []
-            self.vm.set_input(function, *args, *self._cache, *cache_length)
+
+        def call_kept():  # the caches are written in place; only the logits come back
+            if self._local is not None:
+                logits = self._functions[kind](*self._local.arguments(ids, pos), *self._cache, self._local.cache_length(pos))
+                return np.from_dlpack(logits)[0, -1].copy(), self._cache  # the VM writes the next call's logits there
+            cache_length = tvm.runtime.empty((pos,), "int8", self.device)  # its shape is the number of tokens cached
+            return self._functions[kind](*fresh_arguments(), *self._cache, cache_length).numpy()[0, -1], self._cache
+
+        def call_returning_caches():  # an in-place artifact compiled before CACHE_KEPT, or the appending form
+            if self._local is not None:
+                args = [tvm.runtime.tensor(ids[None], self.device), self._local.mask(pos + n),
+                        tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
+                cache_length = [self._local.cache_length(pos)]
+            else:
+                args, cache_length = fresh_arguments(), [tvm.runtime.empty((pos,), "int8", self.device)]
+            self.vm.set_input(function, *args, *self._cache, *(cache_length if self.cache_in_place else []))
             self.vm.invoke_stateful(function)
             outputs = self.vm.get_outputs(function)
-            if self._returns_logits_only:
-                return outputs.numpy()[0, -1], self._cache
             return outputs[0].numpy()[0, -1], list(outputs[1:])
 
+        call = call_kept if self._returns_logits_only else call_returning_caches
         if self._session is None:
             try:
                 logits, cache = call()
