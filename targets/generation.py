@@ -95,7 +95,9 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
 def returning_logits_only(mod, functions):
     """``mod`` with the Relax ``functions`` (names), which end in ``(logits, *written caches)``,
     returning the logits alone: the caches are the arrays the caller passed, written in place, so
-    handing them back only costs the VM a tuple and the caller one handle per cache and call."""
+    handing them back only costs the VM a tuple and the caller one handle per cache and call.
+    Unchanged (the caches still returned, ``CACHE_IN_PLACE``) when a written cache is read by nothing
+    but the result: without it its write would be dead code."""
     from tvm import relax
 
     out = mod.clone()
@@ -105,6 +107,11 @@ def returning_logits_only(mod, functions):
         block, last = body.blocks[-1], body.blocks[-1].bindings[-1]
         if not (last.var.same_as(body.body) and isinstance(last.value, relax.Tuple)):
             raise CompileError(f"{name}: expected the function to end in a tuple of the logits and the caches")
+        read = set()
+        for binding in (b for blk in body.blocks for b in blk.bindings if not b.same_as(last)):
+            relax.analysis.post_order_visit(binding.value, lambda e: read.add(e) if isinstance(e, relax.Var) else None)
+        if any(cache not in read for cache in last.value.fields[1:]):
+            return mod
         logits = last.value.fields[0]
         result = relax.Var(last.var.name, logits.ty)
         block = type(block)([*block.bindings[:-1], relax.VarBinding(result, logits)])
@@ -115,10 +122,14 @@ def returning_logits_only(mod, functions):
 
 def cache_form(mod) -> str:
     """``CACHE_KEPT`` when ``decode`` takes full-length caches that it writes in place, with a last
-    ``cache_length`` argument (``gqa_attention``), and returns the logits alone; else
-    ``CACHE_APPENDING``: each call returns its ``past`` with the new positions appended (attention in
-    a form not recognised, GPT-2)."""
-    return CACHE_KEPT if _takes_cache_length(mod) else CACHE_APPENDING
+    ``cache_length`` argument (``gqa_attention``), and returns the logits alone (``CACHE_IN_PLACE``
+    where it also returns the caches: ``returning_logits_only``); else ``CACHE_APPENDING``: each call
+    returns its ``past`` with the new positions appended (attention in a form not recognised, GPT-2)."""
+    from tvm import relax
+
+    if not _takes_cache_length(mod):
+        return CACHE_APPENDING
+    return CACHE_IN_PLACE if isinstance(mod[FUNCTIONS["decode"]].body.body.ty, relax.TupleType) else CACHE_KEPT
 
 
 def _takes_cache_length(mod) -> bool:
