@@ -117,7 +117,7 @@ def returning_logits_only(mod, functions):
         block = type(block)([*block.bindings[:-1], relax.VarBinding(result, logits)])
         out[name] = relax.Function(func.params, relax.SeqExpr([*body.blocks[:-1], block], result), logits.ty,
                                    func.is_pure, func.attrs)
-    return out
+    return relax.transform.Normalize()(out)
 
 
 def cache_form(mod) -> str:

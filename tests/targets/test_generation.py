@@ -104,6 +104,32 @@ def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
                                         session._local.cache_length(0)).shape == (1, 1, VOCAB)
 
 
+@pytest.mark.parametrize("cache_read", [True, False])
+def test_returning_logits_only_keeps_every_cache_write(cache_read):
+    """A function ending in ``(logits, written cache)`` returns the logits alone only when the
+    written cache is read by the function itself (as the attention reads it): a write that only
+    the result reads would be dead code without it, so the caches stay returned (``in_place``)."""
+    from tvm import relax
+
+    from edgeq.targets.generation import returning_logits_only
+
+    bb = relax.BlockBuilder()
+    x, cache = (relax.Var(name, relax.TensorType([1, 4], "float32")) for name in ("x", "cache"))
+    with bb.function("decode", [x, cache]):
+        with bb.dataflow():
+            written = bb.emit(relax.op.multiply(cache, cache))
+            logits = bb.emit(relax.op.add(x, written if cache_read else x))
+            out = bb.emit_output(relax.Tuple([logits, written]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    got = returning_logits_only(mod, ["decode"])
+    if cache_read:
+        assert isinstance(got["decode"].ret_ty, relax.TensorType)
+        relax.analysis.well_formed(got)
+    else:
+        assert got.same_as(mod)
+
+
 def test_one_token_prompt_and_the_maximum_context(llamas):
     model, _, art = llamas["w4"]
     session = TvmCausalLMSession(art.path)
