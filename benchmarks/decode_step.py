@@ -7,7 +7,8 @@ pool (read from the library's code: a function that calls ``TVMBackendParallelLa
 
 Each round prefills nothing: the cache holds the prompt once (random ids), each artifact decodes
 ``--steps`` tokens from the prompt's length, the same tokens for every artifact (the first one's
-greedy picks in round one), and the logits are compared between artifacts at every step.
+greedy picks in round one), and the logits are compared between artifacts at every step. The
+host's share outside the VM's function (the session's work per step) is measured apart.
 """
 
 from __future__ import annotations
@@ -60,6 +61,36 @@ def step_costs(session, token: int, library: Path) -> dict:
             "parallel": sum(o.calls for o in kernels if o.name in parallel) if parallel else None}
 
 
+def outside_the_vm_ms(session, token: int, steps: int = 120) -> float:
+    """What a decode step costs on the host outside the VM's function, timed piece by piece around
+    it as the session does them: the arguments (and ``set_input``) before, the outputs
+    (``get_outputs``) and the logits' copy after; the median over ``steps`` steps."""
+    import tvm
+
+    start, name = session.position, session.generation["functions"]["decode"]
+    outside = []
+    for _ in range(steps):
+        length = session._local.cache_length(start)
+        t0 = time.perf_counter()
+        if session._returns_logits_only:
+            args = (*session._local.arguments(np.array([token]), start), *session._cache, length)
+            t1 = time.perf_counter()
+            out = session._functions["decode"](*args)
+            t2 = time.perf_counter()
+            np.from_dlpack(out)[0, -1].copy()
+        else:  # the set_input / invoke_stateful / get_outputs protocol
+            args = [tvm.runtime.tensor(np.array([[token]]), session.device), session._local.mask(start + 1),
+                    tvm.runtime.tensor(np.array([[start]]), session.device)]
+            session.vm.set_input(name, *args, *session._cache, *([length] if session.cache_in_place else []))
+            t1 = time.perf_counter()
+            session.vm.invoke_stateful(name)
+            t2 = time.perf_counter()
+            outputs = session.vm.get_outputs(name)
+            outputs[0].numpy()[0, -1], list(outputs[1:])
+        outside.append((t1 - t0) + (time.perf_counter() - t2))
+    return statistics.median(outside) * 1e3
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+", type=Path)
@@ -103,19 +134,24 @@ def main() -> int:
                 agree[label][0] += sum(int(np.argmax(a) == np.argmax(b)) for a, b in zip(logits_seen, first_logits))
                 agree[label][1] += len(logits_seen)
     costs = [step_costs(s, tokens[0], p) for s, p in zip(sessions, args.artifacts)]
+    for session, cost in zip(sessions, costs):
+        session.position = args.prompt_tokens
+        cost["outside"] = outside_the_vm_ms(session, tokens[0])
     rows = []
     for label, cost in zip(labels, costs):
         ms = sorted(t * 1e3 for t in times[label])
         rows.append([label, f"{ms[0]:.2f}", f"{ms[len(ms) // 10]:.2f}", f"{statistics.median(ms):.2f}",
-                     cost["vm_calls"], cost["kernels"], "-" if cost["parallel"] is None else cost["parallel"],
+                     f"{cost['outside']:.2f}", cost["vm_calls"], cost["kernels"], "-" if cost["parallel"] is None else cost["parallel"],
                      f"{differences[label]:.1e}", "-" if not agree[label][1] else f"{agree[label][0]} / {agree[label][1]}"])
-    table = markdown_table(["artifact", "decode min ms", "p10 ms", "median ms", "VM calls / step", "kernels / step",
+    table = markdown_table(["artifact", "decode min ms", "p10 ms", "median ms", "outside the VM function ms (median)",
+                            "VM calls / step", "kernels / step",
                             "thread-pool kernels / step", f"max abs logit difference to {labels[0]}",
                             f"greedy picks equal to {labels[0]}'s"], rows)
     load = open("/proc/loadavg").read().split()[0]
     notes = (f"{args.rounds} rounds x {args.steps} decode steps per artifact from a {args.prompt_tokens}-token cache, "
              f"rounds alternating the order, {args.threads} threads, one process; the same tokens fed to every "
-             f"artifact. CPU flags: {cpu_flags()}. Load average (1 min) at the end: {load}. Artifacts: "
+             f"artifact. Outside the VM function: the session's work before and after the VM's function per step "
+             f"(arguments, set_input / get_outputs where used, the logits' copy), median of 120 more steps. CPU flags: {cpu_flags()}. Load average (1 min) at the end: {load}. Artifacts: "
              + ", ".join(f"{label} = {p}" for label, p in zip(labels, args.artifacts)) + ".")
     print_and_record("Decode step, artifacts interleaved in one process", table, notes, record=not args.no_append)
     return 0

@@ -168,7 +168,8 @@ def build_generation_artifact(source, executor: str = "onnxruntime", options: Bu
     folder = options.folder(name)
     onnx_path = folder / ONNX_NAME
     if executor == "tvm":
-        # one compiled by an edgeq that did not record its cache form is compiled again
+        # one compiled by an edgeq that did not record its cache form, or that returned the in-place
+        # caches from every call (slower steps), is compiled again
         current = _generation_artifacts(options.tvm_folder(folder), cache_form_recorded=True)
         if current:
             return current[0]
@@ -273,7 +274,10 @@ def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: 
 
 def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) -> list[Path]:
     """Compiled libraries in ``folder`` whose ``.json`` has a ``generation`` entry (one that says how
-    its cache is passed, ``generation["cache"]``, where ``cache_form_recorded``)."""
+    its cache is passed in one of the forms this edgeq compiles, ``generation["cache"]``, where
+    ``cache_form_recorded``)."""
+    from edgeq.targets.generation import CACHE_APPENDING, CACHE_KEPT
+
     found = []
     for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         if meta.name in TOKENIZER_FILES:
@@ -283,7 +287,7 @@ def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) ->
         except (OSError, ValueError):
             continue
         generation = data.get("generation") if isinstance(data, dict) else None
-        if generation and (not cache_form_recorded or "cache" in generation):
+        if generation and (not cache_form_recorded or generation.get("cache") in (CACHE_KEPT, CACHE_APPENDING)):
             library = Path(data.get("path", "")).name or ""
             candidates = [meta.parent / library] if library else []
             candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]

@@ -5,9 +5,17 @@ It follows the causal-LM session protocol of ``edgeq.runtime.generation``: ``pre
 ``decode(token)`` return the last position's logits, ``position`` counts the tokens in the cache,
 ``max_context`` bounds it. The cache never leaves the runtime: one ``[1, kv_heads, max_context,
 head_dim]`` array per layer and K/V (remote arrays over RPC), allocated by ``reset``, which each
-call writes its new positions into in place and passes back (or, for an artifact whose attention
-kept the appending form, each call's ``present`` arrays become the next call's ``past``); only the
-logits come back to the host.
+call writes its new positions into in place and returns only the logits (``CACHE_KEPT``; an
+artifact compiled before it also returns the caches, which the session passes to the next call; for an artifact
+whose attention kept the appending form, each call's ``present`` arrays become the next call's
+``past``); only the logits come back to the host.
+
+The session calls a ``CACHE_KEPT`` artifact's functions directly, on this host and over RPC (the VM's
+``set_input`` copies arrays that arrive over RPC, so the in-place writes would miss the session's
+caches). On this host a decode step's arguments cost no allocation:
+the token and its position are written into two preallocated arrays (through numpy views of their
+memory), the attention mask and ``cache_length`` are views of arrays sized to the context, made once
+per length, and the logits are copied out of the returned array (the VM reuses its memory).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 
 from edgeq.errors import ContextLengthError, ModelFileError, RuntimeExecError, first_line
 from edgeq.runtime.rpc import CALL_TIMEOUT_S, bounded, connect, parse_device_url
-from edgeq.targets.generation import CACHE_APPENDING, CACHE_IN_PLACE
+from edgeq.targets.generation import CACHE_APPENDING, CACHE_IN_PLACE, CACHE_KEPT
 
 
 class TvmCausalLMSession:
@@ -55,18 +63,21 @@ class TvmCausalLMSession:
             self.device = self._session.cpu()
             self.vm = bounded(lambda: relax.VirtualMachine(lib, self.device), call_timeout_s, f"starting the VM for {self.where}")
         # the form the compile recorded: full caches written in place, with a last cache_length
-        # argument, or (attention the compile did not recognise, GPT-2) caches returned appended
+        # argument, returning the logits (or, compiled before that, the caches too), or (attention
+        # the compile did not recognise, GPT-2) caches returned appended
         form = self.generation.get("cache")
-        if form not in (CACHE_IN_PLACE, CACHE_APPENDING):
+        if form not in (CACHE_KEPT, CACHE_IN_PLACE, CACHE_APPENDING):
             raise ModelFileError(f"{self.artifact.meta_path}: its generation entry records no cache form "
                                  f"(cache: {form!r}); compile the KV-cache file again with this edgeq")
-        self.cache_in_place = form == CACHE_IN_PLACE
-        # on this host, the attention mask (all ones) and cache_length (only its shape is read) are
-        # views of two arrays allocated once, sized to the context: no allocation per step
-        self._ones = self._lengths = None
+        self.cache_in_place = form in (CACHE_KEPT, CACHE_IN_PLACE)
+        self._returns_logits_only = form == CACHE_KEPT
+        self._local = None
         if self._session is None and self.max_context is not None:
-            self._ones = tvm.runtime.tensor(np.ones((1, self.max_context), np.int64), self.device)
-            self._lengths = tvm.runtime.empty((self.max_context,), "int8", self.device)
+            self._local = _LocalArguments(tvm, self.device, self.max_context)
+        if self._returns_logits_only:  # called directly, no set_input / invoke_stateful / get_outputs
+            # (set_input would copy the caches that arrive over RPC: the writes would miss the session's arrays)
+            self._functions = bounded(lambda: {kind: self.vm[name] for kind, name in self.generation["functions"].items()},
+                                      call_timeout_s, f"looking up the functions of {self.where}")
         self.reset()
 
     def reset(self) -> None:
@@ -110,21 +121,31 @@ class TvmCausalLMSession:
         tvm, n, pos = self._tvm, ids.size, self.position
         function = self.generation["functions"][kind]
 
-        def call():
-            if self._ones is not None:
-                mask = self._ones._create_view((1, pos + n))
-                cache_length = self._lengths._create_view((pos,))
-            else:
-                mask = tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device)
-                cache_length = tvm.runtime.empty((pos,), "int8", self.device)
-            args = [tvm.runtime.tensor(ids[None], self.device), mask,
+        def fresh_arguments():
+            mask = tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device)
+            return [tvm.runtime.tensor(ids[None], self.device), mask,
                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
-            # cache_length: its shape is the number of tokens cached
-            self.vm.set_input(function, *args, *self._cache, *([cache_length] if self.cache_in_place else []))
-            self.vm.invoke_stateful(function)
-            outputs = list(self.vm.get_outputs(function))
-            return outputs[0].numpy()[0, -1], outputs[1:]
 
+        def call_kept():  # the caches are written in place; only the logits come back
+            if self._local is not None:
+                logits = self._functions[kind](*self._local.arguments(ids, pos), *self._cache, self._local.cache_length(pos))
+                return np.from_dlpack(logits)[0, -1].copy(), self._cache  # the VM writes the next call's logits there
+            cache_length = tvm.runtime.empty((pos,), "int8", self.device)  # its shape is the number of tokens cached
+            return self._functions[kind](*fresh_arguments(), *self._cache, cache_length).numpy()[0, -1], self._cache
+
+        def call_returning_caches():  # an in-place artifact compiled before CACHE_KEPT, or the appending form
+            if self._local is not None:
+                args = [tvm.runtime.tensor(ids[None], self.device), self._local.mask(pos + n),
+                        tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
+                cache_length = [self._local.cache_length(pos)]
+            else:
+                args, cache_length = fresh_arguments(), [tvm.runtime.empty((pos,), "int8", self.device)]
+            self.vm.set_input(function, *args, *self._cache, *(cache_length if self.cache_in_place else []))
+            self.vm.invoke_stateful(function)
+            outputs = self.vm.get_outputs(function)
+            return outputs[0].numpy()[0, -1], list(outputs[1:])
+
+        call = call_kept if self._returns_logits_only else call_returning_caches
         if self._session is None:
             try:
                 logits, cache = call()
@@ -134,3 +155,37 @@ class TvmCausalLMSession:
             logits, cache = bounded(call, self._timeout, f"{kind} on {self.where}")
         self._cache, self.position = cache, pos + n
         return logits
+
+
+class _LocalArguments:
+    """The per-call arguments of a generation function on this host, allocated once: ids and
+    position ids (one-token arrays written through numpy views, longer prefill calls fresh), the
+    attention mask (all ones) and ``cache_length`` (only its shape is read) as views of two arrays
+    sized to the context, one view per length, all made here."""
+
+    def __init__(self, tvm, device, max_context: int):
+        self._tvm, self._device = tvm, device
+        self._token = tvm.runtime.empty((1, 1), "int64", device)
+        self._position = tvm.runtime.empty((1, 1), "int64", device)
+        self._token_view, self._position_view = np.from_dlpack(self._token), np.from_dlpack(self._position)
+        ones = tvm.runtime.tensor(np.ones((1, max_context), np.int64), device)
+        lengths = tvm.runtime.empty((max_context,), "int8", device)
+        self._masks = [ones._create_view((1, k)) for k in range(max_context + 1)]
+        self._lengths = [lengths._create_view((k,)) for k in range(max_context + 1)]
+
+    def arguments(self, ids: np.ndarray, pos: int) -> tuple:
+        """(input_ids, attention_mask, position_ids) for ``ids`` appended at ``pos``."""
+        n = ids.size
+        if n == 1:
+            self._token_view[0, 0], self._position_view[0, 0] = ids[0], pos
+            token, position = self._token, self._position
+        else:
+            token = self._tvm.runtime.tensor(ids[None], self._device)
+            position = self._tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self._device)
+        return token, self._masks[pos + n], position
+
+    def mask(self, length: int):
+        return self._masks[length]
+
+    def cache_length(self, pos: int):
+        return self._lengths[pos]

@@ -188,13 +188,12 @@ def constant_bytes(mod) -> int:
     return sum(sizes.values())
 
 
-def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None, act_bits: int = 32):
+def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None, act_bits: int = 32, generation: bool = False):
     """Relax's default pipeline (with a vectorizable exp for softmax and sigmoid on CPU), then
     edgeq's schedule rules (``cpu_pipeline``): the packed low-bit kernels, tuned schedules from
     ``tuning_db`` where it has them, and (``defaults``) the default CPU rules for the rest. ``act_bits=8``: the packed linears' int8-activation kernels where the
-    target has a byte dot product. Returns (lowered module, number of kernels taken from the database)."""
-    from tvm import relax
-
+    target has a byte dot product. ``generation``: a generation module, whose VM code is made leaner
+    (``cpu_pipeline.relax_pipeline``). Returns (lowered module, number of kernels taken from the database)."""
     from edgeq.targets import cpu_pipeline
 
     target = spec.tvm()
@@ -202,7 +201,7 @@ def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None, act_bits:
     with target:
         for legalize in cpu_pipeline.legalize_passes(target):
             mod = legalize(mod)
-        lowered = cpu_pipeline.schedule_kernels(relax.get_default_pipeline(target)(mod), target, act_bits)
+        lowered = cpu_pipeline.schedule_kernels(cpu_pipeline.relax_pipeline(target, generation)(mod), target, act_bits)
         if tuning_db is not None:
             from edgeq.targets.tune import apply_database
 
@@ -212,14 +211,14 @@ def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None, act_bits:
     return lowered, applied
 
 
-def build(mod, spec, tuning_db=None, act_bits: int = 32):
-    """Lower and build a Relax module for ``spec``; returns (executable, weight bytes, tuned
-    kernels, int8-activation kernels)."""
+def build(mod, spec, tuning_db=None, act_bits: int = 32, generation: bool = False):
+    """Lower and build a Relax module for ``spec`` (``generation``: a generation module); returns
+    (executable, weight bytes, tuned kernels, int8-activation kernels)."""
     import tvm
 
     from edgeq.targets.int8_lowbit import count_int8_kernels
 
-    lowered, applied = default_pipeline(mod, spec, tuning_db=tuning_db, act_bits=act_bits)
+    lowered, applied = default_pipeline(mod, spec, tuning_db=tuning_db, act_bits=act_bits, generation=generation)
     weight_bytes = constant_bytes(lowered)
     return tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), weight_bytes, applied, count_int8_kernels(lowered)
 
@@ -335,7 +334,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     # before the build (the slow part).
     compiler = spec.require_compiler()
     try:
-        executable, weight_bytes, tuned, int8_kernels = build(mod, spec, tuning_db, act_bits)
+        executable, weight_bytes, tuned, int8_kernels = build(mod, spec, tuning_db, act_bits, generation is not None)
     except EdgeqError:
         raise
     except Exception as exc:

@@ -45,6 +45,64 @@ def keep_symbolic_arange_unfused(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
+def relax_pipeline(target: tvm.target.Target, generation: bool = False) -> tvm.transform.Pass:
+    """Relax's default pipeline for ``target``; for a generation module (``generation``) on a CPU,
+    one that leaves the VM fewer builtin calls per step: no tuple of a multi-output kernel's outputs
+    that nothing reads (``RemoveUnusedTuples``), and no ``KillAfterLastUse``. Every intermediate of
+    a generation function is planned statically (its symbolic sizes carry ``tir_var_upper_bound``),
+    so a kill only ends an object's life before the call returns: the storage the plan shares
+    between tensors is the same, and the call frees every object at its end."""
+    if not (generation and is_cpu(target)):
+        return relax.get_default_pipeline(target)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    # in KillAfterLastUse's place, what it does first: bindings canonicalized (no copy of a variable,
+    # no item of a known tuple); then the tuples nothing reads any more are removed
+    finalize = []
+    for p in cpu_generic.finalize_passes(target):
+        finalize += [relax.transform.CanonicalizeBindings(), remove_unused_tuples] if p.info.name == "KillAfterLastUse" else [p]
+    passes = (cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+              + cpu_generic.dataflow_lower_passes(target) + finalize)
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgeqGenerationPipeline")
+    def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
+
+
+@tvm.transform.module_pass(opt_level=0, name="RemoveUnusedTuples")
+def remove_unused_tuples(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Bindings of a tuple that no expression reads removed from the Relax functions (``CallTIRRewrite``
+    binds the outputs of a multi-output kernel as a tuple, which the VM builds each call even when
+    every reader takes the outputs directly)."""
+    out = mod.clone()
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = _without_unused_tuples(func)
+    return out
+
+
+def _without_unused_tuples(func: relax.Function) -> relax.Function:
+    read: set = set()
+
+    def visit(expr):
+        if isinstance(expr, relax.Var):
+            read.add(expr)
+
+    relax.analysis.post_order_visit(func.body, visit)  # the variables read (a binding's own variable is not visited)
+    body = func.body
+    blocks = []
+    for block in body.blocks:
+        kept = [b for b in block.bindings if not (isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Tuple)
+                                                  and b.var not in read)]
+        blocks.append(type(block)(kept) if len(kept) != len(block.bindings) else block)
+    if all(a.same_as(b) for a, b in zip(blocks, body.blocks)):
+        return func
+    return relax.Function(func.params, relax.SeqExpr(blocks, body.body), func.ret_ty, func.is_pure, func.attrs)
+
+
 def kernel_rules(act_bits: int = 32) -> list:
     """edgeq's own kernels, which no tuning database replaces."""
     return [PackedLinear(act_bits), GqaSchedule()]

@@ -5,13 +5,15 @@ entry points over one set of weights:
   with ``seq`` symbolic up to ``prefill_chunk``;
 * ``decode`` the same with ``seq = 1`` (bound before lowering, so its kernels are GEMVs).
 
-Both return ``(logits [1, 1, vocab], *present)``: only the last position's logits, which is all
-a generation step uses, so the ``lm_head`` runs on one row per prefill call (``last_position_only``)
-and only one row travels back from a device. The cache is the model's own ``past``/``present`` tensors,
-written in place where the attention is recognised (``gqa_attention``: each cache a
-``[1, kv_heads, max_context, head_dim]`` array, ``past`` given by a last int8 ``[past]`` argument's
-shape): a session keeps the returned ``present`` arrays in the runtime's memory (on the device over
-RPC) and passes them back as ``past``; nothing but the logits goes to the host. ``past`` is
+Both compute only the last position's logits ``[1, 1, vocab]``, which is all a generation step
+uses, so the ``lm_head`` runs on one row per prefill call (``last_position_only``) and only one row
+travels back from a device. The cache is the model's own ``past``/``present`` tensors, written in
+place where the attention is recognised (``gqa_attention``: each cache a ``[1, kv_heads,
+max_context, head_dim]`` array, ``past`` given by a last int8 ``[past]`` argument's shape): a
+session keeps the cache arrays in the runtime's memory (on the device over RPC) and passes the same
+arrays to every call, which return the logits alone (``CACHE_KEPT``: no 60 cache handles back
+per call); in the form the attention is not recognised in (GPT-2), they return ``(logits,
+*present)`` and the ``present`` arrays are the next call's ``past``. ``past`` is
 bounded by ``max_context`` (``tir_var_upper_bound``), so Relax plans every intermediate buffer
 statically for the largest step. The two functions read the same ``Constant`` objects, which the
 VM stores once; the packed weights go through edgeq's lowerings like any other artifact.
@@ -27,8 +29,9 @@ from edgeq.errors import CompileError
 
 FUNCTIONS = {"prefill": "prefill", "decode": "decode"}
 DEFAULT_PREFILL_CHUNK = 256
-# the artifact's ``generation["cache"]``: how a session passes the cache (see ``cache_form``)
-CACHE_IN_PLACE, CACHE_APPENDING = "in_place", "appending"
+# the artifact's ``generation["cache"]``: how a session passes the cache (see ``cache_form``);
+# CACHE_IN_PLACE is the in-place form of artifacts compiled before CACHE_KEPT, which also return the caches
+CACHE_KEPT, CACHE_IN_PLACE, CACHE_APPENDING = "kept", "in_place", "appending"
 
 
 def generation_settings(metadata: dict, max_context: int | None, prefill_chunk: int | None, path) -> dict:
@@ -84,17 +87,56 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
         out = fuse_mean_of_squares(out, FUNCTIONS.values())  # RMSNorm's power inside its mean
         out = fuse_add_rms_norm(out, FUNCTIONS.values())  # the residual add inside the next RMSNorm
         out = transposes_as_reshapes(out, [FUNCTIONS["decode"]])  # one row: the head transposes move no data
+    if _takes_cache_length(out):
+        out = returning_logits_only(out, FUNCTIONS.values())
     return out, model
 
 
+def returning_logits_only(mod, functions):
+    """``mod`` with the Relax ``functions`` (names), which end in ``(logits, *written caches)``,
+    returning the logits alone: the caches are the arrays the caller passed, written in place, so
+    handing them back only costs the VM a tuple and the caller one handle per cache and call.
+    Unchanged (the caches still returned, ``CACHE_IN_PLACE``) when a written cache is read by nothing
+    but the result: without it its write would be dead code."""
+    from tvm import relax
+
+    out = mod.clone()
+    for name in functions:
+        func = mod[name]
+        body = func.body
+        block, last = body.blocks[-1], body.blocks[-1].bindings[-1]
+        if not (last.var.same_as(body.body) and isinstance(last.value, relax.Tuple)):
+            raise CompileError(f"{name}: expected the function to end in a tuple of the logits and the caches")
+        read = set()
+        for binding in (b for blk in body.blocks for b in blk.bindings if not b.same_as(last)):
+            relax.analysis.post_order_visit(binding.value, lambda e: read.add(e) if isinstance(e, relax.Var) else None)
+        if any(cache not in read for cache in last.value.fields[1:]):
+            return mod
+        logits = last.value.fields[0]
+        result = relax.Var(last.var.name, logits.ty)
+        block = type(block)([*block.bindings[:-1], relax.VarBinding(result, logits)])
+        out[name] = relax.Function(func.params, relax.SeqExpr([*body.blocks[:-1], block], result), logits.ty,
+                                   func.is_pure, func.attrs)
+    return relax.transform.Normalize()(out)
+
+
 def cache_form(mod) -> str:
-    """``CACHE_IN_PLACE`` when ``decode`` takes full-length caches that it writes in place, with a
-    last ``cache_length`` argument (``gqa_attention``); else ``CACHE_APPENDING``: each call returns
-    its ``past`` with the new positions appended (attention in a form not recognised, GPT-2)."""
+    """``CACHE_KEPT`` when ``decode`` takes full-length caches that it writes in place, with a last
+    ``cache_length`` argument (``gqa_attention``), and returns the logits alone (``CACHE_IN_PLACE``
+    where it also returns the caches: ``returning_logits_only``); else ``CACHE_APPENDING``: each call
+    returns its ``past`` with the new positions appended (attention in a form not recognised, GPT-2)."""
+    from tvm import relax
+
+    if not _takes_cache_length(mod):
+        return CACHE_APPENDING
+    return CACHE_IN_PLACE if isinstance(mod[FUNCTIONS["decode"]].body.body.ty, relax.TupleType) else CACHE_KEPT
+
+
+def _takes_cache_length(mod) -> bool:
     from edgeq.targets.gqa_attention import CACHE_LENGTH
 
     params = mod[FUNCTIONS["decode"]].params
-    return CACHE_IN_PLACE if params and params[-1].name == CACHE_LENGTH else CACHE_APPENDING
+    return bool(params) and params[-1].name == CACHE_LENGTH
 
 
 # ops whose first input is the activations and that act row by row (an lm_head)

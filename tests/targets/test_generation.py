@@ -76,9 +76,58 @@ def test_artifact_metadata_and_one_copy_of_the_weights(llamas):
     meta = read_generation_metadata(path)
     assert art.outputs[0] == {"name": "logits", "dtype": "float32", "shape": [1, 1, VOCAB]}  # the last position only
     assert art.generation == {**meta, "max_context": MAX_CONTEXT, "prefill_chunk": 4, "batch": 1,
-                              "functions": {"prefill": "prefill", "decode": "decode"}, "cache": "in_place"}
+                              "functions": {"prefill": "prefill", "decode": "decode"}, "cache": "kept"}
     # the two functions share the packed weights: the artifact holds them once, as packed as the file
     assert art.weight_bytes <= 1.2 * art.onnx_weight_bytes, (art.weight_bytes, art.onnx_weight_bytes)
+
+
+def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
+    """The decode function's VM code: the logits are its one result (the caches it writes in place
+    stay with the session), and no builtin per step ends an object's life early (``null_value``) or
+    builds a tuple nothing reads (``make_tuple``): every intermediate is planned statically
+    (``cpu_pipeline.relax_pipeline``). The greedy tests above check the numbers."""
+    import collections
+
+    import tvm
+    from tvm import relax
+
+    art = llamas["w4"][2]
+    code = relax.VMExecutable(tvm.runtime.load_module(str(art.path))).as_text()
+    decode = code.split("@decode:")[1].split("\n@")[0]
+    calls = collections.Counter(line.split()[1] for line in decode.splitlines() if line.strip().startswith("call"))
+    assert calls["vm.builtin.null_value"] == calls["vm.builtin.make_tuple"] == calls["vm.builtin.copy"] == 0, calls
+    assert calls["vm.builtin.alloc_tensor"] > 0  # the statically planned intermediates
+    returned = [line for line in decode.splitlines() if line.strip().startswith("ret")]
+    assert len(returned) == 1
+    session = TvmCausalLMSession(art.path)
+    assert session._functions["decode"](*session._local.arguments(np.array([3]), 0), *session._cache,
+                                        session._local.cache_length(0)).shape == (1, 1, VOCAB)
+
+
+@pytest.mark.parametrize("cache_read", [True, False])
+def test_returning_logits_only_keeps_every_cache_write(cache_read):
+    """A function ending in ``(logits, written cache)`` returns the logits alone only when the
+    written cache is read by the function itself (as the attention reads it): a write that only
+    the result reads would be dead code without it, so the caches stay returned (``in_place``)."""
+    from tvm import relax
+
+    from edgeq.targets.generation import returning_logits_only
+
+    bb = relax.BlockBuilder()
+    x, cache = (relax.Var(name, relax.TensorType([1, 4], "float32")) for name in ("x", "cache"))
+    with bb.function("decode", [x, cache]):
+        with bb.dataflow():
+            written = bb.emit(relax.op.multiply(cache, cache))
+            logits = bb.emit(relax.op.add(x, written if cache_read else x))
+            out = bb.emit_output(relax.Tuple([logits, written]))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    got = returning_logits_only(mod, ["decode"])
+    if cache_read:
+        assert isinstance(got["decode"].ret_ty, relax.TensorType)
+        relax.analysis.well_formed(got)
+    else:
+        assert got.same_as(mod)
 
 
 def test_one_token_prompt_and_the_maximum_context(llamas):
@@ -207,7 +256,7 @@ def test_greedy_generation_of_other_architectures(other_archs, tmp_path, arch):
     art = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
     session = TvmCausalLMSession(art.path)
     # GPT-2's exported attention reads the appended cache outside the rewritten pattern: appending form
-    assert art.generation["cache"] == ("appending" if arch == "gpt2" else "in_place")
+    assert art.generation["cache"] == ("appending" if arch == "gpt2" else "kept")
     assert session.cache_in_place == (arch != "gpt2")
     check_generation(model, path, session)
 
