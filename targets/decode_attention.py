@@ -38,11 +38,13 @@ from edgeq.targets import fast_exp
 from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES, known_shape
 
 FUSED_NAME = "decode_attention"
-# cache positions from which the phases run on the thread pool: SmolLM2 decode steps at 128-228
-# positions on this 2-core host, shared (load 3-4), were no faster with them parallel from 64 or 128
-# (benchmarks/decode_step.py, RESULTS.md: the #19 decode attention, session 10); on a loaded host
-# every launch and barrier can wait for a descheduled thread
-PARALLEL_FROM = 512
+# cache positions from which the phases run on the thread pool: SmolLM2 decode steps at 128-168
+# positions, quiet host (load ~1.3), interleaved (benchmarks/decode_step.py): parallel from 128
+# 3.56 / 3.85 / 4.63 ms (min / p10 / median) against one thread's 3.67 / 4.03 / 4.85, and ahead in
+# two more runs; from 64 no better than from 128. On a loaded host (load 3-5) every launch and
+# barrier can wait for a descheduled thread and one thread read faster (RESULTS.md: the #19 decode
+# attention, session 10)
+PARALLEL_FROM = 128
 # the scores phase's parallel loop: its items in this many contiguous runs, one tile each (the
 # 3 KB tile is over TVM's 1 KB stack limit: one inside the loop over items would be a workspace
 # call per item); 2 per thread at 2 threads
