@@ -161,17 +161,17 @@ class _LocalArguments:
     """The per-call arguments of a generation function on this host, allocated once: ids and
     position ids (one-token arrays written through numpy views, longer prefill calls fresh), the
     attention mask (all ones) and ``cache_length`` (only its shape is read) as views of two arrays
-    sized to the context, one view per length, all made here."""
+    sized to the context, one view per length, made the first time that length is called."""
 
     def __init__(self, tvm, device, max_context: int):
         self._tvm, self._device = tvm, device
         self._token = tvm.runtime.empty((1, 1), "int64", device)
         self._position = tvm.runtime.empty((1, 1), "int64", device)
         self._token_view, self._position_view = np.from_dlpack(self._token), np.from_dlpack(self._position)
-        ones = tvm.runtime.tensor(np.ones((1, max_context), np.int64), device)
-        lengths = tvm.runtime.empty((max_context,), "int8", device)
-        self._masks = [ones._create_view((1, k)) for k in range(max_context + 1)]
-        self._lengths = [lengths._create_view((k,)) for k in range(max_context + 1)]
+        self._ones = tvm.runtime.tensor(np.ones((1, max_context), np.int64), device)
+        self._lengths_of = tvm.runtime.empty((max_context,), "int8", device)
+        self._masks: dict = {}
+        self._lengths: dict = {}
 
     def arguments(self, ids: np.ndarray, pos: int) -> tuple:
         """(input_ids, attention_mask, position_ids) for ``ids`` appended at ``pos``."""
@@ -182,10 +182,16 @@ class _LocalArguments:
         else:
             token = self._tvm.runtime.tensor(ids[None], self._device)
             position = self._tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self._device)
-        return token, self._masks[pos + n], position
+        return token, self.mask(pos + n), position
 
     def mask(self, length: int):
-        return self._masks[length]
+        view = self._masks.get(length)
+        if view is None:
+            view = self._masks[length] = self._ones._create_view((1, length))
+        return view
 
     def cache_length(self, pos: int):
-        return self._lengths[pos]
+        view = self._lengths.get(pos)
+        if view is None:
+            view = self._lengths[pos] = self._lengths_of._create_view((pos,))
+        return view
