@@ -40,8 +40,9 @@ from edgeq.targets.gqa_attention import KERNEL_ATTR, SCALES_ATTR, SCORE_LANES, k
 FUSED_NAME = "decode_attention"
 # cache positions from which the phases run on the thread pool: SmolLM2 decode steps at 128-168
 # positions, quiet host (load ~1.3), interleaved (benchmarks/decode_step.py): parallel from 128
-# 3.56 / 3.85 / 4.63 ms (min / p10 / median) against one thread's 3.67 / 4.03 / 4.85, and ahead in
-# two more runs; from 64 no better than from 128. On a loaded host (load 3-5) every launch and
+# 3.56 / 3.85 / 4.63 ms (min / p10 / median) against one thread's 3.67 / 4.03 / 4.85; in two more
+# runs ahead in min and p10, in one of them behind by 2.5% in the median; from 64 no better than
+# from 128. On a loaded host (load 3-5) every launch and
 # barrier can wait for a descheduled thread and one thread read faster (RESULTS.md: the #19 decode
 # attention, session 10)
 PARALLEL_FROM = 128
