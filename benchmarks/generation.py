@@ -103,7 +103,7 @@ def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool, max_context: int, reb
     (``rebuild_tvm``: the TVM artifacts compiled again, after a change to edgeq's kernels)."""
     import shutil
 
-    from edgeq.generation import BuildOptions, build_generation_artifact, compile_generation_artifact
+    from edgeq.generation import BuildOptions, _generation_artifacts, build_generation_artifact, compile_generation_artifact
 
     paths = {}
     for tag, preset in EDGEQ_PRESETS.items():
@@ -119,21 +119,10 @@ def edgeq_artifacts(cache: Path, hf: Path, want_tvm: bool, max_context: int, reb
         if tag == "w4g128":
             paths[f"onnx-{tag}"] = build_generation_artifact(hf, "onnxruntime", options, progress=print)
             if want_tvm and f"edgeq-tvm {tag} a8" not in skip:
-                found = [so for so in sorted(int8_folder.glob("*.so")) if _current_cache_form(so)]
+                found = _generation_artifacts(int8_folder, cache_form_recorded=True)  # older cache forms: compiled again
                 paths[f"tvm-{tag}-a8"] = found[0] if found else compile_generation_artifact(
                     paths[f"onnx-{tag}"], int8_folder, "cpu", max_context, print, act_bits=8)
     return paths
-
-
-def _current_cache_form(library: Path) -> bool:
-    """Whether ``library``'s compile recorded a cache form this edgeq compiles (an older artifact
-    returned the in-place caches from every call: compiled again)."""
-    import json
-
-    from edgeq.targets.generation import CACHE_APPENDING, CACHE_KEPT
-
-    meta = library.with_suffix(".json")
-    return meta.is_file() and json.loads(meta.read_text()).get("generation", {}).get("cache") in (CACHE_KEPT, CACHE_APPENDING)
 
 
 def read_bandwidth_gbs(threads: int, mib: int = 512) -> float:

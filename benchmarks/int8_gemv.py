@@ -66,11 +66,11 @@ def dq_matmul_model(weights, group: int, bits: int, rows: int) -> onnx.ModelProt
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
-def matmulnbits_model(q, scale, zero, group: int, bits: int, rows: int, level: int, copies=()) -> onnx.ModelProto:
-    """``com.microsoft.MatMulNBits`` (bits 4 or 8) with ``accuracy_level`` on the node: B is
-    [N, K/group, group·bits/8] low bits first, zero points packed the same way per row; one node
-    more per (q, scale, zero) in ``copies``, each with its own input and output."""
-    n, k = q.shape
+def matmulnbits_model(weights, group: int, bits: int, rows: int, level: int) -> onnx.ModelProto:
+    """``com.microsoft.MatMulNBits`` (bits 4 or 8) with ``accuracy_level``, one node per (q [N, K],
+    scale, zero) in ``weights``, each with its own input and output (as ``dq_matmul_model``): B is
+    [N, K/group, group·bits/8] low bits first, zero points packed the same way per row."""
+    n, k = weights[0][0].shape
     blocks = k // group
     per_byte = 8 // bits
 
@@ -81,7 +81,7 @@ def matmulnbits_model(q, scale, zero, group: int, bits: int, rows: int, level: i
         return sum((padded[:, h::per_byte] << (h * bits)) for h in range(per_byte)).astype(np.uint8)
 
     inits, nodes, inputs, outputs = [], [], [], []
-    for c, (qc, sc, zc) in enumerate([(q, scale, zero), *copies]):
+    for c, (qc, sc, zc) in enumerate(weights):
         suffix = str(c) if c else ""
         b = pack_rows(qc.astype(np.uint8)).reshape(n, blocks, group * bits // 8)
         inits += [numpy_helper.from_array(b, f"b{suffix}"), numpy_helper.from_array(sc.astype(np.float32), f"s{suffix}"),
@@ -97,11 +97,14 @@ def matmulnbits_model(q, scale, zero, group: int, bits: int, rows: int, level: i
 PEERS = ("edgeq float act", "edgeq int8 act", "ORT level 0", "ORT level 4")
 
 
+def weight_bytes(k: int, n: int, group: int, bits: int) -> int:
+    """One copy of a shape's weights as edgeq stores them: packed values, float16 scales, byte zero points."""
+    return n * k * bits // 8 + 3 * n * (k // group)
+
+
 def cold_copies(k: int, n: int, group: int, bits: int) -> int:
-    """Copies of a shape's weights (packed values, float16 scales, byte zero points) that make at
-    least COLD_BYTES, at most COLD_MAX_COPIES."""
-    per_copy = n * k * bits // 8 + 3 * n * (k // group)
-    return min(COLD_MAX_COPIES, -(-COLD_BYTES // per_copy))
+    """Copies of a shape's weights that make at least COLD_BYTES, at most COLD_MAX_COPIES."""
+    return min(COLD_MAX_COPIES, -(-COLD_BYTES // weight_bytes(k, n, group, bits)))
 
 
 def shape_times(label, k, n, group, bits, rows, threads, tmp: Path, cold: bool = False) -> tuple[dict, dict, dict, dict, float, int]:
@@ -117,9 +120,12 @@ def shape_times(label, k, n, group, bits, rows, threads, tmp: Path, cold: bool =
 
     rng = np.random.default_rng(0)
     copies = cold_copies(k, n, group, bits) if cold else 1
-    weights = [(rng.integers(0, 2**bits, (n, k), dtype=np.uint8), rng.integers(0, 2**bits, (n, k // group), dtype=np.uint8),
-                rng.uniform(0.005, 0.02, (n, k // group)).astype(np.float16).astype(np.float32)) for _ in range(copies)]
-    weights = [(q, scale, zero) for q, zero, scale in weights]
+    def draw():  # (q, scale, zero), drawn q, zero, scale
+        q = rng.integers(0, 2**bits, (n, k), dtype=np.uint8)
+        zero = rng.integers(0, 2**bits, (n, k // group), dtype=np.uint8)
+        return q, rng.uniform(0.005, 0.02, (n, k // group)).astype(np.float16).astype(np.float32), zero
+
+    weights = [draw() for _ in range(copies)]
     q, scale, zero = weights[0]
     w = ((q.astype(np.float32) - np.repeat(zero, group, 1)) * np.repeat(scale, group, 1)).astype(np.float32)
     x = rng.normal(size=(rows, k)).astype(np.float32)
@@ -138,7 +144,7 @@ def shape_times(label, k, n, group, bits, rows, threads, tmp: Path, cold: bool =
         outputs[name] = executor.run([x] * copies)[0]
     for level in (4,) if cold else (0, 4):
         path = tmp / f"{stem}l{level}.onnx"
-        onnx.save(matmulnbits_model(q, scale, zero, group, bits, rows, level, copies=weights[1:]), path)
+        onnx.save(matmulnbits_model(weights, group, bits, rows, level), path)
         session = ort_session(str(path), accuracy_level=level, threads=threads)
         feeds = {copy_input(c): x for c in range(copies)}
         fns[f"ORT level {level}"] = lambda s=session, feeds=feeds: s.run(None, feeds)
@@ -190,7 +196,7 @@ def main() -> None:
                                                                        cold=args.cold)
                 i8, l4 = "edgeq int8 act", "ORT level 4"
                 if args.cold:
-                    nbytes = n * k * bits // 8 + 3 * n * (k // group)
+                    nbytes = weight_bytes(k, n, group, bits)
                     table_rows.append([f"{label} g{group}", rows, bits, f"{copies} ({copies * nbytes / 1e6:.0f})",
                                        f"{times[i8]:.4f} / {p10[i8]:.4f} / {minima[i8]:.4f}",
                                        f"{times[l4]:.4f} / {p10[l4]:.4f} / {minima[l4]:.4f}",

@@ -99,7 +99,7 @@ def main() -> None:
                 results[name] = out.numpy().copy()
             assert np.array_equal(results["baseline"], results["this tree"]), f"{label}: the kernels disagree"
             path = Path(tmp) / f"{k}x{n}w{bits}.onnx"
-            onnx.save(matmulnbits_model(q, scale, zero, group, bits, args.rows, 4), path)
+            onnx.save(matmulnbits_model([(q, scale, zero)], group, bits, args.rows, 4), path)
             session = ort_session(str(path), accuracy_level=4, threads=args.threads)
             fns["ORT L4"] = lambda session=session: session.run(None, {"x": x})
             load = os.getloadavg()[0]

@@ -121,26 +121,26 @@ class TvmCausalLMSession:
         tvm, n, pos = self._tvm, ids.size, self.position
         function = self.generation["functions"][kind]
 
-        def fresh_arguments():
-            mask = tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device)
-            return [tvm.runtime.tensor(ids[None], self.device), mask,
-                    tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
+        def arguments():
+            """(input_ids, attention_mask, position_ids), cache_length (its shape is the number of
+            tokens cached): on this host from ``_LocalArguments``, over RPC made for the call."""
+            if self._local is not None:
+                return list(self._local.arguments(ids, pos)), self._local.cache_length(pos)
+            return ([tvm.runtime.tensor(ids[None], self.device),
+                     tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
+                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)],
+                    tvm.runtime.empty((pos,), "int8", self.device))
 
         def call_kept():  # the caches are written in place; only the logits come back
-            if self._local is not None:
-                logits = self._functions[kind](*self._local.arguments(ids, pos), *self._cache, self._local.cache_length(pos))
-                return np.from_dlpack(logits)[0, -1].copy(), self._cache  # the VM writes the next call's logits there
-            cache_length = tvm.runtime.empty((pos,), "int8", self.device)  # its shape is the number of tokens cached
-            return self._functions[kind](*fresh_arguments(), *self._cache, cache_length).numpy()[0, -1], self._cache
+            args, cache_length = arguments()
+            logits = self._functions[kind](*args, *self._cache, cache_length)
+            if self._local is not None:  # the VM writes the next call's logits there: a copy
+                return np.from_dlpack(logits)[0, -1].copy(), self._cache
+            return logits.numpy()[0, -1], self._cache
 
         def call_returning_caches():  # an in-place artifact compiled before CACHE_KEPT, or the appending form
-            if self._local is not None:
-                args = [tvm.runtime.tensor(ids[None], self.device), self._local.mask(pos + n),
-                        tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)]
-                cache_length = [self._local.cache_length(pos)]
-            else:
-                args, cache_length = fresh_arguments(), [tvm.runtime.empty((pos,), "int8", self.device)]
-            self.vm.set_input(function, *args, *self._cache, *(cache_length if self.cache_in_place else []))
+            args, cache_length = arguments()
+            self.vm.set_input(function, *args, *self._cache, *([cache_length] if self.cache_in_place else []))
             self.vm.invoke_stateful(function)
             outputs = self.vm.get_outputs(function)
             return outputs[0].numpy()[0, -1], list(outputs[1:])
