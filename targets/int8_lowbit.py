@@ -194,14 +194,19 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(qweight[T.min(j + prefetch_rows, n_dim - 1), byte]),
                                       T.int32(0), T.int32(3), T.int32(1)))
 
+    def rescale(scales, xd, sd, j, i, jj, g):
+        """Group g's rescale s · d of weight row j and activation row i: the task's product in
+        ``sd`` (row jj of its block) where it has one, else the product itself."""
+        return sd[jj, g] if sd is not None else T.Cast("float32", scales[j, g]) * xd[i, g]
+
     @T.macro(hygienic=True)
-    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, j0, i0, rt, sd, use_sd):
+    def row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, j0, i0, rt, sd):
         """Output rows i0 .. i0 + rt, weight rows j0 .. j0 + rows_per_task: one dot product per
         weight row, activation row and group, rescaled into float lanes at once; each weight
         vector is unpacked once for the rt rows. The zero-point terms, s · (z - offset) · d · Σxq
         per group, are summed after the weights, in vectors over the groups.
 
-        With ``use_sd`` (one activation row; ``sd`` the task's buffer [rows_per_task, groups]) the
+        With ``sd`` (one activation row; the task's buffer [rows_per_task, groups], else None) the
         rescale factors s · d of all groups are multiplied first, in vectors: each group's rescale
         is then one FMA that broadcasts its factor from memory, where the scalar product, its load
         and its broadcast were 3 of the ~11 instructions per group and weight row."""
@@ -210,7 +215,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         corr = T.alloc_buffer((rows_per_task, rt, corr_lanes), "float32")
         for jj, ii in T.grid(rows_per_task, rt):
             accf[jj, ii, T.ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
-        if use_sd:
+        if sd is not None:
             for jj in T.unroll(rows_per_task):
                 for gv in range(corr_vectors):
                     sd[jj, T.ramp(gv * corr_lanes, 1, corr_lanes)] = (
@@ -231,14 +236,9 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                                 wbytes(qweight, j0 + jj, g * nbytes + s * width, h, width),
                                 xq[i0 + ii, g, h, T.ramp(s * width, 1, width)])
                 for ii in T.unroll(rt):
-                    if use_sd:
-                        accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
-                                                             + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
-                                                             * T.Broadcast(sd[jj, g], lanes))
-                    else:
-                        accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
-                                                             + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
-                                                             * T.Broadcast(T.Cast("float32", scales[j0 + jj, g]) * xd[i0 + ii, g], lanes))
+                    accf[jj, ii, T.ramp(0, 1, lanes)] = (accf[jj, ii, T.ramp(0, 1, lanes)]
+                                                         + T.Cast(f32v, acc[jj, ii, T.ramp(0, 1, lanes)])
+                                                         * T.Broadcast(rescale(scales, xd, sd, j0 + jj, i0 + ii, jj, g), lanes))
         for jj, ii in T.grid(rows_per_task, rt):
             corr[jj, ii, T.ramp(0, 1, corr_lanes)] = T.Broadcast(T.float32(0), corr_lanes)
             for gv in range(corr_vectors):
@@ -457,12 +457,12 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
                 for ip in range(rows // 2):
                     pair_block(qweight, scales, zeros, y, bias_of, xq, xd, xsum, jo * 2, ip * 2)
                 for i in T.serial(rows // 2 * 2, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1, xd, False)
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1, None)
             else:  # tiles of TILE_ROWS activation rows, then the rest one by one
                 for it in range(rows // TILE_ROWS):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS, xd, False)
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, it * TILE_ROWS, TILE_ROWS, None)
                 for i in T.serial(rows // TILE_ROWS * TILE_ROWS, rows):
-                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1, xd, False)
+                    row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, jo * rows_per_task, i, 1, None)
 
     blocks = n_dim // rows_per_task
     # blocks per claim: at least CLAIM_BYTES of weights, so that the counter and the barrier after
@@ -492,7 +492,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
         while b[0] < T.min((c + 1) * chunk, claims_total):
             claims[c * CLAIM_STRIDE] = b[0] + 1
             for bb in range(per_claim):
-                row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, (b[0] * per_claim + bb) * rows_per_task, 0, 1, sd, True)
+                row_block(qweight, scales, zeros, y, bias_of, xq, xd, xds, (b[0] * per_claim + bb) * rows_per_task, 0, 1, sd)
             # an instruction the compiler may not move memory accesses across: the counter is
             # read again from memory next time (else it may live in a register for the loop)
             if barrier_is_hint:
