@@ -59,14 +59,12 @@ SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "av
               "avx512_bf16", "amx_tile", "asimd", "asimddp", "i8mm", "sve")
 
 
-def cpu_flags() -> str:
-    """The SIMD features this CPU exposes (kernels dispatch on them: speeds and float results
-    differ between hosts of the same kind)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith(("flags", "Features")):
-                present = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in SIMD_FLAGS if f in present) or "none of " + " ".join(SIMD_FLAGS)
-    except OSError:
-        pass
-    return "unknown"
+def cpu_flags(wanted: tuple[str, ...] = SIMD_FLAGS) -> str:
+    """The SIMD features of ``wanted`` this CPU exposes (kernels dispatch on them: speeds and float
+    results differ between hosts of the same kind)."""
+    from edgeq.targets.registry import host_cpu_flags
+
+    present = host_cpu_flags()
+    if not present:
+        return "unknown"
+    return " ".join(f for f in wanted if f in present) or "none of " + " ".join(wanted)

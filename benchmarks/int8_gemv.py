@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import append_results, markdown_table  # noqa: E402
+from _results import append_results, cpu_flags, markdown_table  # noqa: E402
 from compiled_speed import samples_in_turns  # noqa: E402
 
 # (label, K, N, group, bits): SmolLM2-135M q/o 576→576, k/v 576→192, gate/up 576→1536, down 1536→576,
@@ -160,11 +160,8 @@ def shape_times(label, k, n, group, bits, rows, threads, tmp: Path, cold: bool =
     return times, p10, minima, errors, load, copies
 
 
-def cpu_flags() -> str:
-    from edgeq.targets.registry import _cpu_flags
-
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "asimddp", "i8mm")
-    return " ".join(f for f in wanted if f in _cpu_flags()) or "none of the vector dot-product flags"
+# the flags the int8 kernels choose their instructions by, as the RESULTS rows record them
+DOT_PRODUCT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "asimddp", "i8mm")
 
 
 def main() -> None:
@@ -218,7 +215,7 @@ def main() -> None:
             "each copy with its own input, the same array, so that they are not merged into one linear, and its own "
             "output allocated by the runtime as in a model); GB/s = one copy's weight bytes "
             "(values, float16 scales, byte zero points) over edgeq's p10 time." if args.cold else "")
-    notes = (f"{args.threads} threads (TVM_NUM_THREADS, onnxruntime intra-op), CPU flags: {cpu_flags()}; edgeq's int8 "
+    notes = (f"{args.threads} threads (TVM_NUM_THREADS, onnxruntime intra-op), CPU flags: {cpu_flags(DOT_PRODUCT_FLAGS)}; edgeq's int8 "
              f"kernel here uses {isa or 'nothing (float kernel kept)'}. Ratios >1 mean edgeq is faster. Peers timed "
              "in turns (8 rounds of 15 calls after 50 ms of sleep and 5 warm-up calls each; median, 10th percentile "
              "and minimum over the 120 calls, the minimum the kernel's time when no pool thread was descheduled), "

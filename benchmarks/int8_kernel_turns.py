@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import append_results, markdown_table  # noqa: E402
+from _results import append_results, cpu_flags, markdown_table  # noqa: E402
 from compiled_speed import samples_in_turns  # noqa: E402
-from int8_gemv import SHAPES, cpu_flags, matmulnbits_model  # noqa: E402
+from int8_gemv import DOT_PRODUCT_FLAGS, SHAPES, matmulnbits_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def main() -> None:
                "ORT L4 / baseline (median / min)", "ORT L4 / this tree (median / min)", "load avg (1 min)"]
     table = markdown_table(headers, table_rows)
     print(table)
-    notes = (f"{args.rows} row(s), {args.threads} threads (TVM_NUM_THREADS, onnxruntime intra-op), CPU flags: {cpu_flags()}; "
+    notes = (f"{args.rows} row(s), {args.threads} threads (TVM_NUM_THREADS, onnxruntime intra-op), CPU flags: {cpu_flags(DOT_PRODUCT_FLAGS)}; "
              f"int8 kernel {isa}; baseline = targets/int8_lowbit.py at `{args.baseline}`. PrimFuncs called directly "
              f"(onnxruntime through session.run: a few µs more per call), {args.rounds} turns of 3 warm-up and 20 timed "
              "calls per peer after 10 ms of sleep. The two edgeq kernels' outputs are checked equal bit for bit. "

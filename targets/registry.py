@@ -81,7 +81,7 @@ def host_cpu_target() -> TargetSpec:
     from tvm.target import codegen
 
     arch = platform.machine()
-    flags = _cpu_flags()
+    flags = host_cpu_flags()
     llvm_cpu = codegen.llvm_get_system_cpu()
     if arch == "x86_64":
         target: dict[str, Any] = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": _x86_level(flags)}
@@ -109,7 +109,10 @@ def host_cpu_target() -> TargetSpec:
 _REPORTED = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "i8mm"}
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    """The feature flags this host's CPU reports (/proc/cpuinfo ``flags`` on x86, ``Features`` on
+    arm64; empty where there is none): what ``cpu`` targets and benchmark records go by."""
     try:
         text = open("/proc/cpuinfo").read()
     except OSError:
@@ -117,11 +120,11 @@ def _cpu_flags() -> set[str]:
     for line in text.splitlines():
         key = line.split(":", 1)[0].strip()
         if key in ("flags", "Features"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def _x86_level(flags: set[str]) -> str:
+def _x86_level(flags: frozenset[str]) -> str:
     v4 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
     v3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"}
     if (v3 | v4) <= flags:

@@ -34,10 +34,10 @@ from edgeq.targets import compile as compile_model
 from edgeq.targets import get_target
 from edgeq.targets.int8_lowbit import GEMM_MIN_ROWS, dot_isa, gemm_columns, int8_kernel, vector_bytes
 from edgeq.targets.lower_lowbit import packed_linear_te
-from edgeq.targets.registry import _cpu_flags
+from edgeq.targets.registry import host_cpu_flags
 from _devices import running_arm64_device, uses_arm64_device
 
-HOST_FLAGS = _cpu_flags()
+HOST_FLAGS = host_cpu_flags()
 # x86 instruction families and the /proc/cpuinfo flags the host needs to run them
 X86_ISAS = {
     "avx512vnni": ({"mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}, {"avx512_vnni", "avx512bw", "avx512vl"}),
