@@ -35,7 +35,6 @@ def fold_scales(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     inits = initializers(model)
     users = consumers(graph)
-    replaced: dict[str, str] = {}  # scaled tensor -> the unscaled one the MatMuls now read
     new_inits: list[onnx.TensorProto] = []
     drop: set[int] = set()
     for node in graph.node:

@@ -307,7 +307,7 @@ def int8_kernel(func: tvm.tirx.PrimFunc, bits: int, group: int, isa: str, width:
     # 8-bit weights for sdot: each byte shifted by 128, the zero points with them
     signed_word = (lambda word: word ^ T.uint32(0x80808080)) if signed else (lambda word: word)  # noqa: E731
     signed_zero = (lambda z: z - T.float32(offset)) if signed else (lambda z: z)  # noqa: E731
-    i8v, u8v, i32v = f"int8x{gemm}", f"uint8x{gemm}", f"int32x{cols}"
+    i8v, u8v = f"int8x{gemm}", f"uint8x{gemm}"
     by_lane = isa in ("dotprod", "i8mm")  # arm64: sdot by element (every group has 4k words)
 
     def dot_by_lane(acc, wt, ct, kw, h, words):

@@ -128,7 +128,7 @@ def test_truncated_device_library_is_refused_before_upload(tmp_path, target, bit
     with pytest.raises(ModelFileError, match=rf"relu\.{target}\.so: not a loadable TVM artifact \(truncated: segment 0 ends"):
         RpcExecutor(lib, "rpc://127.0.0.1:1")
     lib.write_bytes(_elf(bits, 62, segment_end=0))  # whole, but x86-64 code
-    with pytest.raises(ModelFileError, match=rf"machine 62: not a shared library for (aarch64|arm)"):
+    with pytest.raises(ModelFileError, match=r"machine 62: not a shared library for (aarch64|arm)"):
         RpcExecutor(lib, "rpc://127.0.0.1:1")
 
 

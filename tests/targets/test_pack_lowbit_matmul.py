@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-import onnx
 from onnx import TensorProto, numpy_helper
 
-import edgeq.targets  # noqa: F401  (registers the pre_tvm passes)
-from edgeq.targets.pre_tvm.importer_ops import PACKED_LINEAR
+from edgeq.targets.pre_tvm.importer_ops import PACKED_LINEAR  # (importing edgeq.targets registers the pre_tvm passes)
 from _passes_testing import count, model_from_text, verified
 
 K, N, BLOCK = 16, 6, 8
