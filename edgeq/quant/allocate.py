@@ -63,7 +63,7 @@ from edgeq.maths.groups import check_grid, group_params
 from edgeq.maths.packing import packed_length
 from edgeq.quant.awq import apply_awq
 from edgeq.quant.base import calib_batches, hf_conv1d_as_linear, quantizable_layers, register_quantizer
-from edgeq.quant.gptq import HessianAccumulator, _inverse_cholesky_upper, _quantize_layer, gptq_quantize_model
+from edgeq.quant.gptq import HessianAccumulator, gptq_quantize_layer, gptq_quantize_model, inverse_cholesky_upper
 from edgeq.quant.lopro import lopro_basis, lopro_linear, solve_basis_hessian
 from edgeq.quant.quarot import check_rotatable, rotate_decoder
 from edgeq.quant.r1svd import factor_bytes
@@ -194,7 +194,7 @@ def column_costs(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = Tr
     perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(h.shape[0])
     hp = h[perm][:, perm]
     hp.diagonal().add_(damp * torch.mean(torch.diag(hp)))
-    u = _inverse_cholesky_upper(hp, "sensitivity")
+    u = inverse_cholesky_upper(hp, "sensitivity")
     cost = torch.empty(h.shape[0], dtype=torch.float64)
     if judge is None:
         cost[perm] = 1.0 / torch.diag(u).square()
@@ -269,7 +269,7 @@ def quantize_option(name: str, layer: nn.Module, hessian: torch.Tensor, recipe: 
         base = GPTQRecipe(bits=bits, group_size=group, symmetric=recipe.symmetric, damp=recipe.damp,
                           act_order=recipe.act_order, static_groups=recipe.static_groups,
                           block_size=recipe.block_size, clip_steps=recipe.clip_steps)
-        return _quantize_layer(name, layer, hessian, base)
+        return gptq_quantize_layer(name, layer, hessian, base)
     if method == "lopro":
         try:
             return lopro_linear(layer.weight, hessian, bits=bits, group_size=group, rank=recipe.lopro_rank,

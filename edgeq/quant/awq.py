@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 from edgeq.errors import QuantizationError
 from edgeq.maths.groups import quantize_groups, resolve_group_size
 from edgeq.quant.architectures import DecoderArchitecture, NormForm, architecture_of, attention_shape
-from edgeq.quant.base import hf_conv1d_as_linear, is_skipped
-from edgeq.quant.gptq import HessianAccumulator, _capture_block_inputs, _run
+from edgeq.quant.base import capture_block_inputs, hf_conv1d_as_linear, is_skipped, run_module
+from edgeq.quant.gptq import HessianAccumulator
 from edgeq.recipes import Recipe
 
 
@@ -108,7 +108,7 @@ def _search_and_fold(model, arch, batches, bits, group_size, symmetric, group_fa
     blocks = arch.blocks(model)
     kept = Recipe(skip=skip)  # the layers the recipe leaves in float, matched as it matches them
     found: dict[str, AwqGroup] = {}
-    captured = _capture_block_inputs(model, blocks[0], batches)
+    captured = capture_block_inputs(model, blocks[0], batches)
     hidden, kwargs = [h for h, _ in captured], [k for _, k in captured]
     for index, block in enumerate(tqdm(blocks, desc="awq", leave=False)):
         prefix = f"{arch.layers}.{index}."
@@ -129,7 +129,7 @@ def _search_and_fold(model, arch, batches, bits, group_size, symmetric, group_fa
             _fold(site, group.scales, arch.norm_form)
             found[key] = group
         with torch.no_grad():
-            outs = [_run(block, h, kw) for h, kw in zip(hidden, kwargs)]
+            outs = [run_module(block, h, kw) for h, kw in zip(hidden, kwargs)]
         hidden = [o[0] if isinstance(o, tuple) else o for o in outs]
     return found
 
@@ -190,7 +190,7 @@ def _input_statistics(block: nn.Module, sites: list[_Site], hidden: list, kwargs
     try:
         with torch.no_grad():
             for h, kw in zip(hidden, kwargs):
-                _run(block, h, kw)
+                run_module(block, h, kw)
     finally:
         for h in hooks:
             h.remove()

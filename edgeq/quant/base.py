@@ -210,6 +210,40 @@ def calib_batches(calib) -> list:
     return list(calib)
 
 
+class StopForward(Exception):
+    """Raised from a forward hook to end the pass once the inputs it wanted are captured."""
+
+
+def run_module(module: nn.Module, batch, kwargs=None):
+    """``module`` called on one calibration batch (a tensor, or a tuple of its inputs)."""
+    if isinstance(batch, (tuple, list)):
+        return module(*batch, **(kwargs or {}))
+    return module(batch, **(kwargs or {}))
+
+
+def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: list) -> list[tuple[torch.Tensor, dict]]:
+    """Per batch, the hidden states and keyword arguments (mask, positions) that the decoder
+    ``model`` passes its ``first_block``; the pass stops there."""
+    captured = []
+
+    def hook(_module, args, kwargs):
+        captured.append((args[0], dict(kwargs)))
+        raise StopForward
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(batch.to(device), use_cache=False)
+                except StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return captured
+
+
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

@@ -43,7 +43,7 @@ from edgeq.errors import QuantizationError
 from edgeq.maths.groups import (GroupQuant, check_grid, clip_ratios, group_params, quantize_with, resolve_group_size,
                                 search_group_params)
 from edgeq.quant.architectures import decoder_blocks
-from edgeq.quant.base import set_submodule
+from edgeq.quant.base import StopForward, capture_block_inputs, run_module, set_submodule
 from edgeq.quant.weight_only import flat_weight, from_float_layer
 
 
@@ -100,7 +100,7 @@ def gptq_solve(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_siz
     w = w[:, perm]
     h = h[perm][:, perm]
     h.diagonal().add_(damp * torch.mean(torch.diag(h)))
-    u = _inverse_cholesky_upper(h, layer).float()
+    u = inverse_cholesky_upper(h, layer).float()
 
     group_of = (perm[:n_quant] // group_size).tolist()  # group of the column at each permuted position
     position = torch.empty_like(perm)
@@ -151,7 +151,7 @@ def _gptq_columns(w, u, q_all, scales, zeros, fixed, group_of, position, group_s
         w[:, i2:] -= err1 @ u[i1:i2, i2:]
 
 
-def _inverse_cholesky_upper(h: torch.Tensor, layer: str) -> torch.Tensor:
+def inverse_cholesky_upper(h: torch.Tensor, layer: str) -> torch.Tensor:
     """Upper Cholesky factor of H⁻¹, retrying with more damping if H is not positive definite."""
     extra = 0.0
     mean_diag = torch.mean(torch.diag(h)).item()
@@ -247,17 +247,9 @@ def _float_target_layer(layer: nn.Linear, acc: FloatTargetAccumulator, damp: flo
     return target
 
 
-class _Stop(Exception):
-    """Raised from a hook to end a forward pass early."""
-
-
-def _run(module: nn.Module, batch, kwargs=None):
-    if isinstance(batch, (tuple, list)):
-        return module(*batch, **(kwargs or {}))
-    return module(batch, **(kwargs or {}))
-
-
-def _quantize_layer(name: str, layer: nn.Module, hessian: torch.Tensor, recipe) -> nn.Module:
+def gptq_quantize_layer(name: str, layer: nn.Module, hessian: torch.Tensor, recipe) -> nn.Module:
+    """``layer`` (``name`` in the model) GPTQ-quantized with ``hessian`` at ``recipe``'s knobs, as
+    a weight-only layer: the per-layer step of ``gptq_quantize_model``."""
     weight = flat_weight(layer)
     group_size = resolve_group_size(recipe.group_size, weight.shape[1], recipe.group_fallback, name)
     gq = gptq_quantize_weight(weight, hessian, recipe.bits, group_size, recipe.symmetric, recipe.damp,
@@ -273,7 +265,7 @@ def gptq_quantize_model(model: nn.Module, layers: dict[str, nn.Module], recipe, 
 
     ``quantize_layer(name, layer, hessian, recipe) -> nn.Module`` replaces the per-layer GPTQ
     (methods such as LoPRo reuse the block-by-block Hessian capture with their own solve)."""
-    quantize_layer = quantize_layer or _quantize_layer
+    quantize_layer = quantize_layer or gptq_quantize_layer
     blocks = decoder_blocks(model)
     if blocks is None:
         return _gptq_one_pass(model, layers, recipe, batches, quantize_layer)
@@ -298,34 +290,13 @@ def _gptq_one_pass(model, layers, recipe, batches, quantize_layer):
     try:
         with torch.no_grad():
             for batch in batches:
-                _run(model, batch)
+                run_module(model, batch)
     finally:
         for h in hooks:
             h.remove()
     for name, layer in tqdm(layers.items(), desc="gptq", leave=False):
         set_submodule(model, name, quantize_layer(name, layer, acc[name].h, recipe))
     return model
-
-
-def _capture_block_inputs(model, first_block, batches):
-    captured = []
-
-    def hook(_module, args, kwargs):
-        captured.append((args[0], dict(kwargs)))
-        raise _Stop
-
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                try:
-                    model(batch.to(device), use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        handle.remove()
-    return captured
 
 
 def _execution_groups(block, names_in_block, hidden, kwargs):
@@ -361,13 +332,13 @@ def _layer_inputs(block, names, hidden, kwargs, sink) -> None:
     def hook(name, x):
         sink(name, x)
         if name == last:
-            raise _Stop
+            raise StopForward
 
     hooks = [block.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: hook(n, a[0])) for n in names]
     try:
         with torch.no_grad():
             block(hidden, **kwargs)
-    except _Stop:
+    except StopForward:
         pass
     finally:
         for hk in hooks:
@@ -395,7 +366,7 @@ def _float_block_pass(float_block, names, hidden, kwargs):
 
 
 def _gptq_blockwise(model, blocks, prefix, layers, recipe, batches, quantize_layer):
-    captured = _capture_block_inputs(model, blocks[0], batches)
+    captured = capture_block_inputs(model, blocks[0], batches)
     hidden = [h for h, _ in captured]
     kwargs = [k for _, k in captured]
     float_targets = getattr(recipe, "float_targets", False)
