@@ -101,7 +101,7 @@ class TvmExecutor(Executor):
             out = self.vm[self.entry](*args)
         except Exception as exc:
             raise RuntimeExecError(f"TVM failed on {self.artifact.path}: {first_line(exc)}") from None
-        return _flatten_tvm(out)
+        return flatten_tvm_outputs(out)
 
 
 # ELF e_machine by the names targets use (registry ``machine``) and platform.machine() gives
@@ -147,13 +147,31 @@ def check_shared_library(path: Path, machine: str | None = None) -> None:
             raise refuse(f"truncated: segment {i} ends at byte {offset + filesz}, the file has {size}")
 
 
-def _flatten_tvm(out) -> list[np.ndarray]:
+def flatten_tvm_outputs(out) -> list[np.ndarray]:
+    """A TVM function's result (a tensor, or nested tuples of them) as a flat list of arrays."""
     if hasattr(out, "numpy"):
         return [out.numpy()]
     result: list[np.ndarray] = []
     for item in out:
-        result.extend(_flatten_tvm(item))
+        result.extend(flatten_tvm_outputs(item))
     return result
+
+
+def artifact_of(executor: Executor) -> str:
+    """The file an executor runs (an ONNX file or a compiled artifact), else its name."""
+    path = getattr(executor, "path", None) or getattr(getattr(executor, "artifact", None), "path", None)
+    return str(path) if path else executor.name
+
+
+def executor_output_names(executor: Executor, count: int) -> list[str]:
+    """The graph's output names as the executor knows them (onnxruntime's session, a compiled
+    artifact's metadata), else ``output0``, ``output1``, ..."""
+    session = getattr(executor, "session", None)
+    if hasattr(session, "get_outputs"):
+        names = [o.name for o in session.get_outputs()]
+    else:
+        names = [o["name"] for o in getattr(getattr(executor, "artifact", None), "outputs", None) or []]
+    return names if len(names) == count else [f"output{i}" for i in range(count)]
 
 
 def executor_for(artifact: str | Path) -> Executor:

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeq.errors import RuntimeExecError, first_line
-from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm
+from edgeq.runtime.executors import Executor, Inputs, flatten_tvm_outputs
 
 HARNESS_SOURCE = Path(__file__).with_name("kernel_harness.c")
 READY = 0x4B514445  # "EDQK"
@@ -465,7 +465,7 @@ class HarnessExecutor(Executor):
                 raise self._error from None
             first = first_line(exc)
             raise HarnessError(f"{self.artifact.path.name} on {self.name}: {first}") from None
-        return _flatten_tvm(out)
+        return flatten_tvm_outputs(out)
 
     def time_runs(self, inputs: Inputs, warmup: int, repeat: int) -> list[float]:
         """Seconds per run: the sum of the kernels' times on the emulated target's clock (the

@@ -19,9 +19,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgeq.errors import RuntimeExecError
-from edgeq.runtime.executors import Executor, OrtExecutor, TorchExecutor, TvmExecutor, run_once
+from edgeq.runtime.executors import (Executor, OrtExecutor, TorchExecutor, TvmExecutor, artifact_of, executor_output_names,
+                                     run_once)
 from edgeq.runtime.localize import Divergence, RunGraph, first_divergence, ort_runner, tvm_runner
-from edgeq.runtime.validate import Numerics, Tolerance, _artifact_of, _output_names, compare_outputs
+from edgeq.runtime.validate import Numerics, Tolerance, compare_outputs
 
 CALIB_SAMPLES = 512  # as the demo and the test fixtures calibrate the built-in CNN
 _NUMERICS_FIELDS = {f.name for f in fields(Numerics)}
@@ -260,7 +261,7 @@ def validate(reference, executors: Sequence[Executor], inputs: Sequence[np.ndarr
     if float_reference is not None:
         floats = reference_for(float_reference if isinstance(float_reference, (str, Executor)) else TorchExecutor(float_reference), None)
     want = ref.executor.run(inputs)
-    report = ValidationReport(", ".join(_artifact_of(ex) for ex in executors), ref.label, "given inputs", tolerance)
+    report = ValidationReport(", ".join(artifact_of(ex) for ex in executors), ref.label, "given inputs", tolerance)
     got_by_executor = []
     for ex in executors:
         result, _, got = _run_and_compare(lambda ex=ex: ex, want, inputs, tolerance, reference_name=ref.executor.name)
@@ -286,10 +287,10 @@ def _run_and_compare(make: Callable[[], Executor], want: list[np.ndarray], input
     on every output (``names``: the graph's output names; None: the executor's own)."""
     start = time.perf_counter()
     executor, got = run_once(make, inputs)
-    artifact = _artifact_of(executor)
+    artifact = artifact_of(executor)
     prefix = ""
     if names is None:  # the API's call: messages name the artifact
-        names, prefix = _output_names(executor, len(got)), f"{artifact}: "
+        names, prefix = executor_output_names(executor, len(got)), f"{artifact}: "
         if len(want) != len(got):
             raise RuntimeExecError(f"{artifact} gives {len(got)} outputs ({', '.join(names)}); "
                                    f"the reference ({reference_name}) gives {len(want)}")

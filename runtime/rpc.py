@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from edgeq.errors import RuntimeExecError, first_line
-from edgeq.runtime.executors import Executor, Inputs, _flatten_tvm, check_shared_library
+from edgeq.runtime.executors import Executor, Inputs, check_shared_library, flatten_tvm_outputs
 
 CONNECT_TIMEOUT_S = 60.0  # a reachable device or tracker may be busy with another session
 REACH_TIMEOUT_S = 5.0  # an unreachable one fails within this
@@ -149,7 +149,7 @@ class RpcExecutor(Executor):
             # A tuple result stays a remote object; the VM's stateful interface fetches its fields.
             self.vm.set_input(self.entry, *self._remote_args(inputs))
             self.vm.invoke_stateful(self.entry)
-            return _flatten_tvm(self.vm.get_outputs(self.entry))
+            return flatten_tvm_outputs(self.vm.get_outputs(self.entry))
 
         return bounded(call, self.call_timeout_s, f"running {self.artifact.path.name} on {self.url}")
 

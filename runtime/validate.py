@@ -13,8 +13,6 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeq.runtime.executors import Executor
-
 
 @dataclass
 class Numerics:
@@ -115,20 +113,3 @@ def compare_outputs(executor: str, refs: Sequence[np.ndarray], outs: Sequence[np
         raise ValueError(f"{executor}: {len(outs)} outputs, the reference has {len(refs)} and the graph {len(names)}")
     label = len(names) > 1
     return [compare(executor, r, o, name if label else None) for r, o, name in zip(refs, outs, names)]
-
-
-def _artifact_of(executor: Executor) -> str:
-    """The file an executor runs (an ONNX file or a compiled artifact), else its name."""
-    path = getattr(executor, "path", None) or getattr(getattr(executor, "artifact", None), "path", None)
-    return str(path) if path else executor.name
-
-
-def _output_names(executor: Executor, count: int) -> list[str]:
-    """The graph's output names as the executor knows them (onnxruntime's session, a compiled
-    artifact's metadata), else ``output0``, ``output1``, ..."""
-    session = getattr(executor, "session", None)
-    if hasattr(session, "get_outputs"):
-        names = [o.name for o in session.get_outputs()]
-    else:
-        names = [o["name"] for o in getattr(getattr(executor, "artifact", None), "outputs", None) or []]
-    return names if len(names) == count else [f"output{i}" for i in range(count)]

@@ -75,12 +75,12 @@ def run(args) -> int:
         raise RuntimeExecError("--device runs compiled artifacts: give one (edgeq compile), or --executor tvm")
     with tempfile.TemporaryDirectory(prefix="edgeq-run-") as work:
         names, inputs, make = _prepare(args, kind, executor, dims, Path(work))
-        from edgeq.runtime.executors import run_once
+        from edgeq.runtime.executors import executor_output_names, run_once
 
         start = time.perf_counter()
         ex, outputs = run_once(make, inputs)
         seconds = time.perf_counter() - start
-    out_names = _output_names(ex, len(outputs))
+    out_names = executor_output_names(ex, len(outputs))
     if args.out:
         _save_npz(args.out, dict(zip(out_names, outputs)))
     result = {"model": args.model, "executor": getattr(ex, "name", executor), "inputs": args.inputs,
@@ -178,12 +178,6 @@ def _model(args, executor: str, dims: dict, work: Path):
         return names, arrays, functools.partial(OrtExecutor, onnx_path)
     artifact = edgeq.compile(onnx_path, target="cpu", out_dir=work)
     return names, arrays, functools.partial(TvmExecutor, artifact.path)
-
-
-def _output_names(executor, count: int) -> list[str]:
-    from edgeq.runtime.validate import _output_names as names
-
-    return names(executor, count)
 
 
 def _stat(array: np.ndarray, fn) -> float:
