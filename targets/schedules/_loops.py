@@ -20,15 +20,15 @@ def vector_lanes(target) -> int:
     return max(4, min(bits, 256) // 32)  # AVX-512 masked on some VMs: 256-bit tiles are safe everywhere
 
 
-def _extent(sch, loop):
+def loop_extent(sch, loop):
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
-def _work(sch, loops) -> int | None:
+def loops_work(sch, loops) -> int | None:
     total = 1
     for loop in loops:
-        extent = _extent(sch, loop)
+        extent = loop_extent(sch, loop)
         if extent is None:
             return None
         total *= extent
@@ -43,7 +43,7 @@ def worth_threads(sch, loops) -> bool:
     symbolic one (a KV cache's ``past``) at the largest value the function's ``VAR_UPPER_BOUND``
     gives it, else assumed large. A launch over the thread pool costs microseconds: a decode
     step's small kernels (a mask add or softmax over ``past + 1`` positions) run faster on one."""
-    work = _work(sch, loops)
+    work = loops_work(sch, loops)
     if work is not None:
         return work >= PARALLEL_MIN_WORK
     attrs = sch.mod["main"].attrs
@@ -64,7 +64,7 @@ def worth_threads(sch, loops) -> bool:
     return total >= PARALLEL_MIN_WORK
 
 
-def _parallel(sch, loops, work) -> None:
+def parallelize(sch, loops, work) -> None:
     """Fuse ``loops`` and spread them over threads when the kernel is big enough."""
     if not loops:
         return
@@ -74,7 +74,7 @@ def _parallel(sch, loops, work) -> None:
     return fused
 
 
-def _main_blocks(sch):
+def main_blocks(sch):
     """(infos) after inlining the pure-spatial prologue/epilogue blocks that can be inlined."""
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
@@ -85,11 +85,11 @@ def _main_blocks(sch):
     return try_inline_contiguous_spatial(sch, infos)
 
 
-def _index_is(expr, var) -> bool:
+def index_is(expr, var) -> bool:
     return isinstance(expr, tirx.Var) and expr.same_as(var)
 
 
-def _block_axes(sch, block):
+def block_axes(sch, block):
     """(block statement, its (iter var, loop) pairs without unit dimensions (a batch of 1, M = 1:
     they take no part in tiling), their kinds as a string of "S"/"R"); None when the loops no
     longer match the iter vars one to one."""
@@ -106,12 +106,12 @@ def _unit(iv) -> bool:
     return isinstance(extent, tirx.IntImm) and int(extent) == 1
 
 
-def _vectorize_tail(sch, block, lanes) -> None:
+def vectorize_tail(sch, block, lanes) -> None:
     """Vectorize a block's innermost loop when its extent is a multiple of the lanes."""
     loops = sch.get_loops(block)
     if not loops:
         return
-    extent = _extent(sch, loops[-1])
+    extent = loop_extent(sch, loops[-1])
     if extent and extent % lanes == 0 and extent <= 16 * lanes:
         sch.vectorize(loops[-1])
 

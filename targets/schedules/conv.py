@@ -5,7 +5,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir.schedule import ScheduleError
 
-from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, _block_axes, _extent, _work
+from edgeq.targets.schedules._loops import PARALLEL_MIN_WORK, LoopRule, block_axes, loop_extent, loops_work
 
 
 
@@ -25,7 +25,7 @@ def _conv(func, target, lanes):
         return None
     prologue, main, epilogue = infos[:mains[0]], infos[mains[0]], infos[mains[0] + 1:]
     block = main.block_rv
-    axes = _block_axes(sch, block)
+    axes = block_axes(sch, block)
     if axes is None:
         return None
     _, pairs, kinds = axes
@@ -35,15 +35,15 @@ def _conv(func, target, lanes):
     s_loops = [lp for _, lp in pairs[:n_s]]
     r_loops = [lp for _, lp in pairs[n_s:]]
     vec = s_loops[-1]
-    ve = _extent(sch, vec)
+    ve = loop_extent(sch, vec)
     if not ve or ve > 16 * lanes:
         return None
-    work = _work(sch, [lp for _, lp in pairs])  # unit loops add nothing to the product
+    work = loops_work(sch, [lp for _, lp in pairs])  # unit loops add nothing to the product
     outer = s_loops[:-1]
     inner_reg = []
     if len(s_loops) >= 3:
         reg = s_loops[-3]
-        re_ = _extent(sch, reg)
+        re_ = loop_extent(sch, reg)
         ti = next((t for t in (4, 2) if re_ and re_ % t == 0), 1)
         if ti > 1:
             ro, ri = sch.split(reg, [None, ti])
@@ -69,7 +69,7 @@ def _conv(func, target, lanes):
     sch.decompose_reduction(block, r_loops[0])
     for info in prologue:
         pl = sch.get_loops(info.block_rv)
-        total = _work(sch, pl)
+        total = loops_work(sch, pl)
         if pl and (total is None or total >= PARALLEL_MIN_WORK):
             sch.parallel(pl[0])
     return sch

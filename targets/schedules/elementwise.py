@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from edgeq.targets.schedules._loops import LoopRule, _extent, _main_blocks, _work, worth_threads
+from edgeq.targets.schedules._loops import LoopRule, loop_extent, loops_work, main_blocks, worth_threads
 
 
 
 def _elementwise(func, target, lanes):
     sch = s_tir.Schedule(func)
-    infos = _main_blocks(sch)
+    infos = main_blocks(sch)
     if not infos or not all(info.is_injective() for info in infos):
         return None
     for info in infos:
         loops = sch.get_loops(info.block_rv)
         if not loops:
             continue
-        work = _work(sch, loops)
+        work = loops_work(sch, loops)
         threads = worth_threads(sch, loops)
         if work is None and not _is_hexagon(target):  # LLVM's Hexagon backend crashes (segfault) on it
             _elementwise_symbolic(sch, loops, lanes, threads)
@@ -43,11 +43,11 @@ def _elementwise_symbolic(sch, loops, lanes, threads: bool = True) -> None:
     fused into vector lanes instead, and only the outer ones into the loop (parallel when
     ``threads``)."""
     static = 0
-    while static < len(loops) and _extent(sch, loops[len(loops) - 1 - static]) is not None:
+    while static < len(loops) and loop_extent(sch, loops[len(loops) - 1 - static]) is not None:
         static += 1
     outer, inner = loops[:len(loops) - static], loops[len(loops) - static:]
     if inner:
-        inner_work = _work(sch, inner)
+        inner_work = loops_work(sch, inner)
         fused_inner = sch.fuse(*inner) if len(inner) > 1 else inner[0]
         if inner_work % lanes == 0:
             rest, vec = sch.split(fused_inner, [None, lanes])

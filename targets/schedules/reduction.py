@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from edgeq.targets.schedules._loops import LoopRule, _extent, _main_blocks, _vectorize_tail, worth_threads
+from edgeq.targets.schedules._loops import LoopRule, loop_extent, main_blocks, vectorize_tail, worth_threads
 
 
 
@@ -13,7 +13,7 @@ def _reduction(func, target, lanes):
     spatial loops go to threads (each block separately: no recomputation), injective blocks get
     vector lanes on their innermost loop."""
     sch = s_tir.Schedule(func)
-    infos = _main_blocks(sch)
+    infos = main_blocks(sch)
     if not infos or all(info.is_injective() for info in infos):
         return None
     for info in infos:
@@ -25,9 +25,9 @@ def _reduction(func, target, lanes):
         kinds = ["R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in stmt.iter_vars]
         lead = len(kinds) - len("".join(kinds).lstrip("S"))
         if info.is_injective():
-            _vectorize_tail(sch, block, lanes)
+            vectorize_tail(sch, block, lanes)
             lead = len(loops) - 1 if len(loops) > 1 else 0
-        rows = [lp for lp in loops[:lead] if _extent(sch, lp) != 1]
+        rows = [lp for lp in loops[:lead] if loop_extent(sch, lp) != 1]
         if rows and worth_threads(sch, loops):
             sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
     return sch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from edgeq.targets.schedules._loops import LoopRule, _extent, _vectorize_tail, worth_threads
+from edgeq.targets.schedules._loops import LoopRule, loop_extent, vectorize_tail, worth_threads
 
 
 
@@ -21,14 +21,14 @@ def _rows(func, target, lanes):
     if not last.is_injective():
         return None
     out_loops = sch.get_loops(last.block_rv)
-    row_extents = [_extent(sch, lp) for lp in out_loops[:-1]]
+    row_extents = [loop_extent(sch, lp) for lp in out_loops[:-1]]
     if not out_loops or None in row_extents:
         return None
     for info in infos:  # every block: the same leading row loops, then one loop over the row
         loops = sch.get_loops(info.block_rv)
-        if [_extent(sch, lp) for lp in loops[:len(row_extents)]] != row_extents or len(loops) != len(row_extents) + 1:
+        if [loop_extent(sch, lp) for lp in loops[:len(row_extents)]] != row_extents or len(loops) != len(row_extents) + 1:
             return None
-    rows = [lp for lp in out_loops[:-1] if _extent(sch, lp) != 1]
+    rows = [lp for lp in out_loops[:-1] if loop_extent(sch, lp) != 1]
     if not rows:
         return None
     threads = worth_threads(sch, out_loops)
@@ -39,7 +39,7 @@ def _rows(func, target, lanes):
         sch.compute_at(info.block_rv, fused)
     for info in infos:
         if info.is_injective():
-            _vectorize_tail(sch, info.block_rv, lanes)
+            vectorize_tail(sch, info.block_rv, lanes)
     return sch
 
 
