@@ -29,6 +29,10 @@ from edgeq.runtime.rpc import CALL_TIMEOUT_S, bounded, connect, parse_device_url
 from edgeq.targets.generation import CACHE_APPENDING, CACHE_IN_PLACE, CACHE_KEPT
 
 
+# the name ``decode`` bound to its workspace is saved under in the VM
+BOUND_DECODE = "decode_with_workspace"
+
+
 class TvmCausalLMSession:
     """``TvmCausalLMSession(artifact, device=None | "rpc://host:port" | "tracker://...", threads=None)``."""
 
@@ -71,6 +75,7 @@ class TvmCausalLMSession:
                                  f"(cache: {form!r}); compile the KV-cache file again with this edgeq")
         self.cache_in_place = form in (CACHE_KEPT, CACHE_IN_PLACE)
         self._returns_logits_only = form == CACHE_KEPT
+        self._decode_workspace: list = []  # over RPC: decode's trailing workspace arguments
         self._local = None
         if self._session is None and self.max_context is not None:
             self._local = _LocalArguments(tvm, self.device, self.max_context)
@@ -78,7 +83,26 @@ class TvmCausalLMSession:
             # (set_input would copy the caches that arrive over RPC: the writes would miss the session's arrays)
             self._functions = bounded(lambda: {kind: self.vm[name] for kind, name in self.generation["functions"].items()},
                                       call_timeout_s, f"looking up the functions of {self.where}")
+            if self.generation.get("workspace"):
+                bounded(self._bind_workspace, call_timeout_s, f"making the decode workspace of {self.where}")
         self.reset()
+
+    def _bind_workspace(self) -> None:
+        """``decode`` with its workspace (``generation["workspace"]``: the storages and views of its
+        intermediates and logits, ``edgeq.targets.lift_decode_workspace``) made once and bound as
+        its trailing arguments (``save_function``): each step passes the usual arguments, and
+        allocates nothing. Over RPC the workspace stays on the device, passed by handle with each
+        step's arguments: ``save_function`` would copy arrays that arrive over RPC (as ``set_input``
+        does), and the views of one storage would no longer share it."""
+        name = self.generation["workspace"]
+        self.vm.set_input(name)
+        self.vm.invoke_stateful(name)
+        workspace = self.vm.get_outputs(name)
+        if self._session is not None:
+            self._decode_workspace = list(workspace)
+            return
+        self.vm.save_function(self.generation["functions"]["decode"], BOUND_DECODE, *workspace)
+        self._functions["decode"] = self.vm[BOUND_DECODE]
 
     def reset(self) -> None:
         """Empty the cache (full-length arrays written in place, whose positions past ``position``
@@ -133,7 +157,7 @@ class TvmCausalLMSession:
 
         def call_kept():  # the caches are written in place; only the logits come back
             args, cache_length = arguments()
-            logits = self._functions[kind](*args, *self._cache, cache_length)
+            logits = self._functions[kind](*args, *self._cache, cache_length, *(self._decode_workspace if kind == "decode" else ()))
             if self._local is not None:  # the VM writes the next call's logits there: a copy
                 return np.from_dlpack(logits)[0, -1].copy(), self._cache
             return logits.numpy()[0, -1], self._cache

@@ -92,6 +92,16 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
     return out, model
 
 
+def with_workspace(settings: dict, functions) -> dict:
+    """The ``generation`` entry with ``workspace`` naming the function that makes the decode step's
+    workspace (``lift_decode_workspace``), when the compiled module has one (``functions``: the
+    names of its Relax functions): a session makes it once and binds it to ``decode``."""
+    from edgeq.targets.lift_decode_workspace import workspace_name
+
+    name = workspace_name(FUNCTIONS["decode"])
+    return {**settings, "workspace": name} if name in functions else settings
+
+
 def returning_logits_only(mod, functions):
     """``mod`` with the Relax ``functions`` (names), which end in ``(logits, *written caches)``,
     returning the logits alone: the caches are the arrays the caller passed, written in place, so
