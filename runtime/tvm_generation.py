@@ -141,29 +141,42 @@ class TvmCausalLMSession:
                 f"{self.where}: {tokens} more token(s) would take the cache to {self.position + tokens}, "
                 f"past its maximum context of {self.max_context} (compile with a larger --max-context)")
 
+    def decode_call(self, token_id: int) -> tuple:
+        """(the VM function a decode step calls, its arguments) for ``token_id`` at ``position``, on
+        an artifact whose functions return the logits alone (``CACHE_KEPT``): what ``decode`` calls,
+        for a benchmark to time the VM's part of a step apart from the session's. The step's logits
+        are the result's ``[0, -1]``; the position does not move."""
+        return self._kept_call("decode", np.array([int(token_id)], np.int64), self.position)
+
+    def _arguments(self, ids: np.ndarray, pos: int) -> tuple:
+        """(input_ids, attention_mask, position_ids), cache_length (its shape is the number of
+        tokens cached): on this host from ``_LocalArguments``, over RPC made for the call."""
+        tvm, n = self._tvm, ids.size
+        if self._local is not None:
+            return list(self._local.arguments(ids, pos)), self._local.cache_length(pos)
+        return ([tvm.runtime.tensor(ids[None], self.device),
+                 tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
+                 tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)],
+                tvm.runtime.empty((pos,), "int8", self.device))
+
+    def _kept_call(self, kind: str, ids: np.ndarray, pos: int) -> tuple:
+        args, cache_length = self._arguments(ids, pos)
+        workspace = self._decode_workspace if kind == "decode" else []
+        return self._functions[kind], (*args, *self._cache, cache_length, *workspace)
+
     def _step(self, kind: str, ids: np.ndarray) -> np.ndarray:
-        tvm, n, pos = self._tvm, ids.size, self.position
+        n, pos = ids.size, self.position
         function = self.generation["functions"][kind]
 
-        def arguments():
-            """(input_ids, attention_mask, position_ids), cache_length (its shape is the number of
-            tokens cached): on this host from ``_LocalArguments``, over RPC made for the call."""
-            if self._local is not None:
-                return list(self._local.arguments(ids, pos)), self._local.cache_length(pos)
-            return ([tvm.runtime.tensor(ids[None], self.device),
-                     tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
-                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)],
-                    tvm.runtime.empty((pos,), "int8", self.device))
-
         def call_kept():  # the caches are written in place; only the logits come back
-            args, cache_length = arguments()
-            logits = self._functions[kind](*args, *self._cache, cache_length, *(self._decode_workspace if kind == "decode" else ()))
+            vm_function, args = self._kept_call(kind, ids, pos)
+            logits = vm_function(*args)
             if self._local is not None:  # the VM writes the next call's logits there: a copy
                 return np.from_dlpack(logits)[0, -1].copy(), self._cache
             return logits.numpy()[0, -1], self._cache
 
         def call_returning_caches():  # an in-place artifact compiled before CACHE_KEPT, or the appending form
-            args, cache_length = arguments()
+            args, cache_length = self._arguments(ids, pos)
             self.vm.set_input(function, *args, *self._cache, *([cache_length] if self.cache_in_place else []))
             self.vm.invoke_stateful(function)
             outputs = self.vm.get_outputs(function)

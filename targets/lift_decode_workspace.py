@@ -59,6 +59,8 @@ def lift_decode_workspace(mod: tvm.IRModule, function: str) -> tvm.IRModule:
                           func.is_pure, func.attrs)
     if aliases:
         step = step.bind_params(dict(aliases))
+    if "num_input" not in (func.attrs or {}):  # the VM checks the arguments before it, the static ones past it not
+        step = step.with_attr("num_input", len(func.params))
     ret_ty = relax.TupleType([v.ty for v in handed])
     make = relax.Function([], relax.SeqExpr([relax.BindingBlock(moved)], relax.Tuple(handed)), ret_ty, func.is_pure)
     for key, value in (func.attrs or {}).items():
