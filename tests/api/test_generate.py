@@ -100,8 +100,11 @@ def test_tvm_artifact_gives_the_torch_ids(w4_model, w4_tvm, tokenizer):
 def test_a_cached_artifact_without_its_cache_form_is_compiled_again(w4_onnx, tmp_path):
     """An artifact compiled before the cache form was recorded is not reused from the cache (its
     session would refuse it): the next build compiles it again, and then reuses that. So is one
-    whose functions returned the in-place caches from every call (``"in_place"``: it runs, slower)."""
+    whose functions returned the in-place caches from every call (``"in_place"``: it runs, slower),
+    and one whose decode allocated its workspace every step (no ``"workspace"``: it runs, slower)."""
     import shutil
+
+    from edgeq.generation import _generation_artifacts
 
     folder = tmp_path / "cache"
     shutil.copytree(w4_onnx.parent, folder, ignore=shutil.ignore_patterns("tvm-*"))
@@ -120,6 +123,11 @@ def test_a_cached_artifact_without_its_cache_form_is_compiled_again(w4_onnx, tmp
     data["generation"]["cache"] = "in_place"
     meta.write_text(json.dumps(data))
     assert json.loads(build_generation_artifact("tiny", "tvm", options).with_suffix(".json").read_text())["generation"]["cache"] == "kept"
+    data = json.loads(meta.read_text())
+    assert _generation_artifacts(meta.parent, cache_form_recorded=True) == [first]
+    del data["generation"]["workspace"]  # compiled before decode's workspace was made once: not current
+    meta.write_text(json.dumps(data))
+    assert _generation_artifacts(meta.parent, cache_form_recorded=True) == []
 
 
 def test_tvm_artifact_folder_runs_alone(w4_tvm, w4_onnx, capsys):
