@@ -169,8 +169,8 @@ def build_generation_artifact(source, executor: str = "onnxruntime", options: Bu
     onnx_path = folder / ONNX_NAME
     if executor == "tvm":
         # one compiled by an edgeq that did not record its cache form, that returned the in-place
-        # caches from every call, or whose decode allocated its workspace every step (slower steps),
-        # is compiled again
+        # caches from every call, or that took them before cache_length (its decode allocating its
+        # workspace every step: slower steps), is compiled again
         current = _generation_artifacts(options.tvm_folder(folder), cache_form_recorded=True)
         if current:
             return current[0]
@@ -275,9 +275,9 @@ def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: 
 
 def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) -> list[Path]:
     """Compiled libraries in ``folder`` whose ``.json`` has a ``generation`` entry (one that says how
-    its cache is passed in one of the forms this edgeq compiles, ``generation["cache"]``, with the
-    decode workspace of the kept form, ``generation["workspace"]``, where ``cache_form_recorded``)."""
-    from edgeq.targets.generation import CACHE_APPENDING, CACHE_KEPT
+    its cache is passed in one of the forms this edgeq compiles, ``generation["cache"]``, where
+    ``cache_form_recorded``)."""
+    from edgeq.targets.generation import CACHE_APPENDING, CACHE_BOUND
 
     found = []
     for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -288,9 +288,7 @@ def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) ->
         except (OSError, ValueError):
             continue
         generation = data.get("generation") if isinstance(data, dict) else None
-        current = generation and (generation.get("cache") == CACHE_APPENDING
-                                  or (generation.get("cache") == CACHE_KEPT and generation.get("workspace")))
-        if generation and (not cache_form_recorded or current):
+        if generation and (not cache_form_recorded or generation.get("cache") in (CACHE_BOUND, CACHE_APPENDING)):
             library = Path(data.get("path", "")).name or ""
             candidates = [meta.parent / library] if library else []
             candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]

@@ -5,14 +5,17 @@ It follows the causal-LM session protocol of ``edgeq.runtime.generation``: ``pre
 ``decode(token)`` return the last position's logits, ``position`` counts the tokens in the cache,
 ``max_context`` bounds it. The cache never leaves the runtime: one ``[1, kv_heads, max_context,
 head_dim]`` array per layer and K/V (remote arrays over RPC), allocated by ``reset``, which each
-call writes its new positions into in place and returns only the logits (``CACHE_KEPT``; an
-artifact compiled before it also returns the caches, which the session passes to the next call; for an artifact
-whose attention kept the appending form, each call's ``present`` arrays become the next call's
-``past``); only the logits come back to the host.
+call writes its new positions into in place and returns only the logits (``CACHE_BOUND``, and
+``CACHE_KEPT`` compiled before it, which takes the caches before ``cache_length``; an artifact
+compiled before that also returns the caches, which the session passes to the next call; for an
+artifact whose attention kept the appending form, each call's ``present`` arrays become the next
+call's ``past``); only the logits come back to the host.
 
-The session calls a ``CACHE_KEPT`` artifact's functions directly, on this host and over RPC (the VM's
+The session calls a ``CACHE_BOUND`` artifact's functions directly, on this host and over RPC (the VM's
 ``set_input`` copies arrays that arrive over RPC, so the in-place writes would miss the session's
-caches). On this host a decode step's arguments cost no allocation:
+caches). On this host the caches, and decode's workspace (its intermediates' views, made once), are
+bound to the functions as trailing arguments at each ``reset``, so a call passes four inputs; over
+RPC they go by handle with every call. On this host a decode step's arguments cost no allocation:
 the token and its position are written into two preallocated arrays (through numpy views of their
 memory), the attention mask and ``cache_length`` are views of arrays sized to the context, made once
 per length, and the logits are copied out of the returned array (the VM reuses its memory).
@@ -26,11 +29,11 @@ import numpy as np
 
 from edgeq.errors import ContextLengthError, ModelFileError, RuntimeExecError, first_line
 from edgeq.runtime.rpc import CALL_TIMEOUT_S, bounded, connect, parse_device_url
-from edgeq.targets.generation import CACHE_APPENDING, CACHE_IN_PLACE, CACHE_KEPT
+from edgeq.targets.generation import CACHE_APPENDING, CACHE_BOUND, CACHE_IN_PLACE, CACHE_KEPT
 
 
-# the name ``decode`` bound to its workspace is saved under in the VM
-BOUND_DECODE = "decode_with_workspace"
+# a function with its trailing arguments bound is saved in the VM under this prefix and its name
+BOUND_PREFIX = "bound_"
 
 
 class TvmCausalLMSession:
@@ -70,12 +73,13 @@ class TvmCausalLMSession:
         # argument, returning the logits (or, compiled before that, the caches too), or (attention
         # the compile did not recognise, GPT-2) caches returned appended
         form = self.generation.get("cache")
-        if form not in (CACHE_KEPT, CACHE_IN_PLACE, CACHE_APPENDING):
+        if form not in (CACHE_BOUND, CACHE_KEPT, CACHE_IN_PLACE, CACHE_APPENDING):
             raise ModelFileError(f"{self.artifact.meta_path}: its generation entry records no cache form "
                                  f"(cache: {form!r}); compile the KV-cache file again with this edgeq")
-        self.cache_in_place = form in (CACHE_KEPT, CACHE_IN_PLACE)
-        self._returns_logits_only = form == CACHE_KEPT
-        self._decode_workspace: list = []  # over RPC: decode's trailing workspace arguments
+        self.cache_in_place = form in (CACHE_BOUND, CACHE_KEPT, CACHE_IN_PLACE)
+        self._returns_logits_only = form in (CACHE_BOUND, CACHE_KEPT)
+        self._caches_bound = form == CACHE_BOUND  # the caches after cache_length, trailing arguments
+        self._decode_workspace: list = []  # decode's last trailing arguments
         self._local = None
         if self._session is None and self.max_context is not None:
             self._local = _LocalArguments(tvm, self.device, self.max_context)
@@ -84,25 +88,28 @@ class TvmCausalLMSession:
             self._functions = bounded(lambda: {kind: self.vm[name] for kind, name in self.generation["functions"].items()},
                                       call_timeout_s, f"looking up the functions of {self.where}")
             if self.generation.get("workspace"):
-                bounded(self._bind_workspace, call_timeout_s, f"making the decode workspace of {self.where}")
+                bounded(self._make_workspace, call_timeout_s, f"making the decode workspace of {self.where}")
         self.reset()
 
-    def _bind_workspace(self) -> None:
-        """``decode`` with its workspace (``generation["workspace"]``: the storages and views of its
-        intermediates and logits, ``edgeq.targets.lift_decode_workspace``) made once and bound as
-        its trailing arguments (``save_function``): each step passes the usual arguments, and
-        allocates nothing. Over RPC the workspace stays on the device, passed by handle with each
-        step's arguments: ``save_function`` would copy arrays that arrive over RPC (as ``set_input``
-        does), and the views of one storage would no longer share it."""
+    def _make_workspace(self) -> None:
+        """Decode's workspace (``generation["workspace"]``: the static views of its intermediates,
+        ``edgeq.targets.lift_decode_workspace``), made once: each step writes into it and
+        allocates nothing for it. Over RPC it stays on the device."""
         name = self.generation["workspace"]
         self.vm.set_input(name)
         self.vm.invoke_stateful(name)
-        workspace = self.vm.get_outputs(name)
-        if self._session is not None:
-            self._decode_workspace = list(workspace)
-            return
-        self.vm.save_function(self.generation["functions"]["decode"], BOUND_DECODE, *workspace)
-        self._functions["decode"] = self.vm[BOUND_DECODE]
+        self._decode_workspace = list(self.vm.get_outputs(name))
+
+    def _bind_trailing(self) -> None:
+        """On this host, each function of a ``CACHE_BOUND`` artifact with its trailing arguments
+        bound (``save_function``): the caches, and decode's workspace after them; a step then passes
+        the four inputs alone. Over RPC they travel by handle with each call instead:
+        ``save_function`` copies arrays that arrive over RPC (as ``set_input`` does), and the
+        in-place writes, and the views of one storage, would no longer share memory."""
+        for kind, name in self.generation["functions"].items():
+            workspace = self._decode_workspace if kind == "decode" else []
+            self.vm.save_function(name, BOUND_PREFIX + name, *self._cache, *workspace)
+            self._functions[kind] = self.vm[BOUND_PREFIX + name]
 
     def reset(self) -> None:
         """Empty the cache (full-length arrays written in place, whose positions past ``position``
@@ -111,6 +118,8 @@ class TvmCausalLMSession:
         shape = (1, g["num_kv_heads"], self.max_context if self.cache_in_place else 0, g["head_dim"])
         self._cache = [self._tvm.runtime.empty(shape, "float32", self.device) for _ in range(2 * g["num_layers"])]
         self.position = 0
+        if self._caches_bound and self._session is None:
+            self._bind_trailing()
 
     def prefill(self, input_ids: np.ndarray) -> np.ndarray:
         """Append ``input_ids`` [seq] to the cache (in calls of at most ``prefill_chunk`` tokens);
@@ -161,8 +170,12 @@ class TvmCausalLMSession:
 
     def _kept_call(self, kind: str, ids: np.ndarray, pos: int) -> tuple:
         args, cache_length = self._arguments(ids, pos)
+        if not self._caches_bound:  # compiled before CACHE_BOUND
+            return self._functions[kind], (*args, *self._cache, cache_length)
+        if self._session is None:  # the caches and the workspace bound
+            return self._functions[kind], (*args, cache_length)
         workspace = self._decode_workspace if kind == "decode" else []
-        return self._functions[kind], (*args, *self._cache, cache_length, *workspace)
+        return self._functions[kind], (*args, cache_length, *self._cache, *workspace)
 
     def _step(self, kind: str, ids: np.ndarray) -> np.ndarray:
         n, pos = ids.size, self.position

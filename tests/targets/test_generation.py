@@ -76,7 +76,7 @@ def test_artifact_metadata_and_one_copy_of_the_weights(llamas):
     meta = read_generation_metadata(path)
     assert art.outputs[0] == {"name": "logits", "dtype": "float32", "shape": [1, 1, VOCAB]}  # the last position only
     assert art.generation == {**meta, "max_context": MAX_CONTEXT, "prefill_chunk": 4, "batch": 1,
-                              "functions": {"prefill": "prefill", "decode": "decode"}, "cache": "kept",
+                              "functions": {"prefill": "prefill", "decode": "decode"}, "cache": "bound",
                               "workspace": "decode_workspace"}
     # the two functions share the packed weights: the artifact holds them once, as packed as the file
     assert art.weight_bytes <= 1.2 * art.onnx_weight_bytes, (art.weight_bytes, art.onnx_weight_bytes)
@@ -103,6 +103,8 @@ def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
     calls = collections.Counter(line.split()[1] for line in decode.splitlines() if line.strip().startswith("call"))
     assert calls["vm.builtin.null_value"] == calls["vm.builtin.make_tuple"] == calls["vm.builtin.copy"] == 0, calls
     assert calls["vm.builtin.reshape"] == 0, calls
+    # the caches come after the four inputs the VM checks (num_input): their static shapes are not checked per step
+    assert calls["vm.builtin.check_tensor_info"] == 4, calls
     views = [line.split("in:")[1].split(",") for line in decode.splitlines() if "vm.builtin.alloc_tensor" in line]
     computed = [v for v in views if v[2].strip().startswith("%")]  # a shape made by make_shape in the step
     assert len(computed) >= 1 and len(views) == len(computed) + 1, views  # + the logits
@@ -116,15 +118,18 @@ def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
 
 
 def test_the_decode_workspace_changes_no_logit(llamas, tmp_path, monkeypatch):
-    """The same KV-cache file compiled without ``lift_decode_workspace`` gives the same logits bit
+    """The same KV-cache file compiled as before the bound form (``"kept"``: the caches before
+    ``cache_length``, no ``lift_decode_workspace``), which still runs, gives the same logits bit
     for bit over a greedy run; and logits a caller holds are not changed by the next step."""
-    from edgeq.targets import lift_decode_workspace
+    from edgeq.targets import generation, lift_decode_workspace
 
     _, path, lifted = llamas["w4"]
     monkeypatch.setattr(lift_decode_workspace, "lift_decode_workspace", lambda mod, function: mod)
+    monkeypatch.setattr(generation, "caches_after_length", lambda mod, functions: mod)
     plain = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
     monkeypatch.undo()
-    assert "workspace" not in plain.generation and lifted.generation["workspace"] == "decode_workspace"
+    assert plain.generation["cache"] == "kept" and "workspace" not in plain.generation
+    assert lifted.generation["cache"] == "bound" and lifted.generation["workspace"] == "decode_workspace"
     session = TvmCausalLMSession(lifted.path)
     tokens, logits = greedy(session, PROMPT.numpy()[0], NEW_TOKENS)
     plain_tokens, plain_logits = greedy(TvmCausalLMSession(plain.path), PROMPT.numpy()[0], NEW_TOKENS)
@@ -288,7 +293,7 @@ def test_greedy_generation_of_other_architectures(other_archs, tmp_path, arch):
     art = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
     session = TvmCausalLMSession(art.path)
     # GPT-2's exported attention reads the appended cache outside the rewritten pattern: appending form
-    assert art.generation["cache"] == ("appending" if arch == "gpt2" else "kept")
+    assert art.generation["cache"] == ("appending" if arch == "gpt2" else "bound")
     assert session.cache_in_place == (arch != "gpt2")
     check_generation(model, path, session)
 
