@@ -69,9 +69,10 @@ class TvmCausalLMSession:
             lib = bounded(lambda: self._session.load_module(name), call_timeout_s, f"loading {self.where}")
             self.device = self._session.cpu()
             self.vm = bounded(lambda: relax.VirtualMachine(lib, self.device), call_timeout_s, f"starting the VM for {self.where}")
-        # the form the compile recorded: full caches written in place, with a last cache_length
-        # argument, returning the logits (or, compiled before that, the caches too), or (attention
-        # the compile did not recognise, GPT-2) caches returned appended
+        # the form the compile recorded: full caches written in place, after a cache_length argument,
+        # returning the logits (compiled before that: the caches before a last cache_length, and
+        # before that the caches returned too), or (attention the compile did not recognise, GPT-2)
+        # caches returned appended
         form = self.generation.get("cache")
         if form not in (CACHE_BOUND, CACHE_KEPT, CACHE_IN_PLACE, CACHE_APPENDING):
             raise ModelFileError(f"{self.artifact.meta_path}: its generation entry records no cache form "
@@ -152,7 +153,7 @@ class TvmCausalLMSession:
 
     def decode_call(self, token_id: int) -> tuple:
         """(the VM function a decode step calls, its arguments) for ``token_id`` at ``position``, on
-        an artifact whose functions return the logits alone (``CACHE_KEPT``): what ``decode`` calls,
+        an artifact whose functions return the logits alone (``CACHE_BOUND``, ``CACHE_KEPT``): what ``decode`` calls,
         for a benchmark to time the VM's part of a step apart from the session's. The step's logits
         are the result's ``[0, -1]``; the position does not move."""
         return self._kept_call("decode", np.array([int(token_id)], np.int64), self.position)

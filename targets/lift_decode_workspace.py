@@ -5,17 +5,21 @@ static shape is ``R.memory.alloc_tensor(storage, constant offset, constant shape
 storage from ``R.memory.alloc_storage(constant size, ...)``, and the reshapes between kernels are
 views of those tensors: the same storages and views on every call, each one a VM builtin call per
 step (``vm.builtin.alloc_storage`` from the pooled allocator, ``alloc_tensor``, ``reshape``). The
-pass moves those bindings, and the result's own storage, into a new function ``<function>_workspace()``
-that returns them as a tuple, and gives ``<function>`` them as trailing parameters instead. A caller
+pass moves those bindings into a new function ``<function>_workspace()`` that returns the tensors
+the step reads as a tuple, and gives ``<function>`` them as trailing parameters instead. A caller
 makes the workspace once and binds it (``VirtualMachine.save_function(function, name, *workspace)``
-binds trailing arguments), so a step runs kernels and no allocation or reshape builtins.
+binds trailing arguments), so a step runs kernels and no allocation or reshape builtins for it.
 
 Equal views (same storage, offset, shape and dtype; the same reshape of the same tensor) are one
 parameter: the plan reuses a few storages across every layer, so the workspace does not grow with
-the number of layers. The parameters come after the function's ``num_input`` (the VM checks no
-static shape past it), so binding them adds no per-call check. What stays: views whose shape is
-symbolic (over ``past``), on storages that are now parameters. The result is written into the
-workspace: the next call overwrites it, so a caller copies it out before the next call.
+the number of layers. The parameters come after the function's ``num_input`` (set to the old
+parameters when absent: the VM checks no static shape past it), so they add no per-call check.
+
+What stays in the step, a count fixed by the function's prelude, not its layers: a storage read by
+a view whose shape is symbolic (the attention mask's views over ``past + 1`` positions), with its
+views; and the result with its storage. The workspace then holds tensors only: an RPC session
+passes them by handle each call, and a storage object cannot go back to a device as an argument,
+nor can a function there return an array it was given. The workspace is written by every call.
 """
 
 from __future__ import annotations
