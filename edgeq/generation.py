@@ -168,8 +168,9 @@ def build_generation_artifact(source, executor: str = "onnxruntime", options: Bu
     folder = options.folder(name)
     onnx_path = folder / ONNX_NAME
     if executor == "tvm":
-        # one compiled by an edgeq that did not record its cache form, or that returned the in-place
-        # caches from every call (slower steps), is compiled again
+        # one compiled by an edgeq that did not record its cache form, that returned the in-place
+        # caches from every call, or that took them before cache_length (its decode allocating its
+        # workspace every step: slower steps), is compiled again
         current = _generation_artifacts(options.tvm_folder(folder), cache_form_recorded=True)
         if current:
             return current[0]
@@ -276,7 +277,7 @@ def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) ->
     """Compiled libraries in ``folder`` whose ``.json`` has a ``generation`` entry (one that says how
     its cache is passed in one of the forms this edgeq compiles, ``generation["cache"]``, where
     ``cache_form_recorded``)."""
-    from edgeq.targets.generation import CACHE_APPENDING, CACHE_KEPT
+    from edgeq.targets.generation import CACHE_APPENDING, CACHE_BOUND
 
     found = []
     for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -287,7 +288,7 @@ def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) ->
         except (OSError, ValueError):
             continue
         generation = data.get("generation") if isinstance(data, dict) else None
-        if generation and (not cache_form_recorded or generation.get("cache") in (CACHE_KEPT, CACHE_APPENDING)):
+        if generation and (not cache_form_recorded or generation.get("cache") in (CACHE_BOUND, CACHE_APPENDING)):
             library = Path(data.get("path", "")).name or ""
             candidates = [meta.parent / library] if library else []
             candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]

@@ -5,14 +5,17 @@ It follows the causal-LM session protocol of ``edgeq.runtime.generation``: ``pre
 ``decode(token)`` return the last position's logits, ``position`` counts the tokens in the cache,
 ``max_context`` bounds it. The cache never leaves the runtime: one ``[1, kv_heads, max_context,
 head_dim]`` array per layer and K/V (remote arrays over RPC), allocated by ``reset``, which each
-call writes its new positions into in place and returns only the logits (``CACHE_KEPT``; an
-artifact compiled before it also returns the caches, which the session passes to the next call; for an artifact
-whose attention kept the appending form, each call's ``present`` arrays become the next call's
-``past``); only the logits come back to the host.
+call writes its new positions into in place and returns only the logits (``CACHE_BOUND``, and
+``CACHE_KEPT`` compiled before it, which takes the caches before ``cache_length``; an artifact
+compiled before that also returns the caches, which the session passes to the next call; for an
+artifact whose attention kept the appending form, each call's ``present`` arrays become the next
+call's ``past``); only the logits come back to the host.
 
-The session calls a ``CACHE_KEPT`` artifact's functions directly, on this host and over RPC (the VM's
+The session calls a ``CACHE_BOUND`` artifact's functions directly, on this host and over RPC (the VM's
 ``set_input`` copies arrays that arrive over RPC, so the in-place writes would miss the session's
-caches). On this host a decode step's arguments cost no allocation:
+caches). On this host the caches, and decode's workspace (its intermediates' views, made once), are
+bound to the functions as trailing arguments at each ``reset``, so a call passes four inputs; over
+RPC they go by handle with every call. On this host a decode step's arguments cost no allocation:
 the token and its position are written into two preallocated arrays (through numpy views of their
 memory), the attention mask and ``cache_length`` are views of arrays sized to the context, made once
 per length, and the logits are copied out of the returned array (the VM reuses its memory).
@@ -26,7 +29,11 @@ import numpy as np
 
 from edgeq.errors import ContextLengthError, ModelFileError, RuntimeExecError, first_line
 from edgeq.runtime.rpc import CALL_TIMEOUT_S, bounded, connect, parse_device_url
-from edgeq.targets.generation import CACHE_APPENDING, CACHE_IN_PLACE, CACHE_KEPT
+from edgeq.targets.generation import CACHE_APPENDING, CACHE_BOUND, CACHE_IN_PLACE, CACHE_KEPT
+
+
+# a function with its trailing arguments bound is saved in the VM under this prefix and its name
+BOUND_PREFIX = "bound_"
 
 
 class TvmCausalLMSession:
@@ -62,15 +69,18 @@ class TvmCausalLMSession:
             lib = bounded(lambda: self._session.load_module(name), call_timeout_s, f"loading {self.where}")
             self.device = self._session.cpu()
             self.vm = bounded(lambda: relax.VirtualMachine(lib, self.device), call_timeout_s, f"starting the VM for {self.where}")
-        # the form the compile recorded: full caches written in place, with a last cache_length
-        # argument, returning the logits (or, compiled before that, the caches too), or (attention
-        # the compile did not recognise, GPT-2) caches returned appended
+        # the form the compile recorded: full caches written in place, after a cache_length argument,
+        # returning the logits (compiled before that: the caches before a last cache_length, and
+        # before that the caches returned too), or (attention the compile did not recognise, GPT-2)
+        # caches returned appended
         form = self.generation.get("cache")
-        if form not in (CACHE_KEPT, CACHE_IN_PLACE, CACHE_APPENDING):
+        if form not in (CACHE_BOUND, CACHE_KEPT, CACHE_IN_PLACE, CACHE_APPENDING):
             raise ModelFileError(f"{self.artifact.meta_path}: its generation entry records no cache form "
                                  f"(cache: {form!r}); compile the KV-cache file again with this edgeq")
-        self.cache_in_place = form in (CACHE_KEPT, CACHE_IN_PLACE)
-        self._returns_logits_only = form == CACHE_KEPT
+        self.cache_in_place = form in (CACHE_BOUND, CACHE_KEPT, CACHE_IN_PLACE)
+        self._returns_logits_only = form in (CACHE_BOUND, CACHE_KEPT)
+        self._caches_bound = form == CACHE_BOUND  # the caches after cache_length, trailing arguments
+        self._decode_workspace: list = []  # decode's last trailing arguments
         self._local = None
         if self._session is None and self.max_context is not None:
             self._local = _LocalArguments(tvm, self.device, self.max_context)
@@ -78,7 +88,29 @@ class TvmCausalLMSession:
             # (set_input would copy the caches that arrive over RPC: the writes would miss the session's arrays)
             self._functions = bounded(lambda: {kind: self.vm[name] for kind, name in self.generation["functions"].items()},
                                       call_timeout_s, f"looking up the functions of {self.where}")
+            if self.generation.get("workspace"):
+                bounded(self._make_workspace, call_timeout_s, f"making the decode workspace of {self.where}")
         self.reset()
+
+    def _make_workspace(self) -> None:
+        """Decode's workspace (``generation["workspace"]``: the static views of its intermediates,
+        ``edgeq.targets.lift_decode_workspace``), made once: each step writes into it and
+        allocates nothing for it. Over RPC it stays on the device."""
+        name = self.generation["workspace"]
+        self.vm.set_input(name)
+        self.vm.invoke_stateful(name)
+        self._decode_workspace = list(self.vm.get_outputs(name))
+
+    def _bind_trailing(self) -> None:
+        """On this host, each function of a ``CACHE_BOUND`` artifact with its trailing arguments
+        bound (``save_function``): the caches, and decode's workspace after them; a step then passes
+        the four inputs alone. Over RPC they travel by handle with each call instead:
+        ``save_function`` copies arrays that arrive over RPC (as ``set_input`` does), and the
+        in-place writes, and the views of one storage, would no longer share memory."""
+        for kind, name in self.generation["functions"].items():
+            workspace = self._decode_workspace if kind == "decode" else []
+            self.vm.save_function(name, BOUND_PREFIX + name, *self._cache, *workspace)
+            self._functions[kind] = self.vm[BOUND_PREFIX + name]
 
     def reset(self) -> None:
         """Empty the cache (full-length arrays written in place, whose positions past ``position``
@@ -87,6 +119,8 @@ class TvmCausalLMSession:
         shape = (1, g["num_kv_heads"], self.max_context if self.cache_in_place else 0, g["head_dim"])
         self._cache = [self._tvm.runtime.empty(shape, "float32", self.device) for _ in range(2 * g["num_layers"])]
         self.position = 0
+        if self._caches_bound and self._session is None:
+            self._bind_trailing()
 
     def prefill(self, input_ids: np.ndarray) -> np.ndarray:
         """Append ``input_ids`` [seq] to the cache (in calls of at most ``prefill_chunk`` tokens);
@@ -117,29 +151,46 @@ class TvmCausalLMSession:
                 f"{self.where}: {tokens} more token(s) would take the cache to {self.position + tokens}, "
                 f"past its maximum context of {self.max_context} (compile with a larger --max-context)")
 
+    def decode_call(self, token_id: int) -> tuple:
+        """(the VM function a decode step calls, its arguments) for ``token_id`` at ``position``, on
+        an artifact whose functions return the logits alone (``CACHE_BOUND``, ``CACHE_KEPT``): what ``decode`` calls,
+        for a benchmark to time the VM's part of a step apart from the session's. The step's logits
+        are the result's ``[0, -1]``; the position does not move."""
+        return self._kept_call("decode", np.array([int(token_id)], np.int64), self.position)
+
+    def _arguments(self, ids: np.ndarray, pos: int) -> tuple:
+        """(input_ids, attention_mask, position_ids), cache_length (its shape is the number of
+        tokens cached): on this host from ``_LocalArguments``, over RPC made for the call."""
+        tvm, n = self._tvm, ids.size
+        if self._local is not None:
+            return list(self._local.arguments(ids, pos)), self._local.cache_length(pos)
+        return ([tvm.runtime.tensor(ids[None], self.device),
+                 tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
+                 tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)],
+                tvm.runtime.empty((pos,), "int8", self.device))
+
+    def _kept_call(self, kind: str, ids: np.ndarray, pos: int) -> tuple:
+        args, cache_length = self._arguments(ids, pos)
+        if not self._caches_bound:  # compiled before CACHE_BOUND
+            return self._functions[kind], (*args, *self._cache, cache_length)
+        if self._session is None:  # the caches and the workspace bound
+            return self._functions[kind], (*args, cache_length)
+        workspace = self._decode_workspace if kind == "decode" else []
+        return self._functions[kind], (*args, cache_length, *self._cache, *workspace)
+
     def _step(self, kind: str, ids: np.ndarray) -> np.ndarray:
-        tvm, n, pos = self._tvm, ids.size, self.position
+        n, pos = ids.size, self.position
         function = self.generation["functions"][kind]
 
-        def arguments():
-            """(input_ids, attention_mask, position_ids), cache_length (its shape is the number of
-            tokens cached): on this host from ``_LocalArguments``, over RPC made for the call."""
-            if self._local is not None:
-                return list(self._local.arguments(ids, pos)), self._local.cache_length(pos)
-            return ([tvm.runtime.tensor(ids[None], self.device),
-                     tvm.runtime.tensor(np.ones((1, pos + n), np.int64), self.device),
-                     tvm.runtime.tensor(np.arange(pos, pos + n, dtype=np.int64)[None], self.device)],
-                    tvm.runtime.empty((pos,), "int8", self.device))
-
         def call_kept():  # the caches are written in place; only the logits come back
-            args, cache_length = arguments()
-            logits = self._functions[kind](*args, *self._cache, cache_length)
+            vm_function, args = self._kept_call(kind, ids, pos)
+            logits = vm_function(*args)
             if self._local is not None:  # the VM writes the next call's logits there: a copy
                 return np.from_dlpack(logits)[0, -1].copy(), self._cache
             return logits.numpy()[0, -1], self._cache
 
         def call_returning_caches():  # an in-place artifact compiled before CACHE_KEPT, or the appending form
-            args, cache_length = arguments()
+            args, cache_length = self._arguments(ids, pos)
             self.vm.set_input(function, *args, *self._cache, *([cache_length] if self.cache_in_place else []))
             self.vm.invoke_stateful(function)
             outputs = self.vm.get_outputs(function)

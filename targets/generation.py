@@ -32,6 +32,9 @@ DEFAULT_PREFILL_CHUNK = 256
 # the artifact's ``generation["cache"]``: how a session passes the cache (see ``cache_form``);
 # CACHE_IN_PLACE is the in-place form of artifacts compiled before CACHE_KEPT, which also return the caches
 CACHE_KEPT, CACHE_IN_PLACE, CACHE_APPENDING = "kept", "in_place", "appending"
+# CACHE_BOUND: CACHE_KEPT with the caches after cache_length (``caches_after_length``), bound by the session;
+# CACHE_KEPT itself is the form of artifacts compiled before it
+CACHE_BOUND = "bound"
 
 
 def generation_settings(metadata: dict, max_context: int | None, prefill_chunk: int | None, path) -> dict:
@@ -89,7 +92,37 @@ def generation_module(model: onnx.ModelProto, settings: dict, target: str):
         out = transposes_as_reshapes(out, [FUNCTIONS["decode"]])  # one row: the head transposes move no data
     if _takes_cache_length(out):
         out = returning_logits_only(out, FUNCTIONS.values())
+        if cache_form(out) == CACHE_KEPT:
+            out = caches_after_length(out, FUNCTIONS.values())
     return out, model
+
+
+def caches_after_length(mod, functions):
+    """``mod`` with the Relax ``functions`` (names), which take ``(input_ids, attention_mask,
+    position_ids, *caches, cache_length)`` and return the logits alone, taking ``(input_ids,
+    attention_mask, position_ids, cache_length, *caches)`` with ``num_input`` 4 (``CACHE_BOUND``):
+    the caches, the same arrays every call until a reset, are trailing arguments a session binds
+    once, and the VM checks only the four inputs each call (the caches' shapes are static and the
+    session's own)."""
+    from tvm import relax
+
+    out = mod.clone()
+    for name in functions:
+        func = mod[name]
+        params = list(func.params)
+        reordered = [*params[:3], params[-1], *params[3:-1]]
+        out[name] = relax.Function(reordered, func.body, func.ret_ty, func.is_pure, func.attrs).with_attr("num_input", 4)
+    return out
+
+
+def with_workspace(settings: dict, functions) -> dict:
+    """The ``generation`` entry with ``workspace`` naming the function that makes the decode step's
+    workspace (``lift_decode_workspace``), when the compiled module has one (``functions``: the
+    names of its Relax functions): a session makes it once and binds it to ``decode``."""
+    from edgeq.targets.lift_decode_workspace import workspace_name
+
+    name = workspace_name(FUNCTIONS["decode"])
+    return {**settings, "workspace": name} if name in functions else settings
 
 
 def returning_logits_only(mod, functions):
@@ -123,20 +156,26 @@ def returning_logits_only(mod, functions):
 def cache_form(mod) -> str:
     """``CACHE_KEPT`` when ``decode`` takes full-length caches that it writes in place, with a last
     ``cache_length`` argument (``gqa_attention``), and returns the logits alone (``CACHE_IN_PLACE``
-    where it also returns the caches: ``returning_logits_only``); else ``CACHE_APPENDING``: each call
+    where it also returns the caches: ``returning_logits_only``; ``CACHE_BOUND`` where the caches
+    come after ``cache_length``: ``caches_after_length``); else ``CACHE_APPENDING``: each call
     returns its ``past`` with the new positions appended (attention in a form not recognised, GPT-2)."""
     from tvm import relax
 
+    from edgeq.targets.gqa_attention import CACHE_LENGTH
+
     if not _takes_cache_length(mod):
         return CACHE_APPENDING
-    return CACHE_IN_PLACE if isinstance(mod[FUNCTIONS["decode"]].body.body.ty, relax.TupleType) else CACHE_KEPT
+    decode = mod[FUNCTIONS["decode"]]
+    if isinstance(decode.body.body.ty, relax.TupleType):
+        return CACHE_IN_PLACE
+    return CACHE_BOUND if decode.params[3].name == CACHE_LENGTH else CACHE_KEPT
 
 
 def _takes_cache_length(mod) -> bool:
     from edgeq.targets.gqa_attention import CACHE_LENGTH
 
-    params = mod[FUNCTIONS["decode"]].params
-    return bool(params) and params[-1].name == CACHE_LENGTH
+    names = [p.name for p in mod[FUNCTIONS["decode"]].params]
+    return CACHE_LENGTH in names[-1:] + names[3:4]
 
 
 # ops whose first input is the activations and that act row by row (an lm_head)

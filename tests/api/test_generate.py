@@ -100,8 +100,12 @@ def test_tvm_artifact_gives_the_torch_ids(w4_model, w4_tvm, tokenizer):
 def test_a_cached_artifact_without_its_cache_form_is_compiled_again(w4_onnx, tmp_path):
     """An artifact compiled before the cache form was recorded is not reused from the cache (its
     session would refuse it): the next build compiles it again, and then reuses that. So is one
-    whose functions returned the in-place caches from every call (``"in_place"``: it runs, slower)."""
+    whose functions returned the in-place caches from every call (``"in_place"``: it runs, slower),
+    and one whose caches came before ``cache_length`` (``"kept"``: its decode allocated its
+    workspace every step; it runs, slower)."""
     import shutil
+
+    from edgeq.generation import _generation_artifacts
 
     folder = tmp_path / "cache"
     shutil.copytree(w4_onnx.parent, folder, ignore=shutil.ignore_patterns("tvm-*"))
@@ -109,17 +113,22 @@ def test_a_cached_artifact_without_its_cache_form_is_compiled_again(w4_onnx, tmp
     first = build_generation_artifact("tiny", "tvm", options)
     meta = first.with_suffix(".json")
     data = json.loads(meta.read_text())
-    assert data["generation"]["cache"] == "kept"
+    assert data["generation"]["cache"] == "bound"
     del data["generation"]["cache"]
     meta.write_text(json.dumps(data))
     again = build_generation_artifact("tiny", "tvm", options)
-    assert json.loads(again.with_suffix(".json").read_text())["generation"]["cache"] == "kept"
+    assert json.loads(again.with_suffix(".json").read_text())["generation"]["cache"] == "bound"
     stamp = again.stat().st_mtime_ns
     assert build_generation_artifact("tiny", "tvm", options).stat().st_mtime_ns == stamp  # reused
     data = json.loads(meta.read_text())
     data["generation"]["cache"] = "in_place"
     meta.write_text(json.dumps(data))
-    assert json.loads(build_generation_artifact("tiny", "tvm", options).with_suffix(".json").read_text())["generation"]["cache"] == "kept"
+    assert json.loads(build_generation_artifact("tiny", "tvm", options).with_suffix(".json").read_text())["generation"]["cache"] == "bound"
+    data = json.loads(meta.read_text())
+    assert _generation_artifacts(meta.parent, cache_form_recorded=True) == [first]
+    data["generation"]["cache"] = "kept"  # the caches before cache_length, decode's workspace made each step
+    meta.write_text(json.dumps(data))
+    assert _generation_artifacts(meta.parent, cache_form_recorded=True) == []
 
 
 def test_tvm_artifact_folder_runs_alone(w4_tvm, w4_onnx, capsys):

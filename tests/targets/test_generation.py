@@ -76,7 +76,8 @@ def test_artifact_metadata_and_one_copy_of_the_weights(llamas):
     meta = read_generation_metadata(path)
     assert art.outputs[0] == {"name": "logits", "dtype": "float32", "shape": [1, 1, VOCAB]}  # the last position only
     assert art.generation == {**meta, "max_context": MAX_CONTEXT, "prefill_chunk": 4, "batch": 1,
-                              "functions": {"prefill": "prefill", "decode": "decode"}, "cache": "kept"}
+                              "functions": {"prefill": "prefill", "decode": "decode"}, "cache": "bound",
+                              "workspace": "decode_workspace"}
     # the two functions share the packed weights: the artifact holds them once, as packed as the file
     assert art.weight_bytes <= 1.2 * art.onnx_weight_bytes, (art.weight_bytes, art.onnx_weight_bytes)
 
@@ -85,7 +86,12 @@ def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
     """The decode function's VM code: the logits are its one result (the caches it writes in place
     stay with the session), and no builtin per step ends an object's life early (``null_value``) or
     builds a tuple nothing reads (``make_tuple``): every intermediate is planned statically
-    (``cpu_pipeline.relax_pipeline``). The greedy tests above check the numbers."""
+    (``cpu_pipeline.relax_pipeline``). Its static storages and views, and the reshapes between
+    kernels, come from ``decode_workspace`` once (``lift_decode_workspace``): what a step still
+    allocates is the logits' own storage and view and the attention mask's prelude (views over
+    ``past + 1`` positions, whose shapes the step computes; each on a storage of its own): the
+    views with a computed shape, plus one, whatever the number of layers. The greedy tests above
+    check the numbers."""
     import collections
 
     import tvm
@@ -96,12 +102,42 @@ def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
     decode = code.split("@decode:")[1].split("\n@")[0]
     calls = collections.Counter(line.split()[1] for line in decode.splitlines() if line.strip().startswith("call"))
     assert calls["vm.builtin.null_value"] == calls["vm.builtin.make_tuple"] == calls["vm.builtin.copy"] == 0, calls
-    assert calls["vm.builtin.alloc_tensor"] > 0  # the statically planned intermediates
+    assert calls["vm.builtin.reshape"] == 0, calls
+    # the caches come after the four inputs the VM checks (num_input): their static shapes are not checked per step
+    assert calls["vm.builtin.check_tensor_info"] == 4, calls
+    views = [line.split("in:")[1].split(",") for line in decode.splitlines() if "vm.builtin.alloc_tensor" in line]
+    computed = [v for v in views if v[2].strip().startswith("%")]  # a shape made by make_shape in the step
+    assert len(computed) >= 1 and len(views) == len(computed) + 1, views  # + the logits
+    assert calls["vm.builtin.alloc_storage"] == len({v[0] for v in views}), calls
+    assert "@decode_workspace:" in code
     returned = [line for line in decode.splitlines() if line.strip().startswith("ret")]
     assert len(returned) == 1
     session = TvmCausalLMSession(art.path)
-    assert session._functions["decode"](*session._local.arguments(np.array([3]), 0), *session._cache,
-                                        session._local.cache_length(0)).shape == (1, 1, VOCAB)
+    function, args = session.decode_call(3)
+    assert function(*args).shape == (1, 1, VOCAB)
+
+
+def test_the_decode_workspace_changes_no_logit(llamas, tmp_path, monkeypatch):
+    """The same KV-cache file compiled as before the bound form (``"kept"``: the caches before
+    ``cache_length``, no ``lift_decode_workspace``), which still runs, gives the same logits bit
+    for bit over a greedy run; and logits a caller holds are not changed by the next step."""
+    from edgeq.targets import generation, lift_decode_workspace
+
+    _, path, lifted = llamas["w4"]
+    monkeypatch.setattr(lift_decode_workspace, "lift_decode_workspace", lambda mod, function: mod)
+    monkeypatch.setattr(generation, "caches_after_length", lambda mod, functions: mod)
+    plain = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
+    monkeypatch.undo()
+    assert plain.generation["cache"] == "kept" and "workspace" not in plain.generation
+    assert lifted.generation["cache"] == "bound" and lifted.generation["workspace"] == "decode_workspace"
+    session = TvmCausalLMSession(lifted.path)
+    tokens, logits = greedy(session, PROMPT.numpy()[0], NEW_TOKENS)
+    plain_tokens, plain_logits = greedy(TvmCausalLMSession(plain.path), PROMPT.numpy()[0], NEW_TOKENS)
+    assert tokens == plain_tokens and np.array_equal(logits, plain_logits)
+    held = session.decode(tokens[-1])
+    kept = held.copy()
+    session.decode(int(held.argmax()))
+    np.testing.assert_array_equal(held, kept)
 
 
 @pytest.mark.parametrize("cache_read", [True, False])
@@ -226,6 +262,7 @@ def test_greedy_generation_on_the_arm64_device(llamas, tmp_path_factory, name):
     model, path, _ = llamas[name]
     art = edgeq.compile(path, target="arm64", out_dir=tmp_path_factory.mktemp(f"arm64-{name}"),
                         max_context=MAX_CONTEXT, prefill_chunk=4)
+    assert art.generation["workspace"] == "decode_workspace"  # passed by handle over RPC
     session = TvmCausalLMSession(art.path, device=device.url)
     try:
         check_generation(model, path, session)
@@ -256,7 +293,7 @@ def test_greedy_generation_of_other_architectures(other_archs, tmp_path, arch):
     art = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)
     session = TvmCausalLMSession(art.path)
     # GPT-2's exported attention reads the appended cache outside the rewritten pattern: appending form
-    assert art.generation["cache"] == ("appending" if arch == "gpt2" else "kept")
+    assert art.generation["cache"] == ("appending" if arch == "gpt2" else "bound")
     assert session.cache_in_place == (arch != "gpt2")
     check_generation(model, path, session)
 
