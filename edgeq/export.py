@@ -246,11 +246,19 @@ def _multi_output_rules_tried_on_their_op():
     """The exporter's optimizer (``optimize=True``) tries each onnxscript rewrite rule on every
     node. For a rule whose pattern has several output nodes (onnxscript 0.7: SlicesSplit, two
     Slices of one input -> one Split) the matcher first lists the whole graph, whatever the node:
-    quadratic in the nodes, ~20 s of a 30-block LLM's ~75 s export. For the export's duration
-    such a rule is tried only on nodes of its first output node's op type, the only nodes the
-    matcher can match there: the same rewrites, the same file (tests/export/test_export_invariance.py)."""
+    quadratic in the nodes, 28-43 of the 61-82 CPU-s of SmolLM2-135M's export (5-8 s with this).
+    For the export's duration such a rule is tried only on nodes of its first output node's op
+    type, the only nodes the matcher can match there: the same rewrites, the same file
+    (tests/export/test_export_invariance.py)."""
     from onnxscript import rewriter
-    from onnxscript.rewriter import _basics, _matcher
+
+    try:  # onnxscript's internals as of 0.7; another version runs its optimizer as it ships
+        from onnxscript.rewriter import _basics, _matcher
+
+        shipped = rewriter._DEFAULT_REWRITE_RULES
+    except (ImportError, AttributeError):
+        yield
+        return
 
     class FirstOpMatcher(_matcher.SimplePatternMatcher):
         def match(self, model, graph_or_function, node, **kwargs):
@@ -259,7 +267,6 @@ def _multi_output_rules_tried_on_their_op():
                 return _basics.MatchResult().fail(f"not a {op[1]}")
             return super().match(model, graph_or_function, node, **kwargs)
 
-    shipped = rewriter._DEFAULT_REWRITE_RULES
     rules = []
     for rule in shipped:
         matcher = getattr(rule, "_matcher", None)
