@@ -6,6 +6,7 @@ The GGUF holds Q4_1 weights; transformers + gguf dequantize them to float32 on l
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from pathlib import Path
@@ -28,10 +29,17 @@ def find_smollm2_gguf() -> Path:
 
 
 def smollm2_tokenizer(gguf: Path | None = None):
-    """SmolLM2's tokenizer alone, from its GGUF (``gguf``, else the installed one), without the weights."""
+    """SmolLM2's tokenizer alone, from its GGUF (``gguf``, else the installed one), without the weights.
+    Built once per process and shared (callers only encode and decode with it): converting the
+    GGUF's vocabulary and merges takes 8-20 s, and a process such as a test run loads SmolLM2 more
+    than once."""
+    return _tokenizer_of(Path(gguf or find_smollm2_gguf()).resolve())
+
+
+@functools.cache
+def _tokenizer_of(path: Path):
     from transformers import AutoTokenizer
 
-    path = gguf or find_smollm2_gguf()
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 

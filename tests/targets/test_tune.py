@@ -1,7 +1,15 @@
 """edgeq tune: meta_schedule over a tiny model's kernels within a small budget writes a database
-that compile(tuning_db=...) uses; the tuned artifact computes what the untuned one does."""
+that compile(tuning_db=...) uses; the tuned artifact computes what the untuned one does.
+
+The search runs in a fresh interpreter, as ``edgeq tune`` does: meta_schedule imports ~500
+TVMScript tensor intrinsics, and TVMScript's parser calls ``inspect.stack()`` for each, whose
+frame lookups scan ``sys.modules``; in a pytest worker that has imported torch, transformers
+and every test module, that import alone took minutes."""
 
 from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import onnx
@@ -20,7 +28,8 @@ TOL = 1e-5  # float32 sums in another order
 def test_tuned_artifact_matches_untuned(tmp_path):
     path = tmp_path / "mlp.onnx"
     onnx.save(_mlp_model(16, 64, 64, transposed=False), path)
-    result = tune(path, tmp_path / "db", budget_s=10, trials_per_kernel=4, progress=False)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        result = fresh.submit(tune, path, tmp_path / "db", budget_s=10, trials_per_kernel=4, progress=False).result()
     assert result.tuned and set(result.tuned) <= set(result.kernels)
     assert set(result.kept_default) <= set(result.tuned)
     # tuned in a hidden copy beside the database, moved in whole: no temporary is left
