@@ -9,10 +9,10 @@ Both compute only the last position's logits ``[1, 1, vocab]``, which is all a g
 uses, so the ``lm_head`` runs on one row per prefill call (``last_position_only``) and only one row
 travels back from a device. The cache is the model's own ``past``/``present`` tensors, written in
 place where the attention is recognised (``gqa_attention``: each cache a ``[1, kv_heads,
-max_context, head_dim]`` array, ``past`` given by a last int8 ``[past]`` argument's shape): a
-session keeps the cache arrays in the runtime's memory (on the device over RPC) and passes the same
-arrays to every call, which return the logits alone (``CACHE_KEPT``: no 60 cache handles back
-per call); in the form the attention is not recognised in (GPT-2), they return ``(logits,
+max_context, head_dim]`` array, ``past`` given by an int8 ``[past]`` argument's shape, the
+caches after it): a session keeps the cache arrays in the runtime's memory (on the device over RPC)
+and passes the same arrays to every call, bound once on the host, which return the logits alone
+(``CACHE_BOUND``: no 60 cache handles back per call, nor 60 shape checks); in the form the attention is not recognised in (GPT-2), they return ``(logits,
 *present)`` and the ``present`` arrays are the next call's ``past``. ``past`` is
 bounded by ``max_context`` (``tir_var_upper_bound``), so Relax plans every intermediate buffer
 statically for the largest step. The two functions read the same ``Constant`` objects, which the
