@@ -148,8 +148,8 @@ def _workspace_key(call: relax.Call, canonical: dict):
     op = getattr(call.op, "name", None)
     if op not in (_ALLOC_STORAGE, _ALLOC_TENSOR, _RESHAPE) or not all(map(_constant, call.args[1:])):
         return None
-    if op == _ALLOC_STORAGE:
-        return (op, id(call)) if _constant(call.args[0]) else None
+    if op == _ALLOC_STORAGE:  # a fresh object: the id of ``call``'s wrapper could be a freed one's again
+        return (op, object()) if _constant(call.args[0]) else None
     source = call.args[0]
     if source not in canonical:
         return None

@@ -113,3 +113,16 @@ def test_left_alone(case):
         bb.emit_func_output(out)
     mod = bb.get()
     assert lift_decode_workspace(mod, "decode").same_as(mod)
+
+
+def test_every_static_storage_is_a_workspace_piece_of_its_own():
+    """Storages are never merged, however Python recycles the memory of the wrappers it reads the
+    bindings through (a key made from a freed wrapper's id merged two storages' tensors)."""
+    from edgeq.targets.lift_decode_workspace import _workspace_key
+
+    keys = set()
+    for size in (32, 64, 128, 256):
+        call = relax.op.memory.alloc_storage(relax.ShapeExpr([size]), 0, "global", "float32")
+        keys.add(_workspace_key(call, {}))
+        del call
+    assert len(keys) == 4 and None not in keys
