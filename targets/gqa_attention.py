@@ -20,8 +20,6 @@ another form is left as it is.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import tvm
 import tvm.sym
 from tvm import relax, s_tir, te
@@ -53,9 +51,10 @@ def grouped_query_attention(mod: tvm.IRModule, functions, max_context: int | Non
     functions then take a last parameter ``cache_length`` (see ``_Rewriter.finish``). When some
     other op still reads an appended cache (attention in another form), nothing is kept in place."""
     names = list(functions)
-    if max_context is not None and not all(_caches_read_only_where_rewritten(mod[name], max_context) for name in names):
-        max_context = None  # attention in another form (GPT-2's) reads the appended caches: they keep appending
-    return _rewrite(mod, names, max_context)
+    out = _rewrite(mod, names, max_context)
+    if max_context is not None and any(_reads_a_replaced_cache(out[name], mod[name]) for name in names):
+        out = _rewrite(mod, names, None)
+    return out
 
 
 def _rewrite(mod, names, max_context):
@@ -68,41 +67,11 @@ def _rewrite(mod, names, max_context):
     return relax.transform.DeadCodeElimination(names)(rewriter.builder_.get())
 
 
-def _caches_read_only_where_rewritten(func, max_context: int) -> bool:
-    """Whether, in ``func`` rewritten with ``max_context``, nothing would read a cache parameter
-    that the in-place form replaces: every read of its appended cache that outlives the rewrite
-    (the bindings the result depends on) is a recognised attention matmul or a tuple field, which
-    read the cache written in place instead. Decided on ``func`` itself, before rewriting."""
-    bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
-    params = {p.name: p for p in func.params}
-    match = _Match(bindings.get, params, max_context)
-
-    def written(expr) -> bool:  # an appended cache the rewrite replaces by the one written in place
-        concat = match.bound(expr, "concat")
-        return concat is not None and match.cache_parameter(concat) is not None and "position_ids" in params
-
-    def reads(expr) -> list:
-        if isinstance(expr, relax.Tuple):
-            return [v for f in expr.fields if not (isinstance(f, relax.Var) and written(f)) for v in reads(f)]
-        if isinstance(expr, relax.Call):
-            found = match.attention(expr) if expr.op.same_as(_OPS["matmul"]) else None
-            if found is not None:
-                return reads(found.rows) + ([] if written(found.cache) else reads(found.cache))
-            return [v for arg in expr.args for v in reads(arg)]
-        return [expr] if isinstance(expr, relax.Var) else list(relax.analysis.free_vars(expr))
-
-    live, todo = set(), reads(func.body.body)
-    for block in func.body.blocks:  # bindings outside dataflow blocks stay whatever reads them
-        if not isinstance(block, relax.DataflowBlock):
-            todo += [v for b in block.bindings for v in reads(b.value)]
-    while todo:
-        var = todo.pop()
-        if var not in live:
-            live.add(var)
-            todo += reads(bindings[var]) if var in bindings else []
-    replaced = {match.cache_parameter(value) for value in bindings.values()
-                if isinstance(value, relax.Call) and value.op.same_as(_OPS["concat"])} - {None}
-    return "position_ids" not in params or not any(params[name] in live for name in replaced)
+def _reads_a_replaced_cache(new, old) -> bool:
+    """Whether ``new`` still reads a parameter of ``old`` that it no longer takes."""
+    kept = list(new.params)
+    used = relax.analysis.free_vars(new.body)
+    return any(any(u.same_as(p) for u in used) and not any(k.same_as(p) for k in kept) for p in old.params)
 
 
 def write_cache_func(heads: int, max_context: int, head_dim: int, dtype: str):
@@ -276,113 +245,6 @@ def _swaps_last_two(call) -> bool:
     return axes == [*range(len(axes) - 2), len(axes) - 1, len(axes) - 2]
 
 
-class _Attention(NamedTuple):
-    """A recognised attention matmul: ``kind`` "scores" (``rows`` the unscaled queries, ``cache``
-    the keys, ``scales`` (q scale, k scale)) or "values" (``rows`` the probabilities)."""
-
-    kind: str
-    rows: relax.Expr
-    cache: relax.Expr
-    scales: tuple[float, float] | None = None
-
-
-class _Match:
-    """What the rewrite recognises, on bindings that ``lookup`` gives (the rewriter's own, or a
-    function's before it is rewritten): the attention matmuls, the caches they read, and the
-    appended cache parameters (``params``, by name) that ``max_context`` keeps in place."""
-
-    def __init__(self, lookup, params, max_context):
-        self.lookup, self.params, self.max_context = lookup, params, max_context
-
-    def attention(self, call) -> _Attention | None:
-        """The attention matmul that ``call`` (a matmul) is, for the rewrite to replace; else None."""
-        lhs, rhs = call.args
-        key_t, k_scale = self.scaled(rhs)
-        key = self.ungrouped(self.through(self.reshapes(key_t), "permute_dims", _swaps_last_two))
-        query, q_scale = self.scaled(lhs)
-        if key is not None and self.fits(query, key):
-            return _Attention("scores", query, key, (q_scale, k_scale))
-        value = self.ungrouped(rhs)
-        if value is not None and self.fits(lhs, value, last_is_head_dim=False):
-            return _Attention("values", lhs, value)
-        return None
-
-    def cache_parameter(self, concat):
-        """The name of the ``[1, kv_heads, past, head_dim]`` parameter that ``concat`` appends new
-        positions to (axis 2), else None."""
-        if self.max_context is None or not isinstance(concat.args[0], relax.Tuple) or len(concat.args[0].fields) != 2:
-            return None
-        past = concat.args[0].fields[0]
-        shape = known_shape(past) if isinstance(past, relax.Var) else None
-        if shape is None or len(shape) != 4 or int(concat.attrs.axis) not in (2, -2):
-            return None
-        if past.name not in self.params or not self.params[past.name].same_as(past) or not isinstance(shape[2], tvm.tirx.Var):
-            return None
-        return past.name
-
-    def bound(self, expr, op):
-        """The call of ``op`` that ``expr`` (a variable) is bound to, else None."""
-        if isinstance(expr, relax.Var):
-            expr = self.lookup(expr)
-        return expr if isinstance(expr, relax.Call) and expr.op == _OPS[op] else None
-
-    def through(self, expr, op, check=lambda call: True):
-        call = self.bound(expr, op)
-        return call.args[0] if call is not None and check(call) else None
-
-    def reshapes(self, expr):
-        """``expr`` before any chain of reshapes."""
-        while (call := self.bound(expr, "reshape")) is not None:
-            expr = call.args[0]
-        return expr
-
-    def scaled(self, expr):
-        """(x, c) when ``expr`` is ``x · c`` with a scalar constant ``c``, else (expr, 1.0)."""
-        call = self.bound(expr, "multiply")
-        if call is not None:
-            x, c = call.args
-            value = c.value.numpy() if isinstance(c, tvm.ir.expr.GenericConst) and hasattr(c.value, "numpy") else None
-            if value is not None and value.size == 1:
-                return x, float(value.reshape(()))
-        return expr, 1.0
-
-    def ungrouped(self, expr):
-        """The ``[1, kv_heads, past, head_dim]`` cache when ``expr`` (a ``[.., heads, past,
-        head_dim]`` value, possibly reshaped, or for keys its transpose's input) repeats each kv
-        head ``group`` times with expand_dims(axis 2) → broadcast_to; else None."""
-        if expr is None:
-            return None
-        broadcast = self.bound(self.reshapes(expr), "broadcast_to")
-        expanded = self.bound(broadcast.args[0], "expand_dims") if broadcast is not None else None
-        if expanded is None or list(map(int, expanded.attrs.axis)) != [2]:
-            return None
-        cache = expanded.args[0]
-        shape = known_shape(cache)
-        repeated = known_shape(broadcast)
-        if shape is None or len(shape) != 4 or repeated is None or len(repeated) != 5:
-            return None
-        analyzer = tvm.sym.Analyzer()
-        (b, kv_heads, past, head_dim), (rb, rkv, _, rpast, rhead_dim) = shape, repeated
-        same = all(analyzer.can_prove_equal(x, y) for x, y in ((b, rb), (kv_heads, rkv), (past, rpast), (head_dim, rhead_dim)))
-        return cache if same else None
-
-    @staticmethod
-    def fits(lhs, cache, last_is_head_dim: bool = True) -> bool:
-        """``lhs`` is ``[b, heads, s, head_dim]`` (scores) or ``[b, heads, s, past]`` (values)
-        with heads a multiple of the cache's kv heads."""
-        analyzer = tvm.sym.Analyzer()
-        shape = known_shape(lhs)
-        if shape is None or len(shape) != 4:
-            return False
-        b, heads, _, last = shape
-        cb, kv_heads, past, head_dim = known_shape(cache)
-        if not all(isinstance(x, tvm.tirx.IntImm) for x in (heads, kv_heads)) or int(heads) % int(kv_heads):
-            return False
-        if lhs.ty.dtype != cache.ty.dtype or not analyzer.can_prove_equal(b, cb):
-            return False
-        return analyzer.can_prove_equal(last, head_dim if last_is_head_dim else past)
-
-
 @mutator
 class _Rewriter(PyExprMutator):
     def __init__(self, mod, max_context):
@@ -391,7 +253,6 @@ class _Rewriter(PyExprMutator):
 
     def start(self, func):
         self._params = {p.name: p for p in func.params}
-        self._match = _Match(self.lookup_binding, self._params, self.max_context)
         self._full = {}  # cache parameter name -> its [1, kv_heads, max_context, head_dim] replacement
         self._written = {}  # cache parameter name -> the full cache after this step's in-place write
 
@@ -413,25 +274,49 @@ class _Rewriter(PyExprMutator):
         if call.op == _OPS["concat"]:
             self._write_in_place(call)
             return call
-        found = self._match.attention(call) if call.op == _OPS["matmul"] else None
-        if found is None:
+        if call.op != _OPS["matmul"]:
             return call
-        full, length = self._in_place(found.cache)
-        if found.kind == "scores":
-            return self.builder_.call_te(scores_te, found.rows, full, *found.scales, length, primfunc_name_hint="gqa_scores",
-                                         primfunc_attrs={**_OPAQUE, KERNEL_ATTR: "scores", SCALES_ATTR: list(found.scales)})
-        return self.builder_.call_te(values_te, found.rows, full, primfunc_name_hint="gqa_values",
-                                     primfunc_attrs={**_OPAQUE, KERNEL_ATTR: "values"})
+        lhs, rhs = call.args
+        keys = self._scaled(rhs)
+        if keys is not None:
+            key_t, k_scale = keys
+            key = self._ungrouped(self._through(self._reshapes(key_t), "permute_dims", _swaps_last_two))
+            query = self._scaled(lhs)
+            if key is not None and self._fits(query[0], key):
+                full, length = self._in_place(key)
+                return self.builder_.call_te(scores_te, query[0], full, query[1], k_scale, length,
+                                             primfunc_name_hint="gqa_scores",
+                                             primfunc_attrs={**_OPAQUE, KERNEL_ATTR: "scores",
+                                                             SCALES_ATTR: [query[1], k_scale]})
+        value = self._ungrouped(rhs)
+        if value is not None and self._fits(lhs, value, last_is_head_dim=False):
+            full, _ = self._in_place(value)
+            return self.builder_.call_te(values_te, lhs, full, primfunc_name_hint="gqa_values",
+                                         primfunc_attrs={**_OPAQUE, KERNEL_ATTR: "values"})
+        return call
 
     def visit_tuple_(self, tup):
         tup = super().visit_tuple_(tup)
         fields = [self._in_place(f)[0] if isinstance(f, relax.Var) else f for f in tup.fields]
         return relax.Tuple(fields) if any(not a.same_as(b) for a, b in zip(fields, tup.fields)) else tup
 
+    def _cache_parameter(self, concat):
+        """The name of the ``[1, kv_heads, past, head_dim]`` parameter that ``concat`` appends new
+        positions to (axis 2), else None."""
+        if self.max_context is None or not isinstance(concat.args[0], relax.Tuple) or len(concat.args[0].fields) != 2:
+            return None
+        past = concat.args[0].fields[0]
+        shape = known_shape(past) if isinstance(past, relax.Var) else None
+        if shape is None or len(shape) != 4 or int(concat.attrs.axis) not in (2, -2):
+            return None
+        if past.name not in self._params or not self._params[past.name].same_as(past) or not isinstance(shape[2], tvm.tirx.Var):
+            return None
+        return past.name
+
     def _write_in_place(self, concat):
         """Emit the in-place write of ``concat``'s new positions into the full cache (at the
         positions ``position_ids`` gives: the session's ``past .. past + seq``)."""
-        name = self._match.cache_parameter(concat)
+        name = self._cache_parameter(concat)
         positions = self._params.get("position_ids")
         if name is None or positions is None or name in self._written:
             return
@@ -447,8 +332,69 @@ class _Rewriter(PyExprMutator):
     def _in_place(self, cache):
         """(the full cache written in place, the positions to read) for ``cache`` (a concat of a
         cache parameter and new positions), else (``cache``, None)."""
-        concat = self._match.bound(cache, "concat")
-        name = self._match.cache_parameter(concat) if concat is not None else None
+        concat = self._bound(cache, "concat")
+        name = self._cache_parameter(concat) if concat is not None else None
         if name not in self._written:
             return cache, None
         return self._written[name], known_shape(cache)[2]
+
+    def _bound(self, expr, op):
+        """The call of ``op`` that ``expr`` (a variable) is bound to, else None."""
+        if isinstance(expr, relax.Var):
+            expr = self.lookup_binding(expr)
+        return expr if isinstance(expr, relax.Call) and expr.op == _OPS[op] else None
+
+    def _through(self, expr, op, check=lambda call: True):
+        call = self._bound(expr, op)
+        return call.args[0] if call is not None and check(call) else None
+
+    def _reshapes(self, expr):
+        """``expr`` before any chain of reshapes."""
+        while (call := self._bound(expr, "reshape")) is not None:
+            expr = call.args[0]
+        return expr
+
+    def _scaled(self, expr):
+        """(x, c) when ``expr`` is ``x · c`` with a scalar constant ``c``, else (expr, 1.0)."""
+        call = self._bound(expr, "multiply")
+        if call is not None:
+            x, c = call.args
+            value = c.value.numpy() if isinstance(c, tvm.ir.expr.GenericConst) and hasattr(c.value, "numpy") else None
+            if value is not None and value.size == 1:
+                return x, float(value.reshape(()))
+        return expr, 1.0
+
+    def _ungrouped(self, expr):
+        """The ``[1, kv_heads, past, head_dim]`` cache when ``expr`` (a ``[.., heads, past,
+        head_dim]`` value, possibly reshaped, or for keys its transpose's input) repeats each kv
+        head ``group`` times with expand_dims(axis 2) → broadcast_to; else None."""
+        if expr is None:
+            return None
+        broadcast = self._bound(self._reshapes(expr), "broadcast_to")
+        expanded = self._bound(broadcast.args[0], "expand_dims") if broadcast is not None else None
+        if expanded is None or list(map(int, expanded.attrs.axis)) != [2]:
+            return None
+        cache = expanded.args[0]
+        shape = known_shape(cache)
+        repeated = known_shape(broadcast)
+        if shape is None or len(shape) != 4 or repeated is None or len(repeated) != 5:
+            return None
+        analyzer = tvm.sym.Analyzer()
+        (b, kv_heads, past, head_dim), (rb, rkv, _, rpast, rhead_dim) = shape, repeated
+        same = all(analyzer.can_prove_equal(x, y) for x, y in ((b, rb), (kv_heads, rkv), (past, rpast), (head_dim, rhead_dim)))
+        return cache if same else None
+
+    def _fits(self, lhs, cache, last_is_head_dim: bool = True) -> bool:
+        """``lhs`` is ``[b, heads, s, head_dim]`` (scores) or ``[b, heads, s, past]`` (values)
+        with heads a multiple of the cache's kv heads."""
+        analyzer = tvm.sym.Analyzer()
+        shape = known_shape(lhs)
+        if shape is None or len(shape) != 4:
+            return False
+        b, heads, _, last = shape
+        cb, kv_heads, past, head_dim = known_shape(cache)
+        if not all(isinstance(x, tvm.tirx.IntImm) for x in (heads, kv_heads)) or int(heads) % int(kv_heads):
+            return False
+        if lhs.ty.dtype != cache.ty.dtype or not analyzer.can_prove_equal(b, cb):
+            return False
+        return analyzer.can_prove_equal(last, head_dim if last_is_head_dim else past)
