@@ -67,14 +67,12 @@ def outside_the_vm_ms(session, token: int, steps: int = 120) -> float:
     (``get_outputs``) and the logits' copy after; the median over ``steps`` steps."""
     import tvm
 
-    from edgeq.targets.generation import CACHE_BOUND, CACHE_KEPT
-
     start, name = session.position, session.generation["functions"]["decode"]
     outside = []
     for _ in range(steps):
         length = session._local.cache_length(start)  # the older forms' protocol, repeated by hand
         t0 = time.perf_counter()
-        if session.generation["cache"] in (CACHE_BOUND, CACHE_KEPT):  # the VM function called directly
+        if session.returns_logits_only:  # the VM function called directly
             function, args = session.decode_call(token)
             t1 = time.perf_counter()
             out = function(*args)

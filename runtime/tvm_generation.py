@@ -78,13 +78,13 @@ class TvmCausalLMSession:
             raise ModelFileError(f"{self.artifact.meta_path}: its generation entry records no cache form "
                                  f"(cache: {form!r}); compile the KV-cache file again with this edgeq")
         self.cache_in_place = form in (CACHE_BOUND, CACHE_KEPT, CACHE_IN_PLACE)
-        self._returns_logits_only = form in (CACHE_BOUND, CACHE_KEPT)
+        self.returns_logits_only = form in (CACHE_BOUND, CACHE_KEPT)
         self._caches_bound = form == CACHE_BOUND  # the caches after cache_length, trailing arguments
         self._decode_workspace: list = []  # decode's last trailing arguments
         self._local = None
         if self._session is None and self.max_context is not None:
             self._local = _LocalArguments(tvm, self.device, self.max_context)
-        if self._returns_logits_only:  # called directly, no set_input / invoke_stateful / get_outputs
+        if self.returns_logits_only:  # called directly, no set_input / invoke_stateful / get_outputs
             # (set_input would copy the caches that arrive over RPC: the writes would miss the session's arrays)
             self._functions = bounded(lambda: {kind: self.vm[name] for kind, name in self.generation["functions"].items()},
                                       call_timeout_s, f"looking up the functions of {self.where}")
@@ -108,9 +108,12 @@ class TvmCausalLMSession:
         ``save_function`` copies arrays that arrive over RPC (as ``set_input`` does), and the
         in-place writes, and the views of one storage, would no longer share memory."""
         for kind, name in self.generation["functions"].items():
-            workspace = self._decode_workspace if kind == "decode" else []
-            self.vm.save_function(name, BOUND_PREFIX + name, *self._cache, *workspace)
+            self.vm.save_function(name, BOUND_PREFIX + name, *self._trailing(kind))
             self._functions[kind] = self.vm[BOUND_PREFIX + name]
+
+    def _trailing(self, kind: str) -> list:
+        """A ``CACHE_BOUND`` function's trailing arguments: the caches, and decode's workspace after them."""
+        return [*self._cache, *(self._decode_workspace if kind == "decode" else [])]
 
     def reset(self) -> None:
         """Empty the cache (full-length arrays written in place, whose positions past ``position``
@@ -175,8 +178,7 @@ class TvmCausalLMSession:
             return self._functions[kind], (*args, *self._cache, cache_length)
         if self._session is None:  # the caches and the workspace bound
             return self._functions[kind], (*args, cache_length)
-        workspace = self._decode_workspace if kind == "decode" else []
-        return self._functions[kind], (*args, cache_length, *self._cache, *workspace)
+        return self._functions[kind], (*args, cache_length, *self._trailing(kind))
 
     def _step(self, kind: str, ids: np.ndarray) -> np.ndarray:
         n, pos = ids.size, self.position
@@ -196,7 +198,7 @@ class TvmCausalLMSession:
             outputs = self.vm.get_outputs(function)
             return outputs[0].numpy()[0, -1], list(outputs[1:])
 
-        call = call_kept if self._returns_logits_only else call_returning_caches
+        call = call_kept if self.returns_logits_only else call_returning_caches
         if self._session is None:
             try:
                 logits, cache = call()

@@ -54,10 +54,8 @@ def lift_decode_workspace(mod: tvm.IRModule, function: str) -> tvm.IRModule:
             relax.analysis.post_order_visit(binding.value, lambda e: read_by_step.add(e) if isinstance(e, relax.Var) else None)
     read_by_step.add(func.body.body)
     # every moved variable the step still reads, once each (its canonical view)
-    handed = []
-    for binding in moved:
-        if any(canonical[v].same_as(binding.var) for v in read_by_step if v in canonical):
-            handed.append(binding.var)
+    read_views = {canonical[v] for v in read_by_step if v in canonical}
+    handed = [binding.var for binding in moved if binding.var in read_views]
     aliases = {v: canonical[v] for v in read_by_step if v in canonical and not canonical[v].same_as(v)}
     step = relax.Function([*func.params, *handed, *aliases], relax.SeqExpr(kept_blocks, func.body.body), func.ret_ty,
                           func.is_pure, func.attrs)
@@ -126,8 +124,8 @@ def _pinned(func: relax.Function) -> set:
     """The variables that stay in the step: the result, its storage, and the storages read by
     anything but a view of constant offset and shape (the attention mask's prelude makes views over
     ``past + 1`` positions). The workspace then holds tensors only, which an RPC session passes by
-    handle each call (a storage object cannot go back to the device as an argument, and a result
-    that arrived as an argument cannot be returned over RPC)."""
+    handle each call (a storage object cannot go back to the device as an argument; the result
+    stays too: returning an array the call was given, over RPC, was not tried)."""
     result = func.body.body
     pinned = {result}
     for block in func.body.blocks:
