@@ -169,8 +169,9 @@ def build_generation_artifact(source, executor: str = "onnxruntime", options: Bu
     onnx_path = folder / ONNX_NAME
     if executor == "tvm":
         # one compiled by an edgeq that did not record its cache form, that returned the in-place
-        # caches from every call, or that took them before cache_length (its decode allocating its
-        # workspace every step: slower steps), is compiled again
+        # caches from every call, that took them before cache_length (its decode allocating its
+        # workspace every step: slower steps) or whose decode made its mask views and logits every
+        # step, is compiled again
         current = _generation_artifacts(options.tvm_folder(folder), cache_form_recorded=True)
         if current:
             return current[0]
@@ -276,7 +277,8 @@ def compile_generation_artifact(onnx_path: str | Path, out: str | Path, target: 
 def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) -> list[Path]:
     """Compiled libraries in ``folder`` whose ``.json`` has a ``generation`` entry (one that says how
     its cache is passed in one of the forms this edgeq compiles, ``generation["cache"]``, where
-    ``cache_form_recorded``)."""
+    ``cache_form_recorded``; and not a decode workspace without its logits item, compiled before
+    the step's mask views and logits were made once)."""
     from edgeq.targets.generation import CACHE_APPENDING, CACHE_BOUND
 
     found = []
@@ -288,7 +290,9 @@ def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) ->
         except (OSError, ValueError):
             continue
         generation = data.get("generation") if isinstance(data, dict) else None
-        if generation and (not cache_form_recorded or generation.get("cache") in (CACHE_BOUND, CACHE_APPENDING)):
+        current = (generation.get("cache") in (CACHE_BOUND, CACHE_APPENDING)
+                   and ("workspace" not in generation or "workspace_logits" in generation)) if generation else False
+        if generation and (not cache_form_recorded or current):
             library = Path(data.get("path", "")).name or ""
             candidates = [meta.parent / library] if library else []
             candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]

@@ -34,6 +34,8 @@ from edgeq.targets.generation import CACHE_APPENDING, CACHE_BOUND, CACHE_IN_PLAC
 
 # a function with its trailing arguments bound is saved in the VM under this prefix and its name
 BOUND_PREFIX = "bound_"
+# over RPC, decode returning its workspace's logits item is saved under this prefix, returning nothing
+NO_RETURN_PREFIX = "no_return_"
 
 
 class TvmCausalLMSession:
@@ -81,6 +83,8 @@ class TvmCausalLMSession:
         self.returns_logits_only = form in (CACHE_BOUND, CACHE_KEPT)
         self._caches_bound = form == CACHE_BOUND  # the caches after cache_length, trailing arguments
         self._decode_workspace: list = []  # decode's last trailing arguments
+        # the workspace item decode writes its logits into (and returns), when it does
+        self._logits_item: int | None = self.generation.get("workspace_logits")
         self._local = None
         if self._session is None and self.max_context is not None:
             self._local = _LocalArguments(tvm, self.device, self.max_context)
@@ -90,6 +94,12 @@ class TvmCausalLMSession:
                                       call_timeout_s, f"looking up the functions of {self.where}")
             if self.generation.get("workspace"):
                 bounded(self._make_workspace, call_timeout_s, f"making the decode workspace of {self.where}")
+            if self._session is not None and self._logits_item is not None:
+                # a function cannot return over RPC an array it was passed by handle: decode's
+                # return value is dropped on the device and its logits read from the workspace item
+                name = self.generation["functions"]["decode"]
+                self._functions["decode"] = bounded(lambda: self._no_return(name), call_timeout_s,
+                                                    f"looking up decode on {self.where}")
         self.reset()
 
     def _make_workspace(self) -> None:
@@ -100,6 +110,10 @@ class TvmCausalLMSession:
         self.vm.set_input(name)
         self.vm.invoke_stateful(name)
         self._decode_workspace = list(self.vm.get_outputs(name))
+
+    def _no_return(self, name: str):
+        self.vm.save_function(name, NO_RETURN_PREFIX + name, include_return=False)
+        return self.vm[NO_RETURN_PREFIX + name]
 
     def _bind_trailing(self) -> None:
         """On this host, each function of a ``CACHE_BOUND`` artifact with its trailing arguments
@@ -157,8 +171,8 @@ class TvmCausalLMSession:
     def decode_call(self, token_id: int) -> tuple:
         """(the VM function a decode step calls, its arguments) for ``token_id`` at ``position``, on
         an artifact whose functions return the logits alone (``CACHE_BOUND``, ``CACHE_KEPT``): what ``decode`` calls,
-        for a benchmark to time the VM's part of a step apart from the session's. The step's logits
-        are the result's ``[0, -1]``; the position does not move."""
+        for a benchmark to time the VM's part of a step apart from the session's. On this host the
+        step's logits are the result's ``[0, -1]``; the position does not move."""
         return self._kept_call("decode", np.array([int(token_id)], np.int64), self.position)
 
     def _arguments(self, ids: np.ndarray, pos: int) -> tuple:
@@ -189,6 +203,8 @@ class TvmCausalLMSession:
             logits = vm_function(*args)
             if self._local is not None:  # the VM writes the next call's logits there: a copy
                 return np.from_dlpack(logits)[0, -1].copy(), self._cache
+            if logits is None:  # over RPC, decode's logits are its workspace item
+                logits = self._decode_workspace[self._logits_item]
             return logits.numpy()[0, -1], self._cache
 
         def call_returning_caches():  # an in-place artifact compiled before CACHE_KEPT, or the appending form

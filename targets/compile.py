@@ -213,17 +213,15 @@ def default_pipeline(mod, spec, defaults: bool = True, tuning_db=None, act_bits:
 
 def build(mod, spec, tuning_db=None, act_bits: int = 32, generation: bool = False):
     """Lower and build a Relax module for ``spec`` (``generation``: a generation module); returns
-    (executable, weight bytes, tuned kernels, int8-activation kernels, names of its Relax functions)."""
+    (executable, weight bytes, tuned kernels, int8-activation kernels, the lowered Relax module)."""
     import tvm
-    from tvm import relax
 
     from edgeq.targets.int8_lowbit import count_int8_kernels
 
     lowered, applied = default_pipeline(mod, spec, tuning_db=tuning_db, act_bits=act_bits, generation=generation)
     weight_bytes = constant_bytes(lowered)
-    functions = {gv.name_hint for gv, f in lowered.functions.items() if isinstance(f, relax.Function)}
     return (tvm.compile(lowered, target=spec.tvm(), relax_pipeline=None), weight_bytes, applied, count_int8_kernels(lowered),
-            functions)
+            lowered)
 
 
 def gpu_device_code(executable, spec, out: Path) -> Path | None:
@@ -337,7 +335,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     # before the build (the slow part).
     compiler = spec.require_compiler()
     try:
-        executable, weight_bytes, tuned, int8_kernels, functions = build(mod, spec, tuning_db, act_bits, generation is not None)
+        executable, weight_bytes, tuned, int8_kernels, lowered = build(mod, spec, tuning_db, act_bits, generation is not None)
     except EdgeqError:
         raise
     except Exception as exc:
@@ -345,7 +343,7 @@ def compile(onnx_path: str | Path, target: str = "cpu", out_dir: str | Path = ".
     if generation is not None:
         from edgeq.targets.generation import with_workspace
 
-        generation = with_workspace(generation, functions)
+        generation = with_workspace(generation, lowered)
     # the library and its .json are renamed into place together, after both are complete: no
     # library without metadata, and no new library described by an older compile's metadata
     with atomic_path(out, keep_suffix=True) as tmp:

@@ -14,6 +14,7 @@ from tvm.s_tir.dlight import ApplyDefaultSchedule
 from edgeq.targets import fast_exp
 from edgeq.targets.generation import FUNCTIONS
 from edgeq.targets.gqa_attention import GqaSchedule
+from edgeq.targets.bounded_views import BoundedViews
 from edgeq.targets.lift_decode_workspace import LiftDecodeWorkspace
 from edgeq.targets.schedules.conv import Conv
 from edgeq.targets.schedules._loops import VAR_UPPER_BOUND
@@ -54,8 +55,9 @@ def relax_pipeline(target: tvm.target.Target, generation: bool = False) -> tvm.t
     a generation function is planned statically (its symbolic sizes carry ``tir_var_upper_bound``),
     so a kill only ends an object's life before the call returns: the storage the plan shares
     between tensors is the same, and the call frees every object at its end. Then the decode
-    function's static workspace is made by a function of its own, once, and passed to it
-    (``lift_decode_workspace``): a decode step allocates nothing and makes no reshape view."""
+    function's views over ``past + 1`` positions get the bound's static shape (``bounded_views``),
+    and its static workspace, its result included, is made by a function of its own, once, and
+    passed to it (``lift_decode_workspace``): a decode step allocates nothing and makes no view."""
     if not (generation and is_cpu(target)):
         return relax.get_default_pipeline(target)
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
@@ -64,7 +66,8 @@ def relax_pipeline(target: tvm.target.Target, generation: bool = False) -> tvm.t
     # no item of a known tuple); then the tuples nothing reads any more are removed
     finalize = []
     for p in cpu_generic.finalize_passes(target):
-        finalize += ([relax.transform.CanonicalizeBindings(), remove_unused_tuples, LiftDecodeWorkspace([FUNCTIONS["decode"]])]
+        finalize += ([relax.transform.CanonicalizeBindings(), remove_unused_tuples, BoundedViews([FUNCTIONS["decode"]]),
+                      LiftDecodeWorkspace([FUNCTIONS["decode"]])]
                      if p.info.name == "KillAfterLastUse" else [p])
     passes = (cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
               + cpu_generic.dataflow_lower_passes(target) + finalize)

@@ -115,14 +115,19 @@ def caches_after_length(mod, functions):
     return out
 
 
-def with_workspace(settings: dict, functions) -> dict:
+def with_workspace(settings: dict, mod) -> dict:
     """The ``generation`` entry with ``workspace`` naming the function that makes the decode step's
-    workspace (``lift_decode_workspace``), when the compiled module has one (``functions``: the
-    names of its Relax functions): a session makes it once and binds it to ``decode``."""
-    from edgeq.targets.lift_decode_workspace import workspace_name
+    workspace (``lift_decode_workspace``), when the lowered Relax module ``mod`` has one: a session
+    makes it once and binds it to ``decode``; and ``workspace_logits``, the index of the workspace's
+    item that ``decode`` writes its logits into and returns, when it does (over RPC a function
+    cannot return an array it was passed, so a session reads the logits from that item there)."""
+    from edgeq.targets.lift_decode_workspace import returned_workspace_item, workspace_name
 
     name = workspace_name(FUNCTIONS["decode"])
-    return {**settings, "workspace": name} if name in functions else settings
+    if name not in [gv.name_hint for gv in mod.get_global_vars()]:
+        return settings
+    item = returned_workspace_item(mod, FUNCTIONS["decode"])
+    return {**settings, "workspace": name, **({"workspace_logits": item} if item is not None else {})}
 
 
 def returning_logits_only(mod, functions):

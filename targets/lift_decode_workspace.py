@@ -15,11 +15,12 @@ parameter: the plan reuses a few storages across every layer, so the workspace d
 the number of layers. The parameters come after the function's ``num_input`` (set to the old
 parameters when absent: the VM checks no static shape past it), so they add no per-call check.
 
-What stays in the step, a count fixed by the function's prelude, not its layers: a storage read by
-a view whose shape is symbolic (the attention mask's views over ``past + 1`` positions), with its
-views; and the result with its storage. The workspace then holds tensors only: an RPC session
-passes them by handle each call, and a storage object cannot go back to a device as an argument,
-nor can a function there return an array it was given. The workspace is written by every call.
+The result moves too when its view is made once: ``decode`` then writes into the workspace's last
+item and returns it (``returned_workspace_item``), and a caller copies it out before the next call.
+What stays in the step: a storage read by a view whose shape is symbolic (one ``bounded_views``
+could not give its bound's shape), with its views. The workspace then holds tensors only: an RPC
+session passes them by handle each call (a storage object cannot go back to a device as an
+argument). The workspace is written by every call.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def lift_decode_workspace(mod: tvm.IRModule, function: str) -> tvm.IRModule:
     read_by_step.add(func.body.body)
     # every moved variable the step still reads, once each (its canonical view)
     read_views = {canonical[v] for v in read_by_step if v in canonical}
-    handed = [binding.var for binding in moved if binding.var in read_views]
+    result = canonical.get(func.body.body)  # the result, when it is a view made once: the workspace's last item
+    handed = [binding.var for binding in moved if binding.var in read_views and not binding.var.same_as(result)]
+    handed += [result] if result is not None else []
     aliases = {v: canonical[v] for v in read_by_step if v in canonical and not canonical[v].same_as(v)}
     step = relax.Function([*func.params, *handed, *aliases], relax.SeqExpr(kept_blocks, func.body.body), func.ret_ty,
                           func.is_pure, func.attrs)
@@ -72,6 +75,20 @@ def lift_decode_workspace(mod: tvm.IRModule, function: str) -> tvm.IRModule:
     out[function] = step
     out[workspace_name(function)] = relax.utils.copy_with_new_vars(make)
     return relax.transform.Normalize()(out)
+
+
+def returned_workspace_item(mod: tvm.IRModule, function: str) -> int | None:
+    """The index, in ``workspace_name(function)``'s tuple, of the tensor ``function`` returns (its
+    result made once, written by each call: the workspace's last item), or None when it returns
+    a tensor of its own or has no workspace."""
+    names = [gv.name_hint for gv in mod.get_global_vars()]
+    if workspace_name(function) not in names:
+        return None
+    items = len(mod[workspace_name(function)].ret_ty.fields)
+    step = mod[function]
+    trailing = list(step.params)[len(step.params) - items:]
+    returned = [i for i, param in enumerate(trailing) if param.same_as(step.body.body)]
+    return returned[0] if returned else None
 
 
 @tvm.transform.module_pass(opt_level=0, name="LiftDecodeWorkspace")
@@ -104,7 +121,7 @@ def _split(func: relax.Function):
         for binding in block.bindings:
             call = binding.value if isinstance(binding, relax.VarBinding) else None
             key = _workspace_key(call, canonical) if isinstance(call, relax.Call) else None
-            if key is not None and binding.var in pinned and (key[0] == _ALLOC_STORAGE or binding.var.same_as(func.body.body)):
+            if key is not None and key[0] == _ALLOC_STORAGE and binding.var in pinned:
                 key = None
             if key is None:
                 kept.append(binding)
@@ -121,19 +138,17 @@ def _split(func: relax.Function):
 
 
 def _pinned(func: relax.Function) -> set:
-    """The variables that stay in the step: the result, its storage, and the storages read by
-    anything but a view of constant offset and shape (the attention mask's prelude makes views over
-    ``past + 1`` positions). The workspace then holds tensors only, which an RPC session passes by
-    handle each call (a storage object cannot go back to the device as an argument; the result
-    stays too: returning an array the call was given, over RPC, was not tried)."""
-    result = func.body.body
-    pinned = {result}
+    """The storages that stay in the step: those read by anything but a view of constant offset
+    and shape (a view whose shape the step computes, when ``bounded_views`` could not give it its
+    bound's). The workspace then holds tensors only, which an RPC session passes by handle each
+    call (a storage object cannot go back to the device as an argument)."""
+    pinned = set()
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
             static_view = (isinstance(value, relax.Call) and getattr(value.op, "name", None) == _ALLOC_TENSOR
                            and all(map(_constant, value.args[1:])))
-            for arg in (value.args[1:] if static_view and not binding.var.same_as(result) else [value]):
+            for arg in (value.args[1:] if static_view else [value]):
                 relax.analysis.post_order_visit(arg, lambda e: pinned.add(e) if isinstance(e, relax.Var) else None)
     return pinned
 

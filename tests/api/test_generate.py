@@ -102,7 +102,8 @@ def test_a_cached_artifact_without_its_cache_form_is_compiled_again(w4_onnx, tmp
     session would refuse it): the next build compiles it again, and then reuses that. So is one
     whose functions returned the in-place caches from every call (``"in_place"``: it runs, slower),
     and one whose caches came before ``cache_length`` (``"kept"``: its decode allocated its
-    workspace every step; it runs, slower)."""
+    workspace every step; it runs, slower), or whose workspace has no logits item (its decode made
+    the mask's views and its logits every step)."""
     import shutil
 
     from edgeq.generation import _generation_artifacts
@@ -126,6 +127,9 @@ def test_a_cached_artifact_without_its_cache_form_is_compiled_again(w4_onnx, tmp
     assert json.loads(build_generation_artifact("tiny", "tvm", options).with_suffix(".json").read_text())["generation"]["cache"] == "bound"
     data = json.loads(meta.read_text())
     assert _generation_artifacts(meta.parent, cache_form_recorded=True) == [first]
+    stale = {**data, "generation": {k: v for k, v in data["generation"].items() if k != "workspace_logits"}}
+    meta.write_text(json.dumps(stale))  # compiled before decode's mask views and logits were made once
+    assert _generation_artifacts(meta.parent, cache_form_recorded=True) == []
     data["generation"]["cache"] = "kept"  # the caches before cache_length, decode's workspace made each step
     meta.write_text(json.dumps(data))
     assert _generation_artifacts(meta.parent, cache_form_recorded=True) == []

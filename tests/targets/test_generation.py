@@ -77,7 +77,8 @@ def test_artifact_metadata_and_one_copy_of_the_weights(llamas):
     assert art.outputs[0] == {"name": "logits", "dtype": "float32", "shape": [1, 1, VOCAB]}  # the last position only
     assert art.generation == {**meta, "max_context": MAX_CONTEXT, "prefill_chunk": 4, "batch": 1,
                               "functions": {"prefill": "prefill", "decode": "decode"}, "cache": "bound",
-                              "workspace": "decode_workspace"}
+                              "workspace": "decode_workspace", "workspace_logits": art.generation["workspace_logits"]}
+    assert isinstance(art.generation["workspace_logits"], int)
     # the two functions share the packed weights: the artifact holds them once, as packed as the file
     assert art.weight_bytes <= 1.2 * art.onnx_weight_bytes, (art.weight_bytes, art.onnx_weight_bytes)
 
@@ -86,12 +87,10 @@ def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
     """The decode function's VM code: the logits are its one result (the caches it writes in place
     stay with the session), and no builtin per step ends an object's life early (``null_value``) or
     builds a tuple nothing reads (``make_tuple``): every intermediate is planned statically
-    (``cpu_pipeline.relax_pipeline``). Its static storages and views, and the reshapes between
-    kernels, come from ``decode_workspace`` once (``lift_decode_workspace``): what a step still
-    allocates is the logits' own storage and view and the attention mask's prelude (views over
-    ``past + 1`` positions, whose shapes the step computes; each on a storage of its own): the
-    views with a computed shape, plus one, whatever the number of layers. The greedy tests above
-    check the numbers."""
+    (``cpu_pipeline.relax_pipeline``). Its storages and views, those over ``past + 1`` positions
+    at their bound (``bounded_views``), the reshapes between kernels and the logits' own come from
+    ``decode_workspace`` once (``lift_decode_workspace``): a step allocates nothing, makes no view
+    and no shape. The greedy tests above check the numbers."""
     import collections
 
     import tvm
@@ -102,28 +101,30 @@ def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
     decode = code.split("@decode:")[1].split("\n@")[0]
     calls = collections.Counter(line.split()[1] for line in decode.splitlines() if line.strip().startswith("call"))
     assert calls["vm.builtin.null_value"] == calls["vm.builtin.make_tuple"] == calls["vm.builtin.copy"] == 0, calls
-    assert calls["vm.builtin.reshape"] == 0, calls
+    assert calls["vm.builtin.reshape"] == calls["vm.builtin.make_shape"] == 0, calls
+    assert calls["vm.builtin.alloc_storage"] == calls["vm.builtin.alloc_tensor"] == 0, calls
     # the caches come after the four inputs the VM checks (num_input): their static shapes are not checked per step
     assert calls["vm.builtin.check_tensor_info"] == 4, calls
-    views = [line.split("in:")[1].split(",") for line in decode.splitlines() if "vm.builtin.alloc_tensor" in line]
-    computed = [v for v in views if v[2].strip().startswith("%")]  # a shape made by make_shape in the step
-    assert len(computed) >= 1 and len(views) == len(computed) + 1, views  # + the logits
-    assert calls["vm.builtin.alloc_storage"] == len({v[0] for v in views}), calls
     assert "@decode_workspace:" in code
     returned = [line for line in decode.splitlines() if line.strip().startswith("ret")]
     assert len(returned) == 1
     session = TvmCausalLMSession(art.path)
     function, args = session.decode_call(3)
-    assert function(*args).shape == (1, 1, VOCAB)
+    logits = function(*args)
+    assert logits.shape == (1, 1, VOCAB)
+    # the logits are the workspace item the metadata names
+    item = session._decode_workspace[art.generation["workspace_logits"]]
+    np.testing.assert_array_equal(item.numpy(), logits.numpy())
 
 
 def test_the_decode_workspace_changes_no_logit(llamas, tmp_path, monkeypatch):
     """The same KV-cache file compiled as before the bound form (``"kept"``: the caches before
-    ``cache_length``, no ``lift_decode_workspace``), which still runs, gives the same logits bit
+    ``cache_length``, no ``bounded_views`` nor ``lift_decode_workspace``), which still runs, gives the same logits bit
     for bit over a greedy run; and logits a caller holds are not changed by the next step."""
-    from edgeq.targets import generation, lift_decode_workspace
+    from edgeq.targets import bounded_views, generation, lift_decode_workspace
 
     _, path, lifted = llamas["w4"]
+    monkeypatch.setattr(bounded_views, "bounded_views", lambda mod, function: mod)
     monkeypatch.setattr(lift_decode_workspace, "lift_decode_workspace", lambda mod, function: mod)
     monkeypatch.setattr(generation, "caches_after_length", lambda mod, functions: mod)
     plain = edgeq.compile(path, target="cpu", out_dir=tmp_path, max_context=MAX_CONTEXT, prefill_chunk=4)

@@ -72,9 +72,9 @@ def test_the_static_workspace_is_made_once_and_the_numbers_stay():
     executable, vm = compiled(decode_module())
     calls = decode_calls(executable)
     assert calls["vm.builtin.reshape"] == 0, calls  # the views between kernels come with the workspace
-    # left in the step: the result's own storage and view, and the storage of the [1, past + 1]
-    # intermediate with its view (its shape is known at the call only)
-    assert calls["vm.builtin.alloc_storage"] == 2 and calls["vm.builtin.alloc_tensor"] == 2, calls
+    # and so do the [1, past + 1] intermediate at its bound (bounded_views) and the result: a step
+    # allocates nothing
+    assert calls["vm.builtin.alloc_storage"] == calls["vm.builtin.alloc_tensor"] == 0, calls
     workspace = list(vm["decode_workspace"]())
     assert workspace and all(isinstance(w, tvm.runtime.Tensor) for w in workspace)
     vm.save_function("decode", "bound", *workspace)
@@ -82,16 +82,28 @@ def test_the_static_workspace_is_made_once_and_the_numbers_stay():
     for past in (0, 5, 16):  # integer values: every sum is exact in float32
         x = rng.integers(-4, 5, (1, 8)).astype(np.float32)
         mask = rng.integers(0, 3, (1, past + 1)).astype(np.int32)
-        got = vm["bound"](tvm.runtime.tensor(x), tvm.runtime.tensor(mask), tvm.runtime.empty((past,), "int8")).numpy()
-        np.testing.assert_array_equal(got, reference(x, mask))
+        got = vm["bound"](tvm.runtime.tensor(x), tvm.runtime.tensor(mask), tvm.runtime.empty((past,), "int8"))
+        np.testing.assert_array_equal(got.numpy(), reference(x, mask))
+        np.testing.assert_array_equal(workspace[-1].numpy(), reference(x, mask))  # the result is the last item
+
+
+def test_the_returned_item_is_recorded():
+    """``returned_workspace_item``: the workspace index of the tensor decode returns (its last)."""
+    from edgeq.targets.lift_decode_workspace import returned_workspace_item
+
+    lowered = relax_pipeline(TARGET, generation=True)(decode_module())
+    items = len(lowered["decode_workspace"].ret_ty.fields)
+    assert returned_workspace_item(lowered, "decode") == items - 1
+    assert returned_workspace_item(decode_module(), "decode") is None  # no workspace
 
 
 def test_a_storage_of_symbolic_size_stays_in_the_step():
     """Without ``past``'s upper bound the plan cannot size the [1, past + 1] intermediate's storage:
-    it is allocated each call, in the step; the static chain still moves."""
+    it is allocated each call, in the step, with its view; the static chain and the result still move."""
     executable, vm = compiled(decode_module(upper_bound=None))
     calls = decode_calls(executable)
-    assert calls["vm.builtin.reshape"] == 0 and calls["vm.builtin.alloc_storage"] >= 2, calls
+    assert calls["vm.builtin.reshape"] == 0, calls
+    assert calls["vm.builtin.alloc_storage"] == calls["vm.builtin.alloc_tensor"] == 1, calls
     x = np.arange(8, dtype=np.float32).reshape(1, 8)
     mask = np.ones((1, 4), np.int32)
     got = vm["decode"](tvm.runtime.tensor(x), tvm.runtime.tensor(mask), tvm.runtime.empty((3,), "int8"),
