@@ -2,8 +2,9 @@
 
 Parts (``--parts``, default all):
 - ``gemv``: W4 GEMV 1×K·K×N at 4096×4096 (g128) and SmolLM2-135M's layer shapes (g64 where 128
-  does not divide K, as edgeq's ``group_fallback`` quantizes them): edgeq's packed kernel vs
-  onnxruntime MatMulNBits (accuracy levels 0 and 4), float32 MatMul (onnxruntime, PyTorch), with
+  does not divide K, as edgeq's ``group_fallback`` quantizes them): edgeq's packed kernel, with
+  float activations and with int8 ones (``act_bits=8``), vs onnxruntime MatMulNBits (accuracy
+  levels 0 and 4), float32 MatMul (onnxruntime, PyTorch), with
   the memory-bandwidth bound (weight bytes / measured copy bandwidth).
 - ``smollm2``: SmolLM2-135M W4 (RTN, int4 blocked DequantizeLinear) whole forward at sequence
   lengths 1 and 128 (TVM specialized per length) vs onnxruntime float32 / its 4-bit model at
@@ -28,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lowbit_gemv  # noqa: E402
-from _results import append_results, markdown_table  # noqa: E402
+from _results import append_results, cpu_flags, markdown_table  # noqa: E402
 
 # (label, K, N, group): SmolLM2-135M: q/o 576→576, k/v 576→192, gate/up 576→1536, down 1536→576
 GEMV_SHAPES = [("4096→4096", 4096, 4096, 128), ("q/o 576→576", 576, 576, 64), ("k/v 576→192", 576, 192, 64),
@@ -85,7 +86,7 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
     from edgeq.targets import compile as compile_model
 
     bandwidth = lowbit_gemv.copy_bandwidth_gbs()
-    rows, errors = [], []
+    rows, errors, a8_errors = [], [], []
     for label, k, n, group in GEMV_SHAPES:
         rng = np.random.default_rng(0)
         q = rng.integers(0, 16, (n, k))
@@ -101,11 +102,13 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
         onnx.save(lowbit_gemv.float_matmul_model(w.T.copy(), k, n), f_path)
         art = compile_model(dq_path, target="cpu", out_dir=tmp)
         tvm_exec = TvmExecutor(art.path, threads=threads)
+        a8_exec = TvmExecutor(compile_model(dq_path, target="cpu", out_dir=tmp / "a8", act_bits=8).path, threads=threads)
         import tvm
 
         x_tvm = tvm.runtime.tensor(x, tvm_exec.device)
         got = tvm_exec.vm["main"](x_tvm).numpy()
         errors.append(float(np.abs(got - reference).max() / np.abs(reference).max()))
+        a8_errors.append(float(np.abs(a8_exec.vm["main"](x_tvm).numpy() - reference).max() / np.abs(reference).max()))
         peers = {}
         for level in (0, 4):
             path = tmp / f"nbits_{k}_{n}_{level}.onnx"
@@ -117,6 +120,7 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
         wt, xt = torch.from_numpy(w), torch.from_numpy(x)
         times = timed_in_turns({
             "tvm": lambda: tvm_exec.vm["main"](x_tvm),
+            "tvm_a8": lambda: a8_exec.vm["main"](x_tvm),
             "ort0": lambda: peers[0].run(None, {"x": x}),
             "ort4": lambda: peers[4].run(None, {"x": x}),
             "ortf": lambda: f_sess.run(None, {"x": x}),
@@ -125,17 +129,19 @@ def gemv_rows(threads: int, tmp: Path) -> tuple[list[list], str]:
         kernel_ms = 1e3 * tvm_exec.vm.time_evaluator("main", tvm_exec.device, number=20, repeat=5)(x_tvm).median
         packed_bytes = k * n // 2 + n * (k // group) * (4 + 1)  # nibbles, float32 scales, uint8 zero points
         bound_ms = packed_bytes / (bandwidth * 1e9) * 1e3
-        rows.append([label, group, f"{times['tvm']:.3f}", f"{kernel_ms:.3f}", f"{times['ort0']:.3f}", f"{times['ort4']:.3f}",
-                     f"{times['ortf']:.3f}", f"{times['torch']:.3f}", f"{bound_ms:.3f}",
+        rows.append([label, group, f"{times['tvm']:.3f}", f"{kernel_ms:.3f}", f"{times['tvm_a8']:.3f}", f"{times['ort0']:.3f}",
+                     f"{times['ort4']:.3f}", f"{times['ortf']:.3f}", f"{times['torch']:.3f}", f"{bound_ms:.3f}",
                      f"{times['ort0'] / times['tvm']:.2f}×", f"{times['ort4'] / times['tvm']:.2f}×",
-                     f"{bound_ms / times['tvm']:.2f} / {bound_ms / times['ort0']:.2f}"])
-    headers = ["shape 1×K·K×N", "group", "TVM W4 ms", "TVM kernel only ms", "ORT NBits L0 ms", "ORT NBits L4 ms",
-               "ORT f32 ms", "PyTorch f32 ms", "bandwidth bound ms", "TVM speed vs L0", "TVM speed vs L4",
-               "bound/time TVM / L0"]
+                     f"{times['ort4'] / times['tvm_a8']:.2f}×", f"{bound_ms / times['tvm']:.2f} / {bound_ms / times['ort0']:.2f}"])
+    headers = ["shape 1×K·K×N", "group", "TVM W4 ms", "TVM kernel only ms", "TVM W4 act_bits=8 ms", "ORT NBits L0 ms",
+               "ORT NBits L4 ms", "ORT f32 ms", "PyTorch f32 ms", "bandwidth bound ms", "TVM speed vs L0", "TVM speed vs L4",
+               "TVM act_bits=8 speed vs L4", "bound/time TVM / L0"]
     notes = (f"W4 with zero points; copy bandwidth {bandwidth:.1f} GB/s (numpy copy, read+write). All 'ms' columns are "
              "median wall-clock per call from Python (same harness for every peer, timed in turns); 'kernel only' is TVM's "
-             "time_evaluator without the Python call. Max error of TVM vs the float reference: "
-             f"{max(errors):.1e} of the output scale. {threads} threads everywhere. The small SmolLM2 shapes "
+             "time_evaluator without the Python call. 'act_bits=8': the same file compiled with int8 activations "
+             "(quantized per token and block of K, integer dot products), as MatMulNBits at level 4. Max error vs the float "
+             f"reference, of the output scale: TVM {max(errors):.1e}, TVM act_bits=8 {max(a8_errors):.1e}. "
+             f"CPU flags: {cpu_flags()}. {threads} threads everywhere. The small SmolLM2 shapes "
              "(55–440 KiB of weights) are dominated by per-call overhead, and all weights here are cache-resident "
              "across repeated calls, so a kernel may beat the DRAM bound.")
     return [headers, *rows], notes

@@ -13,8 +13,10 @@ static, so ``lift_decode_workspace`` makes them once with the rest of the worksp
 
 A kernel whose buffer's symbolic dimension was a variable it had no other way to learn (``n`` in
 ``decode_attention``'s mask ``[1, 1, 1, n]``) takes it as a scalar argument instead, given by the
-call (``past + 1``). A kernel is rewritten as a copy, so a ``prefill`` calling it is unchanged; a
-view read by anything but kernels (a builtin, the result) keeps its computed shape.
+call (``past + 1``). The rewritten calls' scalar arguments (``past``, ``past + 1``) are bound once
+per step and passed as variables: the VM boxes each once (``make_prim_value``), not once per call
+(one per layer for the attention). A kernel is rewritten as a copy, so a ``prefill`` calling it is
+unchanged; a view read by anything but kernels (a builtin, the result) keeps its computed shape.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def bounded_views(mod: tvm.IRModule, function: str) -> tvm.IRModule:
     builder = relax.BlockBuilder(mod.clone())
     kernels: dict = {}  # (kernel, its bounded parameters) -> (the copy's GlobalVar, where its added scalars come from)
     renamed = {view: relax.Var(view.name, relax.TensorType(shape, view.ty.dtype)) for view, (shape, _) in views.items()}
+    scalars_once: dict = {}  # a scalar argument's expression (its text) -> the variable bound to it once
     blocks = []
     for block in func.body.blocks:
         rebuilt = []
@@ -64,7 +67,15 @@ def bounded_views(mod: tvm.IRModule, function: str) -> tvm.IRModule:
                     kernels[key] = _bounded_kernel(builder, mod[value.op], value.op.name_hint, bounded)
                 gv, scalars = kernels[key]
                 args = [renamed.get(a, a) if isinstance(a, relax.Var) else a for a in value.args]
-                value = relax.Call(gv, [*args, *(bounded[i][1][d] for i, d in scalars)], value.attrs, value.ty_args)
+                args += [bounded[i][1][d] for i, d in scalars]
+                for k, arg in enumerate(args):
+                    if isinstance(getattr(arg, "ty", None), tvm.ir.PrimType) and not isinstance(arg, tvm.tirx.IntImm):
+                        key = str(arg)
+                        if key not in scalars_once:
+                            scalars_once[key] = relax.Var("scalar", arg.ty)
+                            rebuilt.append(relax.VarBinding(scalars_once[key], arg))
+                        args[k] = scalars_once[key]
+                value = relax.Call(gv, args, value.attrs, value.ty_args)
                 binding = relax.VarBinding(binding.var, value)
             rebuilt.append(binding)
         blocks.append(type(block)(rebuilt))

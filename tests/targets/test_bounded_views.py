@@ -101,6 +101,8 @@ def test_the_views_over_past_positions_are_made_once_and_the_numbers_stay(reshap
         assert calls["vm.builtin.alloc_storage"] == 1 and calls["vm.builtin.make_shape"] >= 1, calls
     else:  # nothing allocated and no shape made per call: every view is in the workspace
         assert calls["vm.builtin.alloc_storage"] == calls["vm.builtin.alloc_tensor"] == calls["vm.builtin.make_shape"] == 0, calls
+        # four kernel calls take past or past + 1: each boxed once per step
+        assert calls["vm.builtin.make_prim_value"] == 2, calls
     vm = relax.VirtualMachine(executable, tvm.cpu())
     rng = np.random.default_rng(0)
     for past in (0, 5, UPPER_BOUND):

@@ -103,6 +103,8 @@ def test_decode_returns_the_logits_alone_and_the_vm_kills_nothing(llamas):
     assert calls["vm.builtin.null_value"] == calls["vm.builtin.make_tuple"] == calls["vm.builtin.copy"] == 0, calls
     assert calls["vm.builtin.reshape"] == calls["vm.builtin.make_shape"] == 0, calls
     assert calls["vm.builtin.alloc_storage"] == calls["vm.builtin.alloc_tensor"] == 0, calls
+    # the mask's kernels and each layer's attention take past or past + 1: each boxed once per step
+    assert calls["vm.builtin.make_prim_value"] <= 2, calls
     # the caches come after the four inputs the VM checks (num_input): their static shapes are not checked per step
     assert calls["vm.builtin.check_tensor_info"] == 4, calls
     assert "@decode_workspace:" in code
