@@ -13,7 +13,10 @@ kernel), a W8 embedding, a 4-bit tied lm_head, the digits CNN in float
 ``cpu``), so the hashes do not depend on the machine.
 
 A change meant to alter a schedule updates the baseline: ``python tests/targets/test_tir_invariance.py``
-rewrites it (and prints which functions changed).
+rewrites it (and prints which functions changed), on an AVX-512 host: the integer-only digits
+model's dyadic constants come from its calibrated activation scales, which PyTorch's float
+convolutions round differently without AVX-512 (``tests/export/test_export_invariance.py``), so on
+such a host that case's requantizing kernel has the hash in ``WITHOUT_AVX512``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, also whe
 from _tiny_models import one_thread, tiny_llama  # noqa: E402
 
 BASELINE = Path(__file__).with_name("tir_baseline.json")
+# the functions whose hash differs on a host without AVX-512 (recorded on an AVX2-only AMD EPYC host)
+WITHOUT_AVX512 = {"digits-w8a8-int-x86_64": {"fused_matmul_add4_dyadic_requantize4_cast8_dequantize": "e35a6222ea3b61a5"}}
 
 
 def _exports(out: Path) -> dict[str, Path]:
@@ -127,7 +132,11 @@ def tir(tmp_path_factory):
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_scheduled_tir_is_structurally_equal(tir, case):
+    from edgeq.targets.registry import host_cpu_flags
+
     expected = json.loads(BASELINE.read_text())[case]
+    if "avx512f" not in host_cpu_flags():
+        expected = {**expected, **WITHOUT_AVX512.get(case, {})}
     changed = sorted(name for name in expected.keys() | tir[case].keys() if expected.get(name) != tir[case].get(name))
     assert not changed, f"{case}: the scheduled TIR of {changed} changed"
 
