@@ -70,11 +70,11 @@ def bounded_views(mod: tvm.IRModule, function: str) -> tvm.IRModule:
                 args += [bounded[i][1][d] for i, d in scalars]
                 for k, arg in enumerate(args):
                     if isinstance(getattr(arg, "ty", None), tvm.ir.PrimType) and not isinstance(arg, tvm.tirx.IntImm):
-                        key = str(arg)
-                        if key not in scalars_once:
-                            scalars_once[key] = relax.Var("scalar", arg.ty)
-                            rebuilt.append(relax.VarBinding(scalars_once[key], arg))
-                        args[k] = scalars_once[key]
+                        text = str(arg)
+                        if text not in scalars_once:
+                            scalars_once[text] = relax.Var("scalar", arg.ty)
+                            rebuilt.append(relax.VarBinding(scalars_once[text], arg))
+                        args[k] = scalars_once[text]
                 value = relax.Call(gv, args, value.attrs, value.ty_args)
                 binding = relax.VarBinding(binding.var, value)
             rebuilt.append(binding)
