@@ -290,13 +290,16 @@ def _generation_artifacts(folder: Path, *, cache_form_recorded: bool = False) ->
         except (OSError, ValueError):
             continue
         generation = data.get("generation") if isinstance(data, dict) else None
-        current = (generation.get("cache") in (CACHE_BOUND, CACHE_APPENDING)
-                   and ("workspace" not in generation or "workspace_logits" in generation)) if generation else False
-        if generation and (not cache_form_recorded or current):
-            library = Path(data.get("path", "")).name or ""
-            candidates = [meta.parent / library] if library else []
-            candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]
-            found += [c for c in candidates if c.is_file()][:1]
+        if not generation:
+            continue
+        stale = generation.get("cache") not in (CACHE_BOUND, CACHE_APPENDING) or (
+            "workspace" in generation and "workspace_logits" not in generation)
+        if cache_form_recorded and stale:
+            continue
+        library = Path(data.get("path", "")).name or ""
+        candidates = [meta.parent / library] if library else []
+        candidates += [meta.with_suffix(s) for s in (".so", ".tar", ".dylib")]
+        found += [c for c in candidates if c.is_file()][:1]
     return found
 
 

@@ -18,10 +18,11 @@ bound to the functions as trailing arguments at each ``reset``, so a call passes
 RPC they go by handle with every call. Decode writes its logits into its workspace's item
 ``generation["workspace_logits"]`` and returns it; over RPC, where a function cannot return an
 array it was passed by handle, it is called through a closure that returns nothing
-(``save_function(..., include_return=False)``) and the logits are read from that item. On this host a decode step's arguments cost no allocation:
-the token and its position are written into two preallocated arrays (through numpy views of their
-memory), the attention mask and ``cache_length`` are views of arrays sized to the context, made once
-per length, and the logits are copied out of the returned array (the VM reuses its memory).
+(``save_function(..., include_return=False)``) and the logits are read from that item. On this
+host a decode step's arguments cost no allocation: the token and its position are written into two
+preallocated arrays (through numpy views of their memory), the attention mask and ``cache_length``
+are views of arrays sized to the context, made once per length, and the logits are copied out of
+the returned array (the VM reuses its memory).
 """
 
 from __future__ import annotations

@@ -68,14 +68,7 @@ def bounded_views(mod: tvm.IRModule, function: str) -> tvm.IRModule:
                 gv, scalars = kernels[key]
                 args = [renamed.get(a, a) if isinstance(a, relax.Var) else a for a in value.args]
                 args += [bounded[i][1][d] for i, d in scalars]
-                for k, arg in enumerate(args):
-                    if isinstance(getattr(arg, "ty", None), tvm.ir.PrimType) and not isinstance(arg, tvm.tirx.IntImm):
-                        text = str(arg)
-                        if text not in scalars_once:
-                            scalars_once[text] = relax.Var("scalar", arg.ty)
-                            rebuilt.append(relax.VarBinding(scalars_once[text], arg))
-                        args[k] = scalars_once[text]
-                value = relax.Call(gv, args, value.attrs, value.ty_args)
+                value = relax.Call(gv, [_bound_once(a, scalars_once, rebuilt) for a in args], value.attrs, value.ty_args)
                 binding = relax.VarBinding(binding.var, value)
             rebuilt.append(binding)
         blocks.append(type(block)(rebuilt))
@@ -101,6 +94,18 @@ class BoundedViews:
         for name in self.functions:
             mod = bounded_views(mod, name)
         return mod
+
+
+def _bound_once(arg, scalars_once: dict, bindings: list):
+    """``arg``, or when it is a symbolic scalar the variable bound to it once (the binding appended
+    to ``bindings`` the first time; ``scalars_once``: its text -> the variable)."""
+    if not isinstance(getattr(arg, "ty", None), tvm.ir.PrimType) or isinstance(arg, tvm.tirx.IntImm):
+        return arg
+    text = str(arg)
+    if text not in scalars_once:
+        scalars_once[text] = relax.Var("scalar", arg.ty)
+        bindings.append(relax.VarBinding(scalars_once[text], arg))
+    return scalars_once[text]
 
 
 def _args(value) -> list:
@@ -177,7 +182,7 @@ def _same_pattern(param, shape: list, analyzer) -> bool:
         if isinstance(want, tvm.tirx.IntImm) and int(dim) != int(want):
             return False
     if ty.strides:
-        compact = [math.prod(ty.shape[i + 1:]) if i + 1 < len(ty.shape) else 1 for i in range(len(ty.shape))]
+        compact = [math.prod(ty.shape[i + 1:]) for i in range(len(ty.shape))]
         if not all(analyzer.can_prove_equal(s, c) for s, c in zip(ty.strides, compact)):
             return False
     return not ty.elem_offset or (isinstance(ty.elem_offset, tvm.tirx.IntImm) and int(ty.elem_offset) == 0)
